@@ -1,0 +1,29 @@
+"""Shared fixtures: a clean environment for every test and a real MongoDB wire server on loopback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from neuralfusion.embedded_mongo import EmbeddedMongo
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No NFC_* setting leaks in from the shell, and nothing reaches a model hub."""
+    for name in list(os.environ):
+        if name.startswith("NFC_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "true")
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URI of an nx-27017 server started for this test session and stopped after it."""
+    server = EmbeddedMongo(Path(tmp_path_factory.mktemp("mongo")))
+    with server:
+        yield server.uri
