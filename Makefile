@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= train,export,serve,cpu,dev
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test check venv clean
+.PHONY: demo test test-slow venv clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,11 +21,12 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/nfc demo --out $(DEMO_DIR)
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
-check: $(VENV)/.installed
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+# the slow set (long trainings, live servers under load); CI runs the default set above
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -m slow
 
 clean:
 	rm -rf $(VENV) runs

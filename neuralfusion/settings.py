@@ -105,7 +105,7 @@ class WindowSpec:
     def __post_init__(self) -> None:
         if self.lookback < 2 or self.horizon < 1:
             raise ValueError(f"lookback must be >= 2 and horizon >= 1, got L={self.lookback}, H={self.horizon}")
-        if not (0 < self.train_fraction and 0 <= self.val_fraction and self.train_fraction + self.val_fraction < 1):
+        if not (self.train_fraction > 0 and self.val_fraction >= 0 and self.train_fraction + self.val_fraction < 1):
             raise ValueError(
                 f"train_fraction={self.train_fraction} and val_fraction={self.val_fraction} must be positive "
                 "and leave room for a test split"

@@ -1,0 +1,54 @@
+"""Portfolio math against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neuralfusion.portfolio import (
+    annualised_sharpe,
+    compounded_pnl,
+    max_drawdown,
+    portfolio_returns,
+    topk_weights,
+    turnover,
+)
+
+
+def test_topk_keeps_largest_magnitudes_with_their_signs():
+    weights = topk_weights(np.array([0.1, -3.0, 2.0, 0.5]), k=2)
+    np.testing.assert_allclose(weights, [0.0, -0.6, 0.4, 0.0])
+    assert np.abs(weights).sum() == pytest.approx(1.0)
+
+
+def test_topk_breaks_ties_by_lower_asset_index():
+    np.testing.assert_allclose(topk_weights(np.array([1.0, -1.0, 1.0, 0.2]), k=2), [0.5, -0.5, 0.0, 0.0])
+
+
+def test_topk_with_k_at_least_n_uses_every_asset():
+    np.testing.assert_allclose(topk_weights(np.array([1.0, -3.0]), k=5), [0.25, -0.75])
+
+
+def test_topk_of_all_zero_scores_is_flat_and_bad_inputs_raise():
+    np.testing.assert_array_equal(topk_weights(np.zeros((2, 3)), k=2), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        topk_weights(np.ones(3), k=0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        topk_weights(np.array([1.0, np.nan]), k=1)
+
+
+def test_returns_charge_costs_on_turnover():
+    weights = np.array([[0.5, -0.5], [0.5, -0.5], [-0.5, 0.5]])
+    asset_returns = np.array([[0.01, -0.02], [0.0, 0.01], [0.02, 0.0]])
+    np.testing.assert_allclose(turnover(weights), [1.0, 0.0, 2.0])
+    got = portfolio_returns(weights, asset_returns, cost_bps=10.0)
+    np.testing.assert_allclose(got, [0.015 - 0.001, -0.005, -0.01 - 0.002])
+
+
+def test_sharpe_drawdown_and_pnl_by_hand():
+    returns = np.array([0.01, -0.02, 0.03])
+    mean, std = 0.02 / 3, np.std(returns, ddof=1)
+    assert annualised_sharpe(returns, bars_per_year=4) == pytest.approx(mean / std * 2)
+    assert annualised_sharpe(np.zeros(5), 100) == 0.0
+    np.testing.assert_allclose(compounded_pnl(returns), [1.01, 1.01 * 0.98, 1.01 * 0.98 * 1.03])
+    assert max_drawdown(returns) == pytest.approx(0.02)
