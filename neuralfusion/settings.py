@@ -6,15 +6,12 @@ package can carry them without pickle.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["BarSpec", "PortfolioSpec", "Universe", "WindowSpec", "load_json_dataclass"]
+__all__ = ["BarSpec", "PortfolioSpec", "Universe", "WindowSpec"]
 
 
 @dataclass(frozen=True)
@@ -117,17 +114,6 @@ class WindowSpec:
     def embargo(self) -> int:
         """Bars left out between splits so no target of one split overlaps the next split's inputs."""
         return self.horizon
-
-
-def load_json_dataclass(cls: type, path: Path | str, overrides: dict[str, Any] | None = None) -> Any:
-    """Build dataclass `cls` from a JSON file plus overrides; unknown keys and wrong types are errors."""
-    data = json.loads(Path(path).read_text()) if path else {}
-    data.update(overrides or {})
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(names)}")
-    return cls(**data)
 
 
 @dataclass(frozen=True)

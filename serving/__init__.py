@@ -1,0 +1,3 @@
+"""BentoML services, ONNX Runtime, MongoDB store and gRPC (needs `serve`; never imports torch)."""
+
+__all__: list[str] = []

@@ -52,3 +52,15 @@ def test_sharpe_drawdown_and_pnl_by_hand():
     assert annualised_sharpe(np.zeros(5), 100) == 0.0
     np.testing.assert_allclose(compounded_pnl(returns), [1.01, 1.01 * 0.98, 1.01 * 0.98 * 1.03])
     assert max_drawdown(returns) == pytest.approx(0.02)
+
+
+def test_walk_forward_holds_each_book_until_the_next_anchor():
+    from neuralfusion.backtest import walk_forward
+
+    asset_returns = np.arange(20, dtype=float)[:, None] * np.array([[0.001, -0.001]])
+    run = walk_forward(np.array([3, 6]), np.array([[1.0, 0.0], [0.0, -1.0]]), asset_returns, hold=4, cost_bps=0)
+    assert run.first_bar == 4 and len(run.returns) == 7  # bars 4..10
+    np.testing.assert_allclose(run.returns, [0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.010])
+    np.testing.assert_allclose(run.turnover, [1, 0, 0, 2, 0, 0, 0])
+    with pytest.raises(ValueError, match="runs past"):
+        walk_forward(np.array([17]), np.array([[1.0, 0.0]]), asset_returns, hold=4, cost_bps=0)

@@ -1,0 +1,587 @@
+"""The embedded synthetic market: seeded OHLCV bars plus news whose text moves the named asset's drift.
+
+It exists so the whole pipeline (embed -> train -> backtest -> export -> serve) runs offline on data
+with a known, planted signal, and so model quality can be reported as a ratio to the oracle: the
+out-of-sample Sharpe of a portfolio that trades on that signal with the same splits, horizon, top-k
+and costs as the model.
+
+Planted signal (the rule every consumer may rely on):
+    A sentiment item published at time p is aligned to bar a, the first bar whose close time is
+    >= p (DESIGN.md section 2). It adds ``sentiment * impact_bps_per_bar`` basis points to the
+    named asset's per-bar log-return drift on bars a+1 .. a+impact_bars (clipped at the last bar),
+    never on bar a itself or earlier, so a model that reads the news at bar a can trade it from a+1.
+    Overlapping items add up. Neutral items naming an asset and distractor items move nothing.
+
+Bar i closes at ``start + (i + 1) * interval``; bar 0 opens at the asset's initial price.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from neuralfusion.backtest import walk_forward
+from neuralfusion.errors import DataError
+from neuralfusion.features import WARMUP_BARS, simple_returns
+from neuralfusion.portfolio import topk_weights
+from neuralfusion.settings import BarSpec, PortfolioSpec, Universe, WindowSpec
+from neuralfusion.windows import chronological_split, usable_anchors
+
+__all__ = [
+    "COMPANIES",
+    "SynthConfig",
+    "SyntheticMarket",
+    "generate_market",
+    "planted_drift",
+    "synthetic_universe",
+    "write_market",
+]
+
+# Fictional tickers (4 uppercase letters, alphabetical so long-format rows come out sorted) and the
+# company names news uses for them. Coined names never occur in ordinary words or in other templates.
+COMPANIES: tuple[tuple[str, str], ...] = (
+    ("AURX", "Aurexa Mining"),
+    ("BLTQ", "Boltara Energy"),
+    ("CRXN", "Cruxton Biotech"),
+    ("DYNQ", "Dynaquil Logistics"),
+    ("ELVR", "Elvarion Foods"),
+    ("FRNX", "Fernix Semiconductors"),
+    ("GLMZ", "Glimzor Retail"),
+    ("HXLN", "Hexalon Pharma"),
+    ("IVRK", "Ivorka Telecom"),
+    ("JNTX", "Jentrix Software"),
+    ("KRVO", "Karvona Shipping"),
+    ("LMNQ", "Lumenqa Solar"),
+    ("MRDX", "Meridox Steel"),
+    ("NVLT", "Novalto Motors"),
+    ("OPXR", "Opraxa Insurance"),
+    ("PYRN", "Pyrenta Chemicals"),
+    ("QNTL", "Quantela Robotics"),
+    ("RVNX", "Ravenox Airlines"),
+    ("STRQ", "Stratiq Cloud"),
+    ("TLVX", "Tolvex Materials"),
+    ("UMBR", "Umbrion Water"),
+    ("VXTA", "Vextara Gaming"),
+    ("WNDL", "Wyndale Agritech"),
+    ("XYLQ", "Xylomar Paper"),
+    ("YRDN", "Yardena Hotels"),
+    ("ZNTH", "Zenthos Batteries"),
+)
+
+_DAY = pd.Timedelta("1D")
+_MAX_VOL_BPS = 200.0  # per-bar vol above 2% is not a minutes-scale market and risks exp() overflow
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Everything that shapes the synthetic market; the defaults are the embedded demo data set.
+
+    Vols are per bar in the calm regime, in basis points of log return. With the defaults an asset's
+    idiosyncratic vol is 11-19 bps per 3-minute bar and a sentiment item moves its asset by
+    1.2 bps/bar for 60 bars (72 bps in all, about 0.6 idiosyncratic sigma over those bars).
+    """
+
+    n_assets: int = 12
+    days: int = 60
+    interval: str = "3min"
+    calendar: str = "24/7"  # the only calendar generated: bars round the clock, every day
+    start: str = "2026-01-05T00:00:00Z"  # open of bar 0; must carry a time zone
+    seed: int = 0
+    # common factors: per-bar vol of each; asset loadings are drawn (market beta 0.7-1.3, second factor -1..1)
+    factor_vol_bps: tuple[float, ...] = (8.0, 5.0)
+    idio_vol_bps: float = 15.0  # scaled per asset by 0.75-1.25
+    # hidden two-state Markov regime (calm/stressed) multiplying every vol; mean spell lengths in bars
+    stress_vol_multiplier: float = 2.0
+    mean_calm_bars: float = 960.0  # two days of 3-minute bars
+    mean_stress_bars: float = 240.0  # twelve hours
+    # news: Poisson rates; asset news per asset per day, distractors per day for the whole market
+    asset_news_per_day: float = 3.5
+    distractor_news_per_day: float = 8.0
+    neutral_fraction: float = 0.25  # of asset news: names the asset, moves nothing
+    negation_fraction: float = 0.3  # of sentiment news: meaning carried by a negation ("fails to beat")
+    omit_symbols_fraction: float = 0.2  # of asset news: no "symbols" key, the text names the company
+    impact_bps_per_bar: float = 1.2
+    impact_bars: int = 60
+    # volume multiplier added by sentiment news, decaying with this time constant in bars
+    news_volume_boost: float = 1.5
+    news_volume_decay_bars: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_assets <= len(COMPANIES):
+            raise ValueError(f"n_assets must be in 1..{len(COMPANIES)}, got {self.n_assets}")
+        if self.days < 1:
+            raise ValueError(f"days must be >= 1, got {self.days}")
+        if self.calendar != "24/7":
+            raise ValueError(f"only the '24/7' calendar is generated, got {self.calendar!r}")
+        step = BarSpec(interval=self.interval, calendar=self.calendar).timedelta
+        if _DAY % step != pd.Timedelta(0):
+            raise ValueError(f"interval {self.interval!r} must divide one day evenly")
+        try:
+            start = pd.Timestamp(self.start)
+        except ValueError:
+            raise ValueError(f"start {self.start!r} is not an ISO 8601 timestamp") from None
+        if start.tzinfo is None:
+            raise ValueError(f"start {self.start!r} has no time zone; write it like 2026-01-05T00:00:00Z")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        vols = {"idio_vol_bps": self.idio_vol_bps,
+                **{f"factor_vol_bps[{i}]": v for i, v in enumerate(self.factor_vol_bps)}}
+        for name, value in vols.items():
+            if not 0.0 <= value <= _MAX_VOL_BPS:  # also refuses NaN
+                raise ValueError(f"{name} must be in [0, {_MAX_VOL_BPS}] bps per bar, got {value}")
+        if not 1.0 <= self.stress_vol_multiplier <= 10.0:
+            raise ValueError(f"stress_vol_multiplier must be in [1, 10], got {self.stress_vol_multiplier}")
+        for name in ("mean_calm_bars", "mean_stress_bars", "news_volume_decay_bars"):
+            if not getattr(self, name) >= 1.0:
+                raise ValueError(f"{name} must be >= 1 bar, got {getattr(self, name)}")
+        for name in ("asset_news_per_day", "distractor_news_per_day", "news_volume_boost"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
+        for name in ("neutral_fraction", "negation_fraction", "omit_symbols_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.impact_bps_per_bar <= _MAX_VOL_BPS:
+            raise ValueError(f"impact_bps_per_bar must be in [0, {_MAX_VOL_BPS}], got {self.impact_bps_per_bar}")
+        if self.impact_bars < 1:
+            raise ValueError(f"impact_bars must be >= 1, got {self.impact_bars}")
+        try:  # the oracle needs a test split under the default windows; say so before generating
+            chronological_split(usable_anchors(self.n_bars, WARMUP_BARS, WindowSpec()), WindowSpec())
+        except DataError as exc:
+            raise ValueError(f"days={self.days} at interval {self.interval!r} gives {self.n_bars} bars, "
+                             f"too few for the oracle's splits: {exc}") from None
+
+    @property
+    def bar_spec(self) -> BarSpec:
+        return BarSpec(interval=self.interval, calendar=self.calendar)
+
+    @property
+    def n_bars(self) -> int:
+        return int(self.days * (_DAY // self.bar_spec.timedelta))
+
+    @property
+    def start_time(self) -> pd.Timestamp:
+        return pd.Timestamp(self.start).tz_convert("UTC")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["factor_vol_bps"] = list(self.factor_vol_bps)
+        return data
+
+
+@dataclass(frozen=True)
+class SyntheticMarket:
+    """One generated market.
+
+    bars: long format, columns timestamp (datetime64[ns, UTC], bar close), symbol (str), open, high,
+        low, close, volume (float64); sorted by (timestamp, symbol), one row per bar and asset.
+    news: records of the news contract plus "planted" (ground truth), sorted by published_at.
+    oracle: what write_market stores as oracle.json.
+    """
+
+    config: SynthConfig
+    universe: Universe
+    bars: pd.DataFrame
+    news: list[dict[str, Any]]
+    oracle: dict[str, Any]
+
+
+def synthetic_universe(n_assets: int) -> Universe:
+    """The first `n_assets` fictional companies, each with its company name as alias."""
+    if not 1 <= n_assets <= len(COMPANIES):
+        raise ValueError(f"n_assets must be in 1..{len(COMPANIES)}, got {n_assets}")
+    chosen = COMPANIES[:n_assets]
+    return Universe(symbols=tuple(t for t, _ in chosen), aliases={t: (name,) for t, name in chosen})
+
+
+def planted_drift(bar: np.ndarray, asset: np.ndarray, drift_bps: np.ndarray, n_bars: int, n_assets: int,
+                  impact_bars: int) -> np.ndarray:
+    """Per-bar planted log-return drift (T, N), as a fraction, of items aligned to bars `bar`.
+
+    Item k adds drift_bps[k]/1e4 to asset[k] on bars bar[k]+1 .. bar[k]+impact_bars (clipped at T-1).
+    """
+    delta = np.zeros((n_bars + 1, n_assets))
+    first = np.minimum(bar + 1, n_bars)
+    stop = np.minimum(bar + 1 + impact_bars, n_bars)
+    np.add.at(delta, (first, asset), drift_bps / 1e4)
+    np.add.at(delta, (stop, asset), -drift_bps / 1e4)
+    return np.cumsum(delta, axis=0)[:n_bars]
+
+
+# ----------------------------------------------------------------------------------------------
+# News text. {name} is the asset (ticker or company name); other fields are filled from _FILL.
+# Negated templates carry their sentiment through negation, so bag-of-words alone misreads them.
+
+_POSITIVE = (
+    ("{name} beats quarterly estimates as {driver} lifts revenue",
+     "{name} said {driver} drove the {quarter} results and expects momentum to continue."),
+    ("{name} raises full-year guidance after a strong {quarter}",
+     "Management at {name} lifted its outlook, pointing to {driver}."),
+    ("{name} shares surge on record {metric}",
+     "{name} reported record {metric}, well ahead of what analysts had pencilled in."),
+    ("Analysts upgrade {name} to buy, citing {driver}",
+     "Several brokers turned bullish on {name}, saying {driver} should lift earnings."),
+    ("{name} wins multi-year contract in {region}",
+     "The award is the largest in the history of {name} and adds to a growing order book."),
+    ("{name} reports robust demand and expanding margins",
+     "Orders at {name} rose strongly in {region}, and costs grew more slowly than sales."),
+)
+_POSITIVE_NEGATED = (
+    ("{name} does not expect a downturn in {region}",
+     "Executives at {name} said they see no sign of weakening orders."),
+    ("{name} rules out layoffs despite {macro}",
+     "{name} said it has no plans to cut jobs and that demand remains firm."),
+    ("Regulator closes probe into {name} without penalties",
+     "The inquiry found no wrongdoing at {name}, removing a long-standing overhang."),
+    ("{name} denies reports of {problem}",
+     "{name} said the reports were untrue and that operations are running normally."),
+    ("{name} says slowdown in {region} will not hurt earnings",
+     "{name} does not see {macro} denting its profit this year."),
+    ("No recall needed, {name} says after safety review",
+     "The review cleared the products of {name}, and no charges are expected."),
+)
+_NEGATIVE = (
+    ("{name} misses quarterly estimates as {driver} weakens",
+     "{name} said {driver} fell short during the {quarter}, hurting revenue."),
+    ("{name} cuts full-year guidance, blaming {macro}",
+     "Management at {name} lowered its outlook and warned of a difficult year."),
+    ("{name} shares plunge after {problem}",
+     "{name} disclosed {problem}, and analysts expect a hit to earnings."),
+    ("Analysts downgrade {name} to sell on {concern}",
+     "Several brokers turned bearish on {name}, citing {concern}."),
+    ("{name} loses key contract in {region}",
+     "The customer moved the work to a rival, a blow to the order book of {name}."),
+    ("{name} warns of falling demand and shrinking margins",
+     "Orders at {name} dropped in {region} while costs kept rising."),
+)
+_NEGATIVE_NEGATED = (
+    ("{name} fails to beat quarterly estimates",
+     "{name} came in below expectations, as {driver} did not deliver."),
+    ("{name} does not expect growth in {region} this year",
+     "Executives at {name} said sales there will not recover soon."),
+    ("{name} will not raise its dividend, ending a long streak",
+     "{name} said cash is needed elsewhere and gave no date for any increase."),
+    ("{name} unable to secure financing for expansion in {region}",
+     "Lenders declined to back the plan, and {name} has no alternative lined up."),
+    ("{name} says recovery is not in sight",
+     "{name} does not see demand improving before next year."),
+    ("Investors no longer see {name} as a buy, survey finds",
+     "Fewer fund managers hold {name}, and none plan to add to positions."),
+)
+_NEUTRAL = (
+    ("{name} to hold annual shareholder meeting on {weekday}",
+     "The agenda for {name} includes the election of directors and routine resolutions."),
+    ("{name} schedules {quarter} earnings call",
+     "{name} will publish its results before the call and take questions afterwards."),
+    ("{name} appoints new head of investor relations",
+     "The appointment at {name} takes effect next month."),
+    ("{name} to present at {conference}",
+     "A spokesperson for {name} confirmed the date of the presentation."),
+    ("{name} publishes annual sustainability report",
+     "The report from {name} describes energy use and staff training across its sites."),
+    ("{name} moves regional office within {region}",
+     "{name} said the move is administrative and will not change its operations."),
+)
+# Naming no asset; some carry sentiment words on purpose, so that words alone are not the signal.
+_DISTRACTOR = (
+    ("Weather service warns of heavy storms across {region}",
+     "Forecasters expect strong winds and rain through the weekend."),
+    ("Local football club wins the cup after extra time",
+     "Fans celebrated in the streets late into the night."),
+    ("Museum opens new exhibition on {topic}",
+     "Curators spent three years assembling the collection."),
+    ("Stocks in {region} rally as investors cheer {macro_good}",
+     "Broad market gains were led by large companies in several sectors."),
+    ("Central bank leaves rates unchanged and signals patience",
+     "Policy makers said they will watch incoming data closely."),
+    ("Commodity prices slump on oversupply fears",
+     "Traders pointed to rising inventories and softer demand."),
+    ("City council approves new cycling lanes",
+     "Construction is due to start in the spring."),
+    ("Film festival announces record attendance",
+     "Organisers credited a strong line-up and good weather."),
+    ("Analysts see mixed outlook for the {sector} sector",
+     "Some firms may beat forecasts while others miss, a survey found."),
+)
+_FILL = {
+    "driver": ("cloud sales", "cost cuts", "new products", "pricing", "export demand", "service revenue"),
+    "quarter": ("first quarter", "second quarter", "third quarter", "fourth quarter"),
+    "metric": ("profit", "orders", "sales", "cash flow"),
+    "region": ("Europe", "Asia", "North America", "Latin America", "the Middle East", "Africa"),
+    "macro": ("higher interest rates", "weak consumer spending", "supply-chain strain", "a strong currency"),
+    "macro_good": ("cooling inflation", "strong jobs data", "a trade deal", "lower energy prices"),
+    "problem": ("a product recall", "an accounting review", "a plant outage", "a data breach"),
+    "concern": ("stretched valuation", "slowing orders", "rising debt", "margin pressure"),
+    "weekday": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday"),
+    "conference": ("an industry conference", "an investor day", "a trade fair", "a technology summit"),
+    "topic": ("ancient maps", "modern sculpture", "early photography", "textile design"),
+    "sector": ("industrial", "consumer", "technology", "energy"),
+}
+_FILLER = (
+    "The company has operations in {count} countries.",
+    "It employs about {staff} people.",
+    "A spokesperson declined to comment further.",
+    "The statement was released during the trading session.",
+)
+
+
+def _template_table(sentiment: int, negated: bool) -> tuple[tuple[str, str], ...]:
+    if sentiment > 0:
+        return _POSITIVE_NEGATED if negated else _POSITIVE
+    if sentiment < 0:
+        return _NEGATIVE_NEGATED if negated else _NEGATIVE
+    return _NEUTRAL
+
+
+def _render(template: tuple[str, str], name: str, rng: np.random.Generator) -> tuple[str, str]:
+    """Fill a (title, body) template; the body gets a neutral filler sentence half the time."""
+    fields = {key: values[rng.integers(len(values))] for key, values in _FILL.items()}
+    title, body = (part.format(name=name, **fields) for part in template)
+    if rng.random() < 0.5:
+        filler = _FILLER[rng.integers(len(_FILLER))]
+        body = f"{body} {filler.format(count=int(rng.integers(3, 40)), staff=int(rng.integers(2, 90)) * 500)}"
+    return title[0].upper() + title[1:], body
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation
+
+
+@dataclass(frozen=True)
+class _NewsPlan:
+    """The drawn news events before text: one row per item, sorted by publication time."""
+
+    seconds: np.ndarray  # seconds after start, >= 1
+    asset: np.ndarray  # asset column, -1 for distractors
+    sentiment: np.ndarray  # -1, 0, 1
+    negated: np.ndarray
+    omit_symbols: np.ndarray
+    bar: np.ndarray  # aligned bar: first bar whose close time >= published_at
+
+
+def _plan_news(config: SynthConfig, rng: np.random.Generator) -> _NewsPlan:
+    n_asset = int(rng.poisson(config.asset_news_per_day * config.days * config.n_assets))
+    n_distractor = int(rng.poisson(config.distractor_news_per_day * config.days))
+    n = n_asset + n_distractor
+    span = config.days * 86_400
+    seconds = rng.integers(1, span + 1, size=n)  # (start, end of last bar], not on the bar grid
+    asset = np.concatenate([rng.integers(0, config.n_assets, size=n_asset), np.full(n_distractor, -1)])
+    is_sentiment = np.concatenate([rng.random(n_asset) >= config.neutral_fraction, np.zeros(n_distractor, bool)])
+    sentiment = np.where(is_sentiment, rng.choice(np.array([-1, 1]), size=n), 0)
+    negated = is_sentiment & (rng.random(n) < config.negation_fraction)
+    omit = (asset >= 0) & (rng.random(n) < config.omit_symbols_fraction)
+    order = np.argsort(seconds, kind="stable")
+    step = int(config.bar_spec.timedelta.total_seconds())
+    seconds = seconds[order]
+    return _NewsPlan(seconds=seconds, asset=asset[order], sentiment=sentiment[order], negated=negated[order],
+                     omit_symbols=omit[order], bar=-(-seconds // step) - 1)
+
+
+def _news_records(plan: _NewsPlan, config: SynthConfig, universe: Universe,
+                  rng: np.random.Generator) -> list[dict[str, Any]]:
+    published = (config.start_time + pd.to_timedelta(plan.seconds, unit="s")).strftime("%Y-%m-%dT%H:%M:%SZ")
+    records = []
+    for k in range(len(plan.seconds)):
+        j, sentiment = int(plan.asset[k]), int(plan.sentiment[k])
+        if j < 0:
+            table, name, symbol = _DISTRACTOR, "", None
+        else:
+            symbol = universe.symbols[j]
+            company = universe.aliases[symbol][0]
+            # without a "symbols" key the pipeline finds the asset by alias, so name the company then
+            by_ticker = not plan.omit_symbols[k] and rng.random() < 0.5
+            table, name = _template_table(sentiment, bool(plan.negated[k])), symbol if by_ticker else company
+        title, body = _render(table[rng.integers(len(table))], name, rng)
+        record: dict[str, Any] = {
+            "id": f"syn{config.seed}-{k:05d}",
+            "published_at": published[k],
+            "title": title,
+            "body": body,
+            "planted": {
+                "sentiment": sentiment,
+                "symbol": symbol,
+                "drift_bps_per_bar": float(sentiment * config.impact_bps_per_bar),
+                "bars": config.impact_bars if sentiment else 0,
+            },
+        }
+        if j < 0:
+            record["symbols"] = []
+        elif not plan.omit_symbols[k]:
+            record["symbols"] = [symbol]
+        records.append(record)
+    return records
+
+
+def _regimes(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """Hidden calm(0)/stressed(1) state per bar, alternating spells of geometric length; starts calm."""
+    n = config.n_bars
+    # enough spells to cover n bars with overwhelming probability; topped up below if not
+    n_pairs = int(n / (config.mean_calm_bars + config.mean_stress_bars) * 2) + 8
+    lengths: list[np.ndarray] = []
+    while sum(int(x.sum()) for x in lengths) < n:
+        calm = rng.geometric(1.0 / config.mean_calm_bars, size=n_pairs)
+        stress = rng.geometric(1.0 / config.mean_stress_bars, size=n_pairs)
+        lengths.append(np.column_stack([calm, stress]).ravel())
+    spells = np.concatenate(lengths)
+    states = np.resize(np.array([0, 1]), len(spells))
+    return np.repeat(states, spells)[:n]
+
+
+def _simulate_bars(config: SynthConfig, drift: np.ndarray, news_count: np.ndarray,
+                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """OHLCV arrays (T, N): factor + idiosyncratic log returns scaled by the regime, plus drift."""
+    n, m = drift.shape
+    n_factors = len(config.factor_vol_bps)
+    # the first factor is the market (every beta positive), the others split assets both ways
+    loadings = np.array([rng.uniform(0.7, 1.3, size=m) if k == 0 else rng.uniform(-1.0, 1.0, size=m)
+                         for k in range(n_factors)]).reshape(n_factors, m)  # (K, N)
+    factor_vol = np.asarray(config.factor_vol_bps, dtype=np.float64) / 1e4  # (K,)
+    idio_vol = config.idio_vol_bps / 1e4 * rng.uniform(0.75, 1.25, size=m)  # (N,)
+    scale = np.where(_regimes(config, rng) == 1, config.stress_vol_multiplier, 1.0)[:, None]  # (T, 1)
+    factors = rng.standard_normal((n, n_factors)) * factor_vol  # (T, K)
+    noise = (factors @ loadings + rng.standard_normal((n, m)) * idio_vol) * scale  # (T, N)
+    log_ret = drift + noise
+    calm_vol = np.sqrt((factor_vol[:, None] ** 2 * loadings**2).sum(axis=0) + idio_vol**2)  # (N,)
+
+    first_price = np.exp(rng.uniform(np.log(10.0), np.log(500.0), size=m))
+    close = first_price * np.exp(np.cumsum(log_ret, axis=0))
+    open_ = np.vstack([first_price[None, :], close[:-1]])
+    bar_vol = np.maximum(scale * calm_vol, 1e-6)  # wicks scale with the regime's vol
+    high = np.maximum(open_, close) * np.exp(0.5 * bar_vol * np.abs(rng.standard_normal((n, m))))
+    low = np.minimum(open_, close) * np.exp(-0.5 * bar_vol * np.abs(rng.standard_normal((n, m))))
+
+    decay = np.exp(-np.arange(int(5 * config.news_volume_decay_bars) + 1) / config.news_volume_decay_bars)
+    news_level = np.column_stack([np.convolve(news_count[:, j], decay)[:n] for j in range(m)])
+    base_volume = np.exp(rng.uniform(np.log(2e3), np.log(5e4), size=m))
+    # rises with |return|, more so when stressed; capped so a zero-vol test market keeps finite volume
+    surprise = np.minimum(np.abs(log_ret) / np.maximum(calm_vol, 1e-6), 10.0)
+    volume = base_volume * np.exp(0.4 * surprise + 0.3 * rng.standard_normal((n, m)))
+    volume *= 1.0 + config.news_volume_boost * news_level
+    return {"open": open_, "high": high, "low": low, "close": close, "volume": np.maximum(np.round(volume), 1.0)}
+
+
+def _oracle(config: SynthConfig, plan: _NewsPlan, close: np.ndarray) -> dict[str, Any]:
+    """Sharpe of trading the planted signal on the test split, rebalanced every horizon bars.
+
+    At anchor t the oracle knows the items aligned to bars <= t (published at or before bar t's
+    close), sums each asset's planted drift over bars t+1..t+H, and holds topk_weights of it for H bars.
+    """
+    window, book = WindowSpec(), PortfolioSpec()
+    n_bars, n_assets = close.shape
+    splits = chronological_split(usable_anchors(n_bars, WARMUP_BARS, window), window)
+    horizon = window.horizon
+    anchors = splits.test[::horizon]
+    live = plan.sentiment != 0
+    bar, asset = plan.bar[live], plan.asset[live]
+    drift = plan.sentiment[live] * config.impact_bps_per_bar
+    anchor_weights = np.zeros((len(anchors), n_assets))
+    for i, t in enumerate(anchors):
+        overlap = np.minimum(bar + config.impact_bars, t + horizon) - np.maximum(bar + 1, t + 1) + 1
+        known = (bar <= t) & (overlap > 0)
+        expected = np.zeros(n_assets)
+        np.add.at(expected, asset[known], drift[known] * overlap[known])
+        anchor_weights[i] = topk_weights(expected, book.top_k)
+    run = walk_forward(anchors, anchor_weights, simple_returns(close), horizon, book.cost_bps)
+    return {
+        "description": "out-of-sample Sharpe of top-k long/short weights on the planted news drift known at "
+                       "each anchor, rebalanced every horizon bars on the test split, after costs",
+        **run.metrics(config.bar_spec.bars_per_year),  # sharpe, cumulative_return, max_drawdown, ...
+        "splits": splits.to_dict(),
+        "first_return_bar": run.first_bar,
+        "last_return_bar": run.first_bar + len(run.returns) - 1,
+        "n_rebalances": len(anchors),
+        "lookback": window.lookback,
+        "horizon": horizon,
+        "rebalance_every": horizon,
+        "warmup_bars": WARMUP_BARS,
+        "top_k": book.top_k,
+        "cost_bps": book.cost_bps,
+        "bars_per_year": config.bar_spec.bars_per_year,
+        "planted": {
+            "impact_bps_per_bar": config.impact_bps_per_bar,
+            "impact_bars": config.impact_bars,
+            "rule": "an item aligned to bar a (first bar whose close >= published_at) adds "
+                    "sentiment*impact_bps_per_bar to its asset's log-return drift on bars a+1..a+impact_bars",
+        },
+        "seed": config.seed,
+        "config": config.to_dict(),
+    }
+
+
+def generate_market(config: SynthConfig | None = None) -> SyntheticMarket:
+    """Draw news first, plant their drift, then simulate bars around it; same config, same market."""
+    config = config or SynthConfig()
+    universe = synthetic_universe(config.n_assets)
+    news_rng, text_rng, bar_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(3))
+    plan = _plan_news(config, news_rng)
+    n, m = config.n_bars, config.n_assets
+    live = plan.sentiment != 0
+    drift = planted_drift(plan.bar[live], plan.asset[live], plan.sentiment[live] * config.impact_bps_per_bar,
+                          n, m, config.impact_bars)
+    news_count = np.zeros((n, m))
+    np.add.at(news_count, (plan.bar[live], plan.asset[live]), 1.0)
+    arrays = _simulate_bars(config, drift, news_count, bar_rng)
+
+    close_times = pd.date_range(config.start_time + config.bar_spec.timedelta, periods=n,
+                                freq=config.bar_spec.timedelta).as_unit("ns")
+    bars = pd.DataFrame({
+        "timestamp": close_times.repeat(m),
+        "symbol": np.tile(np.array(universe.symbols, dtype=object), n),  # symbols are alphabetical: sorted
+        **{name: values.ravel() for name, values in arrays.items()},
+    })
+    return SyntheticMarket(config=config, universe=universe, bars=bars,
+                           news=_news_records(plan, config, universe, text_rng),
+                           oracle=_oracle(config, plan, arrays["close"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+_BAR_SCHEMA = pa.schema([("timestamp", pa.timestamp("ns", tz="UTC")), ("symbol", pa.string())]
+                        + [(c, pa.float64()) for c in ("open", "high", "low", "close", "volume")])
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, sort_keys=True, indent=2) + "\n").encode()
+
+
+def write_market(market: SyntheticMarket, out_dir: Path | str) -> Path:
+    """Write bars.parquet, news.jsonl, oracle.json and universe.json into `out_dir`; returns its path.
+
+    Every file is first written under a temporary name in `out_dir` and only then renamed into place,
+    all renames after all writes succeeded, so a crash never leaves a half-written file. The same
+    market always gives byte-identical files (fixed parquet writer options, sorted JSON keys).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    universe = {**market.universe.to_dict(), "interval": market.config.interval,
+                "calendar": market.config.calendar}
+    writers = {
+        "bars.parquet": lambda path: pq.write_table(
+            pa.Table.from_pandas(market.bars, schema=_BAR_SCHEMA, preserve_index=False).replace_schema_metadata(),
+            path, compression="zstd", compression_level=3, use_dictionary=["symbol"]),
+        "news.jsonl": lambda path: path.write_bytes(
+            "".join(json.dumps(item, sort_keys=True) + "\n" for item in market.news).encode()),
+        "oracle.json": lambda path: path.write_bytes(_json_bytes(market.oracle)),
+        "universe.json": lambda path: path.write_bytes(_json_bytes(universe)),
+    }
+    staged: dict[str, Path] = {}
+    try:
+        for name, write in writers.items():
+            staged[name] = out / f".{name}.{os.getpid()}.tmp"  # same folder, so os.replace is atomic
+            write(staged[name])
+        for name, tmp in staged.items():
+            os.replace(tmp, out / name)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    return out
