@@ -22,6 +22,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "data": ("neuralfusion.cli:data", None, "Inspect a data folder."),
     "embed": ("training.cli_encoder:embed", "train", "Embed news articles (cached)."),
     "encoder": ("training.cli_encoder:encoder", "train", "Build or fine-tune the news encoder."),
+    "train": ("training.cli_train:train", "train", "Train the CGA model on a data folder."),
+    "finetune": ("training.cli_train:finetune", "train", "Continue training; keep the incumbent unless beaten."),
+    "backtest": ("training.cli_backtest:backtest", "train", "Walk-forward test with costs, baselines, ablations."),
+    "demo": ("neuralfusion.demo:demo", "train", "Run the whole path on the embedded synthetic default."),
 }
 
 
@@ -111,3 +115,7 @@ def summary(directory: Path, as_json: bool) -> None:
         click.echo(f"{row['symbol']:<8}{row['stale_bars']:>8}{row['stale_fraction']:>8.2%}"
                    f"{row['longest_gap_bars']:>9}{row['news_items']:>7}"
                    f"{row['first_close']:>12.4f}{row['last_close']:>12.4f}")
+
+
+if __name__ == "__main__":  # `python -m neuralfusion.cli` / `torchrun -m neuralfusion.cli train ...`
+    main()

@@ -77,9 +77,13 @@ class FeatureNormalizer:
     def fit(cls, features: np.ndarray, fit_start: int, fit_end: int,
             names: tuple[str, ...] = FEATURE_NAMES) -> FeatureNormalizer:
         """Fit on bars fit_start..fit_end inclusive (the training split's input bars)."""
-        block = features[fit_start: fit_end + 1].reshape(-1, features.shape[-1])
-        if not np.all(np.isfinite(block)):
-            raise DataError(f"features contain NaN/inf in bars {fit_start}..{fit_end}; fit after the warm-up")
+        window = features[fit_start: fit_end + 1]
+        bad = ~np.isfinite(window)
+        if bad.any():
+            bar, asset, feature = np.argwhere(bad)[0]
+            raise DataError(f"features contain NaN/inf in bars {fit_start}..{fit_end} (first: bar {fit_start + bar}, "
+                            f"asset column {asset}, feature {names[feature]!r}); fit after the warm-up")
+        block = window.reshape(-1, features.shape[-1])
         std = block.std(axis=0)
         std = np.where(std > 1e-12, std, 1.0)  # a constant feature (e.g. never stale) passes through centred
         return cls(names=tuple(names), mean=tuple(block.mean(axis=0).tolist()), std=tuple(std.tolist()),

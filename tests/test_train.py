@@ -1,0 +1,145 @@
+"""Training end to end on a tiny market: run folders, determinism, fine-tune decisions, DDP, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from neuralfusion.cli import main
+from neuralfusion.embeddings import write_embeddings
+from neuralfusion.synth import SynthConfig, generate_market, write_market
+
+TINY = ["--lookback", "16", "--horizon", "8", "--model-set", "d_model=16", "--model-set", "n_heads=2",
+        "--model-set", "asset_dim=4", "--set", "epochs=2", "--set", "batch_size=32", "--set", "train_stride=8",
+        "--set", "threads=1"]
+
+
+def random_embeddings(news_path: Path, out: Path, dim: int = 8, nan_row: int | None = None) -> Path:
+    ids = [json.loads(line)["id"] for line in news_path.read_text().splitlines()]
+    vectors = np.random.default_rng(0).normal(size=(len(ids), dim)).astype(np.float32)
+    if nan_row is not None:
+        vectors[nan_row] = np.nan
+    write_embeddings(out, ids, vectors, np.zeros(len(ids)), fingerprint="test")
+    return out
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("market")
+    write_market(generate_market(SynthConfig(n_assets=4, days=3, seed=5)), root / "data")
+    return root / "data", random_embeddings(root / "data" / "news.jsonl", root / "emb.parquet")
+
+
+def nfc(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--log-level", "WARNING", *args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def run_dir(market, tmp_path_factory) -> Path:
+    data, emb = market
+    out = tmp_path_factory.mktemp("runs") / "run"
+    code, output = nfc("train", "--data", str(data), "--embeddings", str(emb), "--out", str(out), *TINY)
+    assert code == 0, output
+    return out
+
+
+def test_train_writes_a_complete_run_folder(run_dir):
+    from training.runs import load_run
+
+    run = load_run(run_dir)
+    assert {p.name for p in run_dir.iterdir()} >= {"model.safetensors", "run.json", "metrics.json"}
+    assert not run_dir.with_name(run_dir.name + ".partial").exists()
+    assert run.window.lookback == 16 and run.model_config.d_model == 16
+    assert run.normaliser.fit_end == run.meta["splits"]["train"][1]  # fitted on training bars only
+    assert all(2 <= p <= 16 for p in run.model_config.periods)
+    assert 1 <= run.metrics["best_epoch"] <= len(run.metrics["history"]) <= 2
+    assert np.isfinite(run.metrics["best_val_sharpe"])
+
+
+def test_training_is_deterministic(market, run_dir, tmp_path):
+    data, emb = market
+    code, output = nfc("train", "--data", str(data), "--embeddings", str(emb), "--out", str(tmp_path / "again"),
+                       *TINY)
+    assert code == 0, output
+    first = json.loads((run_dir / "metrics.json").read_text())["history"]
+    second = json.loads((tmp_path / "again" / "metrics.json").read_text())["history"]
+    assert [h["train_loss"] for h in first] == [h["train_loss"] for h in second]
+    assert (run_dir / "model.safetensors").read_bytes() == (tmp_path / "again" / "model.safetensors").read_bytes()
+
+
+def test_finetune_keeps_the_incumbent_unless_beaten(market, run_dir, tmp_path):
+    data, emb = market
+    code, output = nfc("finetune", "--model", str(run_dir), "--data", str(data), "--embeddings", str(emb),
+                       "--out", str(tmp_path / "ft"), "--set", "epochs=1", "--set", "lr=1e-12")
+    assert code == 0, output
+    decision = json.loads((tmp_path / "ft" / "decision.json").read_text())
+    # an unchanged challenger ties on the same windows, and a tie keeps the incumbent
+    assert decision["challenger_val_sharpe"] == pytest.approx(decision["incumbent_val_sharpe"], abs=1e-6)
+    assert decision["promoted"] is False and "kept the incumbent" in output
+    assert (run_dir / "model.safetensors").exists()  # the old version stays
+
+
+def test_too_short_data_is_refused_without_a_run_folder(tmp_path):
+    write_market(generate_market(SynthConfig(n_assets=3, days=2, seed=1)), tmp_path / "d")
+    emb = random_embeddings(tmp_path / "d" / "news.jsonl", tmp_path / "emb.parquet")
+    code, output = nfc("train", "--data", str(tmp_path / "d"), "--embeddings", str(emb), "--out",
+                       str(tmp_path / "run"), "--lookback", "500", "--horizon", "500")
+    assert code == 1 and "data too short for one window" in output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_nan_features_are_refused_naming_the_window(market):
+    from dataclasses import replace
+
+    from neuralfusion.dataset import load_data_dir
+    from neuralfusion.errors import DataError
+    from neuralfusion.settings import WindowSpec
+    from training.train import prepare
+
+    data_dir, emb = market
+    data = load_data_dir(data_dir)
+    features = data.features.copy()
+    features[1200, 1, 0] = np.nan  # after the training bars: e.g. a feed glitch that slipped past validation
+    prepared = prepare(replace(data, features=features), emb, WindowSpec(lookback=16, horizon=8))
+    with pytest.raises(DataError, match="market has NaN/inf in the window ending at bar 1200"):
+        prepared.grid.windows(np.array([1199, 1200, 1201]), 16)
+    features[500, 1, 0] = np.nan  # inside the training bars: the normaliser refuses to fit
+    with pytest.raises(DataError, match="first: bar 500, asset column 1, feature 'log_return'"):
+        prepare(replace(data, features=features), emb, WindowSpec(lookback=16, horizon=8))
+
+
+def test_universe_mismatch_between_model_and_data_is_refused(run_dir, tmp_path):
+    write_market(generate_market(SynthConfig(n_assets=3, days=3, seed=2)), tmp_path / "other")
+    emb = random_embeddings(tmp_path / "other" / "news.jsonl", tmp_path / "emb.parquet")
+    code, output = nfc("finetune", "--model", str(run_dir), "--data", str(tmp_path / "other"), "--embeddings",
+                       str(emb), "--out", str(tmp_path / "ft"))
+    assert code == 1 and "have no bars" in output
+    assert not (tmp_path / "ft").exists()
+
+
+def test_unknown_override_is_refused(market, tmp_path):
+    data, emb = market
+    code, output = nfc("train", "--data", str(data), "--embeddings", str(emb), "--out", str(tmp_path / "r"),
+                       "--set", "learning_rate=0.1")
+    assert code == 1 and "unknown keys ['learning_rate']" in output
+
+
+def test_torchrun_ddp_with_gloo_on_two_processes(market, tmp_path):
+    data, emb = market
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "neuralfusion.cli",
+         "--log-level", "WARNING", "train", "--data", str(data), "--embeddings", str(emb),
+         "--out", str(tmp_path / "ddp"), *TINY],
+        capture_output=True, text=True, env=env, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert len(metrics["history"]) >= 1 and np.isfinite(metrics["best_val_sharpe"])

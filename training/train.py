@@ -1,0 +1,263 @@
+"""`nfc train`: fit the CGA model on a data folder with precomputed news embeddings.
+
+    nfc train --data runs/demo/data --embeddings runs/demo/embeddings.parquet --out runs/demo/model
+    nfc train ... --set epochs=20 --set lr=1e-3 --model-set d_model=96 --variant concat
+    torchrun --standalone --nproc_per_node=4 -m neuralfusion.cli train --data DIR --embeddings FILE --out RUN
+
+Seeds everything, AdamW with gradient clipping, early stopping on the validation walk-forward Sharpe
+(after costs, exact top-k weights), the best weights saved as safetensors with every config beside them.
+Under torchrun each rank trains on its shard of the windows (DDP); only rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from neuralfusion.backtest import walk_forward
+from neuralfusion.dataset import MarketData
+from neuralfusion.embeddings import read_embeddings
+from neuralfusion.errors import DataError
+from neuralfusion.features import FEATURE_NAMES, WARMUP_BARS, FeatureNormalizer
+from neuralfusion.inputs import GridInputs, grid_inputs
+from neuralfusion.model_config import CgaConfig, dominant_periods
+from neuralfusion.settings import PortfolioSpec, WindowSpec
+from neuralfusion.train_config import TrainConfig
+from neuralfusion.windows import Splits, chronological_split, target_windows, usable_anchors
+from training.model import CgaModel
+from training.runs import git_commit, partial_dir, publish_run, write_json
+
+__all__ = [
+    "VARIANTS",
+    "Prepared",
+    "TrainResult",
+    "predict",
+    "prepare",
+    "train_model",
+    "validation_sharpe",
+    "write_run",
+]
+
+log = logging.getLogger(__name__)
+
+# the main model and its ablations: same code path, one switch each
+VARIANTS: dict[str, dict[str, str]] = {
+    "cga": {"fusion": "cga", "streams": "both"},
+    "concat": {"fusion": "concat", "streams": "both"},
+    "market": {"streams": "market"},
+    "news": {"streams": "news"},
+}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A data folder turned into model inputs, with its split and the normaliser fitted on its train part."""
+
+    data: MarketData
+    grid: GridInputs
+    splits: Splits
+    normaliser: FeatureNormalizer
+    encoder: dict[str, Any]
+
+
+def article_vectors(data: MarketData, embeddings_path: Path) -> tuple[np.ndarray, dict[str, str]]:
+    """One embedding per news item of `data`, in its row order, from an `nfc embed` file."""
+    ids, vectors, meta = read_embeddings(embeddings_path)
+    position = {item_id: row for row, item_id in enumerate(ids)}
+    missing = [item_id for item_id in data.news["id"] if item_id not in position]
+    if missing:
+        raise DataError(f"{len(missing)} news items have no embedding (first: {missing[0]!r}); "
+                        "run `nfc embed` on this data folder's news file", source=str(embeddings_path))
+    rows = np.fromiter((position[i] for i in data.news["id"]), dtype=np.int64, count=len(data.news))
+    return vectors[rows], meta
+
+
+def prepare(data: MarketData, embeddings_path: Path, window: WindowSpec,
+            normaliser: FeatureNormalizer | None = None) -> Prepared:
+    """Split the anchors, fit the normaliser on the training bars (unless given), build the inputs."""
+    splits = chronological_split(usable_anchors(data.n_bars, WARMUP_BARS, window), window)
+    if normaliser is None:
+        normaliser = FeatureNormalizer.fit(data.features, WARMUP_BARS, int(splits.train[-1]))
+    vectors, meta = article_vectors(data, embeddings_path)
+    encoder = {"fingerprint": meta.get("nfc.encoder_fingerprint"), "embeddings": str(embeddings_path),
+               "embed_dim": int(vectors.shape[1])}
+    return Prepared(data=data, grid=grid_inputs(data, vectors, normaliser), splits=splits,
+                    normaliser=normaliser, encoder=encoder)
+
+
+def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: torch.as_tensor(values, dtype=torch.float32, device=device) for name, values in batch.items()}
+
+
+@torch.no_grad()
+def predict(model: CgaModel, grid: GridInputs, anchors: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, ...]:
+    """Logits and exact top-k weights (R, N) for the windows ending at `anchors` (eval mode)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits, weights = [], []
+    for start in range(0, len(anchors), batch_size):
+        batch = grid.windows(anchors[start:start + batch_size], model.config.lookback)
+        out = model(**to_tensors(batch, device))
+        logits.append(out.logits.cpu().numpy())
+        weights.append(out.weights.cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(logits), np.concatenate(weights)
+
+
+def validation_sharpe(model: CgaModel, prepared: Prepared, anchors: np.ndarray, window: WindowSpec,
+                      portfolio: PortfolioSpec, offsets: int) -> float:
+    """Mean annualised walk-forward Sharpe after costs, rebalancing every H bars from `offsets` start bars."""
+    horizon = window.horizon
+    sharpes = []
+    for offset in np.linspace(0, horizon, offsets, endpoint=False).astype(int):
+        rebalance = anchors[offset::horizon]
+        rebalance = rebalance[rebalance + horizon < prepared.data.n_bars]
+        if len(rebalance) < 2:
+            continue
+        _, weights = predict(model, prepared.grid, rebalance)
+        run = walk_forward(rebalance, weights, prepared.data.returns, horizon, portfolio.cost_bps)
+        sharpes.append(run.metrics(prepared.data.bar_spec.bars_per_year)["sharpe"])
+    if not sharpes:
+        raise DataError(f"validation split of {len(anchors)} windows is too short to rebalance twice")
+    return float(np.mean(sharpes))
+
+
+@dataclass
+class TrainResult:
+    model: CgaModel
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_sharpe: float
+    seconds: float
+    windows_per_second: float
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def model_config_for(prepared: Prepared, window: WindowSpec, portfolio: PortfolioSpec, train: TrainConfig,
+                     variant: str, overrides: dict[str, Any]) -> CgaConfig:
+    """The architecture for this data: universe size, embedding width, periods from the training spectrum."""
+    train_bars = prepared.grid.market[WARMUP_BARS: int(prepared.splits.train[-1]) + 1]
+    periods = dominant_periods(train_bars, train.n_periods, window.lookback)
+    config = CgaConfig(n_assets=prepared.data.universe.n_assets, n_features=len(FEATURE_NAMES),
+                       embed_dim=prepared.grid.news_emb.shape[1], lookback=window.lookback, periods=periods,
+                       top_k=portfolio.top_k, **VARIANTS[variant])
+    return replace(config, **overrides)
+
+
+def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, window: WindowSpec,
+                portfolio: PortfolioSpec, init_state: dict[str, torch.Tensor] | None = None,
+                progress: bool = True) -> TrainResult:
+    """Train with early stopping on validation Sharpe; returns the best model (eval mode) and the history."""
+    rank, world = distributed_context()
+    torch.manual_seed(train.seed)  # identical initial weights on every rank
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    use_cuda = torch.cuda.is_available()
+    device = torch.device("cuda", rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
+    raw_model = CgaModel(config).to(device)
+    if init_state is not None:
+        raw_model.load_checked_state_dict(init_state)
+    model = DistributedDataParallel(raw_model) if world > 1 else raw_model
+    torch.manual_seed(train.seed + rank)  # dropout differs per rank
+    optimizer = raw_model.configure_optimizers(train.weight_decay, train.lr, (train.beta1, train.beta2))
+    train_anchors = prepared.splits.train[:: train.train_stride]
+    first_anchor = int(prepared.splits.train[0])
+    returns = prepared.data.returns
+    best = (-np.inf, -1, copy.deepcopy(raw_model.state_dict()))
+    history: list[dict[str, float]] = []
+    started, windows_seen = time.perf_counter(), 0
+    for epoch in range(train.epochs):
+        epoch_start = time.perf_counter()
+        order = np.random.default_rng(train.seed + epoch).permutation(train_anchors)[rank::world]
+        batches = range(0, len(order), train.batch_size)
+        losses = []
+        raw_model.train()
+        for start in tqdm(batches, desc=f"epoch {epoch + 1}/{train.epochs}", disable=not progress or rank != 0,
+                          leave=False):
+            anchors = order[start:start + train.batch_size]
+            inputs = to_tensors(prepared.grid.windows(anchors, window.lookback), device)
+            targets = torch.as_tensor(target_windows(returns, anchors, window.horizon), dtype=torch.float32,
+                                      device=device)
+            prev = None
+            if config.lambda_turnover > 0:  # the book held before: the preceding window in time order
+                prev_anchors = np.maximum(anchors - window.horizon, first_anchor)
+                prev = torch.as_tensor(predict(raw_model, prepared.grid, prev_anchors)[1], dtype=torch.float32,
+                                       device=device)
+            out = model(**inputs, targets=targets, prev_weights=prev)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), train.grad_clip)
+            optimizer.step()
+            losses.append(out.loss.detach().item())
+            windows_seen += len(anchors)
+        val = validation_sharpe(raw_model, prepared, prepared.splits.val, window, portfolio, train.val_offsets)
+        seconds = time.perf_counter() - epoch_start
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_sharpe": val,
+                        "seconds": seconds})
+        if rank == 0:
+            log.info("epoch %d: train loss %.4f, val Sharpe %.2f (%.1f s)", epoch + 1, np.mean(losses), val, seconds)
+        if val > best[0]:
+            best = (val, epoch + 1, copy.deepcopy(raw_model.state_dict()))
+        elif epoch + 1 - best[1] >= train.patience:
+            if rank == 0:
+                log.info("early stop: no better validation Sharpe for %d epochs", train.patience)
+            break
+    elapsed = time.perf_counter() - started
+    raw_model.load_checked_state_dict(best[2])
+    raw_model.eval()
+    return TrainResult(model=raw_model, history=history, best_epoch=best[1], best_val_sharpe=float(best[0]),
+                       seconds=elapsed, windows_per_second=windows_seen * world / elapsed)
+
+
+def write_run(out: Path, result: TrainResult, prepared: Prepared, train: TrainConfig, window: WindowSpec,
+              portfolio: PortfolioSpec, extra_meta: dict[str, Any] | None = None, force: bool = False) -> Path:
+    """Write the run folder atomically (see training/runs.py for its layout)."""
+    partial = partial_dir(out, force)
+    result.model.save_checkpoint(partial / "model.safetensors")
+    data = prepared.data
+    write_json(partial / "run.json", {
+        "model": result.model.config.to_dict(),
+        "train": train.to_dict(),
+        "window": {"lookback": window.lookback, "horizon": window.horizon, "train_fraction": window.train_fraction,
+                   "val_fraction": window.val_fraction, "stride": window.stride},
+        "portfolio": {"top_k": portfolio.top_k, "cost_bps": portfolio.cost_bps},
+        "universe": data.universe.to_dict(),
+        "bar_spec": {"interval": data.bar_spec.interval, "calendar": data.bar_spec.calendar,
+                     "max_missing_fraction": data.bar_spec.max_missing_fraction},
+        "feature_names": list(FEATURE_NAMES),
+        "warmup_bars": WARMUP_BARS,
+        "normaliser": prepared.normaliser.to_dict(),
+        "encoder": prepared.encoder,
+        "splits": prepared.splits.to_dict(),
+        "data": {"start": str(data.panel.times[0]), "end": str(data.panel.times[-1]), "bars": data.n_bars},
+        "git_commit": git_commit(),
+        **(extra_meta or {}),
+    })
+    epoch_seconds = [h["seconds"] for h in result.history]
+    write_json(partial / "metrics.json", {
+        "best_epoch": result.best_epoch, "best_val_sharpe": result.best_val_sharpe, "history": result.history,
+        "epochs_run": len(result.history), "mean_epoch_seconds": float(np.mean(epoch_seconds)),
+        "train_seconds": result.seconds, "windows_per_second": result.windows_per_second,
+        "train_windows_per_epoch": len(prepared.splits.train[:: train.train_stride]),
+    })
+    return publish_run(partial, out)
+
