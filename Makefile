@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= train,export,serve,cpu,dev
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo test test-slow venv clean proto
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(VENV)/.installed
 # the slow set (long trainings, live servers under load); CI runs the default set above
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -m slow
+
+# regenerate the committed gRPC stubs in serving/proto after editing neuralfusion.proto
+proto: $(VENV)/.installed
+	$(PY) -c "from serving.proto import generate_stubs; generate_stubs()"
 
 clean:
 	rm -rf $(VENV) runs

@@ -78,13 +78,22 @@ class BarSpec:
             raise ValueError(f"bar interval {self.interval!r} is not a pandas offset like '3min'") from None
 
     @property
-    def bars_per_year(self) -> float:
-        """Bars in a calendar year of trading, for annualising per-bar statistics."""
+    def trading_days_per_year(self) -> float:
+        return 365.0 if self.calendar == "24/7" else 252.0
+
+    @property
+    def bars_per_day(self) -> float:
+        """Bars in one trading day: 24 hours for "24/7", else the session's length."""
         minutes = self.timedelta / pd.Timedelta("1min")
         if self.calendar == "24/7":
-            return 365.0 * 24 * 60 / minutes
+            return 24 * 60 / minutes
         start, end = (pd.Timedelta(f"{t}:00") for t in self.calendar.split("-"))
-        return 252.0 * ((end - start) / pd.Timedelta("1min")) / minutes
+        return ((end - start) / pd.Timedelta("1min")) / minutes
+
+    @property
+    def bars_per_year(self) -> float:
+        """Bars in a calendar year of trading, for annualising per-bar statistics."""
+        return self.trading_days_per_year * self.bars_per_day
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from neuralfusion.model_config import CgaConfig
 from neuralfusion.settings import BarSpec, PortfolioSpec, Universe, WindowSpec
 from neuralfusion.train_config import TrainConfig
 
-__all__ = ["Run", "git_commit", "load_run", "partial_dir", "publish_run", "write_json"]
+__all__ = ["RUN_FILES", "Run", "git_commit", "load_run", "staged_folder", "write_json"]
 
 RUN_FILES = ("model.safetensors", "run.json", "metrics.json")
 
@@ -64,25 +66,27 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def partial_dir(out: Path, force: bool) -> Path:
-    """A fresh `OUT.partial/` to write into; refuses to overwrite a finished run unless `force`."""
+@contextmanager
+def staged_folder(out: Path, force: bool, required: tuple[str, ...]) -> Iterator[Path]:
+    """A fresh `OUT.partial/` to write into, renamed to `OUT/` only when the block succeeds with every
+    `required` file; on any error the partial folder is removed, so nothing half-written looks finished
+    (an old `OUT/` is replaced only by a complete new one, and only with `force`)."""
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    return partial
-
-
-def publish_run(partial: Path, out: Path) -> Path:
-    """Rename a complete `OUT.partial/` to `OUT/` (replacing an old run only after the new one is whole)."""
-    missing = [name for name in RUN_FILES if not (partial / name).exists()]
-    if missing:
-        raise RuntimeError(f"{partial} is missing {missing}; not publishing an incomplete run")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
-    return out
+    try:
+        yield partial
+        missing = [name for name in required if not (partial / name).exists()]
+        if missing:
+            raise RuntimeError(f"{partial} is missing {missing}; not publishing an incomplete folder")
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def load_run(path: Path | str) -> Run:

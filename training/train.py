@@ -36,7 +36,7 @@ from neuralfusion.settings import PortfolioSpec, WindowSpec
 from neuralfusion.train_config import TrainConfig
 from neuralfusion.windows import Splits, chronological_split, target_windows, usable_anchors
 from training.model import CgaModel
-from training.runs import git_commit, partial_dir, publish_run, write_json
+from training.runs import RUN_FILES, git_commit, staged_folder, write_json
 
 __all__ = [
     "VARIANTS",
@@ -231,33 +231,33 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
 def write_run(out: Path, result: TrainResult, prepared: Prepared, train: TrainConfig, window: WindowSpec,
               portfolio: PortfolioSpec, extra_meta: dict[str, Any] | None = None, force: bool = False) -> Path:
     """Write the run folder atomically (see training/runs.py for its layout)."""
-    partial = partial_dir(out, force)
-    result.model.save_checkpoint(partial / "model.safetensors")
-    data = prepared.data
-    write_json(partial / "run.json", {
-        "model": result.model.config.to_dict(),
-        "train": train.to_dict(),
-        "window": {"lookback": window.lookback, "horizon": window.horizon, "train_fraction": window.train_fraction,
-                   "val_fraction": window.val_fraction, "stride": window.stride},
-        "portfolio": {"top_k": portfolio.top_k, "cost_bps": portfolio.cost_bps},
-        "universe": data.universe.to_dict(),
-        "bar_spec": {"interval": data.bar_spec.interval, "calendar": data.bar_spec.calendar,
-                     "max_missing_fraction": data.bar_spec.max_missing_fraction},
-        "feature_names": list(FEATURE_NAMES),
-        "warmup_bars": WARMUP_BARS,
-        "normaliser": prepared.normaliser.to_dict(),
-        "encoder": prepared.encoder,
-        "splits": prepared.splits.to_dict(),
-        "data": {"start": str(data.panel.times[0]), "end": str(data.panel.times[-1]), "bars": data.n_bars},
-        "git_commit": git_commit(),
-        **(extra_meta or {}),
-    })
-    epoch_seconds = [h["seconds"] for h in result.history]
-    write_json(partial / "metrics.json", {
-        "best_epoch": result.best_epoch, "best_val_sharpe": result.best_val_sharpe, "history": result.history,
-        "epochs_run": len(result.history), "mean_epoch_seconds": float(np.mean(epoch_seconds)),
-        "train_seconds": result.seconds, "windows_per_second": result.windows_per_second,
-        "train_windows_per_epoch": len(prepared.splits.train[:: train.train_stride]),
-    })
-    return publish_run(partial, out)
+    with staged_folder(out, force, RUN_FILES) as partial:
+        result.model.save_checkpoint(partial / "model.safetensors")
+        data = prepared.data
+        write_json(partial / "run.json", {
+            "model": result.model.config.to_dict(),
+            "train": train.to_dict(),
+            "window": {"lookback": window.lookback, "horizon": window.horizon, "train_fraction": window.train_fraction,
+                       "val_fraction": window.val_fraction, "stride": window.stride},
+            "portfolio": {"top_k": portfolio.top_k, "cost_bps": portfolio.cost_bps},
+            "universe": data.universe.to_dict(),
+            "bar_spec": {"interval": data.bar_spec.interval, "calendar": data.bar_spec.calendar,
+                         "max_missing_fraction": data.bar_spec.max_missing_fraction},
+            "feature_names": list(FEATURE_NAMES),
+            "warmup_bars": WARMUP_BARS,
+            "normaliser": prepared.normaliser.to_dict(),
+            "encoder": prepared.encoder,
+            "splits": prepared.splits.to_dict(),
+            "data": {"start": str(data.panel.times[0]), "end": str(data.panel.times[-1]), "bars": data.n_bars},
+            "git_commit": git_commit(),
+            **(extra_meta or {}),
+        })
+        epoch_seconds = [h["seconds"] for h in result.history]
+        write_json(partial / "metrics.json", {
+            "best_epoch": result.best_epoch, "best_val_sharpe": result.best_val_sharpe, "history": result.history,
+            "epochs_run": len(result.history), "mean_epoch_seconds": float(np.mean(epoch_seconds)),
+            "train_seconds": result.seconds, "windows_per_second": result.windows_per_second,
+            "train_windows_per_epoch": len(prepared.splits.train[:: train.train_stride]),
+        })
+    return out
 

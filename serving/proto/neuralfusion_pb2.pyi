@@ -1,0 +1,105 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Bar(_message.Message):
+    __slots__ = ("timestamp", "symbol", "open", "high", "low", "close", "volume")
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    timestamp: str
+    symbol: str
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    def __init__(self, timestamp: _Optional[str] = ..., symbol: _Optional[str] = ..., open: _Optional[float] = ..., high: _Optional[float] = ..., low: _Optional[float] = ..., close: _Optional[float] = ..., volume: _Optional[float] = ...) -> None: ...
+
+class NewsItem(_message.Message):
+    __slots__ = ("id", "published_at", "title", "body", "symbols", "has_symbols")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    HAS_SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    published_at: str
+    title: str
+    body: str
+    symbols: _containers.RepeatedScalarFieldContainer[str]
+    has_symbols: bool
+    def __init__(self, id: _Optional[str] = ..., published_at: _Optional[str] = ..., title: _Optional[str] = ..., body: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., has_symbols: _Optional[bool] = ...) -> None: ...
+
+class PredictRequest(_message.Message):
+    __slots__ = ("bars", "news", "request_id")
+    BARS_FIELD_NUMBER: _ClassVar[int]
+    NEWS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    bars: _containers.RepeatedCompositeFieldContainer[Bar]
+    news: _containers.RepeatedCompositeFieldContainer[NewsItem]
+    request_id: str
+    def __init__(self, bars: _Optional[_Iterable[_Union[Bar, _Mapping]]] = ..., news: _Optional[_Iterable[_Union[NewsItem, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class Prediction(_message.Message):
+    __slots__ = ("model_version", "as_of", "symbols", "weights", "logits", "horizon_bars", "request_id", "stored")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_BARS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    as_of: str
+    symbols: _containers.RepeatedScalarFieldContainer[str]
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    logits: _containers.RepeatedScalarFieldContainer[float]
+    horizon_bars: int
+    request_id: str
+    stored: bool
+    def __init__(self, model_version: _Optional[str] = ..., as_of: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., weights: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., horizon_bars: _Optional[int] = ..., request_id: _Optional[str] = ..., stored: _Optional[bool] = ...) -> None: ...
+
+class PredictResponse(_message.Message):
+    __slots__ = ("prediction",)
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    prediction: Prediction
+    def __init__(self, prediction: _Optional[_Union[Prediction, _Mapping]] = ...) -> None: ...
+
+class LatestRequest(_message.Message):
+    __slots__ = ("model_version",)
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    def __init__(self, model_version: _Optional[str] = ...) -> None: ...
+
+class HistoryRequest(_message.Message):
+    __slots__ = ("start", "end", "model_version", "limit", "before")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    start: str
+    end: str
+    model_version: str
+    limit: int
+    before: str
+    def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ..., model_version: _Optional[str] = ..., limit: _Optional[int] = ..., before: _Optional[str] = ...) -> None: ...
+
+class HistoryResponse(_message.Message):
+    __slots__ = ("items", "next_before")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Prediction]
+    next_before: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., next_before: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,291 @@
+"""HTTP request/response models, their protobuf conversions and the checks against the served model."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from serving.proto import neuralfusion_pb2 as pb
+from serving.schemas import (
+    EXAMPLE_INPUT,
+    HistoryOut,
+    NewsIn,
+    PredictionOut,
+    PredictRequest,
+    RequestError,
+    RequestLimits,
+    check_request_against_model,
+    history_to_proto,
+    predict_request_from_proto,
+    prediction_from_proto,
+    prediction_to_proto,
+    request_frames,
+)
+from serving.store import PredictionRecord
+
+SYMBOLS = ("AURX", "BLTQ")
+STEP = pd.Timedelta("3min")
+T0 = pd.Timestamp("2026-01-05 00:03", tz="UTC")
+
+
+def example(**changes: Any) -> dict[str, Any]:
+    payload = copy.deepcopy(EXAMPLE_INPUT)
+    payload.update(changes)
+    return payload
+
+
+def bar(symbol: str = "AURX", at: pd.Timestamp = T0, **prices: float) -> dict[str, Any]:
+    return {"timestamp": at.isoformat(), "symbol": symbol, "open": 100.0, "high": 101.0, "low": 99.0, "close": 100.5,
+            "volume": 10.0, **prices}
+
+
+def grid_bars(n_bars: int, symbols: tuple[str, ...] = SYMBOLS, start: pd.Timestamp = T0) -> list[dict[str, Any]]:
+    return [bar(s, start + i * STEP) for i in range(n_bars) for s in symbols]
+
+
+def refusal(payload: dict[str, Any], **kwargs: Any) -> str:
+    with pytest.raises(ValidationError) as caught:
+        PredictRequest.model_validate(payload, **kwargs)
+    return str(caught.value)
+
+
+def test_example_input_is_a_valid_request_for_a_two_bar_model() -> None:
+    request = PredictRequest.model_validate(EXAMPLE_INPUT)
+    bars, news = check_request_against_model(request, SYMBOLS, bars_needed=2, interval=STEP)
+    assert len(bars) == 4 and len(news) == 2
+
+
+def test_json_schema_documents_every_field_with_the_example() -> None:
+    schema = PredictRequest.model_json_schema()
+    assert schema["examples"] == [EXAMPLE_INPUT]
+    models = [*schema["$defs"].values(), schema, PredictionOut.model_json_schema(), HistoryOut.model_json_schema()]
+    undocumented = [name for model in models for name, prop in model["properties"].items()
+                    if "description" not in prop]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("field", ["open", "high", "low", "close", "volume"])
+def test_non_finite_numbers_are_refused(field: str, value: float) -> None:
+    message = refusal(example(bars=[bar(**{field: value})]))
+    assert f"bars.0.{field}" in message and "finite number" in message
+
+
+def test_non_finite_numbers_in_json_are_refused() -> None:
+    body = json.dumps(example(bars=[bar(close=float("nan"))]))  # Python writes the non-standard token NaN
+    with pytest.raises(ValidationError, match="finite number"):
+        PredictRequest.model_validate_json(body)
+
+
+@pytest.mark.parametrize("price", [0.0, -1.0])
+def test_non_positive_prices_are_refused(price: float) -> None:
+    assert "greater than 0" in refusal(example(bars=[bar(low=price)]))
+
+
+@pytest.mark.parametrize("prices", [{"high": 100.2}, {"low": 100.4}])
+def test_high_and_low_must_bound_open_and_close(prices: dict[str, float]) -> None:
+    assert "must bound open 100.0 and close 100.5 (AURX at" in refusal(example(bars=[bar(**prices)]))
+
+
+def test_negative_volume_is_refused() -> None:
+    assert "bars.0.volume" in refusal(example(bars=[bar(volume=-1.0)]))
+
+
+def test_naive_timestamps_are_refused_with_the_fix() -> None:
+    bars_message = refusal(example(bars=[{**bar(), "timestamp": "2026-01-05T00:03:00"}]))
+    news = [{**EXAMPLE_INPUT["news"][0], "published_at": "2026-01-05T00:04:41"}]
+    news_message = refusal(example(news=news))
+    for message in (bars_message, news_message):
+        assert "has no time zone; write ISO 8601 with an offset" in message
+
+
+def test_offsets_are_converted_to_utc() -> None:
+    item = NewsIn.model_validate({"id": "n", "published_at": "2026-01-05T01:04:41+01:00", "title": "t"})
+    assert item.published_at == datetime(2026, 1, 5, 0, 4, 41, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("text", [{"title": "", "body": ""}, {"title": "  ", "body": "\n"}, {}])
+def test_news_without_text_is_refused(text: dict[str, str]) -> None:
+    item = {"id": "n9", "published_at": "2026-01-05T00:04:41Z", **text}
+    assert "news item 'n9' has no text" in refusal(example(news=[item]))
+
+
+def test_unknown_fields_are_refused() -> None:
+    assert "Extra inputs are not permitted" in refusal(example(bars=[{**bar(), "price": 1.0}]))
+
+
+def test_empty_bars_are_refused() -> None:
+    assert "bars" in refusal(example(bars=[]))
+
+
+@pytest.mark.parametrize(("limits", "payload", "expected"), [
+    (RequestLimits(max_bars=3), example(), "4 bars are over the limit of 3 (NFC_MAX_BARS)"),
+    (RequestLimits(max_news=1), example(), "2 news items are over the limit of 1 (NFC_MAX_NEWS)"),
+    (RequestLimits(max_text_chars=40), example(), "news[0] (id 'n000001') has 68 characters of text, over the limit"),
+])
+def test_size_limits_from_the_context(limits: RequestLimits, payload: dict[str, Any], expected: str) -> None:
+    assert expected in refusal(payload, context={"limits": limits})
+
+
+def test_size_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    long_news = example(news=[{**EXAMPLE_INPUT["news"][0], "body": "x" * 1000}])
+    PredictRequest.model_validate(long_news)
+    monkeypatch.setenv("NFC_MAX_TEXT_CHARS", "1000")
+    assert "over the limit of 1000 (NFC_MAX_TEXT_CHARS)" in refusal(long_news)
+
+
+def test_default_limits_refuse_oversize_requests() -> None:
+    assert "over the limit of 20000 (NFC_MAX_BARS)" in refusal(example(bars=grid_bars(10_001)))
+    news = [{"id": f"n{i}", "published_at": "2026-01-05T00:04:41Z", "title": "t"} for i in range(513)]
+    assert "over the limit of 512 (NFC_MAX_NEWS)" in refusal(example(news=news))
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "ten", ""])
+def test_request_limits_from_env_refuse_bad_values(raw: str) -> None:
+    with pytest.raises(ValueError, match=r"NFC_MAX_BARS=.* must be a positive integer"):
+        RequestLimits.from_env({"NFC_MAX_BARS": raw})
+
+
+def test_request_limits_from_env_read_each_variable() -> None:
+    env = {"NFC_MAX_BARS": "10", "NFC_MAX_NEWS": "2", "NFC_MAX_TEXT_CHARS": "300"}
+    assert RequestLimits.from_env(env) == RequestLimits(max_bars=10, max_news=2, max_text_chars=300)
+    assert RequestLimits.from_env({}) == RequestLimits()
+
+
+def test_request_frames_follow_the_data_contract() -> None:
+    bars, news = request_frames(PredictRequest.model_validate(EXAMPLE_INPUT))
+    assert list(bars.columns) == ["timestamp", "symbol", "open", "high", "low", "close", "volume"]
+    assert str(bars["timestamp"].dt.tz) == "UTC" and bars["close"].dtype == "float64"
+    assert list(news["id"]) == ["n000001", "n000002"]  # sorted by published_at
+    assert news["symbols"].tolist() == [["AURX"], None]
+    assert str(news["published_at"].dt.tz) == "UTC"
+
+
+def test_request_without_news_gives_an_empty_utc_news_frame() -> None:
+    _, news = request_frames(PredictRequest.model_validate(example(news=[])))
+    assert news.empty and str(news["published_at"].dt.tz) == "UTC"
+
+
+def test_duplicate_bars_are_a_request_error_from_validate_bars() -> None:
+    request = PredictRequest.model_validate(example(bars=[bar(), bar(close=100.2)]))
+    with pytest.raises(RequestError, match=r"request bars: row 1: duplicate \(timestamp, symbol\)"):
+        request_frames(request)
+
+
+def test_duplicate_news_ids_are_a_request_error_from_validate_news() -> None:
+    item = EXAMPLE_INPUT["news"][0]
+    request = PredictRequest.model_validate(example(news=[item, item]))
+    with pytest.raises(RequestError, match="request news: row 1: duplicate news id 'n000001'"):
+        request_frames(request)
+
+
+def test_unknown_symbols_are_refused() -> None:
+    request = PredictRequest.model_validate(example(bars=grid_bars(2, (*SYMBOLS, "ZZZZ"))))
+    with pytest.raises(RequestError, match=r"bars for symbols \['ZZZZ'\] that this model does not trade"):
+        check_request_against_model(request, SYMBOLS, bars_needed=2, interval=STEP)
+
+
+def test_missing_symbols_are_refused() -> None:
+    request = PredictRequest.model_validate(example(bars=grid_bars(2, ("AURX",))))
+    with pytest.raises(RequestError, match=r"no bars for symbols \['BLTQ'\]"):
+        check_request_against_model(request, SYMBOLS, bars_needed=2, interval=STEP)
+
+
+def test_too_few_bars_name_the_short_symbols_and_the_window() -> None:
+    bars = grid_bars(10, ("AURX",)) + grid_bars(6, ("BLTQ",), start=T0 + 4 * STEP)
+    request = PredictRequest.model_validate(example(bars=bars))
+    check_request_against_model(request, SYMBOLS, bars_needed=6, interval=STEP)
+    with pytest.raises(RequestError, match=r"reads 8 bars of 0 days 00:03:00 per symbol, from "
+                                           r"2026-01-05T00:09:00\+00:00 .*BLTQ has 6 from 2026-01-05T00:15"):
+        check_request_against_model(request, SYMBOLS, bars_needed=8, interval=STEP)
+
+
+def test_finer_bars_count_by_grid_bar() -> None:
+    one_minute = [bar(s, T0 - 2 * STEP + i * pd.Timedelta("1min")) for i in range(1, 10) for s in SYMBOLS]
+    request = PredictRequest.model_validate(example(bars=one_minute))  # 9 one-minute bars: 3 grid bars
+    check_request_against_model(request, SYMBOLS, bars_needed=3, interval=STEP)
+    with pytest.raises(RequestError, match="AURX has 3 from"):
+        check_request_against_model(request, SYMBOLS, bars_needed=4, interval=STEP)
+
+
+def test_last_bar_off_the_grid_is_refused() -> None:
+    request = PredictRequest.model_validate(example(bars=grid_bars(3, start=T0 + pd.Timedelta("1min"))))
+    with pytest.raises(RequestError, match=r"not on the 0 days 00:03:00 bar grid.*end the bars at "
+                                           r"2026-01-05T00:09:00\+00:00"):
+        check_request_against_model(request, SYMBOLS, bars_needed=2, interval=STEP)
+
+
+def proto_request(payload: dict[str, Any]) -> pb.PredictRequest:
+    return pb.PredictRequest(
+        bars=[pb.Bar(**b) for b in payload["bars"]],
+        news=[pb.NewsItem(id=n["id"], published_at=n["published_at"], title=n["title"], body=n["body"],
+                          symbols=n["symbols"] or [], has_symbols=n["symbols"] is not None) for n in payload["news"]],
+        request_id=payload["request_id"] or "")
+
+
+def test_proto_request_validates_to_the_same_model_as_json() -> None:
+    assert predict_request_from_proto(proto_request(EXAMPLE_INPUT)) == PredictRequest.model_validate(EXAMPLE_INPUT)
+
+
+def test_proto_empty_strings_mean_unset() -> None:
+    request = predict_request_from_proto(proto_request(example(request_id=None)))
+    assert request.request_id is None
+    assert request.news[1].symbols is None  # has_symbols=false: match aliases
+
+
+def test_proto_request_errors_name_the_field() -> None:
+    message = proto_request(example(bars=[bar(high=float("nan"))]))
+    with pytest.raises(RequestError, match=r"^bars\[0\]\.high: Input should be a finite number$"):
+        predict_request_from_proto(message)
+
+
+def test_proto_request_errors_from_model_validators_read_plainly() -> None:
+    with pytest.raises(RequestError, match=r"^bars\[0\]: high 100.2 and low 99.0 must bound"):
+        predict_request_from_proto(proto_request(example(bars=[bar(high=100.2)])))
+
+
+def test_proto_request_honours_given_limits() -> None:
+    with pytest.raises(RequestError, match=r"^request: 4 bars are over the limit of 2"):
+        predict_request_from_proto(proto_request(EXAMPLE_INPUT), RequestLimits(max_bars=2))
+
+
+def prediction() -> PredictionOut:
+    record = PredictionRecord(model_version="v1", as_of=T0.to_pydatetime(), symbols=("BLTQ", "AURX"),
+                              weights={"AURX": 0.25, "BLTQ": 0.75}, logits={"AURX": -0.5, "BLTQ": 1.5},
+                              horizon_bars=80, request_id="r-1")
+    return PredictionOut.from_record(record, stored=True)
+
+
+def test_prediction_from_record_keeps_model_order() -> None:
+    out = prediction()
+    assert out.symbols == ["BLTQ", "AURX"] and out.stored
+    assert json.loads(out.model_dump_json())["as_of"] == "2026-01-05T00:03:00Z"
+
+
+def test_prediction_proto_lists_follow_symbols_and_round_trip() -> None:
+    message = prediction_to_proto(prediction())
+    assert list(message.symbols) == ["BLTQ", "AURX"]
+    assert list(message.weights) == [0.75, 0.25] and list(message.logits) == [1.5, -0.5]
+    assert prediction_from_proto(pb.Prediction.FromString(message.SerializeToString())) == prediction()
+
+
+def test_history_proto_marks_the_last_page_with_an_empty_cursor() -> None:
+    last = history_to_proto(HistoryOut(items=[prediction()], next_before=None))
+    more = history_to_proto(HistoryOut(items=[prediction()], next_before=T0.to_pydatetime()))
+    assert last.next_before == "" and len(last.items) == 1
+    assert datetime.fromisoformat(more.next_before) == T0
+
+
+def test_serving_foundations_import_neither_torch_nor_training() -> None:
+    code = ("import sys, serving.schemas, serving.store, serving.proto.neuralfusion_pb2_grpc; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
