@@ -35,6 +35,9 @@ class TrainConfig:
     val_offsets: int = 4
     # TimesNet periods chosen from the training spectrum
     n_periods: int = 3
+    # shuffle the asset order of each training batch (inputs and targets alike): the model must learn how
+    # news and prices move an asset, not which asset drifted in the training period (see DESIGN notes)
+    permute_assets: bool = True
     # torch intra-op threads (0: torch's default)
     threads: int = 0
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+
+# Before any test imports torch or huggingface_hub: both read these once at import time.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see neuralfusion/cli.py: spinning OpenMP threads stall
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach a model hub
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +21,6 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("NFC_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "true")
 
 

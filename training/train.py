@@ -187,7 +187,8 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
     started, windows_seen = time.perf_counter(), 0
     for epoch in range(train.epochs):
         epoch_start = time.perf_counter()
-        order = np.random.default_rng(train.seed + epoch).permutation(train_anchors)[rank::world]
+        shuffle = np.random.default_rng(train.seed + epoch)
+        order = shuffle.permutation(train_anchors)[rank::world]
         batches = range(0, len(order), train.batch_size)
         losses = []
         raw_model.train()
@@ -202,6 +203,10 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
                 prev_anchors = np.maximum(anchors - window.horizon, first_anchor)
                 prev = torch.as_tensor(predict(raw_model, prepared.grid, prev_anchors)[1], dtype=torch.float32,
                                        device=device)
+            if train.permute_assets:
+                perm = torch.as_tensor(shuffle.permutation(config.n_assets), device=device)
+                inputs["coverage"], inputs["market"] = inputs["coverage"][..., perm], inputs["market"][:, :, perm]
+                targets, prev = targets[..., perm], (prev[:, perm] if prev is not None else None)
             out = model(**inputs, targets=targets, prev_weights=prev)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()

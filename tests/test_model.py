@@ -1,0 +1,393 @@
+"""The CGA model (training/model.py) and its config (neuralfusion/model_config.py) on a tiny config."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from neuralfusion import portfolio
+from neuralfusion.features import FEATURE_NAMES
+from neuralfusion.model_config import CgaConfig, dominant_periods
+from training.loss import cga_loss
+from training.model import (
+    CgaInception,
+    CgaModel,
+    CgaOnnxWrapper,
+    cga_example_inputs,
+    surrogate_weights,
+    topk_weights,
+)
+
+N_ASSETS = 5
+HORIZON = 6
+
+
+def tiny_config(**overrides) -> CgaConfig:
+    # period 5 does not divide the lookback of 24, so the padding path is exercised
+    values = dict(
+        n_assets=N_ASSETS,
+        embed_dim=16,
+        lookback=24,
+        d_model=16,
+        n_heads=2,
+        asset_dim=4,
+        news_route_dim=2,
+        periods=(12, 5),
+        conv_kernels=(1, 3),
+        top_k=2,
+        dropout=0.0,
+    )
+    return CgaConfig(**{**values, **overrides})
+
+
+def tiny_model(**overrides) -> CgaModel:
+    torch.manual_seed(0)
+    return CgaModel(tiny_config(**overrides)).eval()
+
+
+def logits_of(model: CgaModel, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(*inputs).logits
+
+
+def targets_for(batch: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, HORIZON, N_ASSETS, generator=torch.Generator().manual_seed(seed)) * 0.01
+
+
+# ---- forward and loss -----------------------------------------------------------------------------
+
+
+def test_forward_returns_per_asset_logits_and_weights():
+    model = tiny_model()
+    out = model(*cga_example_inputs(model.config, 3))
+    assert out.logits.shape == (3, N_ASSETS)
+    assert out.weights.shape == (3, N_ASSETS)
+    assert out.loss is None and out.loss_terms is None
+
+
+def test_forward_computes_the_loss_only_with_targets():
+    model = tiny_model()
+    out = model(*cga_example_inputs(model.config, 3), targets=targets_for(3))
+    assert out.loss.shape == ()
+    assert set(out.loss_terms) == {"sharpe", "diversification", "net_exposure", "turnover"}
+
+
+def test_eval_loss_is_taken_on_the_exact_topk_weights():
+    model = tiny_model()
+    targets, prev = targets_for(4), torch.full((4, N_ASSETS), 0.2)
+    out = model(*cga_example_inputs(model.config, 4), targets=targets, prev_weights=prev)
+    c = model.config
+    expected, _ = cga_loss(
+        out.weights,
+        targets,
+        prev,
+        lambda_div=c.lambda_div,
+        lambda_net=c.lambda_net,
+        lambda_turnover=c.lambda_turnover,
+        sharpe_eps=c.sharpe_eps,
+    )
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_training_loss_is_taken_on_the_surrogate_weights():
+    model = tiny_model(surrogate_mix=0.3).train()
+    targets = targets_for(4)
+    out = model(*cga_example_inputs(model.config, 4), targets=targets)
+    c = model.config
+    expected, _ = cga_loss(
+        surrogate_weights(out.logits, c.top_k, 0.3),
+        targets,
+        lambda_div=c.lambda_div,
+        lambda_net=c.lambda_net,
+        lambda_turnover=c.lambda_turnover,
+        sharpe_eps=c.sharpe_eps,
+    )
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.weights, topk_weights(out.logits, c.top_k))
+
+
+def test_forward_rejects_a_window_of_the_wrong_length():
+    model = tiny_model()
+    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 2)
+    with pytest.raises(ValueError, match=r"market must have shape \(B, 24, 5, 7\), got \(2, 23, 5, 7\)"):
+        model(news_emb, news_mask, coverage, market[:, 1:])
+
+
+def test_each_sample_gives_the_same_logits_alone_as_among_64_others():
+    model = tiny_model()
+    inputs = cga_example_inputs(model.config, 65, seed=3)
+    together = logits_of(model, inputs)
+    for i in (0, 31, 64):
+        alone = logits_of(model, [x[i : i + 1] for x in inputs])
+        torch.testing.assert_close(alone[0], together[i], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fusion", ["cga", "concat"])
+def test_logits_change_when_only_the_news_changes(fusion):
+    model = tiny_model(fusion=fusion)
+    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 4)
+    changed = news_emb + news_mask.unsqueeze(-1)  # move the embedding only where there is news
+    before = logits_of(model, (news_emb, news_mask, coverage, market))
+    after = logits_of(model, (changed, news_mask, coverage, market))
+    assert (before - after).abs().min() > 1e-6  # every sample, every asset
+
+
+@pytest.mark.parametrize("fusion", ["cga", "concat"])
+def test_logits_change_when_only_the_market_changes(fusion):
+    model = tiny_model(fusion=fusion)
+    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 4)
+    before = logits_of(model, (news_emb, news_mask, coverage, market))
+    after = logits_of(model, (news_emb, news_mask, coverage, market + 0.5))
+    assert (before - after).abs().min() > 1e-6
+
+
+def test_logits_depend_on_which_asset_the_news_covers():
+    model = tiny_model()
+    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 4)
+    swapped = coverage.roll(1, dims=-1)  # same news, attributed to the neighbouring asset
+    before = logits_of(model, (news_emb, news_mask, coverage, market))
+    after = logits_of(model, (news_emb, news_mask, swapped, market))
+    assert (before - after).abs().max() > 1e-4
+
+
+def test_concat_fusion_has_no_cross_attention():
+    model = tiny_model(fusion="concat")
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
+
+
+def test_market_only_ablation_ignores_the_news():
+    model = tiny_model(streams="market")
+    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 4)
+    before = logits_of(model, (news_emb, news_mask, coverage, market))
+    after = logits_of(model, (torch.randn_like(news_emb), 1 - news_mask, coverage.roll(1, dims=-1), market))
+    assert model.news is None
+    assert torch.equal(before, after)
+
+
+def test_news_only_ablation_ignores_the_market():
+    model = tiny_model(streams="news")
+    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 4)
+    before = logits_of(model, (news_emb, news_mask, coverage, market))
+    after = logits_of(model, (news_emb, news_mask, coverage, torch.randn_like(market)))
+    assert model.market is None
+    assert torch.equal(before, after)
+
+
+def test_embeddings_at_bars_without_news_never_reach_the_output():
+    model = tiny_model()
+    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 4)
+    junk = news_emb + (1 - news_mask).unsqueeze(-1) * torch.randn_like(news_emb) * 100
+    assert torch.equal(
+        logits_of(model, (news_emb, news_mask, coverage, market)), logits_of(model, (junk, news_mask, coverage, market))
+    )
+
+
+def test_no_news_vector_is_what_bars_without_news_see():
+    model = tiny_model()
+    inputs = cga_example_inputs(model.config, 4)
+    before = logits_of(model, inputs)
+    with torch.no_grad():
+        model.news.no_news.add_(1.0)
+    assert (before - logits_of(model, inputs)).abs().max() > 1e-4
+
+
+def test_every_parameter_gets_a_gradient():
+    model = tiny_model().train()
+    out = model(*cga_example_inputs(model.config, 8), targets=targets_for(8), prev_weights=torch.zeros(8, N_ASSETS))
+    out.loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead
+
+
+# ---- TimesNet pieces --------------------------------------------------------------------------------
+
+
+def test_merged_inception_equals_the_mean_of_parallel_convs():
+    torch.manual_seed(0)
+    block = CgaInception(3, 4, (1, 3, 5))
+    for b in block.biases:
+        torch.nn.init.normal_(b)
+    x = torch.randn(2, 3, 6, 7)
+    parallel = [
+        F.conv2d(x, w, b, padding=k // 2) for w, b, k in zip(block.weights, block.biases, (1, 3, 5), strict=True)
+    ]
+    torch.testing.assert_close(block(x), torch.stack(parallel).mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_dominant_periods_find_the_planted_period_in_a_series():
+    rng = np.random.default_rng(0)
+    t = np.arange(80 * 30)
+    series = np.sin(2 * np.pi * t / 16)[:, None, None] + 0.3 * rng.standard_normal((t.size, 3, 7))  # (T, N, F)
+    assert dominant_periods(series, k=2, lookback=80)[0] == 16
+
+
+def test_dominant_periods_find_the_planted_period_in_windows():
+    rng = np.random.default_rng(1)
+    t = np.arange(80)[None, :] + rng.integers(0, 100, size=(12, 1))  # random phases
+    windows = np.sin(2 * np.pi * t / 20)[:, :, None, None] + 0.3 * rng.standard_normal((12, 80, 2, 7))
+    periods = dominant_periods(windows, k=3, lookback=80)
+    assert periods[0] == 20
+    assert len(set(periods)) == 3
+
+
+def test_dominant_periods_refuse_nan():
+    with pytest.raises(ValueError, match="NaN"):
+        dominant_periods(np.full((160, 2, 7), np.nan), k=2, lookback=80)
+
+
+# ---- top-k weights ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 6, 9])
+def test_topk_weights_match_the_numpy_rule_on_random_logits(k):
+    logits = torch.randn(200, 6, generator=torch.Generator().manual_seed(k))
+    expected = portfolio.topk_weights(logits.numpy(), k)
+    np.testing.assert_allclose(topk_weights(logits, k).numpy(), expected, atol=1e-6)
+
+
+def test_topk_weights_break_ties_by_the_lower_asset_index():
+    logits = torch.tensor([[1.0, -2.0, 2.0, 1.0, -1.0], [3.0, 3.0, 3.0, 3.0, 3.0]])
+    weights = topk_weights(logits, 3)
+    np.testing.assert_allclose(weights.numpy(), portfolio.topk_weights(logits.numpy(), 3), atol=1e-7)
+    np.testing.assert_allclose(weights[0].numpy(), [0.2, -0.4, 0.4, 0.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(weights[1].numpy(), [1 / 3, 1 / 3, 1 / 3, 0.0, 0.0], atol=1e-7)
+
+
+def test_topk_weights_use_every_asset_when_k_reaches_n():
+    logits = torch.tensor([[0.5, -1.5, 2.0]])
+    np.testing.assert_allclose(topk_weights(logits, 7).numpy(), [[0.125, -0.375, 0.5]], atol=1e-7)
+
+
+def test_topk_weights_are_flat_for_all_zero_logits():
+    logits = torch.zeros(2, 4, requires_grad=True)
+    weights = topk_weights(logits, 2)
+    weights.sum().backward()
+    assert torch.equal(weights, torch.zeros(2, 4))
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_topk_weights_keep_logit_signs_with_gross_one():
+    logits = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    weights = topk_weights(logits, 4)
+    kept = weights != 0
+    assert torch.equal(torch.sign(weights[kept]), torch.sign(logits[kept]))
+    assert torch.equal(kept.sum(-1), torch.full((50,), 4))
+    torch.testing.assert_close(weights.abs().sum(-1), torch.ones(50))
+
+
+def test_topk_weights_send_gradient_only_to_kept_logits():
+    logits = torch.tensor([[0.1, -3.0, 2.0, 0.2]], requires_grad=True)
+    (topk_weights(logits, 2) * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert logits.grad[0, [0, 3]].eq(0).all()
+    assert logits.grad[0, [1, 2]].ne(0).all()
+
+
+def test_surrogate_weights_keep_gross_one_and_reach_every_logit():
+    logits = torch.tensor([[0.1, -3.0, 2.0, 0.2]], requires_grad=True)
+    weights = surrogate_weights(logits, 2, mix=0.2)
+    (weights * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    torch.testing.assert_close(weights.abs().sum(), torch.tensor(1.0))
+    assert logits.grad.ne(0).all()
+
+
+# ---- config ----------------------------------------------------------------------------------------
+
+
+def test_config_survives_a_json_round_trip():
+    config = tiny_config(fusion="concat", streams="market")
+    assert CgaConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_config_default_feature_count_matches_the_feature_set():
+    assert CgaConfig(n_assets=3).n_features == len(FEATURE_NAMES)
+
+
+def test_config_rejects_periods_longer_than_the_lookback():
+    with pytest.raises(ValueError, match=r"periods must lie in \[2, lookback=24\], got \[12, 30\]"):
+        tiny_config(periods=(12, 30))
+
+
+def test_config_rejects_heads_that_do_not_divide_the_width():
+    with pytest.raises(ValueError, match="d_model=16 must be divisible by n_heads=3"):
+        tiny_config(n_heads=3)
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match=r"unknown keys \['d_modle'\]"):
+        CgaConfig.from_dict({"n_assets": 3, "d_modle": 32})
+
+
+# ---- optimiser and checkpoints ---------------------------------------------------------------------
+
+
+def test_configure_optimizers_decays_only_matrices_and_kernels():
+    model = tiny_model()
+    decay, no_decay = model.configure_optimizers(weight_decay=0.1, lr=1e-3, betas=(0.9, 0.95)).param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert any(p is model.news.no_news for p in no_decay["params"])
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    model = tiny_model()
+    model.save_checkpoint(tmp_path / "model.safetensors")
+    loaded = CgaModel.from_checkpoint(tmp_path / "model.safetensors")
+    inputs = cga_example_inputs(model.config, 3)
+    assert loaded.config == model.config
+    assert torch.equal(logits_of(model, inputs), logits_of(loaded, inputs))
+
+
+def test_loading_refuses_a_state_with_a_wrong_shape():
+    model = tiny_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["head.out.weight"] = torch.zeros(N_ASSETS + 1, state["head.out.weight"].shape[1])
+    with pytest.raises(ValueError, match=r"head.out.weight: \(6, 64\) vs model \(5, 64\)"):
+        model.load_checked_state_dict(state)
+
+
+def test_loading_refuses_a_state_with_missing_tensors():
+    model = tiny_model()
+    state = dict(model.state_dict())
+    state.pop("head.out.bias")
+    before = model.head.out.weight.clone()
+    with pytest.raises(ValueError, match=r"checkpoint has \d+ tensors, the model has \d+"):
+        model.load_checked_state_dict({k: torch.zeros_like(v) for k, v in state.items()})
+    assert torch.equal(model.head.out.weight, before)  # nothing copied
+
+
+# ---- ONNX ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:_check_is_size will be removed:FutureWarning")
+@pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:The tensor attributes .*lstm._flat_weights.* were assigned:UserWarning")
+@pytest.mark.filterwarnings("ignore:# The axis name. batch will not be used:UserWarning")
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
+def test_onnx_export_matches_pytorch_for_batch_1_and_7():
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    wrapper = CgaOnnxWrapper(tiny_model())
+    batch = torch.export.Dim("batch")
+    program = torch.onnx.export(
+        wrapper,
+        cga_example_inputs(wrapper.model.config, 3),
+        input_names=list(wrapper.input_names),
+        output_names=list(wrapper.output_names),
+        opset_version=18,
+        dynamo=True,
+        dynamic_shapes={name: {0: batch} for name in wrapper.input_names},
+    )
+    session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert all(isinstance(i.shape[0], str) for i in session.get_inputs())  # the batch axis stayed symbolic
+    for size in (1, 7):
+        inputs = cga_example_inputs(wrapper.model.config, size, seed=size)
+        got = session.run(None, {n: x.numpy() for n, x in zip(wrapper.input_names, inputs, strict=True)})
+        with torch.no_grad():
+            expected = wrapper(*inputs)
+        for name, g, e in zip(wrapper.output_names, got, expected, strict=True):
+            np.testing.assert_allclose(g, e.numpy(), atol=1e-5, rtol=1e-4, err_msg=f"{name}, batch {size}")

@@ -1,0 +1,417 @@
+"""The CGA model: news stream + TimesNet market stream, fused by cross-gated attention, to portfolio weights.
+
+Read top to bottom: the portfolio rule, leaf modules (Inception conv, TimesNet block, the two stream
+encoders), the fusion block, the head, then the top model `CgaModel` and its ONNX wrapper.
+
+Shapes: B batch, L lookback bars, N assets, F market features per asset, D news embedding width,
+H horizon bars, C channels (d_model), P TimesNet periods.
+
+How assets enter. Every asset's F features pass through one shared per-asset embedding, then the N
+asset embeddings are flattened into the channels of a single market sequence: an asset's identity
+is its channel slot, so the head's per-asset logit can read that asset's own market state without an
+asset embedding, at the cost of one sequence (not N) through the TimesNet convs. News coverage is
+per asset too: besides the coverage one-hot, each bar's news embedding is projected to a few
+channels and routed to the slots of the assets the news mentions (coverage ⊗ projection), so
+"good news about asset n" is linear in the input of the news LSTM instead of a product it must learn.
+
+Periods. TimesNet's periods are fixed model constants (`CgaConfig.periods`, fit once on the training
+set by `neuralfusion.model_config.dominant_periods`), never chosen from a batch: a sample's output
+does not depend on its batch-mates and the exported graph is the PyTorch computation. The period
+branches are weighted per sample by the DFT amplitude at each period's frequency, computed in the
+graph by a fixed matrix product (the reference TimesNet's weighting, without the batch mean).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from neuralfusion.model_config import CgaConfig
+from training.loss import cga_loss
+
+__all__ = [
+    "CgaCrossGate",
+    "CgaFusion",
+    "CgaHead",
+    "CgaInception",
+    "CgaMarketEncoder",
+    "CgaModel",
+    "CgaNewsEncoder",
+    "CgaOnnxWrapper",
+    "CgaOutput",
+    "CgaTimesBlock",
+    "cga_example_inputs",
+    "surrogate_weights",
+    "topk_weights",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_METADATA_KEY = "cga_config"  # safetensors metadata entry holding the config JSON
+
+
+def topk_weights(logits: Tensor, k: int) -> Tensor:
+    """Top-k long/short weights (..., N) from logits, gross 1: `neuralfusion.portfolio.topk_weights` in torch.
+
+    The rank of asset i counts the assets ahead of it (larger |logit|, or equal |logit| and a lower
+    index), so ties go to the lower index exactly as the numpy rule's stable sort; the pairwise
+    comparison (N² per sample, N is small) exports to ONNX where `torch.topk` would not promise that
+    tie order. Differentiable with respect to the kept logits; all-zero logits give all-zero weights.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    magnitude = logits.abs()  # (..., N)
+    index = torch.arange(logits.shape[-1], device=logits.device)
+    lower_index = index.unsqueeze(0) < index.unsqueeze(1)  # (N, N): [i, j] is j < i
+    ahead = (magnitude.unsqueeze(-2) > magnitude.unsqueeze(-1)) | (
+        (magnitude.unsqueeze(-2) == magnitude.unsqueeze(-1)) & lower_index
+    )  # (..., N, N): j is ahead of i
+    rank = ahead.to(logits.dtype).sum(dim=-1)  # (..., N)
+    kept = torch.where(rank < k, logits, torch.zeros_like(logits))  # (..., N)
+    gross = kept.abs().sum(dim=-1, keepdim=True)  # (..., 1)
+    return kept / torch.where(gross > 0, gross, torch.ones_like(gross))
+
+
+def surrogate_weights(logits: Tensor, k: int, mix: float) -> Tensor:
+    """Training weights (..., N): (1 - mix)·top-k + mix·(all assets, gross-normalised); gross stays 1.
+
+    Exact top-k sends no gradient to assets outside the top k, so an asset that should enter the book
+    could only get there by others shrinking. The dense share gives every logit a gradient of the
+    right sign; both parts share each logit's sign, so the gross exposure is still 1.
+    """
+    return (1.0 - mix) * topk_weights(logits, k) + mix * topk_weights(logits, logits.shape[-1])
+
+
+class CgaInception(nn.Module):
+    """TimesNet's Inception block (mean of parallel odd-size 2D convs) run as one conv.
+
+    Zero-padding each kernel to the largest size and averaging gives the same output as averaging the
+    parallel convs (convolution is linear), with one conv instead of len(kernels).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.kernels = kernels
+        self.size = max(kernels)
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(out_channels, in_channels, k, k)) for k in kernels)
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(out_channels)) for _ in kernels)
+        for weight in self.weights:  # the reference initialisation
+            nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
+
+    def merged_kernel(self) -> tuple[Tensor, Tensor]:
+        """The single (out, in, K, K) kernel and (out,) bias equal to the mean of the parallel convs."""
+        weight = sum(F.pad(w, [(self.size - k) // 2] * 4) for w, k in zip(self.weights, self.kernels, strict=True))
+        bias = sum(self.biases)
+        return weight / len(self.kernels), bias / len(self.kernels)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, rows, cols) -> (B, C_out, rows, cols)
+        weight, bias = self.merged_kernel()
+        return F.conv2d(x, weight, bias, padding=self.size // 2)
+
+
+class CgaTimesBlock(nn.Module):
+    """One TimesNet block with fixed periods: fold time into (L/p, p) grids, 2D conv, unfold, mix.
+
+    The series is zero-padded at the start (the oldest bars), so the as-of bar is always the last cell
+    of every grid and the columns line up with the phase relative to the as-of bar. Branches are mixed
+    by a per-sample softmax over the DFT amplitudes of the block input at each period's frequency.
+    """
+
+    def __init__(self, d_model: int, lookback: int, periods: tuple[int, ...], kernels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.periods = periods
+        self.conv = nn.Sequential(
+            CgaInception(d_model, d_model, kernels), nn.GELU(), CgaInception(d_model, d_model, kernels)
+        )
+        # rfft bin of each period (period = lookback // bin in dominant_periods), as fixed DFT rows
+        bins = torch.tensor([max(1, round(lookback / p)) for p in periods], dtype=torch.float64)
+        angle = 2 * math.pi * bins[:, None] * torch.arange(lookback, dtype=torch.float64) / lookback  # (P, L)
+        self.register_buffer("dft_cos", torch.cos(angle).float(), persistent=False)
+        self.register_buffer("dft_sin", torch.sin(angle).float(), persistent=False)
+
+    def period_weights(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, P)
+        real = torch.einsum("blc,pl->bpc", x, self.dft_cos)  # (B, P, C)
+        imag = torch.einsum("blc,pl->bpc", x, self.dft_sin)  # (B, P, C)
+        amplitude = torch.sqrt(real.square() + imag.square() + 1e-12).mean(dim=-1)  # (B, P); eps: finite grad at 0
+        return torch.softmax(amplitude, dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
+        length, channels = x.shape[1], x.shape[2]
+        branches = []
+        for period in self.periods:
+            rows = -(-length // period)
+            pad = rows * period - length
+            grid = F.pad(x, (0, 0, pad, 0)).reshape(-1, rows, period, channels).permute(0, 3, 1, 2)  # (B, C, rows, p)
+            out = self.conv(grid).permute(0, 2, 3, 1).reshape(-1, rows * period, channels)  # (B, rows·p, C)
+            branches.append(out[:, pad:])  # (B, L, C)
+        stacked = torch.stack(branches, dim=-1)  # (B, L, C, P)
+        mixed = (stacked * self.period_weights(x)[:, None, None, :]).sum(dim=-1)  # (B, L, C)
+        return x + mixed
+
+
+class CgaMarketEncoder(nn.Module):
+    """Market stream: per-asset feature embedding, assets flattened into channels, TimesNet blocks -> M."""
+
+    def __init__(self, config: CgaConfig) -> None:
+        super().__init__()
+        self.asset_embed = nn.Linear(config.n_features, config.asset_dim)  # shared by all assets
+        self.mix = nn.Linear(config.n_assets * config.asset_dim, config.d_model)
+        # the TimesNet grids see order, but the cross-attention over time needs each bar's position
+        self.position = nn.Parameter(torch.randn(config.lookback, config.d_model) * 0.02)
+        self.blocks = nn.ModuleList(
+            CgaTimesBlock(config.d_model, config.lookback, config.periods, config.conv_kernels)
+            for _ in range(config.times_layers)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(config.d_model) for _ in range(config.times_layers))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, market: Tensor) -> Tensor:  # (B, L, N, F) -> (B, L, C)
+        per_asset = F.gelu(self.asset_embed(market))  # (B, L, N, asset_dim)
+        h = self.dropout(self.mix(per_asset.flatten(2)) + self.position)  # (B, L, C)
+        for block, norm in zip(self.blocks, self.norms, strict=True):
+            h = norm(block(h))  # (B, L, C)
+        return h
+
+
+class CgaNewsEncoder(nn.Module):
+    """News stream: [NO_NEWS] where a bar has no news, coverage one-hot and asset routing, one LSTM -> N."""
+
+    def __init__(self, config: CgaConfig) -> None:
+        super().__init__()
+        self.no_news = nn.Parameter(torch.randn(config.embed_dim) * 0.02)  # the learned [NO_NEWS] embedding
+        self.route = nn.Linear(config.embed_dim, config.news_route_dim) if config.news_route_dim else None
+        in_dim = config.embed_dim + config.n_assets * (1 + config.news_route_dim)
+        self.proj = nn.Linear(in_dim, config.d_model)
+        self.lstm = nn.LSTM(
+            config.d_model,
+            config.d_model,
+            num_layers=config.lstm_layers,
+            batch_first=True,
+            dropout=config.dropout if config.lstm_layers > 1 else 0.0,
+        )  # dropout sits between layers
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, news_emb: Tensor, news_mask: Tensor, coverage: Tensor) -> Tensor:  # -> (B, L, C)
+        # where(), not a blend: whatever sits in news_emb at bars without news never reaches the output
+        emb = torch.where(news_mask.unsqueeze(-1) > 0.5, news_emb, self.no_news)  # (B, L, D)
+        parts = [emb, coverage]
+        if self.route is not None:
+            routed = coverage.unsqueeze(-1) * self.route(emb).unsqueeze(-2)  # (B, L, N, route_dim)
+            parts.append(routed.flatten(2))  # (B, L, N·route_dim)
+        x = self.dropout(F.gelu(self.proj(torch.cat(parts, dim=-1))))  # (B, L, C)
+        out, _ = self.lstm(x)  # (B, L, C)
+        return out
+
+
+class CgaCrossGate(nn.Module):
+    """One direction of CGA: x̃ = g ⊙ Attn(x -> other) + (1 - g) ⊙ x, g = σ(W[x, Attn(x -> other)] + b)."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+        self.gate = nn.Linear(2 * d_model, d_model)
+
+    def forward(self, x: Tensor, other: Tensor) -> Tensor:  # (B, L, C), (B, L, C) -> (B, L, C)
+        attended, _ = self.attn(x, other, other, need_weights=False)  # (B, L, C)
+        gate = torch.sigmoid(self.gate(torch.cat([x, attended], dim=-1)))  # (B, L, C)
+        return gate * attended + (1.0 - gate) * x
+
+
+class CgaFusion(nn.Module):
+    """Fuse the available streams into one sequence: CGA both ways then concat, plain concat, or one stream."""
+
+    def __init__(self, config: CgaConfig) -> None:
+        super().__init__()
+        both = config.streams == "both"
+        self.cross = both and config.fusion == "cga"
+        self.news_gate = CgaCrossGate(config.d_model, config.n_heads, config.dropout) if self.cross else None
+        self.market_gate = CgaCrossGate(config.d_model, config.n_heads, config.dropout) if self.cross else None
+        self.out_dim = config.d_model * (2 if both else 1)
+
+    def forward(self, news_seq: Tensor | None, market_seq: Tensor | None) -> Tensor:  # -> (B, L, out_dim)
+        if news_seq is None or market_seq is None:
+            return market_seq if news_seq is None else news_seq
+        if self.news_gate is not None and self.market_gate is not None:
+            news_seq, market_seq = self.news_gate(news_seq, market_seq), self.market_gate(market_seq, news_seq)
+        return torch.cat([news_seq, market_seq], dim=-1)  # (B, L, 2C)
+
+
+class CgaHead(nn.Module):
+    """Pool over time (mean and last bar: the whole window and the as-of state), then linear -> N logits."""
+
+    def __init__(self, in_dim: int, n_assets: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(2 * in_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(2 * in_dim, n_assets)
+
+    def forward(self, fused: Tensor) -> Tensor:  # (B, L, C') -> (B, N)
+        pooled = torch.cat([fused.mean(dim=1), fused[:, -1]], dim=-1)  # (B, 2C')
+        return self.out(self.dropout(self.norm(pooled)))
+
+
+@dataclass
+class CgaOutput:
+    """What `CgaModel.forward` returns."""
+
+    logits: Tensor  # (B, N) per-asset scores
+    weights: Tensor  # (B, N) exact top-k long/short weights, gross 1 (0 where all logits are 0)
+    loss: Tensor | None = None  # () only when targets were given
+    loss_terms: dict[str, Tensor] | None = None  # unweighted terms, detached scalars (training/loss.py)
+
+
+class CgaModel(nn.Module):
+    """News + market windows -> per-asset logits and top-k portfolio weights (DESIGN.md section 3)."""
+
+    def __init__(self, config: CgaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.news: CgaNewsEncoder | None = CgaNewsEncoder(config) if config.streams != "market" else None
+        self.market: CgaMarketEncoder | None = CgaMarketEncoder(config) if config.streams != "news" else None
+        self.fusion = CgaFusion(config)
+        self.head = CgaHead(self.fusion.out_dim, config.n_assets, config.dropout)
+
+    def forward(
+        self,
+        news_emb: Tensor,
+        news_mask: Tensor,
+        coverage: Tensor,
+        market: Tensor,
+        targets: Tensor | None = None,
+        prev_weights: Tensor | None = None,
+    ) -> CgaOutput:
+        """news_emb (B, L, D), news_mask (B, L), coverage (B, L, N), market (B, L, N, F) -> CgaOutput.
+
+        With targets (B, H, N) (per-bar simple returns after the window) the loss is computed; in
+        training mode it is taken on `surrogate_weights`, in eval mode on the exact top-k weights.
+        prev_weights (B, N) are the books of the preceding windows, for the turnover term.
+        """
+        self._check_inputs(news_emb, news_mask, coverage, market)
+        news_seq = self.news(news_emb, news_mask, coverage) if self.news is not None else None  # (B, L, C)
+        market_seq = self.market(market) if self.market is not None else None  # (B, L, C)
+        logits = self.head(self.fusion(news_seq, market_seq))  # (B, N)
+        weights = topk_weights(logits, self.config.top_k)  # (B, N)
+        if targets is None:
+            return CgaOutput(logits=logits, weights=weights)
+        mix = self.config.surrogate_mix
+        train_weights = surrogate_weights(logits, self.config.top_k, mix) if self.training and mix > 0 else weights
+        loss, terms = cga_loss(
+            train_weights,
+            targets,
+            prev_weights,
+            lambda_div=self.config.lambda_div,
+            lambda_net=self.config.lambda_net,
+            lambda_turnover=self.config.lambda_turnover,
+            sharpe_eps=self.config.sharpe_eps,
+        )
+        return CgaOutput(logits=logits, weights=weights, loss=loss, loss_terms=terms)
+
+    def _check_inputs(self, news_emb: Tensor, news_mask: Tensor, coverage: Tensor, market: Tensor) -> None:
+        """Static trailing shapes only, so the check is free under torch.export."""
+        c = self.config
+        expected = {
+            "news_emb": (news_emb, (c.lookback, c.embed_dim)),
+            "news_mask": (news_mask, (c.lookback,)),
+            "coverage": (coverage, (c.lookback, c.n_assets)),
+            "market": (market, (c.lookback, c.n_assets, c.n_features)),
+        }
+        for name, (tensor, trailing) in expected.items():
+            if tuple(tensor.shape[1:]) != trailing:
+                raise ValueError(
+                    f"{name} must have shape (B, {', '.join(map(str, trailing))}), got {tuple(tensor.shape)}"
+                )
+
+    def configure_optimizers(self, weight_decay: float, lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+        """AdamW decaying only matrices and kernels (>= 2-D); biases, norms and [NO_NEWS] are not decayed."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        logger.debug(
+            "AdamW: %d decayed tensors (%d values), %d not decayed (%d values)",
+            len(decay),
+            sum(p.numel() for p in decay),
+            len(no_decay),
+            sum(p.numel() for p in no_decay),
+        )
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=lr,
+            betas=betas,
+        )
+
+    def load_checked_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Copy weights after checking that key count, names and every shape match this model."""
+        own = self.state_dict()
+        if len(state) != len(own):
+            raise ValueError(f"checkpoint has {len(state)} tensors, the model has {len(own)}")
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"checkpoint keys differ: missing {missing}, unexpected {unexpected}")
+        wrong = [
+            f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape
+        ]
+        if wrong:
+            raise ValueError(f"checkpoint shapes differ: {wrong}")
+        with torch.no_grad():
+            for key, value in state.items():
+                own[key].copy_(value)
+
+    def save_checkpoint(self, path: Path | str) -> None:
+        """Weights as safetensors, with the config JSON in the file's metadata."""
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(self.config.to_dict())})
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str, device: str = "cpu") -> CgaModel:
+        """Rebuild the model from a `save_checkpoint` file (config from its metadata), in eval mode."""
+        with safe_open(str(path), framework="pt", device=device) as handle:
+            metadata = handle.metadata() or {}
+        if CONFIG_METADATA_KEY not in metadata:
+            raise ValueError(f"{path}: no {CONFIG_METADATA_KEY!r} metadata; not written by CgaModel.save_checkpoint")
+        model = cls(CgaConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))).to(device)
+        model.load_checked_state_dict(load_file(str(path), device=device))
+        return model.eval()
+
+
+class CgaOnnxWrapper(nn.Module):
+    """Plain-tensor interface for ONNX export: four inputs -> (logits, weights), no loss.
+
+    Wrapping puts the model in eval mode: an export is an inference graph (no dropout).
+    """
+
+    input_names = ("news_emb", "news_mask", "coverage", "market")
+    output_names = ("logits", "weights")
+
+    def __init__(self, model: CgaModel) -> None:
+        super().__init__()
+        self.model = model
+        self.eval()
+
+    def forward(self, news_emb: Tensor, news_mask: Tensor, coverage: Tensor, market: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(news_emb, news_mask, coverage, market)
+        return out.logits, out.weights  # (B, N), (B, N)
+
+
+def cga_example_inputs(config: CgaConfig, batch_size: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Random float32 inputs of the right shapes (news on ~30% of bars, each covering 1-2 assets).
+
+    For tests and export tracing; returns (news_emb, news_mask, coverage, market).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch_size, config.lookback)
+    news_mask = (torch.rand(shape, generator=gen) < 0.3).float()  # (B, L)
+    news_emb = torch.randn(*shape, config.embed_dim, generator=gen) * news_mask.unsqueeze(-1)  # (B, L, D)
+    coverage = (torch.rand(*shape, config.n_assets, generator=gen) < 1.5 / config.n_assets).float()
+    coverage = coverage * news_mask.unsqueeze(-1)  # (B, L, N): only bars with news cover assets
+    market = torch.randn(*shape, config.n_assets, config.n_features, generator=gen)  # (B, L, N, F)
+    return news_emb, news_mask, coverage, market
