@@ -1,0 +1,96 @@
+"""`nfc export` and `nfc validate`: a run folder to a verified model package, and its offline check.
+
+    nfc export --model runs/demo/model --out runs/demo/package
+    nfc export --model RUN --out PKG --encoder runs/demo/encoder --version 2026-11-27a --no-bentoml
+    nfc validate runs/demo/package
+    nfc validate PKG --model RUN --data runs/demo/data --json
+
+`export` refuses an encoder whose fingerprint differs from the one that made the run's embeddings,
+publishes the package only after every graph passed parity, then registers it in the BentoML model
+store as neuralfusion:<version> (BENTOML_HOME) unless --no-bentoml. `validate` exits 0 only if every
+check holds (hashes, ONNX checker, parity on generated and real inputs, batch invariance, tokenizer).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from export.manifest import PackageError, load_manifest
+from export.onnx_export import ExportError
+from export.package import build_package
+from export.validate import validate_package
+
+__all__ = ["export_command", "validate_command"]
+
+logger = logging.getLogger(__name__)
+
+_existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+@click.command("export")
+@click.option("--model", "run_dir", required=True, type=_existing_dir, help="Run folder written by `nfc train`.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Package folder to write.")
+@click.option("--encoder", "encoder_path", default=None,
+              help="Encoder folder. Default: the one named in the run's embeddings file.")
+@click.option("--version", default=None, help="Package version. Default: UTC time + weights hash.")
+@click.option("--external-data", is_flag=True, help="Store weights in .onnx.data files (automatic above 2 GB).")
+@click.option("--no-bentoml", is_flag=True, help="Do not register the package in the BentoML model store.")
+@click.option("--force", is_flag=True, help="Replace an existing package folder.")
+def export_command(run_dir: Path, out: Path, encoder_path: str | None, version: str | None,
+                   external_data: bool, no_bentoml: bool, force: bool) -> None:
+    """Export the encoder and the fusion model of RUN to ONNX, with parity, into the package OUT.
+
+    \b
+    nfc export --model runs/demo/model --out runs/demo/package
+    nfc export --model RUN --out PKG --encoder ENCODER_DIR --version v2 --no-bentoml
+    """
+    try:
+        build_package(run_dir, out, encoder_path=encoder_path, version=version, external_data=external_data or None,
+                      force=force, progress=True)
+    except (ExportError, ValueError, FileNotFoundError, FileExistsError) as err:  # incl. fingerprint mismatch
+        raise click.ClickException(str(err)) from None
+    manifest = load_manifest(out)
+    worst = max(manifest.data["parity"], key=lambda r: r["max_abs"] / r["bound"])
+    click.echo(f"wrote {out}: version {manifest.version}, {len(manifest.data['parity'])} parity checks passed "
+               f"(closest to its bound: {worst['graph']} {worst['check']}, max abs {worst['max_abs']:.2e} "
+               f"<= {worst['bound']:.1e})")
+    if no_bentoml:
+        return
+    try:
+        from export.bento import import_package
+
+        tag = import_package(out)
+    except ModuleNotFoundError as err:
+        raise click.ClickException(f"the BentoML model store needs the 'serve' extra (missing {err.name!r}): "
+                                   "pip install 'neuralfusioncore[serve]', or pass --no-bentoml") from None
+    except PackageError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"registered {tag} in the BentoML model store")
+
+
+@click.command("validate")
+@click.argument("package", type=_existing_dir)
+@click.option("--model", "run_dir", type=_existing_dir, default=None,
+              help="Run folder to compare against. Default: the run the package was exported from.")
+@click.option("--data", "data_dir", type=_existing_dir, default=None,
+              help="Data folder for real articles and windows. Default: the run's data folder.")
+@click.option("--embeddings", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="`nfc embed` file for --data's news. Default: the run's embeddings file.")
+@click.option("--encoder", "encoder_path", default=None, help="Encoder folder. Default: the package's source.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def validate_command(package: Path, run_dir: Path | None, data_dir: Path | None, embeddings: Path | None,
+                     encoder_path: str | None, as_json: bool) -> None:
+    """Check PACKAGE offline: hashes, ONNX checker, parity vs PyTorch, batch invariance; exit 0 only if all hold.
+
+    \b
+    nfc validate runs/demo/package
+    nfc validate PKG --model RUN --data DIR --json
+    """
+    report = validate_package(package, run_dir=run_dir, data_dir=data_dir, encoder_path=encoder_path,
+                              embeddings=embeddings, progress=not as_json)
+    click.echo(report.to_json() if as_json else report.table())
+    if not report.passed:
+        raise SystemExit(1)

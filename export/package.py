@@ -1,0 +1,194 @@
+"""Build a model package from a run folder: both graphs, their variants, tokenizer, manifest, parity.
+
+    build_package(Path("runs/demo/model"), Path("runs/demo/package"))   # what `nfc export` calls
+
+The encoder exported is the one whose embeddings the run was trained on: by default the encoder
+named in the run's embeddings file, loaded with the attention type, pooling and max length recorded
+there, and its fingerprint must equal the run's (else `FingerprintMismatchError`). The package is
+written into `PKG.partial/` and renamed to `PKG/` only after every graph passed parity, so a failed
+export never leaves a folder that looks finished. Layout and manifest schema: export/manifest.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+import torch
+from tqdm.auto import tqdm
+
+from export.manifest import FORMAT, GRAPHS, MANIFEST_FILE, check_version, write_manifest
+from export.onnx_export import (
+    OPSET,
+    ExportError,
+    check_graph,
+    convert_fp16,
+    export_encoder,
+    export_fusion,
+    graph_signature,
+    optimize_for_cpu,
+)
+from export.parity import TOLERANCES, ParityResult, encoder_cases, fusion_cases, package_parity
+from neuralfusion.embeddings import read_embeddings
+from training.encoder import NfcEncoder
+from training.model import CgaModel
+from training.runs import Run, git_commit, load_run, staged_folder
+
+__all__ = [
+    "EncoderSettings",
+    "FingerprintMismatchError",
+    "build_package",
+    "default_version",
+    "encoder_settings",
+    "graph_files",
+    "load_run_encoder",
+]
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_DIR = "tokenizer"
+
+
+class FingerprintMismatchError(ValueError):
+    """The encoder to export is not the one that made the run's embeddings."""
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """Which encoder made a run's embeddings, and how it was loaded (all part of its fingerprint)."""
+
+    path: str
+    attention_type: str = "original_full"
+    pooling: str = "mean"
+    max_length: int = 2048
+
+
+def encoder_settings(run: Run, encoder_path: str | None = None) -> EncoderSettings:
+    """Settings from the run's embeddings file (written by `nfc embed`); `encoder_path` overrides its path."""
+    embeddings = Path(run.encoder.get("embeddings") or "")
+    meta: dict[str, str] = read_embeddings(embeddings)[2] if embeddings.is_file() else {}
+    path = encoder_path or meta.get("nfc.encoder")
+    if not path:
+        raise FileNotFoundError(f"run {run.path} does not say which encoder made its embeddings ({embeddings} "
+                                "is missing or names none); pass --encoder PATH")
+    local = Path(path).expanduser()
+    return EncoderSettings(path=str(local.resolve()) if local.exists() else str(path),  # a folder, or a hub id
+                           attention_type=meta.get("nfc.attention_type", "original_full"),
+                           pooling=meta.get("nfc.pooling", "mean"), max_length=int(meta.get("nfc.max_length", 2048)))
+
+
+def load_run_encoder(run: Run, settings: EncoderSettings) -> NfcEncoder:
+    """The encoder on CPU in float32, refused unless its fingerprint equals the one the run's embeddings record."""
+    encoder = NfcEncoder.load(settings.path, attention_type=settings.attention_type, max_length=settings.max_length,
+                              pooling=settings.pooling, device="cpu", dtype="float32")
+    expected = run.encoder.get("fingerprint")
+    if encoder.fingerprint != expected:
+        raise FingerprintMismatchError(
+            f"encoder {settings.path} ({settings.attention_type}, {settings.pooling} pooling, max_length "
+            f"{settings.max_length}, float32) has fingerprint {encoder.fingerprint[:12]}, but run {run.path} was "
+            f"trained on embeddings made by {str(expected)[:12]}; export the encoder that made them "
+            "(--encoder PATH), or re-embed the news and retrain")
+    if encoder.dim != run.model_config.embed_dim:
+        raise FingerprintMismatchError(f"encoder {settings.path} makes {encoder.dim}-d vectors, the model reads "
+                                       f"{run.model_config.embed_dim}-d ones")
+    return encoder
+
+
+def default_version(run: Run) -> str:
+    """UTC time of the export and the first 8 hex digits of the weights' sha256, e.g. 20261127-044612-3fa2b1c0."""
+    digest = hashlib.sha256(run.weights_path.read_bytes()).hexdigest()[:8]
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{digest}"
+
+
+def graph_files(graph: str) -> dict[str, str]:
+    """File names of a graph's variants in a package (manifest "variants")."""
+    return {"fp32": f"{graph}.onnx", "cpu": f"{graph}.cpu.onnx", "fp16": f"{graph}.fp16.onnx"}
+
+
+def _write_graphs(encoder: NfcEncoder, model: CgaModel, root: Path, external_data: bool | None,
+                  steps: tqdm) -> None:
+    """Export both graphs into `root`, check them, and derive the CPU-optimised and fp16 variants."""
+    for graph, export in (("encoder", lambda p: export_encoder(encoder, p, external_data)),
+                          ("fusion", lambda p: export_fusion(model, p, external_data))):
+        files = graph_files(graph)
+        steps.set_postfix_str(files["fp32"])
+        source = export(root / files["fp32"])
+        check_graph(source)
+        optimize_for_cpu(source, root / files["cpu"])
+        convert_fp16(source, root / files["fp16"])
+        check_graph(root / files["fp16"])
+        steps.update(1)
+
+
+def _manifest(run: Run, encoder: NfcEncoder, settings: EncoderSettings, root: Path, version: str,
+              parity: list[ParityResult]) -> dict[str, Any]:
+    bar_spec = run.bar_spec
+    tokenizer = encoder.tokenizer
+    return {
+        "format": FORMAT,
+        "version": version,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "source": {"run": str(run.path.resolve()), "run_git_commit": run.meta.get("git_commit"),
+                   "encoder": settings.path, "embeddings": run.encoder.get("embeddings")},
+        "universe": run.universe.to_dict(),
+        "bar_spec": {"interval": bar_spec.interval, "calendar": bar_spec.calendar,
+                     "max_missing_fraction": bar_spec.max_missing_fraction},
+        "window": {"lookback": run.window.lookback, "horizon": run.window.horizon},
+        "portfolio": {"top_k": run.portfolio.top_k, "cost_bps": run.portfolio.cost_bps},
+        "features": {"names": list(run.meta["feature_names"]), "warmup_bars": int(run.meta["warmup_bars"]),
+                     "normaliser": run.normaliser.to_dict()},
+        "model": run.model_config.to_dict(),
+        "encoder": {"max_length": encoder.max_length, "pooling": encoder.pooling,
+                    "attention_type": encoder.attention_type, "fingerprint": encoder.fingerprint, "dim": encoder.dim,
+                    "pad_token_id": tokenizer.pad_token_id, "tokenizer": f"{TOKENIZER_DIR}/tokenizer.json",
+                    # what serving's tokenizer must reproduce: special tokens added, then cut to max_length
+                    "truncation": "ids incl. [CLS]/[SEP] cut to max_length; batches right-padded with pad_token_id"},
+        "onnx": {"opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)", "torch": torch.__version__,
+                 "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+        "graphs": {graph: {**graph_signature(root / graph_files(graph)["fp32"]), "variants": graph_files(graph)}
+                   for graph in GRAPHS},
+        "runtime": {"cpu": "the 'cpu' variants with CPUExecutionProvider at ORT_ENABLE_ALL",
+                    "gpu": "the 'fp16' variants with CUDAExecutionProvider",
+                    "fp16_on_cpu": "ORT_ENABLE_EXTENDED at most: ORT 1.32 crashes in NchwcTransformer on fp16 graphs"},
+        "tolerances": {name: asdict(tolerance) for name, tolerance in TOLERANCES.items()},
+        "parity": [result.to_dict() for result in parity],
+        "metrics": run.metrics,
+    }
+
+
+def build_package(run_dir: Path, out: Path, encoder_path: str | None = None, version: str | None = None,
+                  external_data: bool | None = None, force: bool = False, progress: bool = False) -> Path:
+    """Export run `run_dir` into the package folder `out` (module docstring); returns `out`.
+
+    external_data: True stores every graph's weights in a `.data` file beside it, None only when a
+    graph is too large for one protobuf file (2 GB). progress: a bar over the stages on stderr.
+    """
+    run = load_run(run_dir)
+    settings = encoder_settings(run, encoder_path)
+    encoder = load_run_encoder(run, settings)
+    model = CgaModel.from_checkpoint(run.weights_path)
+    version = check_version(version or default_version(run))
+    with staged_folder(out, force, required=(MANIFEST_FILE,)) as partial, \
+            tqdm(total=3, desc="export", unit="step", disable=not progress) as steps:
+        _write_graphs(encoder, model, partial, external_data, steps)
+        encoder.tokenizer.save_pretrained(partial / TOKENIZER_DIR)
+        graphs = {graph: {variant: partial / name for variant, name in graph_files(graph).items()}
+                  for graph in GRAPHS}
+        steps.set_postfix_str("parity")
+        parity = package_parity(encoder, model, graphs, encoder_cases(encoder), fusion_cases(model.config))
+        failed = [r for r in parity if not r.passed]
+        if failed:
+            rows = "; ".join(f"{r.graph} {r.check} ({r.case}): max abs {r.max_abs:.3g} > {r.bound:.3g}"
+                             for r in failed[:5])
+            raise ExportError(f"{len(failed)} parity checks failed, nothing published: {rows}")
+        write_manifest(partial, _manifest(run, encoder, settings, partial, version, parity))
+        steps.update(1)
+    logger.info("wrote package %s (version %s)", out, version)
+    return out

@@ -1,0 +1,223 @@
+"""Offline validation of a model package against the PyTorch run it came from (`nfc validate`).
+
+Checks, in order (a failed hash check stops there: a tampered package is refused, not evaluated):
+1. hashes: manifest digest and the sha256 of every listed file (export.manifest.load_manifest);
+2. the ONNX checker (with shape inference) on every graph, and each graph's inputs/outputs equal the
+   manifest's, batch (and sequence) axes still symbolic;
+3. the references: the run's checkpoint and model config, the encoder with the manifest's fingerprint;
+4. parity of every graph variant vs PyTorch on generated inputs (seeded differently from the export's):
+   batch 1/7/64, the encoder's longest inputs (> 704 tokens when it takes them), market windows
+   whose periods differ from the model's; batch invariance in ONNX Runtime;
+5. the same on real data: articles of the data folder's news and windows of its test split;
+6. the tokenizer file in the package, read with `tokenizers` alone (as serving reads it), gives the
+   ids the encoder was fed.
+The report passes only if no check failed; a check that could not run (no data folder) is "skipped".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from export.manifest import GRAPHS, PackageError, PackageManifest, load_manifest
+from export.onnx_export import check_graph, graph_signature
+from export.package import EncoderSettings, graph_files, load_run_encoder
+from export.parity import EncoderBatch, FusionBatch, ParityResult, encoder_cases, fusion_cases, package_parity
+from neuralfusion.data.news import article_text
+from neuralfusion.dataset import MarketData, load_data_dir
+from neuralfusion.inputs import INPUT_NAMES
+from training.encoder import NfcEncoder
+from training.model import CgaModel
+from training.runs import Run, load_run
+from training.train import prepare
+
+__all__ = ["Check", "ValidationReport", "validate_package"]
+
+# rows per real-data case; 64 also bounds how many articles and windows are read
+_BATCHES = (1, 7, 64)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report; `passed` is None when the check could not run (e.g. no data folder)."""
+
+    check: str
+    passed: bool | None
+    detail: str = ""
+    graph: str = ""
+    case: str = ""
+    max_abs: float | None = None
+    max_rel: float | None = None
+    bound: float | None = None
+
+    @classmethod
+    def from_parity(cls, result: ParityResult) -> Check:
+        return cls(check=result.check, passed=result.passed, detail=result.detail, graph=result.graph,
+                   case=result.case, max_abs=result.max_abs, max_rel=result.max_rel, bound=result.bound)
+
+
+@dataclass
+class ValidationReport:
+    """Every check on one package; `passed` only if none failed and the parity checks ran."""
+
+    package: str
+    version: str | None = None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        ran_parity = any(c.max_abs is not None and c.passed is not None for c in self.checks)
+        return ran_parity and all(c.passed is not False for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"package": self.package, "version": self.version, "passed": self.passed,
+                "checks": [asdict(c) for c in self.checks]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        """A fixed-width table, one row per check, then the verdict."""
+        rows = [("check", "graph", "case", "max abs", "bound", "result")]
+        for c in self.checks:
+            result = {True: "ok", False: "FAIL", None: "skipped"}[c.passed]
+            case = c.case or c.detail
+            rows.append((c.check, c.graph, case[:48], "" if c.max_abs is None else f"{c.max_abs:.2e}",
+                         "" if c.bound is None else f"{c.bound:.1e}", result))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+        failed = [c for c in self.checks if c.passed is False]
+        verdict = "PASSED" if self.passed else f"FAILED: {len(failed)} of {len(self.checks)} checks failed"
+        notes = [f"FAIL {c.check} {c.graph} {c.case}: {c.detail}" for c in failed if c.detail]
+        return "\n".join([f"package {self.package} (version {self.version})", *lines, *notes, verdict])
+
+
+def _graph_paths(manifest: PackageManifest) -> dict[str, dict[str, Path]]:
+    return {graph: {variant: manifest.graph_path(graph, variant) for variant in graph_files(graph)}
+            for graph in GRAPHS}
+
+
+def _structure_checks(manifest: PackageManifest) -> Iterator[Check]:
+    """ONNX checker and signature (names, dtypes, shapes, symbolic axes) of every graph variant."""
+    for graph, variants in _graph_paths(manifest).items():
+        declared = {key: manifest.data["graphs"][graph][key] for key in ("inputs", "outputs")}
+        for path in variants.values():
+            try:
+                check_graph(path)
+                yield Check("onnx checker", True, graph=path.name)
+            except Exception as err:  # the checker raises several types; any is a failed check
+                yield Check("onnx checker", False, f"{type(err).__name__}: {err}"[:300], graph=path.name)
+            actual = graph_signature(path)
+            batch_symbolic = all(isinstance(v["shape"][0], str) for v in actual["inputs"] + actual["outputs"])
+            same = actual == declared
+            detail = "" if same and batch_symbolic else f"graph has {actual}, manifest declares {declared}"
+            yield Check("signature", same and batch_symbolic, detail, graph=path.name)
+
+
+def _real_encoder_inputs(encoder: NfcEncoder, texts: list[str]) -> list[tuple[str, EncoderBatch]]:
+    ids, _ = encoder.tokenize(texts)
+    cases = []
+    for size in _BATCHES:
+        if size <= len(ids):
+            input_ids, mask = encoder.pad_batch(ids[:size])
+            cases.append((f"real articles batch {size}", (input_ids.cpu().numpy(), mask.cpu().numpy())))
+    return cases
+
+
+def _real_fusion_inputs(manifest: PackageManifest, data: MarketData, embeddings: Path) -> list[tuple[str, FusionBatch]]:
+    """Windows of the data's test split (never trained on), evenly spaced, normalised with the package's stats."""
+    prepared = prepare(data, embeddings, manifest.window, normaliser=manifest.normaliser)
+    anchors = prepared.splits.test
+    chosen = anchors[np.linspace(0, len(anchors) - 1, min(len(anchors), max(_BATCHES))).astype(int)]
+    windows = prepared.grid.windows(chosen, manifest.window.lookback)
+    return [(f"real windows batch {size}", {name: windows[name][:size].astype(np.float32) for name in INPUT_NAMES})
+            for size in _BATCHES if size <= len(chosen)]
+
+
+def _tokenizer_check(manifest: PackageManifest, encoder: NfcEncoder, texts: list[str]) -> Check:
+    """The package's tokenizer.json through `tokenizers` alone, truncated as the manifest says, vs the encoder."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(manifest.root / manifest.data["encoder"]["tokenizer"]))
+    tokenizer.enable_truncation(manifest.data["encoder"]["max_length"])
+    words = " ".join(texts).split()
+    long_text = " ".join(words * (2 * manifest.data["encoder"]["max_length"] // len(words) + 1))
+    texts = [*texts, long_text]  # far over max_length tokens: truncation must agree too
+    got = [e.ids for e in tokenizer.encode_batch(texts)]
+    expected, _ = encoder.tokenize(texts)
+    differ = [i for i, (g, e) in enumerate(zip(got, expected, strict=True)) if g != e]
+    detail = f"{len(texts)} texts" if not differ else f"{len(differ)} of {len(texts)} texts tokenize differently"
+    return Check("tokenizer", not differ, detail, graph=manifest.data["encoder"]["tokenizer"])
+
+
+def _references(manifest: PackageManifest, run_dir: Path | None,
+                encoder_path: str | None) -> tuple[Run, CgaModel, NfcEncoder]:
+    source = manifest.data["source"]
+    run = load_run(run_dir or Path(source["run"]))
+    if run.model_config.to_dict() != manifest.data["model"]:
+        raise PackageError(f"run {run.path} has another model config than the package; pass the run it came from")
+    if run.encoder.get("fingerprint") != manifest.data["encoder"]["fingerprint"]:
+        raise PackageError(f"run {run.path} was trained on embeddings of another encoder than the package's")
+    spec = manifest.data["encoder"]
+    settings = EncoderSettings(path=encoder_path or source["encoder"], attention_type=spec["attention_type"],
+                               pooling=spec["pooling"], max_length=spec["max_length"])
+    return run, CgaModel.from_checkpoint(run.weights_path), load_run_encoder(run, settings)
+
+
+def validate_package(pkg_dir: Path, run_dir: Path | None = None, data_dir: Path | None = None,
+                     encoder_path: str | None = None, embeddings: Path | None = None,
+                     progress: bool = False) -> ValidationReport:
+    """Run every check (module docstring) on the package at `pkg_dir`.
+
+    run_dir, encoder_path: the PyTorch references (default: where the manifest says it was exported from).
+    data_dir: real data (default: the run's data folder); embeddings: its `nfc embed` file (default: the run's).
+    """
+    report = ValidationReport(package=str(pkg_dir))
+    with tqdm(total=5, desc="validate", disable=not progress, unit="step") as steps:
+        try:
+            manifest = load_manifest(pkg_dir, verify=True)
+        except PackageError as err:
+            report.checks.append(Check("hashes", False, str(err)))
+            return report
+        report.version = manifest.version
+        report.checks.append(Check("hashes", True, f"{len(manifest.data['files'])} files match the manifest"))
+        report.checks += _structure_checks(manifest)
+        steps.update(1)
+        try:
+            run, model, encoder = _references(manifest, run_dir, encoder_path)
+        except (OSError, ValueError) as err:  # missing run/encoder, other config, fingerprint mismatch
+            report.checks.append(Check("references", False, str(err)))
+            return report
+        report.checks.append(Check("references", True, f"run {run.path}, encoder {encoder.source}"))
+        steps.update(1)
+        graphs = _graph_paths(manifest)
+        generated = package_parity(encoder, model, graphs, encoder_cases(encoder, seed=1),
+                                   fusion_cases(model.config, seed=1))
+        report.checks += [Check.from_parity(r) for r in generated]
+        steps.update(1)
+        data_dir = data_dir or (Path(run.meta["data_dir"]) if run.meta.get("data_dir") else None)
+        if data_dir is None or not data_dir.is_dir():
+            report.checks.append(Check("real data", None, f"no data folder ({data_dir}); pass --data DIR"))
+            report.checks.append(_tokenizer_check(manifest, encoder, ["Shares rally after results.", "Weak demand."]))
+            return report
+        try:
+            data = load_data_dir(data_dir, universe=manifest.universe)
+            texts = [article_text(t, b) for t, b in zip(data.news["title"], data.news["body"], strict=True)]
+            texts = texts[:max(_BATCHES)]
+            embeddings = embeddings or Path(run.encoder["embeddings"])
+            real = package_parity(encoder, model, graphs, _real_encoder_inputs(encoder, texts),
+                                  _real_fusion_inputs(manifest, data, embeddings))
+        except (ValueError, OSError) as err:  # DataError (a ValueError): data the model cannot read
+            report.checks.append(Check("real data", False, f"{data_dir}: {err}"))
+            return report
+        steps.update(1)
+        report.checks += [Check.from_parity(r) for r in real]
+        report.checks.append(_tokenizer_check(manifest, encoder, texts))
+        steps.update(1)
+    return report

@@ -1,0 +1,328 @@
+"""`nfc export`: a tiny real run and encoder to an ONNX package; manifest, parity, hashes, BentoML store.
+
+The package is built once per test session (`tiny_artifacts`, shared with test_validate.py) through
+the CLI, with external data so the `.onnx.data` path and its hashes are exercised too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from neuralfusion.cli import main
+
+# the tiny BigBird: full attention up to 1024 tokens, so parity is tested above BigBird's 704-token switch
+TINY_ENCODER = {"vocab_size": 400, "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+                "intermediate_size": 64, "max_position_embeddings": 1024, "block_size": 16, "num_random_blocks": 2}
+TINY_RUN = ["--lookback", "16", "--horizon", "8", "--model-set", "d_model=16", "--model-set", "n_heads=2",
+            "--model-set", "asset_dim=4", "--set", "epochs=1", "--set", "batch_size=32", "--set", "train_stride=8",
+            "--set", "threads=1"]
+FP32_ATOL = 1e-5  # the stated fp32 tolerance for logits and pooled vectors (export.parity.TOLERANCES)
+
+
+@dataclass(frozen=True)
+class TinyArtifacts:
+    data: Path
+    encoder: Path
+    embeddings: Path
+    run: Path
+    package: Path
+
+
+def nfc(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--log-level", "WARNING", *args])
+    return result.exit_code, result.output
+
+
+def tiny_encoder(texts: list[str], out: Path, seed: int = 0) -> Path:
+    from training.encoder_setup import EncoderSetupConfig, init_encoder
+
+    return init_encoder(texts, out, EncoderSetupConfig(**TINY_ENCODER, seed=seed))
+
+
+def news_texts(data: Path) -> list[str]:
+    from neuralfusion.data.news import article_text, read_news
+
+    news = read_news(data / "news.jsonl")
+    return [article_text(t, b) for t, b in zip(news["title"], news["body"], strict=True)]
+
+
+def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
+    """Synthetic data, tiny encoder, its embeddings, a 1-epoch run and its package; built once per session
+    (cached under the session's base temp folder, which both test modules share)."""
+    from neuralfusion.synth import SynthConfig, generate_market, write_market
+
+    root = tmp_path_factory.getbasetemp() / "export-tiny"
+    artifacts = TinyArtifacts(root / "data", root / "encoder", root / "emb.parquet", root / "run", root / "pkg")
+    if artifacts.package.is_dir():
+        return artifacts
+    shutil.rmtree(root, ignore_errors=True)
+    # 6 assets and the default top_k=4: the book is a real choice, so top-k parity is not trivial
+    write_market(generate_market(SynthConfig(n_assets=6, days=3, seed=5)), artifacts.data)
+    tiny_encoder(news_texts(artifacts.data), artifacts.encoder)
+    steps = [("embed", "--news", str(artifacts.data / "news.jsonl"), "--out", str(artifacts.embeddings),
+              "--encoder", str(artifacts.encoder), "--max-length", "1024"),
+             ("train", "--data", str(artifacts.data), "--embeddings", str(artifacts.embeddings), "--out",
+              str(artifacts.run), *TINY_RUN),
+             ("export", "--model", str(artifacts.run), "--out", str(artifacts.package), "--version", "0.1.0-test",
+              "--external-data", "--no-bentoml")]
+    for args in steps:
+        code, output = nfc(*args)
+        assert code == 0, output
+    return artifacts
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
+    return tiny_artifacts(tmp_path_factory)
+
+
+@pytest.fixture
+def package_copy(tiny: TinyArtifacts, tmp_path: Path) -> Path:
+    """A copy of the package that a test may damage."""
+    return Path(shutil.copytree(tiny.package, tmp_path / "pkg"))
+
+
+def test_export_and_validate_are_nfc_commands():
+    code, output = nfc("--help")
+    assert code == 0 and "export" in output and "validate" in output
+
+
+def test_package_has_every_file_and_no_partial_folder(tiny):
+    names = {p.relative_to(tiny.package).as_posix() for p in tiny.package.rglob("*") if p.is_file()}
+    for graph in ("encoder", "fusion"):
+        for suffix in (".onnx", ".cpu.onnx", ".fp16.onnx"):
+            assert f"{graph}{suffix}" in names and f"{graph}{suffix}.data" in names  # --external-data
+    assert {"manifest.json", "manifest.sha256", "tokenizer/tokenizer.json"} <= names
+    assert not tiny.package.with_name("pkg.partial").exists()
+
+
+def test_manifest_has_every_required_field(tiny):
+    from export.manifest import REQUIRED_FIELDS, load_manifest
+    from training.runs import load_run
+
+    manifest = load_manifest(tiny.package)
+    data, run = manifest.data, load_run(tiny.run)
+    assert set(REQUIRED_FIELDS) <= set(data) and manifest.version == "0.1.0-test"
+    assert data["window"] == {"lookback": 16, "horizon": 8}
+    assert manifest.portfolio == run.portfolio and manifest.window.horizon == run.window.horizon
+    assert data["bar_spec"]["interval"] == "3min" and data["bar_spec"]["calendar"] == "24/7"
+    assert data["universe"]["symbols"] == list(run.universe.symbols)
+    assert data["features"]["names"] == run.meta["feature_names"] and data["features"]["warmup_bars"] == 80
+    assert manifest.normaliser == run.normaliser
+    assert data["model"]["periods"] == list(run.model_config.periods)
+    assert data["onnx"]["opset"] == 18
+    assert data["encoder"]["fingerprint"] == run.encoder["fingerprint"]
+    assert {k: data["encoder"][k] for k in ("max_length", "pooling", "attention_type")} == {
+        "max_length": 1024, "pooling": "mean", "attention_type": "original_full"}
+    assert data["metrics"]["best_epoch"] == run.metrics["best_epoch"]
+    assert data["tolerances"]["fp32"] == {"atol": FP32_ATOL, "rtol": 0.0}
+    expected_files = {p.relative_to(tiny.package).as_posix() for p in tiny.package.rglob("*") if p.is_file()}
+    assert set(data["files"]) == expected_files - {"manifest.json", "manifest.sha256"}
+
+
+def test_manifest_declares_named_symbolic_dims(tiny):
+    from export.manifest import load_manifest
+
+    graphs = load_manifest(tiny.package).data["graphs"]
+    encoder_inputs = {i["name"]: (i["dtype"], i["shape"]) for i in graphs["encoder"]["inputs"]}
+    assert encoder_inputs == {"input_ids": ("int64", ["batch", "sequence"]),
+                              "attention_mask": ("int64", ["batch", "sequence"])}
+    assert graphs["encoder"]["outputs"] == [{"name": "pooled", "dtype": "float32", "shape": ["batch", 32]}]
+    fusion_inputs = {i["name"]: i["shape"] for i in graphs["fusion"]["inputs"]}
+    assert fusion_inputs == {"news_emb": ["batch", 16, 32], "news_mask": ["batch", 16],
+                             "coverage": ["batch", 16, 6], "market": ["batch", 16, 6, 7]}
+    assert [o["name"] for o in graphs["fusion"]["outputs"]] == ["logits", "weights"]
+
+
+@pytest.mark.parametrize("variant", ["fp32", "cpu", "fp16"])
+def test_input_dims_stay_symbolic_in_every_graph(tiny, variant):
+    from export.manifest import load_manifest
+    from export.parity import variant_session
+
+    manifest = load_manifest(tiny.package)
+    for graph in ("encoder", "fusion"):
+        session = variant_session(manifest.graph_path(graph, variant), variant)
+        for value in session.get_inputs():
+            assert value.shape[0] == "batch", (graph, value.name, value.shape)
+            if graph == "encoder":
+                assert value.shape[1] == "sequence"
+
+
+def test_export_recorded_parity_within_tolerance_above_704_tokens(tiny):
+    from export.manifest import load_manifest
+
+    parity = load_manifest(tiny.package).data["parity"]
+    assert parity and all(row["passed"] for row in parity)
+    fp32 = [r for r in parity if "fp16" not in r["graph"]]
+    assert max(r["max_abs"] for r in fp32) <= FP32_ATOL
+    cases = {r["case"] for r in parity if r["check"] == "encoder parity"}
+    assert "generated batch 2, 1024 tokens" in cases and "generated batch 3, 705-800 tokens" in cases
+    assert {"generated batch 1", "generated batch 7", "generated batch 64"} <= {r["case"] for r in parity}
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_fusion_graph_matches_pytorch(tiny, batch_size):
+    """An independent comparison: ONNX Runtime vs CgaModel on fresh random windows, allclose at 1e-5."""
+    import torch
+
+    from export.manifest import load_manifest
+    from export.onnx_export import open_session
+    from training.model import CgaModel, CgaOnnxWrapper, cga_example_inputs
+
+    model = CgaModel.from_checkpoint(tiny.run / "model.safetensors")
+    inputs = cga_example_inputs(model.config, batch_size, seed=1000 + batch_size)
+    session = open_session(load_manifest(tiny.package).graph_path("fusion"))
+    logits, weights = session.run(None, {n: x.numpy() for n, x in zip(CgaOnnxWrapper.input_names, inputs,
+                                                                         strict=True)})
+    with torch.no_grad():
+        expected = model(*inputs)
+    np.testing.assert_allclose(logits, expected.logits.numpy(), atol=FP32_ATOL, rtol=0)
+    np.testing.assert_allclose(weights, expected.weights.numpy(), atol=FP32_ATOL, rtol=0)
+
+
+def test_topk_weights_are_compared_only_where_the_choice_is_clear():
+    from export.parity import Tolerance, fusion_parity
+
+    class Replay:  # a session that answers with fixed outputs
+        def __init__(self, *outputs: np.ndarray) -> None:
+            self.outputs = list(outputs)
+
+        def run(self, _names: None, _feeds: dict) -> list[np.ndarray]:
+            return self.outputs
+
+    # top-3 of 4: in sample 0 the 3rd and 4th |logit| are closer than the bound, in sample 1 they are not
+    logits = np.array([[3.0, -2.0, 1.0, 0.999995], [3.0, -2.0, 1.0, 0.5]], dtype=np.float32)
+    book = np.array([[0.5, -1 / 3, 1 / 6, 0.0], [0.5, -1 / 3, 1 / 6, 0.0]], dtype=np.float32)
+    flip_0 = np.array([[0.5, -1 / 3, 0.0, 1 / 6], [0.5, -1 / 3, 1 / 6, 0.0]], dtype=np.float32)
+    flip_1 = flip_0[::-1].copy()
+    tolerance = Tolerance(atol=1e-5)
+    logit_check, weight_check = fusion_parity("g", Replay(logits, flip_0), tolerance, "c", {}, (logits, book), k=3)
+    assert logit_check.passed and weight_check.passed and weight_check.detail.startswith("1/2 samples")
+    _, weight_check = fusion_parity("g", Replay(logits, flip_1), tolerance, "c", {}, (logits, book), k=3)
+    assert not weight_check.passed and "selected assets differ" in weight_check.detail
+
+
+@pytest.mark.parametrize(("batch_size", "length"), [(1, 12), (7, 300), (2, 1024)])
+def test_encoder_graph_matches_pytorch(tiny, batch_size, length):
+    """ONNX Runtime pooled vectors vs NfcEncoder on random ids with a padded row, allclose at 1e-5."""
+    import torch
+
+    from export.manifest import load_manifest
+    from export.onnx_export import open_session
+    from training.encoder import NfcEncoder
+
+    encoder = NfcEncoder.load(tiny.encoder, max_length=1024)
+    gen = torch.Generator().manual_seed(length)
+    ids = torch.randint(5, len(encoder.tokenizer), (batch_size, length), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[0, length // 2:] = 0  # the first row is padded
+    session = open_session(load_manifest(tiny.package).graph_path("encoder"))
+    got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    with torch.inference_mode():
+        expected = encoder.forward_pooled(ids, mask).numpy()
+    np.testing.assert_allclose(got, expected, atol=FP32_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(("name", "damage"), [
+    ("fusion.onnx", "edit"),
+    ("encoder.onnx.data", "edit"),  # external weights are hashed too
+    ("tokenizer/tokenizer.json", "delete"),
+])
+def test_tampered_or_missing_file_is_refused_at_load(package_copy, name, damage):
+    from export.manifest import PackageError, load_manifest
+
+    path = package_copy / name
+    if damage == "delete":
+        path.unlink()
+    else:
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    with pytest.raises(PackageError, match=f"package file {name} (was modified|is missing)"):
+        load_manifest(package_copy)
+
+
+def test_tampered_manifest_is_refused_at_load(package_copy):
+    from export.manifest import PackageError, load_manifest
+
+    manifest = json.loads((package_copy / "manifest.json").read_text())
+    manifest["portfolio"]["cost_bps"] = 0.0
+    (package_copy / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    with pytest.raises(PackageError, match=r"manifest\.json was modified after export"):
+        load_manifest(package_copy)
+    assert load_manifest(package_copy, verify=False).data["portfolio"]["cost_bps"] == 0.0
+
+
+def test_manifest_reader_needs_no_torch(tiny):
+    """Serving reads and verifies packages without torch, onnx or the training code."""
+    code = ("import sys; from export.manifest import load_manifest\n"
+            f"m = load_manifest({str(tiny.package)!r})\n"
+            "print(m.universe.symbols, m.window.lookback, m.graph_path('fusion', 'cpu').name)\n"
+            "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('torch', 'training', 'onnx', 'transformers'))\n"
+            "assert not bad, bad\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "fusion.cpu.onnx" in result.stdout
+
+
+def test_fingerprint_mismatch_is_refused(tiny, tmp_path):
+    other = tiny_encoder(news_texts(tiny.data), tmp_path / "other-encoder", seed=1)  # same shape, other weights
+    out = tmp_path / "pkg"
+    code, output = nfc("export", "--model", str(tiny.run), "--out", str(out), "--encoder", str(other), "--no-bentoml")
+    assert code == 1 and "fingerprint" in output and "export the encoder that made them" in output
+    assert not out.exists() and not out.with_name("pkg.partial").exists()
+
+
+def test_block_sparse_encoder_is_refused(tiny):
+    """Block-sparse BigBird exports only at a static length and then differs from PyTorch (FIELD-NOTES)."""
+    from export.onnx_export import ExportError, NfcEncoderOnnxWrapper
+    from training.encoder import NfcEncoder
+
+    encoder = NfcEncoder.load(tiny.encoder, attention_type="block_sparse", max_length=1024)
+    with pytest.raises(ExportError, match="re-embed the news with --attention-type original_full"):
+        NfcEncoderOnnxWrapper(encoder)
+
+
+def test_version_must_be_a_model_store_tag():
+    from export.manifest import PackageError, check_version
+
+    assert check_version("20261127-044612-3fa2b1c0") == "20261127-044612-3fa2b1c0"
+    with pytest.raises(PackageError, match="must be 1-63 characters"):
+        check_version("Version 2")
+
+
+def test_bentoml_store_entry_has_metadata(tiny, tmp_path):
+    """Imported in a subprocess with its own BENTOML_HOME, so ~/bentoml is never touched."""
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    code = ("import json, sys, bentoml\nfrom pathlib import Path\n"
+            "from export.bento import import_package\nfrom export.manifest import load_manifest\n"
+            "tag = import_package(Path(sys.argv[1]))\n"
+            "again = import_package(Path(sys.argv[1]))\n"
+            "model = bentoml.models.get(tag)\n"
+            "stored = load_manifest(model.path)\n"
+            "print(json.dumps({'tag': tag, 'again': again, 'labels': model.info.labels, "
+            "'metadata': model.info.metadata, 'version': stored.version}))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(tiny.package)], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info["tag"] == info["again"] == "neuralfusion:0.1.0-test" and info["version"] == "0.1.0-test"
+    metadata = info["metadata"]
+    assert metadata["parity_passed"] is True and len(metadata["parity"]) > 50
+    assert metadata["tolerances"]["fp32"]["atol"] == FP32_ATOL
+    assert "best_val_sharpe" in metadata["metrics"]
+    assert info["labels"]["interval"] == "3min" and info["labels"]["lookback"] == "16"
+    listed = subprocess.run([sys.executable, "-m", "bentoml", "models", "list", "-o", "json"], capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert "neuralfusion:0.1.0-test" in {entry["tag"] for entry in json.loads(listed.stdout)}
