@@ -32,6 +32,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "backtest": ("training.cli_backtest:backtest", "train", "Walk-forward test with costs, baselines, ablations."),
     "export": ("export.cli:export_command", "export", "Export a run to an ONNX model package with parity."),
     "validate": ("export.cli:validate_command", "export", "Check a model package: hashes, parity, batch invariance."),
+    "serve": ("serving.cli:serve", "serve", "Serve predictions over HTTP and gRPC (BentoML), stored in MongoDB."),
     "demo": ("neuralfusion.demo:demo", "train", "Run the whole path on the embedded synthetic default."),
 }
 

@@ -22,12 +22,14 @@ from neuralfusion.data.bars import BAR_COLUMNS, validate_bars
 from neuralfusion.data.news import NEWS_COLUMNS, article_text, validate_news
 from neuralfusion.errors import DataError
 from serving.proto import neuralfusion_pb2 as pb
-from serving.store import PredictionRecord
+from serving.store import MAX_HISTORY_LIMIT, PredictionRecord
 
 __all__ = [
     "EXAMPLE_INPUT",
+    "AwareTime",
     "BarIn",
     "HistoryOut",
+    "HistoryQuery",
     "NewsIn",
     "PredictRequest",
     "PredictionOut",
@@ -35,6 +37,7 @@ __all__ = [
     "RequestLimits",
     "check_request_against_model",
     "describe_validation_error",
+    "history_query_from_proto",
     "history_to_proto",
     "predict_request_from_proto",
     "prediction_from_proto",
@@ -155,7 +158,8 @@ class NewsIn(BaseModel):
 class PredictRequest(BaseModel):
     """Bars (the model's window, all symbols) and the news published in it; size limits: RequestLimits."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_INPUT]})
+    # OpenAPI's "example": BentoML's OpenAPI generator refuses JSON Schema's model-level "examples"
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EXAMPLE_INPUT})
 
     bars: list[BarIn] = Field(min_length=1, description="OHLCV bars of every symbol the model trades.")
     news: list[NewsIn] = Field(default_factory=list, description="News items, any order.")
@@ -199,6 +203,22 @@ class PredictionOut(BaseModel):
         return cls(model_version=record.model_version, as_of=record.as_of, symbols=list(record.symbols),
                    weights=record.weights, logits=record.logits, horizon_bars=record.horizon_bars,
                    request_id=record.request_id, stored=stored)
+
+
+class HistoryQuery(BaseModel):
+    """A page of stored predictions: start <= as_of < end (and < before), newest first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: AwareTime | None = Field(default=None, description="Earliest as_of, inclusive; null: unbounded.",
+                                    examples=["2026-01-05T00:00:00Z"])
+    end: AwareTime | None = Field(default=None, description="Latest as_of, exclusive; null: unbounded.",
+                                  examples=["2026-01-06T00:00:00Z"])
+    model_version: str | None = Field(default=None, description="Only this model version; null: any.",
+                                      examples=["cga-20260105-1"])
+    limit: int = Field(default=100, ge=1, le=MAX_HISTORY_LIMIT, description="Page size.", examples=[100])
+    before: AwareTime | None = Field(default=None, description="`next_before` of the previous page; null: newest.",
+                                     examples=["2026-01-05T00:03:00Z"])
 
 
 class HistoryOut(BaseModel):
@@ -278,6 +298,16 @@ def predict_request_from_proto(message: pb.PredictRequest, limits: RequestLimits
     }
     try:
         return PredictRequest.model_validate(payload, context={"limits": limits} if limits else None)
+    except ValidationError as err:
+        raise RequestError(describe_validation_error(err)) from None
+
+
+def history_query_from_proto(message: pb.HistoryRequest) -> HistoryQuery:
+    """The gRPC query through the HTTP model's validators; proto3's empty strings and zero limit mean "not given"."""
+    given = {"start": message.start, "end": message.end, "model_version": message.model_version,
+             "limit": message.limit, "before": message.before}
+    try:
+        return HistoryQuery.model_validate({name: value for name, value in given.items() if value})
     except ValidationError as err:
         raise RequestError(describe_validation_error(err)) from None
 

@@ -9,10 +9,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see neuralfusion/cli.py: 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach a model hub
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from neuralfusion.embedded_mongo import EmbeddedMongo
+
+if TYPE_CHECKING:
+    from test_export import TinyArtifacts
 
 
 @pytest.fixture(autouse=True)
@@ -30,3 +34,13 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = EmbeddedMongo(Path(tmp_path_factory.mktemp("mongo")))
     with server:
         yield server.uri
+
+
+@pytest.fixture(scope="session")
+def model_package(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
+    """The tiny real model package (synthetic data, tiny BigBird, 1-epoch run, ONNX export) that
+    tests/test_export.py builds; built once per session and shared by the export and serving tests.
+    Fields: .package (the folder), .data (its data folder), .embeddings (the run's PyTorch embeddings)."""
+    from test_export import tiny_artifacts
+
+    return tiny_artifacts(tmp_path_factory)

@@ -23,6 +23,7 @@ from serving.schemas import (
     RequestError,
     RequestLimits,
     check_request_against_model,
+    history_query_from_proto,
     history_to_proto,
     predict_request_from_proto,
     prediction_from_proto,
@@ -65,7 +66,7 @@ def test_example_input_is_a_valid_request_for_a_two_bar_model() -> None:
 
 def test_json_schema_documents_every_field_with_the_example() -> None:
     schema = PredictRequest.model_json_schema()
-    assert schema["examples"] == [EXAMPLE_INPUT]
+    assert schema["example"] == EXAMPLE_INPUT
     models = [*schema["$defs"].values(), schema, PredictionOut.model_json_schema(), HistoryOut.model_json_schema()]
     undocumented = [name for model in models for name, prop in model["properties"].items()
                     if "description" not in prop]
@@ -284,8 +285,16 @@ def test_history_proto_marks_the_last_page_with_an_empty_cursor() -> None:
     assert datetime.fromisoformat(more.next_before) == T0
 
 
+def test_history_query_from_proto_reads_empty_fields_as_not_given() -> None:
+    query = history_query_from_proto(pb.HistoryRequest(start="2026-01-05T01:00:00+01:00"))
+    assert query.start == T0.to_pydatetime() - STEP and query.end is None and query.limit == 100
+    with pytest.raises(RequestError, match="limit: Input should be less than or equal to 1000"):
+        history_query_from_proto(pb.HistoryRequest(limit=5000))
+
+
 def test_serving_foundations_import_neither_torch_nor_training() -> None:
-    code = ("import sys, serving.schemas, serving.store, serving.proto.neuralfusion_pb2_grpc; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training')))")
+    code = ("import sys, serving.schemas, serving.store, serving.proto.neuralfusion_pb2_grpc, serving.runtime, "
+            "serving.service, serving.grpc_server, serving.cli, serving.settings, serving.errors; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'transformers')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

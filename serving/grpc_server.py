@@ -1,0 +1,158 @@
+"""The gRPC front of the portfolio service (serving/proto/neuralfusion.proto), run inside each BentoML worker.
+
+BentoML 1.4 does not serve gRPC for new-style services, so every worker starts its own `grpc.aio` server
+from a startup hook, on the worker's event loop (FIELD-NOTES). Predict goes through the same batched API
+as HTTP /predict (`self.to_async.predict_batch`), so both protocols fill one batching queue; GetLatest and
+GetHistory run the same store queries as HTTP /latest and /history. Several workers bind one port with
+SO_REUSEPORT and the kernel spreads connections between them. gRPC health (`grpc.health.v1`, SERVING only
+while the model is loaded and MongoDB answers) and server reflection are on.
+
+Status codes: bad input INVALID_ARGUMENT, missing or wrong API key UNAUTHENTICATED, nothing stored
+NOT_FOUND, MongoDB or the model unavailable UNAVAILABLE; the details say what to do, as the HTTP body does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Protocol, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving.errors import ServingError, check_api_key
+from serving.proto import neuralfusion_pb2 as pb
+from serving.proto import neuralfusion_pb2_grpc as pb_grpc
+from serving.schemas import (
+    HistoryOut,
+    HistoryQuery,
+    PredictionOut,
+    PredictRequest,
+    RequestError,
+    history_query_from_proto,
+    history_to_proto,
+    predict_request_from_proto,
+    prediction_to_proto,
+)
+
+__all__ = ["GRPC_CODES", "SERVICE_NAME", "GrpcServer", "PortfolioBackend", "PortfolioServicer"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PortfolioService"].full_name
+# ServingError's HTTP status -> the gRPC status code with the same meaning; anything else is INTERNAL
+GRPC_CODES = {
+    HTTPStatus.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    HTTPStatus.UNPROCESSABLE_ENTITY: grpc.StatusCode.INVALID_ARGUMENT,
+    HTTPStatus.UNAUTHORIZED: grpc.StatusCode.UNAUTHENTICATED,
+    HTTPStatus.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    HTTPStatus.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    HTTPStatus.TOO_MANY_REQUESTS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    HTTPStatus.SERVICE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    HTTPStatus.GATEWAY_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+T = TypeVar("T")
+M = TypeVar("M")
+
+
+class PortfolioBackend(Protocol):
+    """What the gRPC front needs from the portfolio service; failures are ServingError."""
+
+    async def predict_one(self, request: PredictRequest) -> PredictionOut: ...
+
+    async def query_latest(self, model_version: str | None) -> PredictionOut: ...
+
+    async def query_history(self, query: HistoryQuery) -> HistoryOut: ...
+
+    async def is_ready(self) -> bool: ...
+
+
+class PortfolioServicer(pb_grpc.PortfolioServiceServicer):
+    """PortfolioService RPCs forwarded to a backend; `api_key` (None: open) guards Predict."""
+
+    def __init__(self, backend: PortfolioBackend, api_key: str | None) -> None:
+        self._backend = backend
+        self._api_key = api_key
+
+    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        async def predict() -> PredictionOut:
+            check_api_key(self._api_key, {k: v for k, v in context.invocation_metadata() or ()
+                                          if isinstance(v, str)})
+            return await self._backend.predict_one(_parsed(predict_request_from_proto, request))
+
+        return pb.PredictResponse(prediction=prediction_to_proto(await _answer(context, predict())))
+
+    async def GetLatest(self, request: pb.LatestRequest, context: grpc.aio.ServicerContext) -> pb.Prediction:
+        latest = await _answer(context, self._backend.query_latest(request.model_version or None))
+        return prediction_to_proto(latest)
+
+    async def GetHistory(self, request: pb.HistoryRequest, context: grpc.aio.ServicerContext) -> pb.HistoryResponse:
+        async def history() -> HistoryOut:
+            return await self._backend.query_history(_parsed(history_query_from_proto, request))
+
+        return history_to_proto(await _answer(context, history()))
+
+
+def _parsed(parse: Callable[[M], T], message: M) -> T:
+    """A protobuf message through the HTTP models' validators; a violated rule is a 400 (INVALID_ARGUMENT)."""
+    try:
+        return parse(message)
+    except RequestError as err:
+        raise ServingError(400, str(err)) from None
+
+
+async def _answer(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
+    """The call's result, or the call's ServingError as the RPC's status (abort raises)."""
+    try:
+        return await call
+    except ServingError as err:
+        await context.abort(GRPC_CODES.get(err.status, grpc.StatusCode.INTERNAL), err.message)  # raises
+
+
+class GrpcServer:
+    """A grpc.aio server with the PortfolioService, health and reflection; `start` binds, `stop` drains."""
+
+    def __init__(self, backend: PortfolioBackend, api_key: str | None, host: str, port: int,
+                 health_interval_s: float = 5.0) -> None:
+        self.address = f"{host}:{port}"
+        self._backend = backend
+        self._server = grpc.aio.server()
+        pb_grpc.add_PortfolioServiceServicer_to_server(PortfolioServicer(backend, api_key), self._server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self._server)
+        self._health_interval_s = health_interval_s
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Bind and serve; a port that cannot be bound is an error naming it."""
+        try:
+            self._server.add_insecure_port(self.address)
+        except RuntimeError as err:  # "Failed to bind to address ..."
+            raise OSError(f"gRPC cannot listen on {self.address} ({err}); set NFC_GRPC_PORT to a free port") from None
+        await self._server.start()
+        self._health_task = asyncio.create_task(self._report_health())
+        log.info("gRPC %s listening on %s", SERVICE_NAME, self.address)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_s)
+
+    async def _report_health(self) -> None:
+        """Keep the overall and the service's health status in step with the backend's readiness."""
+        while True:
+            ready = await self._backend.is_ready()
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in (health.OVERALL_HEALTH, SERVICE_NAME):
+                await self._health.set(name, status)
+            await asyncio.sleep(self._health_interval_s)

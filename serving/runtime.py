@@ -1,0 +1,349 @@
+"""ONNX Runtime inference for a model package, without torch: texts -> article vectors, bars + news -> weights.
+
+The package (export/manifest.py) is the contract with training: its hashes are verified before any graph
+is opened, features and windows come from the same `neuralfusion` functions training used
+(`market_data`, `grid_inputs`), and the tokenizer is the package's own `tokenizer.json` read with the
+`tokenizers` library, truncating exactly as the training tokenizer did (ids incl. [CLS]/[SEP] cut to
+`max_length`).
+
+    runtime = PortfolioRuntime.load("runs/demo/package")
+    [record] = runtime.predict_requests([PredictRequest.model_validate(payload)])
+
+Execution providers: `device="auto"` asks for CUDA when this onnxruntime build has it, else the CPU.
+On CUDA the package's fp16 graphs run; on the CPU its ORT-optimised fp32 ("cpu") graphs when this
+onnxruntime version wrote them, else the exported fp32 graphs. ONNX Runtime
+silently falls back to the CPU when CUDA cannot start, so the provider reported is the one the session
+actually uses (`session.get_providers()`), and an fp16 graph that landed on the CPU is reopened as the
+CPU variant. Batch invariance: every sample is computed from its own window only; batching changes the
+floating-point summation order, not the inputs (measured differences ~1e-7, far below the fp32 parity
+tolerance of 1e-5).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from export.manifest import PackageError, PackageManifest, load_manifest
+from neuralfusion.data.news import article_text
+from neuralfusion.dataset import MarketData, market_data
+from neuralfusion.errors import DataError
+from neuralfusion.features import FEATURE_NAMES
+from neuralfusion.inputs import INPUT_NAMES, grid_inputs
+from serving.schemas import PredictRequest, RequestError, check_request_against_model
+from serving.store import PredictionRecord
+
+__all__ = [
+    "DEVICES",
+    "FUSION_OUTPUTS",
+    "BatchStats",
+    "EncodedTexts",
+    "NewsEncoder",
+    "PortfolioRuntime",
+    "PreparedRequest",
+    "open_session",
+]
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+FUSION_OUTPUTS = ("logits", "weights")
+
+
+class BatchStats:
+    """How many batches and rows a graph ran, and how often each batch size occurred (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sizes: Counter[int] = Counter()
+
+    def record(self, rows: int) -> None:
+        with self._lock:
+            self._sizes[rows] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """{batches, rows, max_rows, sizes: {rows: count}} at this moment."""
+        with self._lock:
+            sizes = dict(sorted(self._sizes.items()))
+        return {"batches": sum(sizes.values()), "rows": sum(n * c for n, c in sizes.items()),
+                "max_rows": max(sizes, default=0), "sizes": {str(n): c for n, c in sizes.items()}}
+
+
+def _resolve_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        return "cuda" if _CUDA in ort.get_available_providers() else "cpu"
+    return device
+
+
+def open_session(manifest: PackageManifest, graph: str, device: str = "auto", variant: str | None = None,
+                 threads: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session for `graph` ("encoder" or "fusion") of the package.
+
+    cuda: the fp16 variant (unless `variant`) with CUDA first and the CPU as fallback; cpu: the "cpu"
+    variant (fp32 when another onnxruntime version optimised it). A session that asked for CUDA but did not
+    get it is reopened with the CPU variant, so an fp16 graph never runs on the CPU by accident. The inputs
+    and outputs must be those the manifest declares.
+    """
+    resolved = _resolve_device(device)
+    chosen = variant or ("fp16" if resolved == "cuda" else _cpu_variant(manifest))
+    # a CPU-only onnxruntime build warns about providers it lacks: ask only for those it has
+    providers = [p for p in ([_CUDA, _CPU] if resolved == "cuda" else [_CPU]) if p in ort.get_available_providers()]
+    session = _session(manifest.graph_path(graph, chosen), providers, chosen, threads)
+    if resolved == "cuda" and session.get_providers()[0] != _CUDA:
+        fallback = _cpu_variant(manifest) if variant is None else chosen
+        log.warning("CUDA was requested for %s but ONNX Runtime could not use it (providers %s); running the %s "
+                    "variant on the CPU", graph, session.get_providers(), fallback)
+        session = _session(manifest.graph_path(graph, fallback), [_CPU], fallback, threads)
+        chosen = fallback
+    declared = manifest.data["graphs"][graph]
+    for kind, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        expected = [entry["name"] for entry in declared[kind]]
+        if [value.name for value in actual] != expected:
+            raise PackageError(f"{graph} graph has {kind} {[v.name for v in actual]}, the manifest declares {expected}")
+    log.info("%s graph: %s variant on %s", graph, chosen, session.get_providers()[0])
+    return session
+
+
+def _cpu_variant(manifest: PackageManifest) -> str:
+    """The ORT-optimised "cpu" graph when this onnxruntime made it, else the exported fp32 graph: offline
+    optimisations are only meant for the onnxruntime version that wrote them."""
+    made_by = manifest.data["onnx"].get("onnxruntime")
+    if made_by == ort.__version__:
+        return "cpu"
+    log.info("the package's CPU graphs were optimised by onnxruntime %s, this is %s: using the fp32 graphs",
+             made_by, ort.__version__)
+    return "fp32"
+
+
+def _session(path: Path, providers: list[str], variant: str, threads: int | None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # a failed CUDA start is reported by the provider check, not ORT's log
+    # ORT 1.32 crashes in a CPU layout optimisation on fp16 graphs (manifest "runtime" notes)
+    cpu_fp16 = variant == "fp16" and providers == [_CPU]
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if cpu_fp16
+                                        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+@dataclass(frozen=True)
+class EncodedTexts:
+    """Article vectors in input order, with each text's token count before truncation."""
+
+    vectors: np.ndarray  # (M, D) float32
+    n_tokens: np.ndarray  # (M,) int64
+    n_truncated: int  # texts longer than max_length tokens, cut to it
+
+
+class NewsEncoder:
+    """The package's tokenizer and encoder graph: texts -> pooled float32 vectors, run in length-sorted batches.
+
+    A batch holds at most `max_batch_texts` texts and `max_batch_tokens` padded tokens; padding is masked
+    inside the graph, so a text's vector does not depend on its batch-mates beyond float rounding.
+    """
+
+    def __init__(self, manifest: PackageManifest, device: str = "auto", variant: str | None = None,
+                 threads: int | None = None, max_batch_texts: int = 32, max_batch_tokens: int = 32_768) -> None:
+        settings = manifest.data["encoder"]
+        self.max_length = int(settings["max_length"])
+        self.dim = int(settings["dim"])
+        self.pad_token_id = int(settings["pad_token_id"])
+        self.max_batch_texts = max_batch_texts
+        self.max_batch_tokens = max_batch_tokens
+        tokenizer_path = manifest.root / settings["tokenizer"]
+        # two instances: truncation is tokenizer state, and counting needs the untruncated length
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(self.max_length)
+        self._counter = Tokenizer.from_file(str(tokenizer_path))
+        self._counter.no_padding()
+        self._counter.no_truncation()
+        self.session = open_session(manifest, "encoder", device, variant, threads)
+        self._inputs = [value.name for value in self.session.get_inputs()]
+        self.stats = BatchStats()
+        self._truncated = 0
+        self._lock = threading.Lock()
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    @property
+    def truncated_texts(self) -> int:
+        """Texts cut to max_length since this encoder was made."""
+        return self._truncated
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
+        """Token ids cut to max_length (special tokens included) and each text's untruncated token count."""
+        ids = [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
+        n_tokens = np.array([len(x) for x in ids], dtype=np.int64)
+        at_limit = np.flatnonzero(n_tokens >= self.max_length)
+        if len(at_limit):
+            full = self._counter.encode_batch([texts[i] for i in at_limit])
+            n_tokens[at_limit] = [len(encoding.ids) for encoding in full]
+        return ids, n_tokens
+
+    def encode(self, texts: Sequence[str]) -> EncodedTexts:
+        """(M, D) float32 vectors in the order of `texts`; truncations are counted and logged."""
+        ids, n_tokens = self.tokenize(texts)
+        vectors = np.zeros((len(ids), self.dim), dtype=np.float32)
+        truncated = int((n_tokens > self.max_length).sum())
+        if truncated:
+            with self._lock:
+                self._truncated += truncated
+            log.warning("%d of %d texts exceed max_length=%d tokens and were truncated (longest %d)",
+                        truncated, len(ids), self.max_length, int(n_tokens.max()))
+        for batch in self._batches([len(x) for x in ids]):
+            length = max(len(ids[i]) for i in batch)
+            input_ids = np.full((len(batch), length), self.pad_token_id, dtype=np.int64)
+            mask = np.zeros((len(batch), length), dtype=np.int64)
+            for row, i in enumerate(batch):
+                input_ids[row, :len(ids[i])] = ids[i]
+                mask[row, :len(ids[i])] = 1
+            vectors[batch] = self.session.run(None, dict(zip(self._inputs, (input_ids, mask), strict=True)))[0]
+            self.stats.record(len(batch))
+        if not np.isfinite(vectors).all():
+            raise RuntimeError("the encoder graph produced NaN/inf vectors; the model package is broken")
+        return EncodedTexts(vectors=vectors, n_tokens=n_tokens, n_truncated=truncated)
+
+    def _batches(self, lengths: list[int]) -> list[np.ndarray]:
+        """Indices grouped by ascending length, each group within the text and padded-token budgets."""
+        order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+        batches: list[np.ndarray] = []
+        start = 0
+        while start < len(order):
+            stop = start + 1  # lengths ascend, so the padded size of [start, stop) is lengths[order[stop-1]]
+            while (stop < len(order) and stop - start < self.max_batch_texts
+                   and (stop + 1 - start) * lengths[order[stop]] <= self.max_batch_tokens):
+                stop += 1
+            batches.append(order[start:stop])
+            start = stop
+        return batches
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request checked against the model, on the model's grid, with the article texts its window reads."""
+
+    request_id: str
+    data: MarketData
+    anchor: int  # the as-of bar: the request's last bar
+    news_rows: np.ndarray  # rows of data.news whose bar lies in the window (the only ones the model reads)
+    texts: list[str] = field(repr=False)  # their article texts, in news_rows order
+
+
+class PortfolioRuntime:
+    """A verified model package ready to predict: the fusion graph, and optionally the news encoder.
+
+    `prepare` refuses requests the model cannot answer (RequestError, a client error); `predict` turns
+    prepared requests and their article vectors into one prediction each, running the fusion graph once
+    for the whole batch.
+    """
+
+    def __init__(self, manifest: PackageManifest, fusion: ort.InferenceSession,
+                 encoder: NewsEncoder | None = None) -> None:
+        declared = manifest.data["graphs"]["fusion"]
+        names = tuple(e["name"] for e in declared["inputs"]), tuple(e["name"] for e in declared["outputs"])
+        if names != (INPUT_NAMES, FUSION_OUTPUTS):
+            raise PackageError(f"fusion graph reads {names[0]} and writes {names[1]}; this server feeds "
+                               f"{INPUT_NAMES} and reads {FUSION_OUTPUTS}")
+        if tuple(manifest.data["features"]["names"]) != FEATURE_NAMES:
+            raise PackageError(f"the model was trained on features {manifest.data['features']['names']}; this "
+                               f"server computes {list(FEATURE_NAMES)}: serve it with the code version it was "
+                               "trained with")
+        self.manifest = manifest
+        self.session = fusion
+        self.encoder = encoder
+        self.universe = manifest.universe
+        self.bar_spec = manifest.bar_spec
+        self.lookback = manifest.window.lookback
+        self.horizon = manifest.window.horizon
+        self.normaliser = manifest.normaliser
+        self.embed_dim = int(manifest.data["encoder"]["dim"])
+        # features are NaN during the warm-up, so the window's first bar needs that many bars before it
+        self.bars_needed = int(manifest.data["features"]["warmup_bars"]) + self.lookback
+        self.stats = BatchStats()
+
+    @classmethod
+    def load(cls, pkg_dir: Path | str, device: str = "auto", variant: str | None = None, threads: int | None = None,
+             with_encoder: bool = True) -> PortfolioRuntime:
+        """Verify the package's hashes, then open its graphs; PackageError names what is wrong."""
+        manifest = load_manifest(pkg_dir, verify=True)
+        fusion = open_session(manifest, "fusion", device, variant, threads)
+        encoder = NewsEncoder(manifest, device, variant, threads) if with_encoder else None
+        return cls(manifest, fusion, encoder)
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def prepare(self, request: PredictRequest) -> PreparedRequest:
+        """Check `request` against the model and put it on the grid; a RequestError says what to fix."""
+        bars, news = check_request_against_model(request, self.universe.symbols, self.bars_needed,
+                                                 self.bar_spec.timedelta)
+        try:
+            data = market_data(bars, news, self.universe, self.bar_spec, source="request")
+            anchor = data.n_bars - 1
+            # the same checks the real inputs get in `predict`; article vectors cannot make a window invalid
+            grid_inputs(data, np.zeros((len(data.news), self.embed_dim), np.float32),
+                        self.normaliser).windows(np.array([anchor]), self.lookback)
+        except DataError as err:
+            raise RequestError(str(err)) from None
+        rows = np.flatnonzero(data.aligned.bar > anchor - self.lookback)
+        texts = [article_text(data.news["title"].iat[i], data.news["body"].iat[i]) for i in rows]
+        return PreparedRequest(request_id=request.request_id or uuid.uuid4().hex, data=data, anchor=anchor,
+                               news_rows=rows, texts=texts)
+
+    def predict(self, prepared: Sequence[PreparedRequest], vectors: np.ndarray) -> list[PredictionRecord]:
+        """One prediction per prepared request; `vectors` (M, D) are the article vectors of all their texts,
+        in order (the first request's texts first)."""
+        counts = [len(item.texts) for item in prepared]
+        if len(vectors) != sum(counts):
+            raise ValueError(f"{len(vectors)} article vectors for {sum(counts)} texts")
+        if not prepared:
+            return []
+        windows = []
+        for item, (start, stop) in zip(prepared, itertools.pairwise(np.cumsum([0, *counts])), strict=True):
+            all_vectors = np.zeros((len(item.data.news), self.embed_dim), dtype=np.float32)
+            all_vectors[item.news_rows] = vectors[start:stop]
+            inputs = grid_inputs(item.data, all_vectors, self.normaliser)
+            windows.append(inputs.windows(np.array([item.anchor]), self.lookback))
+        feed = {name: np.ascontiguousarray(np.concatenate([w[name] for w in windows]), dtype=np.float32)
+                for name in INPUT_NAMES}
+        logits, weights = self.session.run(list(FUSION_OUTPUTS), feed)
+        self.stats.record(len(prepared))
+        if not (np.isfinite(logits).all() and np.isfinite(weights).all()):
+            raise RuntimeError("the fusion graph produced NaN/inf; the model package is broken")
+        symbols = self.universe.symbols
+        return [PredictionRecord(model_version=self.version, as_of=item.data.panel.times[item.anchor].to_pydatetime(),
+                                 symbols=symbols, weights=dict(zip(symbols, weights[i].tolist(), strict=True)),
+                                 logits=dict(zip(symbols, logits[i].tolist(), strict=True)),
+                                 horizon_bars=self.horizon, request_id=item.request_id)
+                for i, item in enumerate(prepared)]
+
+    def predict_requests(self, requests: Sequence[PredictRequest]) -> list[PredictionRecord]:
+        """Prepare, encode and predict in this process (needs the encoder): the path without a server."""
+        if self.encoder is None:
+            raise RuntimeError("this runtime was loaded without its encoder (with_encoder=False)")
+        prepared = [self.prepare(request) for request in requests]
+        return self.predict(prepared, self.encoder.encode([text for item in prepared for text in item.texts]).vectors)

@@ -1,0 +1,86 @@
+"""Serving configuration from `NFC_*` environment variables (DESIGN.md section 5), checked in one place.
+
+| variable                    | default              | meaning                                                      |
+|-----------------------------|----------------------|--------------------------------------------------------------|
+| NFC_MODEL                   | neuralfusion:latest  | BentoML model-store tag of the model package                 |
+| NFC_MODEL_PATH              | (unset)              | a package folder instead of the store (then NFC_MODEL unused) |
+| NFC_MONGO_URI               | mongodb://127.0.0.1:27017/ | where predictions are stored                           |
+| NFC_MONGO_DB                | neuralfusion         | database of the `predictions` collection                     |
+| NFC_API_KEY                 | (unset: open)        | key required on /predict and gRPC Predict                    |
+| NFC_GRPC_PORT               | (unset: no gRPC)     | port of the gRPC server each worker starts                   |
+| NFC_GRPC_HOST               | 0.0.0.0              | address it binds                                             |
+| NFC_DEVICE                  | auto                 | auto (CUDA when onnxruntime has it), cpu or cuda             |
+| NFC_ORT_VARIANT             | (per device)         | fp32, cpu or fp16 graphs instead of the device's default     |
+| NFC_ORT_THREADS             | (ORT default)        | intra-op threads per ONNX Runtime session                    |
+| NFC_WORKERS                 | 1                    | worker processes of the portfolio service                    |
+| NFC_ENCODER_WORKERS         | 1                    | worker processes of the encoder service                      |
+| NFC_PREDICT_MAX_BATCH       | 32                   | most requests merged into one fusion run                     |
+| NFC_PREDICT_MAX_LATENCY_MS  | 30000                | batching deadline; BentoML answers 503 when it cannot be met |
+| NFC_ENCODER_MAX_BATCH       | 256                  | most texts merged into one encoder call                      |
+| NFC_ENCODER_MAX_LATENCY_MS  | 30000                | the encoder's batching deadline                              |
+| NFC_TIMEOUT_S               | 60                   | request timeout of both services                             |
+
+Request size limits (NFC_MAX_BARS, NFC_MAX_NEWS, NFC_MAX_TEXT_CHARS) live in `serving.schemas.RequestLimits`.
+The deadlines are maxima, not waits: batches are sent as soon as BentoML's dispatcher expects no gain from
+waiting; a deadline that is too short turns load into 503 answers, so set it from the latency target.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+__all__ = ["DEFAULT_MODEL_TAG", "DEFAULT_MONGO_URI", "ServeSettings"]
+
+DEFAULT_MODEL_TAG = "neuralfusion:latest"
+DEFAULT_MONGO_URI = "mongodb://127.0.0.1:27017/"
+_DEVICES = ("auto", "cpu", "cuda")
+_VARIANTS = ("fp32", "cpu", "fp16")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything a serving process reads from its environment (module table)."""
+
+    model: str = DEFAULT_MODEL_TAG
+    model_path: str | None = None
+    mongo_uri: str = DEFAULT_MONGO_URI
+    mongo_db: str = "neuralfusion"
+    api_key: str | None = field(default=None, repr=False)  # a secret: never in logs or reprs
+    grpc_port: int | None = None
+    grpc_host: str = "0.0.0.0"  # noqa: S104 - a server binds all interfaces unless told otherwise, like BentoML's HTTP
+    device: str = "auto"
+    ort_variant: str | None = None
+    ort_threads: int | None = None
+    workers: int = 1
+    encoder_workers: int = 1
+    predict_max_batch: int = 32
+    predict_max_latency_ms: int = 30_000
+    encoder_max_batch: int = 256
+    encoder_max_latency_ms: int = 30_000
+    timeout_s: int = 60
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServeSettings:
+        """Settings from `NFC_<FIELD>` variables; a malformed value is an error naming the variable."""
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            name = f"NFC_{f.name.upper()}"
+            raw = environ.get(name, "").strip()
+            if not raw:
+                continue
+            if "int" in str(f.type):  # annotations are strings here: "int" or "int | None"
+                if not raw.isdigit() or int(raw) < 1:
+                    raise ValueError(f"{name}={raw!r} must be a positive integer")
+                values[f.name] = int(raw)
+            else:
+                values[f.name] = raw
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.device not in _DEVICES:
+            raise ValueError(f"NFC_DEVICE={settings.device!r} must be one of {_DEVICES}")
+        if settings.ort_variant is not None and settings.ort_variant not in _VARIANTS:
+            raise ValueError(f"NFC_ORT_VARIANT={settings.ort_variant!r} must be one of {_VARIANTS}")
+        if settings.grpc_port is not None and settings.grpc_port > 65535:
+            raise ValueError(f"NFC_GRPC_PORT={settings.grpc_port} is not a TCP port")
+        return settings

@@ -1,0 +1,336 @@
+"""The BentoML services in process: `PortfolioService.to_asgi()` behind starlette's TestClient (startup hooks
+run, every request on one event loop), with its own nx-27017 server so MongoDB can be stopped, and the gRPC
+front the startup hook opens on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pandas as pd
+import pytest
+from factories import predict_payload
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from pymongo import MongoClient
+from starlette.testclient import TestClient
+
+from neuralfusion.data.bars import BarFileSource
+from neuralfusion.data.news import read_news
+from neuralfusion.embedded_mongo import EmbeddedMongo, free_port
+from serving.errors import ServingError
+from serving.proto import neuralfusion_pb2 as pb
+from serving.proto import neuralfusion_pb2_grpc as pb_grpc
+from serving.schemas import EXAMPLE_INPUT, PredictRequest
+from serving.service import PortfolioService
+
+pytestmark = pytest.mark.mongo
+
+API_KEY = "test-key-7f3a"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+DATABASE = "nfc_app_test"
+BATCH_ATOL = 1e-5  # the package's fp32 tolerance: batching may change float rounding, nothing else
+
+
+@dataclass
+class App:
+    client: TestClient
+    mongo: EmbeddedMongo
+    grpc_target: str
+    bars: pd.DataFrame
+    news: pd.DataFrame
+    times: np.ndarray  # the grid's close times
+    bars_needed: int
+
+    def payload(self, bar: int, request_id: str | None = None) -> dict[str, Any]:
+        return predict_payload(self.bars, self.news, pd.Timestamp(self.times[bar]), self.bars_needed, request_id)
+
+    def documents(self, **query: Any) -> list[dict[str, Any]]:
+        with MongoClient(self.mongo.uri, tz_aware=True, serverSelectionTimeoutMS=5000) as client:
+            return list(client[DATABASE]["predictions"].find(query, {"_id": False}))
+
+
+@pytest.fixture(scope="session")
+def app(model_package, tmp_path_factory) -> Iterator[App]:
+    """One in-process app for the session; settings are read when it starts, inside this fixture."""
+    mongo = EmbeddedMongo(tmp_path_factory.mktemp("app-mongo")).start()
+    grpc_port = free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("BENTOML_DO_NOT_TRACK", "true")
+        env.setenv("NFC_MODEL_PATH", str(model_package.package))
+        env.setenv("NFC_MONGO_URI", mongo.uri)
+        env.setenv("NFC_MONGO_DB", DATABASE)
+        env.setenv("NFC_API_KEY", API_KEY)
+        env.setenv("NFC_GRPC_PORT", str(grpc_port))
+        env.setenv("NFC_GRPC_HOST", "127.0.0.1")
+        client = TestClient(PortfolioService.to_asgi())
+        client.__enter__()
+    bars = BarFileSource(model_package.data / "bars.parquet").read()
+    try:
+        yield App(client, mongo, f"127.0.0.1:{grpc_port}", bars, read_news(model_package.data / "news.jsonl"),
+                  np.sort(bars["timestamp"].unique()), client.post("/model_info").json()["bars_needed"])
+    finally:
+        client.__exit__(None, None, None)
+        mongo.stop()
+
+
+@pytest.fixture
+def stub(app) -> Iterator[pb_grpc.PortfolioServiceStub]:
+    with grpc.insecure_channel(app.grpc_target) as channel:
+        yield pb_grpc.PortfolioServiceStub(channel)
+
+
+def proto_request(payload: dict[str, Any]) -> pb.PredictRequest:
+    return pb.PredictRequest(
+        bars=[pb.Bar(**bar) for bar in payload["bars"]],
+        news=[pb.NewsItem(id=n["id"], published_at=n["published_at"], title=n["title"], body=n["body"],
+                          symbols=n["symbols"] or [], has_symbols=n["symbols"] is not None) for n in payload["news"]],
+        request_id=payload["request_id"] or "")
+
+
+def test_predict_returns_weights_that_mongodb_holds(app):
+    response = app.client.post("/predict", json=app.payload(300, "app-predict-1"), headers=AUTH)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["stored"] is True and body["request_id"] == "app-predict-1" and body["model_version"] == "0.1.0-test"
+    assert pd.Timestamp(body["as_of"]) == pd.Timestamp(app.times[300])
+    assert abs(sum(abs(w) for w in body["weights"].values()) - 1.0) < 1e-5  # gross exposure 1
+    [document] = app.documents(request_id="app-predict-1")
+    assert document["weights"] == pytest.approx(body["weights"]) and document["symbols"] == body["symbols"]
+
+
+def test_a_repeated_prediction_keeps_one_document(app):
+    for _ in range(2):
+        assert app.client.post("/predict", json=app.payload(310, "app-repeat"), headers=AUTH).json()["stored"]
+    assert len(app.documents(as_of=pd.Timestamp(app.times[310]).to_pydatetime())) == 1
+
+
+def _shorter(payload: dict[str, Any]) -> None:
+    payload["bars"] = [b for b in payload["bars"] if b["timestamp"] != payload["bars"][0]["timestamp"]]
+
+
+def _drop_symbol(payload: dict[str, Any]) -> None:
+    payload["bars"] = [b for b in payload["bars"] if b["symbol"] != payload["bars"][0]["symbol"]]
+
+
+def _add_symbol(payload: dict[str, Any]) -> None:
+    payload["bars"].append({**payload["bars"][-1], "symbol": "ZZZZ"})
+
+
+def _set_first_bar(**prices: Any) -> Any:
+    def change(payload: dict[str, Any]) -> None:
+        payload["bars"][0].update(prices)
+    return change
+
+
+BAD_INPUTS = {
+    "window too short": (_shorter, "too few bars"),
+    "symbol missing": (_drop_symbol, "no bars for symbols"),
+    "unknown symbol": (_add_symbol, "does not trade"),
+    "NaN price": (_set_first_bar(close=float("nan")), "finite number"),
+    "infinite volume": (_set_first_bar(volume=float("inf")), "finite number"),
+    "negative price": (_set_first_bar(low=-1.0), "greater than 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_4xx_saying_what_to_fix_and_stores_nothing(app, case):
+    change, message = BAD_INPUTS[case]
+    payload = app.payload(320, f"bad-{case}")
+    change(payload)
+    response = app.client.post("/predict", content=json.dumps(payload), headers=AUTH)
+    assert response.status_code == 400 and message in response.text, response.text
+    assert app.documents(request_id=f"bad-{case}") == []
+
+
+@pytest.mark.parametrize(("limit", "value", "message"), [("NFC_MAX_NEWS", "1", "over the limit of 1 (NFC_MAX_NEWS)"),
+                                                          ("NFC_MAX_TEXT_CHARS", "10", "NFC_MAX_TEXT_CHARS")])
+def test_oversize_news_is_refused(app, monkeypatch, limit, value, message):
+    payload = app.payload(330, f"oversize-{limit}")
+    payload["news"] = [{"id": f"x{i}", "published_at": payload["bars"][-1]["timestamp"], "title": "Aurexa " * 5,
+                        "body": "", "symbols": None} for i in range(2)]
+    monkeypatch.setenv(limit, value)
+    response = app.client.post("/predict", json=payload, headers=AUTH)
+    assert response.status_code == 400 and message in response.text
+    assert app.documents(request_id=f"oversize-{limit}") == []
+
+
+def test_malformed_json_is_a_400_and_stores_nothing(app):
+    before = len(app.documents())
+    response = app.client.post("/predict", content=b'{"bars": [', headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 400 and "Invalid JSON" in response.text
+    assert len(app.documents()) == before
+
+
+def test_predict_needs_the_api_key_and_reads_do_not(app):
+    payload = app.payload(340, "no-key")
+    missing = app.client.post("/predict", json=payload)
+    wrong = app.client.post("/predict", json=payload, headers={"X-API-Key": "guess"})
+    assert missing.status_code == wrong.status_code == 401
+    assert "Authorization: Bearer <key>" in missing.json()["error"] and API_KEY not in wrong.text
+    assert app.documents(request_id="no-key") == []
+    assert app.client.post("/latest", json={}).status_code in (200, 404)
+
+
+def test_the_internal_batch_route_refuses_outside_callers(app):
+    jobs = {"jobs": [{"request": app.payload(345, "outside"), "token": "guess"}]}
+    [outcome] = app.client.post("/predict_batch", json=jobs).json()
+    assert outcome["status"] == 403 and outcome["prediction"] is None
+    assert app.documents(request_id="outside") == []
+
+
+def test_latest_and_history_page_newest_first(app):
+    for bar in (400, 401, 402, 403):
+        assert app.client.post("/predict", json=app.payload(bar), headers=AUTH).status_code == 200
+    latest = app.client.post("/latest", json={}).json()
+    assert pd.Timestamp(latest["as_of"]) == max(pd.Timestamp(d["as_of"]) for d in app.documents())
+    start, end = (pd.Timestamp(app.times[i]).isoformat() for i in (400, 404))
+    first = app.client.post("/history", json={"start": start, "end": end, "limit": 3}).json()
+    second = app.client.post("/history", json={"start": start, "end": end, "limit": 3,
+                                               "before": first["next_before"]}).json()
+    got = [pd.Timestamp(p["as_of"]) for p in first["items"] + second["items"]]
+    assert got == [pd.Timestamp(app.times[i]) for i in (403, 402, 401, 400)] and second["next_before"] is None
+
+
+@pytest.mark.parametrize(("query", "message"), [({"limit": 0}, "greater than or equal to 1"),
+                                                ({"start": "2026-01-06T00:00:00Z", "end": "2026-01-05T00:00:00Z"},
+                                                 "must be before end"),
+                                                ({"start": "2026-01-05T00:00:00"}, "no time zone")])
+def test_bad_history_queries_are_400(app, query, message):
+    response = app.client.post("/history", json=query)
+    assert response.status_code == 400 and message in response.text
+
+
+def test_model_info_and_probes(app):
+    info = app.client.post("/model_info").json()
+    assert info["version"] == "0.1.0-test" and info["bars_needed"] == 80 + info["lookback"]
+    assert info["providers"] == {"fusion": "CPUExecutionProvider", "encoder": "CPUExecutionProvider"}
+    assert app.client.get("/livez").status_code == app.client.get("/readyz").status_code == 200
+    assert "/predict" in app.client.get("/docs.json").json()["paths"]
+
+
+def test_concurrent_requests_are_batched_and_each_answer_equals_the_one_served_alone(app):
+    bars = list(range(500, 516))
+    alone = {}
+    for bar in bars:  # one at a time: batches of one (these also train BentoML's batching optimiser)
+        alone[bar] = app.client.post("/predict", json=app.payload(bar), headers=AUTH).json()
+    before = app.client.post("/model_info").json()["batches"]["fusion"]
+    together: dict[int, Any] = {}
+    barrier = threading.Barrier(len(bars))
+
+    def call(bar: int) -> None:
+        barrier.wait()
+        together[bar] = app.client.post("/predict", json=app.payload(bar), headers=AUTH)
+
+    threads = [threading.Thread(target=call, args=(bar,)) for bar in bars]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = app.client.post("/model_info").json()["batches"]["fusion"]
+    assert all(r.status_code == 200 for r in together.values())
+    sizes = {int(n): after["sizes"][n] - before["sizes"].get(n, 0) for n in after["sizes"]}
+    merged = max(n for n, count in sizes.items() if count)
+    assert merged > 1, f"no batch merged concurrent requests: {sizes}"
+    worst = max(abs(together[bar].json()[field][s] - alone[bar][field][s])
+                for bar in bars for field in ("weights", "logits") for s in alone[bar]["symbols"])
+    assert worst <= BATCH_ATOL, f"a batched answer moved by {worst:.2e}"
+
+
+def test_mongodb_down_answers_503_and_reports_nothing_stored(app, stub):
+    app.mongo.stop()
+    try:
+        response = app.client.post("/predict", json=app.payload(600, "while-down"), headers=AUTH)
+        assert response.status_code == 503
+        assert "MongoDB" in response.json()["error"] and "not stored" in response.json()["error"]
+        assert app.client.get("/readyz").status_code == 503
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Predict(proto_request(app.payload(601, "grpc-while-down")), metadata=[("x-api-key", API_KEY)])
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        app.mongo.start()
+    deadline = time.monotonic() + 30
+    while app.client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert app.client.get("/readyz").status_code == 200
+    assert app.documents(request_id="while-down") == app.documents(request_id="grpc-while-down") == []
+
+
+def test_grpc_predict_is_the_http_prediction_and_is_stored(app, stub):
+    payload = app.payload(700, "grpc-1")
+    reply = stub.Predict(proto_request(payload), metadata=[("authorization", f"Bearer {API_KEY}")]).prediction
+    http = app.client.post("/predict", json={**payload, "request_id": "http-1"}, headers=AUTH).json()
+    assert reply.stored and list(reply.symbols) == http["symbols"]
+    assert list(reply.weights) == pytest.approx([http["weights"][s] for s in reply.symbols], abs=BATCH_ATOL)
+    assert len(app.documents(request_id="grpc-1")) == 1
+
+
+def test_grpc_refuses_bad_input_and_a_missing_key(app, stub):
+    bad = app.payload(710)
+    _shorter(bad)
+    with pytest.raises(grpc.RpcError) as invalid:
+        stub.Predict(proto_request(bad), metadata=[("x-api-key", API_KEY)])
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "too few bars" in invalid.value.details()
+    nan = app.payload(710)
+    nan["bars"][0]["high"] = float("nan")
+    with pytest.raises(grpc.RpcError) as invalid_nan:
+        stub.Predict(proto_request(nan), metadata=[("x-api-key", API_KEY)])
+    assert invalid_nan.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "bars[0].high" in invalid_nan.value.details()
+    with pytest.raises(grpc.RpcError) as unauthenticated:
+        stub.Predict(proto_request(app.payload(710)))
+    assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_grpc_latest_and_history(app, stub):
+    for bar in (800, 801, 802):
+        stub.Predict(proto_request(app.payload(bar)), metadata=[("x-api-key", API_KEY)])
+    start, end = (pd.Timestamp(app.times[i]).isoformat() for i in (800, 803))
+    first = stub.GetHistory(pb.HistoryRequest(start=start, end=end, limit=2))
+    rest = stub.GetHistory(pb.HistoryRequest(start=start, end=end, limit=2, before=first.next_before))
+    got = [pd.Timestamp(p.as_of) for p in [*first.items, *rest.items]]
+    assert got == [pd.Timestamp(app.times[i]) for i in (802, 801, 800)] and rest.next_before == ""
+    assert pd.Timestamp(stub.GetLatest(pb.LatestRequest()).as_of) >= pd.Timestamp(app.times[802])
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.GetLatest(pb.LatestRequest(model_version="no-such-version"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as invalid:
+        stub.GetHistory(pb.HistoryRequest(start="yesterday"))
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_grpc_health_and_reflection(app):
+    serving = health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(app.grpc_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="neuralfusion.v1.PortfolioService")
+        deadline = time.monotonic() + 15  # the status is refreshed every 5 s (after the MongoDB-down test)
+        while health.Check(request).status != serving and time.monotonic() < deadline:
+            time.sleep(0.5)
+        status = health.Check(request).status
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        [answer] = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    assert status == serving
+    assert "neuralfusion.v1.PortfolioService" in {s.name for s in answer.list_services_response.service}
+
+
+def test_an_altered_package_leaves_the_service_up_but_never_ready(model_package, tmp_path, monkeypatch):
+    package = Path(shutil.copytree(model_package.package, tmp_path / "pkg"))
+    with (package / "manifest.json").open("a") as manifest:
+        manifest.write("\n")
+    monkeypatch.setenv("NFC_MODEL_PATH", str(package))
+    service = PortfolioService()
+    assert service.runtime is None and "manifest.json was modified" in (service.model_error or "")
+    assert asyncio.run(service.is_ready()) is False
+    with pytest.raises(ServingError) as caught:
+        asyncio.run(service.predict_one(PredictRequest.model_validate(EXAMPLE_INPUT)))
+    assert caught.value.status == 503 and "not loaded" in caught.value.message

@@ -1,0 +1,221 @@
+"""`nfc serve` for real: `bentoml serve` in a subprocess on free loopback ports, with the embedded nx-27017
+server that `nfc serve` starts, reached over HTTP (httpx) and gRPC (grpcio); documents checked in MongoDB.
+One server for the module; the last test stops it with SIGTERM and checks that nothing is left listening."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from factories import predict_payload
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pymongo import MongoClient
+
+from neuralfusion.data.bars import BarFileSource
+from neuralfusion.data.news import read_news
+from neuralfusion.embedded_mongo import free_port
+from serving.proto import neuralfusion_pb2 as pb
+from serving.proto import neuralfusion_pb2_grpc as pb_grpc
+from serving.schemas import predict_request_from_proto
+
+pytestmark = pytest.mark.integration
+
+API_KEY = "live-key-51c9"
+KEY = {"X-API-Key": API_KEY}
+STARTUP_TIMEOUT_S = 180
+
+
+@dataclass
+class Live:
+    process: subprocess.Popen[bytes]
+    log: Path
+    url: str
+    grpc_target: str
+    mongo_uri: str
+    ports: tuple[int, int, int]
+    bars: pd.DataFrame
+    news: pd.DataFrame
+    times: np.ndarray
+    bars_needed: int
+
+    def payload(self, bar: int, request_id: str | None = None) -> dict[str, Any]:
+        return predict_payload(self.bars, self.news, pd.Timestamp(self.times[bar]), self.bars_needed, request_id)
+
+    def documents(self, **query: Any) -> list[dict[str, Any]]:
+        with MongoClient(self.mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000) as client:
+            return list(client["neuralfusion"]["predictions"].find(query, {"_id": False}))
+
+
+def distinct_free_ports(n: int) -> tuple[int, ...]:
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return tuple(ports)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def to_proto(payload: dict[str, Any]) -> pb.PredictRequest:
+    """The HTTP body as a gRPC request (checked by converting it back through the shared validators)."""
+    message = pb.PredictRequest(
+        bars=[pb.Bar(**bar) for bar in payload["bars"]],
+        news=[pb.NewsItem(id=n["id"], published_at=n["published_at"], title=n["title"], body=n["body"],
+                          symbols=n["symbols"] or [], has_symbols=n["symbols"] is not None) for n in payload["news"]],
+        request_id=payload["request_id"] or "")
+    assert len(predict_request_from_proto(message).bars) == len(payload["bars"])
+    return message
+
+
+@pytest.fixture(scope="module")
+def live(model_package, tmp_path_factory) -> Iterator[Live]:
+    root = tmp_path_factory.mktemp("live")
+    http_port, grpc_port, mongo_port = distinct_free_ports(3)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("NFC_")}
+    env.update(BENTOML_DO_NOT_TRACK="true", BENTOML_HOME=str(root / "bentoml"), NFC_API_KEY=API_KEY)
+    log = root / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "neuralfusion.cli", "serve", "--model-path", str(model_package.package),
+             "--host", "127.0.0.1", "--port", str(http_port), "--grpc-port", str(grpc_port),
+             "--mongo-data", str(root / "mongo"), "--mongo-port", str(mongo_port)],
+            env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{http_port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    else:
+        process.terminate()  # SIGTERM: nfc serve then stops bentoml and its MongoDB too
+        process.wait(timeout=60)
+        pytest.fail(f"nfc serve did not become ready:\n{log.read_text()[-4000:]}")
+    bars = BarFileSource(model_package.data / "bars.parquet").read()
+    try:
+        yield Live(process, log, url, f"127.0.0.1:{grpc_port}", f"mongodb://127.0.0.1:{mongo_port}/",
+                   (http_port, grpc_port, mongo_port), bars, read_news(model_package.data / "news.jsonl"),
+                   np.sort(bars["timestamp"].unique()), httpx.post(f"{url}/model_info").json()["bars_needed"])
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+@pytest.fixture
+def stub(live) -> Iterator[pb_grpc.PortfolioServiceStub]:
+    with grpc.insecure_channel(live.grpc_target) as channel:
+        yield pb_grpc.PortfolioServiceStub(channel)
+
+
+def test_http_predict_is_stored_in_mongodb(live):
+    response = httpx.post(f"{live.url}/predict", json=live.payload(300, "live-http"), headers=KEY, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["stored"] and body["model_version"] == "0.1.0-test"
+    [document] = live.documents(request_id="live-http")
+    assert pd.Timestamp(document["as_of"]) == pd.Timestamp(body["as_of"]) == pd.Timestamp(live.times[300])
+    assert document["weights"] == pytest.approx(body["weights"])
+
+
+def test_bad_input_over_the_wire_is_a_400_and_stores_nothing(live):
+    payload = live.payload(310, "live-bad")
+    payload["bars"] = payload["bars"][len(live.bars["symbol"].unique()):]  # one bar short
+    response = httpx.post(f"{live.url}/predict", json=payload, headers=KEY, timeout=60)
+    assert response.status_code == 400 and "too few bars" in response.json()["error"]
+    assert httpx.post(f"{live.url}/predict", json=live.payload(310), timeout=60).status_code == 401
+    assert live.documents(request_id="live-bad") == []
+
+
+def test_grpc_predict_is_stored_in_mongodb(live, stub):
+    reply = stub.Predict(to_proto(live.payload(320, "live-grpc")), metadata=[("x-api-key", API_KEY)], timeout=60)
+    assert reply.prediction.stored and pd.Timestamp(reply.prediction.as_of) == pd.Timestamp(live.times[320])
+    [document] = live.documents(request_id="live-grpc")
+    assert [document["weights"][s] for s in reply.prediction.symbols] == pytest.approx(list(reply.prediction.weights))
+    with grpc.insecure_channel(live.grpc_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_history_pages_newest_first_over_http_and_grpc(live, stub):
+    for bar in (400, 401, 402):
+        assert httpx.post(f"{live.url}/predict", json=live.payload(bar), headers=KEY, timeout=60).status_code == 200
+    start, end = (pd.Timestamp(live.times[i]).isoformat() for i in (400, 403))
+    first = httpx.post(f"{live.url}/history", json={"start": start, "end": end, "limit": 2}, timeout=30).json()
+    rest = httpx.post(f"{live.url}/history", json={"start": start, "end": end, "limit": 2,
+                                                    "before": first["next_before"]}, timeout=30).json()
+    expected = [pd.Timestamp(live.times[i]) for i in (402, 401, 400)]
+    assert [pd.Timestamp(p["as_of"]) for p in first["items"] + rest["items"]] == expected
+    over_grpc = stub.GetHistory(pb.HistoryRequest(start=start, end=end), timeout=30)
+    assert [pd.Timestamp(p.as_of) for p in over_grpc.items] == expected and over_grpc.next_before == ""
+    latest = httpx.post(f"{live.url}/latest", json={}, timeout=30).json()
+    assert pd.Timestamp(stub.GetLatest(pb.LatestRequest(), timeout=30).as_of) == pd.Timestamp(latest["as_of"])
+
+
+def test_http_and_grpc_requests_share_one_batching_queue(live, stub):
+    before = httpx.post(f"{live.url}/model_info", timeout=30).json()["batches"]["fusion"]["sizes"]
+    bars = list(range(500, 516))
+    barrier = threading.Barrier(len(bars))
+    answers: dict[int, bool] = {}
+
+    def call(bar: int) -> None:
+        barrier.wait()
+        if bar % 2:
+            answers[bar] = stub.Predict(to_proto(live.payload(bar)), metadata=[("x-api-key", API_KEY)],
+                                        timeout=120).prediction.stored
+        else:
+            answers[bar] = httpx.post(f"{live.url}/predict", json=live.payload(bar), headers=KEY,
+                                      timeout=120).json()["stored"]
+
+    threads = [threading.Thread(target=call, args=(bar,)) for bar in bars]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = httpx.post(f"{live.url}/model_info", timeout=30).json()["batches"]["fusion"]["sizes"]
+    new = {int(n): count - before.get(n, 0) for n, count in after.items() if count > before.get(n, 0)}
+    assert len(answers) == len(bars) and all(answers.values())
+    assert max(new) > 1, f"no fusion batch merged concurrent HTTP and gRPC requests: {new}"
+    assert len(live.documents(as_of={"$in": [pd.Timestamp(live.times[b]).to_pydatetime() for b in bars]})) == 16
+
+
+def test_metrics_openapi_and_probes(live):
+    metrics = httpx.get(f"{live.url}/metrics", timeout=30).text
+    assert 'bentoml_service_adaptive_batch_size_count{method_name="predict_batch"' in metrics
+    assert "/predict" in httpx.get(f"{live.url}/docs.json", timeout=30).json()["paths"]
+    assert httpx.get(f"{live.url}/livez", timeout=10).status_code == 200
+    assert httpx.get(f"{live.url}/readyz", timeout=10).status_code == 200
+
+
+def test_serve_names_the_way_out_when_the_model_store_lacks_the_model():
+    from click.testing import CliRunner
+
+    from neuralfusion.cli import main
+
+    result = CliRunner().invoke(main, ["serve", "--model", "neuralfusion:no-such-version"])
+    assert result.exit_code == 1 and "has no neuralfusion:no-such-version" in result.output
+    assert "--model-path" in result.output
+
+
+def test_sigterm_stops_the_server_and_the_embedded_mongodb(live):
+    live.process.send_signal(signal.SIGTERM)
+    assert live.process.wait(timeout=90) == 128 + signal.SIGTERM
+    assert not any(listening(port) for port in live.ports), live.log.read_text()[-2000:]

@@ -1,0 +1,132 @@
+"""The ONNX Runtime path of serving, without a server: package checks, providers, batch invariance, and no
+train/serve skew (the served window and embeddings equal the ones training computed)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from factories import predict_payload
+
+from export.manifest import PackageError, load_manifest
+from neuralfusion.data.bars import BarFileSource
+from neuralfusion.data.news import article_text, read_news
+from neuralfusion.dataset import load_data_dir
+from neuralfusion.embeddings import read_embeddings
+from neuralfusion.inputs import INPUT_NAMES, grid_inputs
+from serving.errors import ServingError, check_api_key
+from serving.runtime import PortfolioRuntime, open_session
+from serving.schemas import PredictRequest
+from serving.settings import ServeSettings
+
+FP32_ATOL = 1e-5  # the package's fp32 tolerance (manifest "tolerances"); batching changes only rounding
+
+
+@pytest.fixture(scope="module")
+def runtime(model_package) -> PortfolioRuntime:
+    return PortfolioRuntime.load(model_package.package)
+
+
+@pytest.fixture(scope="module")
+def market(model_package) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return BarFileSource(model_package.data / "bars.parquet").read(), read_news(model_package.data / "news.jsonl")
+
+
+def requests_ending_at(market, runtime: PortfolioRuntime, bars: list[int]) -> list[PredictRequest]:
+    times = np.sort(market[0]["timestamp"].unique())
+    return [PredictRequest.model_validate(predict_payload(*market, pd.Timestamp(times[i]), runtime.bars_needed))
+            for i in bars]
+
+
+def test_runtime_reports_the_provider_its_sessions_use(runtime):
+    assert runtime.provider == runtime.session.get_providers()[0] == "CPUExecutionProvider"
+    assert runtime.encoder is not None and runtime.encoder.provider == "CPUExecutionProvider"
+
+
+def test_cuda_that_cannot_start_falls_back_to_the_cpu_graph(model_package, caplog):
+    with caplog.at_level(logging.WARNING, logger="serving.runtime"):
+        session = open_session(load_manifest(model_package.package), "fusion", device="cuda")
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert "running the cpu variant on the CPU" in caplog.text
+
+
+def test_cpu_graphs_optimised_by_another_onnxruntime_are_not_used(model_package, caplog):
+    manifest = load_manifest(model_package.package)
+    manifest.data["onnx"]["onnxruntime"] = "1.0.0"
+    with caplog.at_level(logging.INFO, logger="serving.runtime"):
+        open_session(manifest, "fusion", device="cpu")
+    assert "fusion graph: fp32 variant on CPUExecutionProvider" in caplog.text
+
+
+def test_an_altered_package_is_refused_naming_the_file(model_package, tmp_path):
+    package = Path(shutil.copytree(model_package.package, tmp_path / "pkg"))
+    with (package / "fusion.cpu.onnx").open("ab") as graph:
+        graph.write(b"\0")
+    with pytest.raises(PackageError, match=r"fusion\.cpu\.onnx was modified"):
+        PortfolioRuntime.load(package)
+
+
+def test_served_window_equals_the_training_window(runtime, market, model_package):
+    """The same bar through the training path (data folder + the run's PyTorch embeddings) and the serving
+    path (a request of bars_needed bars, ONNX encoder) gives the same logits, and the served encoder the
+    run's embeddings (measured: 6e-8 and 2.4e-7)."""
+    data = load_data_dir(model_package.data, universe=runtime.universe)
+    ids, vectors, _ = read_embeddings(model_package.embeddings)
+    by_id = dict(zip(ids, vectors, strict=True))
+    item_vectors = np.stack([by_id[i] for i in data.news["id"]])
+    anchor = data.n_bars - 40
+    window = grid_inputs(data, item_vectors, runtime.normaliser).windows(np.array([anchor]), runtime.lookback)
+    expected = runtime.session.run(["logits"], {name: window[name] for name in INPUT_NAMES})[0][0]
+    request = PredictRequest.model_validate(predict_payload(*market, data.panel.times[anchor], runtime.bars_needed))
+    [served] = runtime.predict_requests([request])
+    assert served.as_of == data.panel.times[anchor]
+    got = np.array([served.logits[s] for s in runtime.universe.symbols])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=FP32_ATOL)
+    texts = [article_text(t, b) for t, b in zip(data.news["title"], data.news["body"], strict=True)]
+    np.testing.assert_allclose(runtime.encoder.encode(texts).vectors, item_vectors, rtol=0, atol=FP32_ATOL)
+
+
+def test_a_prediction_does_not_depend_on_its_batch_mates(runtime, market):
+    requests = requests_ending_at(market, runtime, [150, 400, 401, 700, 900, 1100])
+    together = runtime.predict_requests(requests)
+    alone = [runtime.predict_requests([r])[0] for r in requests]
+    for a, b in zip(together, alone, strict=True):
+        assert a.as_of == b.as_of
+        for field in ("logits", "weights"):
+            diff = max(abs(getattr(a, field)[s] - getattr(b, field)[s]) for s in a.symbols)
+            assert diff <= FP32_ATOL, f"{field} of {a.as_of} moved by {diff:.2e} in a batch"
+    assert runtime.stats.snapshot()["max_rows"] >= len(requests)
+
+
+def test_long_texts_are_truncated_and_counted(runtime):
+    encoder = runtime.encoder
+    before = encoder.truncated_texts
+    encoded = encoder.encode(["Aurexa Mining " * 2000, "short"])
+    assert encoded.n_truncated == 1 and encoded.n_tokens[0] > encoder.max_length >= encoded.n_tokens[1]
+    assert encoder.truncated_texts == before + 1 and np.isfinite(encoded.vectors).all()
+    ids, _ = encoder.tokenize(["Aurexa Mining " * 2000])
+    assert len(ids[0]) == encoder.max_length
+
+
+def test_settings_name_the_variable_at_fault():
+    with pytest.raises(ValueError, match="NFC_GRPC_PORT='abc' must be a positive integer"):
+        ServeSettings.from_env({"NFC_GRPC_PORT": "abc"})
+    with pytest.raises(ValueError, match="NFC_DEVICE='tpu'"):
+        ServeSettings.from_env({"NFC_DEVICE": "tpu"})
+    settings = ServeSettings.from_env({"NFC_API_KEY": "s3cret", "NFC_PREDICT_MAX_BATCH": "8"})
+    assert settings.predict_max_batch == 8 and "s3cret" not in repr(settings)
+
+
+def test_api_key_is_checked_in_constant_time_and_never_echoed():
+    check_api_key(None, {})  # no key configured: open
+    check_api_key("s3cret", {"Authorization": "Bearer s3cret"})
+    check_api_key("s3cret", {"x-api-key": "s3cret"})
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"X-API-Key": "s3cre"}):
+        with pytest.raises(ServingError) as caught:
+            check_api_key("s3cret", headers)
+        assert caught.value.status == 401 and "s3cret" not in caught.value.message
+
