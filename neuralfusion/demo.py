@@ -8,15 +8,24 @@ Stages and what they write under OUT:
   embed            embeddings.parquet (+ embedding_cache.parquet)
   train            model/ and ablations/{concat,market,news}/
   backtest         report/ (metrics.json, PNG plots, report.html)
+  export           package/ (encoder.onnx, fusion.onnx, tokenizer/, manifest.json) + BentoML model store
+  validate         hashes, ONNX checker, parity and batch invariance against the PyTorch run
+  serve            `nfc serve` on loopback with the embedded MongoDB (mongo/), one HTTP and one gRPC
+                   prediction, both read back from MongoDB
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import click
+
+from neuralfusion.embedded_mongo import EmbeddedMongo, free_port
 
 __all__ = ["demo"]
 
@@ -61,4 +70,71 @@ def demo(out_dir: Path, seed: int) -> None:
     ablations = [arg for v in ABLATIONS for arg in ("--ablation", str(out_dir / "ablations" / v))]
     run_nfc(["backtest", "--model", str(out_dir / "model"), "--data", str(data), "--embeddings", str(embeddings),
              *ablations, "--out", str(out_dir / "report"), "--force"])
+    run_nfc(["export", "--model", str(out_dir / "model"), "--out", str(out_dir / "package"), "--force"])
+    run_nfc(["validate", str(out_dir / "package"), "--model", str(out_dir / "model"), "--data", str(data),
+             "--embeddings", str(embeddings)])
+    serve_and_predict(out_dir, data)
     click.echo(f"demo finished in {time.perf_counter() - started:.0f} s; report: {out_dir / 'report' / 'report.html'}")
+
+
+def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.0) -> None:
+    """Start `nfc serve` on loopback, send one HTTP and one gRPC prediction, read both back from MongoDB."""
+    import httpx
+    import pymongo
+
+    from neuralfusion.data.bars import BarFileSource
+    from neuralfusion.data.news import read_news
+    from neuralfusion.dataset import load_universe
+    from serving.client import predict_grpc, predict_http, predict_payload
+    from serving.store import DEFAULT_COLLECTION, DEFAULT_DATABASE
+
+    http_port, grpc_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{http_port}"
+    with EmbeddedMongo(out_dir / "mongo") as mongo:
+        env = {**os.environ, "NFC_MONGO_URI": mongo.uri, "BENTOML_DO_NOT_TRACK": "true"}
+        command = [sys.executable, "-m", "neuralfusion.cli", "serve", "--model-path", str(out_dir / "package"),
+                   "--host", "127.0.0.1", "--port", str(http_port), "--grpc-port", str(grpc_port)]
+        log.info("$ nfc %s", " ".join(command[3:]))
+        server = subprocess.Popen(command, env=env)  # noqa: S603 - our own command line
+        try:
+            deadline = time.monotonic() + startup_timeout_s
+            while not _ready(url):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise click.ClickException("nfc serve did not become ready; see its log above")
+                time.sleep(1.0)
+            info = httpx.post(f"{url}/model_info", timeout=30).json()
+            bars = BarFileSource(data / "bars.parquet").read()
+            news = read_news(data / "news.jsonl")
+            step = load_universe(data, bars)[1].timedelta
+            times = sorted(bars["timestamp"].unique())
+            http_body = predict_payload(bars, news, times[-2], info["bars_needed"], step, "demo-http")
+            grpc_body = predict_payload(bars, news, times[-1], info["bars_needed"], step, "demo-grpc")
+            over_http = predict_http(url, http_body)
+            over_grpc = predict_grpc(f"127.0.0.1:{grpc_port}", grpc_body)
+            click.echo(f"HTTP prediction as of {over_http['as_of']}: {_top(over_http['weights'])}")
+            click.echo(f"gRPC prediction as of {over_grpc.as_of}: "
+                       f"{_top(dict(zip(over_grpc.symbols, over_grpc.weights, strict=True)))}")
+            with pymongo.MongoClient(mongo.uri) as client:
+                stored = list(client[DEFAULT_DATABASE][DEFAULT_COLLECTION].find(
+                    {"request_id": {"$in": ["demo-http", "demo-grpc"]}}, {"_id": 0, "request_id": 1, "as_of": 1}))
+            if len(stored) != 2:
+                raise click.ClickException(f"expected both demo predictions in MongoDB, found {stored}")
+            click.echo(f"MongoDB holds both predictions: {sorted(doc['request_id'] for doc in stored)}")
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _top(weights: dict[str, float], n: int = 4) -> str:
+    """The largest positions, e.g. 'AURX +0.31, CRXN -0.27'."""
+    ranked = sorted(weights.items(), key=lambda item: -abs(item[1]))[:n]
+    return ", ".join(f"{symbol} {weight:+.2f}" for symbol, weight in ranked if weight)

@@ -39,19 +39,3 @@ def make_news(symbols: tuple[str, ...] = ("AAA", "BBB", "CCC"), n_items: int = 6
         "symbols": [[s] for s in named],
     })
 
-
-def predict_payload(bars: pd.DataFrame, news: pd.DataFrame, end: pd.Timestamp, n_bars: int,
-                    request_id: str | None = None) -> dict:
-    """A /predict body: every symbol's bars of the `n_bars` grid bars closing at `end`, and the news published
-    during them, as a client would send them (ISO timestamps)."""
-    start = end - (n_bars - 1) * STEP
-    window = bars[(bars["timestamp"] >= start) & (bars["timestamp"] <= end)]
-    items = news[(news["published_at"] > start - STEP) & (news["published_at"] <= end)]
-    return {
-        "bars": [{**row, "timestamp": row["timestamp"].isoformat()} for row in
-                 window[["timestamp", "symbol", "open", "high", "low", "close", "volume"]].to_dict("records")],
-        "news": [{"id": row["id"], "published_at": row["published_at"].isoformat(), "title": row["title"],
-                  "body": row["body"] or "", "symbols": row["symbols"]}
-                 for row in items[["id", "published_at", "title", "body", "symbols"]].to_dict("records")],
-        "request_id": request_id,
-    }

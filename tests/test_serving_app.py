@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
-from factories import predict_payload
+from factories import STEP
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pymongo import MongoClient
@@ -27,6 +27,7 @@ from starlette.testclient import TestClient
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
 from neuralfusion.embedded_mongo import EmbeddedMongo, free_port
+from serving.client import predict_payload
 from serving.errors import ServingError
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
@@ -52,7 +53,7 @@ class App:
     bars_needed: int
 
     def payload(self, bar: int, request_id: str | None = None) -> dict[str, Any]:
-        return predict_payload(self.bars, self.news, pd.Timestamp(self.times[bar]), self.bars_needed, request_id)
+        return predict_payload(self.bars, self.news, pd.Timestamp(self.times[bar]), self.bars_needed, STEP, request_id)
 
     def documents(self, **query: Any) -> list[dict[str, Any]]:
         with MongoClient(self.mongo.uri, tz_aware=True, serverSelectionTimeoutMS=5000) as client:

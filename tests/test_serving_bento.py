@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from factories import predict_payload
+from factories import STEP
 from pymongo import MongoClient
 
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
 from neuralfusion.embedded_mongo import free_port
+from serving.client import predict_payload
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +121,7 @@ def test_the_built_bento_serves_a_stored_prediction(served_bento, model_package,
     bars = BarFileSource(model_package.data / "bars.parquet").read()
     end = pd.Timestamp(np.sort(bars["timestamp"].unique())[600])
     bars_needed = httpx.post(f"{served_bento}/model_info", timeout=30).json()["bars_needed"]
-    payload = predict_payload(bars, read_news(model_package.data / "news.jsonl"), end, bars_needed, "from-bento")
+    payload = predict_payload(bars, read_news(model_package.data / "news.jsonl"), end, bars_needed, STEP, "from-bento")
     response = httpx.post(f"{served_bento}/predict", json=payload, timeout=60)
     assert response.status_code == 200 and response.json()["stored"], response.text
     with MongoClient(mongo_uri, tz_aware=True) as client:

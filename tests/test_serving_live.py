@@ -21,16 +21,16 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from factories import predict_payload
+from factories import STEP
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pymongo import MongoClient
 
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
 from neuralfusion.embedded_mongo import free_port
+from serving.client import predict_payload, request_to_proto
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
-from serving.schemas import predict_request_from_proto
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,7 @@ class Live:
     bars_needed: int
 
     def payload(self, bar: int, request_id: str | None = None) -> dict[str, Any]:
-        return predict_payload(self.bars, self.news, pd.Timestamp(self.times[bar]), self.bars_needed, request_id)
+        return predict_payload(self.bars, self.news, pd.Timestamp(self.times[bar]), self.bars_needed, STEP, request_id)
 
     def documents(self, **query: Any) -> list[dict[str, Any]]:
         with MongoClient(self.mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000) as client:
@@ -70,17 +70,6 @@ def distinct_free_ports(n: int) -> tuple[int, ...]:
 def listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def to_proto(payload: dict[str, Any]) -> pb.PredictRequest:
-    """The HTTP body as a gRPC request (checked by converting it back through the shared validators)."""
-    message = pb.PredictRequest(
-        bars=[pb.Bar(**bar) for bar in payload["bars"]],
-        news=[pb.NewsItem(id=n["id"], published_at=n["published_at"], title=n["title"], body=n["body"],
-                          symbols=n["symbols"] or [], has_symbols=n["symbols"] is not None) for n in payload["news"]],
-        request_id=payload["request_id"] or "")
-    assert len(predict_request_from_proto(message).bars) == len(payload["bars"])
-    return message
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +135,8 @@ def test_bad_input_over_the_wire_is_a_400_and_stores_nothing(live):
 
 
 def test_grpc_predict_is_stored_in_mongodb(live, stub):
-    reply = stub.Predict(to_proto(live.payload(320, "live-grpc")), metadata=[("x-api-key", API_KEY)], timeout=60)
+    reply = stub.Predict(request_to_proto(live.payload(320, "live-grpc")), metadata=[("x-api-key", API_KEY)],
+                         timeout=60)
     assert reply.prediction.stored and pd.Timestamp(reply.prediction.as_of) == pd.Timestamp(live.times[320])
     [document] = live.documents(request_id="live-grpc")
     assert [document["weights"][s] for s in reply.prediction.symbols] == pytest.approx(list(reply.prediction.weights))
@@ -179,7 +169,7 @@ def test_http_and_grpc_requests_share_one_batching_queue(live, stub):
     def call(bar: int) -> None:
         barrier.wait()
         if bar % 2:
-            answers[bar] = stub.Predict(to_proto(live.payload(bar)), metadata=[("x-api-key", API_KEY)],
+            answers[bar] = stub.Predict(request_to_proto(live.payload(bar)), metadata=[("x-api-key", API_KEY)],
                                         timeout=120).prediction.stored
         else:
             answers[bar] = httpx.post(f"{live.url}/predict", json=live.payload(bar), headers=KEY,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from factories import predict_payload
+from factories import STEP
 
 from export.manifest import PackageError, load_manifest
 from neuralfusion.data.bars import BarFileSource
@@ -18,6 +18,7 @@ from neuralfusion.data.news import article_text, read_news
 from neuralfusion.dataset import load_data_dir
 from neuralfusion.embeddings import read_embeddings
 from neuralfusion.inputs import INPUT_NAMES, grid_inputs
+from serving.client import predict_payload
 from serving.errors import ServingError, check_api_key
 from serving.runtime import PortfolioRuntime, open_session
 from serving.schemas import PredictRequest
@@ -38,7 +39,7 @@ def market(model_package) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def requests_ending_at(market, runtime: PortfolioRuntime, bars: list[int]) -> list[PredictRequest]:
     times = np.sort(market[0]["timestamp"].unique())
-    return [PredictRequest.model_validate(predict_payload(*market, pd.Timestamp(times[i]), runtime.bars_needed))
+    return [PredictRequest.model_validate(predict_payload(*market, pd.Timestamp(times[i]), runtime.bars_needed, STEP))
             for i in bars]
 
 
@@ -81,7 +82,8 @@ def test_served_window_equals_the_training_window(runtime, market, model_package
     anchor = data.n_bars - 40
     window = grid_inputs(data, item_vectors, runtime.normaliser).windows(np.array([anchor]), runtime.lookback)
     expected = runtime.session.run(["logits"], {name: window[name] for name in INPUT_NAMES})[0][0]
-    request = PredictRequest.model_validate(predict_payload(*market, data.panel.times[anchor], runtime.bars_needed))
+    payload = predict_payload(*market, data.panel.times[anchor], runtime.bars_needed, STEP)
+    request = PredictRequest.model_validate(payload)
     [served] = runtime.predict_requests([request])
     assert served.as_of == data.panel.times[anchor]
     got = np.array([served.logits[s] for s in runtime.universe.symbols])
