@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from neuralfusion.features import FEATURE_NAMES, WARMUP_BARS, FeatureNormalizer
 from neuralfusion.inputs import GridInputs, grid_inputs
 from neuralfusion.model_config import CgaConfig, dominant_periods
 from neuralfusion.settings import PortfolioSpec, WindowSpec
-from neuralfusion.train_config import TrainConfig
+from neuralfusion.train_config import LR_FLOOR, TrainConfig
 from neuralfusion.windows import Splits, chronological_split, target_windows, usable_anchors
 from training.model import CgaModel
 from training.runs import RUN_FILES, git_commit, staged_folder, write_json
@@ -163,6 +165,21 @@ def model_config_for(prepared: Prepared, window: WindowSpec, portfolio: Portfoli
     return replace(config, **overrides)
 
 
+def lr_multiplier(train: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """The schedule as a function of the step (0-based) -> factor on `train.lr`, for `LambdaLR`."""
+    warmup = int(train.warmup_fraction * total_steps)
+
+    def factor(step: int) -> float:
+        if train.lr_schedule == "constant":
+            return 1.0
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return LR_FLOOR + (1.0 - LR_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
 def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, window: WindowSpec,
                 portfolio: PortfolioSpec, init_state: dict[str, torch.Tensor] | None = None,
                 progress: bool = True) -> TrainResult:
@@ -180,6 +197,8 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
     torch.manual_seed(train.seed + rank)  # dropout differs per rank
     optimizer = raw_model.configure_optimizers(train.weight_decay, train.lr, (train.beta1, train.beta2))
     train_anchors = prepared.splits.train[:: train.train_stride]
+    steps_per_epoch = math.ceil(len(train_anchors[rank::world]) / train.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(train, train.epochs * steps_per_epoch))
     first_anchor = int(prepared.splits.train[0])
     returns = prepared.data.returns
     best = (-np.inf, -1, copy.deepcopy(raw_model.state_dict()))
@@ -212,6 +231,7 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), train.grad_clip)
             optimizer.step()
+            scheduler.step()
             losses.append(out.loss.detach().item())
             windows_seen += len(anchors)
         val = validation_sharpe(raw_model, prepared, prepared.splits.val, window, portfolio, train.val_offsets)
