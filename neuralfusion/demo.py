@@ -92,7 +92,7 @@ def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.
     from neuralfusion.data.bars import BarFileSource
     from neuralfusion.data.news import read_news
     from neuralfusion.dataset import load_universe
-    from serving.client import predict_grpc, predict_http, predict_payload
+    from serving.client import predict_grpc, predict_http, predict_payload, wait_until_ready
     from serving.store import DEFAULT_COLLECTION, DEFAULT_DATABASE
 
     http_port, grpc_port = free_port(), free_port()
@@ -104,11 +104,8 @@ def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.
         log.info("$ nfc %s", " ".join(command[3:]))
         server = subprocess.Popen(command, env=env)  # noqa: S603 - our own command line
         try:
-            deadline = time.monotonic() + startup_timeout_s
-            while not _ready(url):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise click.ClickException("nfc serve did not become ready; see its log above")
-                time.sleep(1.0)
+            if not wait_until_ready(url, server, startup_timeout_s):
+                raise click.ClickException("nfc serve did not become ready; see its log above")
             info = httpx.post(f"{url}/model_info", timeout=30).json()
             bars = BarFileSource(data / "bars.parquet").read()
             news = read_news(data / "news.jsonl")
@@ -130,15 +127,6 @@ def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.
         finally:
             server.terminate()
             server.wait(timeout=60)
-
-
-def _ready(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def _top(weights: dict[str, float], n: int = 4) -> str:

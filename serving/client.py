@@ -5,6 +5,8 @@ Used by `nfc demo` and the serving tests, so both speak to the service exactly a
 
 from __future__ import annotations
 
+import subprocess
+import time
 from typing import Any
 
 import httpx
@@ -13,7 +15,7 @@ import pandas as pd
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 
-__all__ = ["predict_grpc", "predict_http", "predict_payload", "request_to_proto"]
+__all__ = ["predict_grpc", "predict_http", "predict_payload", "request_to_proto", "wait_until_ready"]
 
 
 def predict_payload(bars: pd.DataFrame, news: pd.DataFrame, end: pd.Timestamp, n_bars: int, step: pd.Timedelta,
@@ -60,3 +62,16 @@ def predict_grpc(target: str, payload: dict[str, Any], api_key: str | None = Non
         reply = pb_grpc.PortfolioServiceStub(channel).Predict(request_to_proto(payload), metadata=metadata,
                                                              timeout=timeout_s)
     return reply.prediction
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[Any], timeout_s: float) -> bool:
+    """Poll GET /readyz until it answers 200 (True), or the server process exits or time runs out (False)."""
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url.rstrip('/')}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    return False

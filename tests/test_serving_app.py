@@ -27,7 +27,7 @@ from starlette.testclient import TestClient
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
 from neuralfusion.embedded_mongo import EmbeddedMongo, free_port
-from serving.client import predict_payload
+from serving.client import predict_payload, request_to_proto
 from serving.errors import ServingError
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
@@ -88,14 +88,6 @@ def app(model_package, tmp_path_factory) -> Iterator[App]:
 def stub(app) -> Iterator[pb_grpc.PortfolioServiceStub]:
     with grpc.insecure_channel(app.grpc_target) as channel:
         yield pb_grpc.PortfolioServiceStub(channel)
-
-
-def proto_request(payload: dict[str, Any]) -> pb.PredictRequest:
-    return pb.PredictRequest(
-        bars=[pb.Bar(**bar) for bar in payload["bars"]],
-        news=[pb.NewsItem(id=n["id"], published_at=n["published_at"], title=n["title"], body=n["body"],
-                          symbols=n["symbols"] or [], has_symbols=n["symbols"] is not None) for n in payload["news"]],
-        request_id=payload["request_id"] or "")
 
 
 def test_predict_returns_weights_that_mongodb_holds(app):
@@ -255,7 +247,7 @@ def test_mongodb_down_answers_503_and_reports_nothing_stored(app, stub):
         assert "MongoDB" in response.json()["error"] and "not stored" in response.json()["error"]
         assert app.client.get("/readyz").status_code == 503
         with pytest.raises(grpc.RpcError) as caught:
-            stub.Predict(proto_request(app.payload(601, "grpc-while-down")), metadata=[("x-api-key", API_KEY)])
+            stub.Predict(request_to_proto(app.payload(601, "grpc-while-down")), metadata=[("x-api-key", API_KEY)])
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         app.mongo.start()
@@ -268,7 +260,7 @@ def test_mongodb_down_answers_503_and_reports_nothing_stored(app, stub):
 
 def test_grpc_predict_is_the_http_prediction_and_is_stored(app, stub):
     payload = app.payload(700, "grpc-1")
-    reply = stub.Predict(proto_request(payload), metadata=[("authorization", f"Bearer {API_KEY}")]).prediction
+    reply = stub.Predict(request_to_proto(payload), metadata=[("authorization", f"Bearer {API_KEY}")]).prediction
     http = app.client.post("/predict", json={**payload, "request_id": "http-1"}, headers=AUTH).json()
     assert reply.stored and list(reply.symbols) == http["symbols"]
     assert list(reply.weights) == pytest.approx([http["weights"][s] for s in reply.symbols], abs=BATCH_ATOL)
@@ -279,22 +271,22 @@ def test_grpc_refuses_bad_input_and_a_missing_key(app, stub):
     bad = app.payload(710)
     _shorter(bad)
     with pytest.raises(grpc.RpcError) as invalid:
-        stub.Predict(proto_request(bad), metadata=[("x-api-key", API_KEY)])
+        stub.Predict(request_to_proto(bad), metadata=[("x-api-key", API_KEY)])
     assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "too few bars" in invalid.value.details()
     nan = app.payload(710)
     nan["bars"][0]["high"] = float("nan")
     with pytest.raises(grpc.RpcError) as invalid_nan:
-        stub.Predict(proto_request(nan), metadata=[("x-api-key", API_KEY)])
+        stub.Predict(request_to_proto(nan), metadata=[("x-api-key", API_KEY)])
     assert invalid_nan.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "bars[0].high" in invalid_nan.value.details()
     with pytest.raises(grpc.RpcError) as unauthenticated:
-        stub.Predict(proto_request(app.payload(710)))
+        stub.Predict(request_to_proto(app.payload(710)))
     assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_grpc_latest_and_history(app, stub):
     for bar in (800, 801, 802):
-        stub.Predict(proto_request(app.payload(bar)), metadata=[("x-api-key", API_KEY)])
+        stub.Predict(request_to_proto(app.payload(bar)), metadata=[("x-api-key", API_KEY)])
     start, end = (pd.Timestamp(app.times[i]).isoformat() for i in (800, 803))
     first = stub.GetHistory(pb.HistoryRequest(start=start, end=end, limit=2))
     rest = stub.GetHistory(pb.HistoryRequest(start=start, end=end, limit=2, before=first.next_before))

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pymongo import MongoClient
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
 from neuralfusion.embedded_mongo import free_port
-from serving.client import predict_payload
+from serving.client import predict_payload, wait_until_ready
 
 pytestmark = pytest.mark.integration
 
@@ -101,15 +100,7 @@ def served_bento(bento, mongo_uri) -> Iterator[str]:
                                     "--port", str(port)], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
+        if not wait_until_ready(url, process, timeout_s=180):
             pytest.fail(f"the bento did not become ready:\n{log.read_text()[-4000:]}")
         yield url
     finally:

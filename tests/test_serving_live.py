@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from pymongo import MongoClient
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
 from neuralfusion.embedded_mongo import free_port
-from serving.client import predict_payload, request_to_proto
+from serving.client import predict_payload, request_to_proto, wait_until_ready
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 
@@ -86,15 +85,7 @@ def live(model_package, tmp_path_factory) -> Iterator[Live]:
              "--mongo-data", str(root / "mongo"), "--mongo-port", str(mongo_port)],
             env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    else:
+    if not wait_until_ready(url, process, STARTUP_TIMEOUT_S):
         process.terminate()  # SIGTERM: nfc serve then stops bentoml and its MongoDB too
         process.wait(timeout=60)
         pytest.fail(f"nfc serve did not become ready:\n{log.read_text()[-4000:]}")
