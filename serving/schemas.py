@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import pandas as pd
+from pandas.tseries.frequencies import to_offset
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from neuralfusion.data.bars import BAR_COLUMNS, validate_bars
@@ -270,16 +271,17 @@ def check_request_against_model(request: PredictRequest, symbols: tuple[str, ...
         raise RequestError(f"no bars for symbols {missing}; this model needs bars for every one of {list(symbols)}")
     last = bars["timestamp"].max()
     if last.ceil(interval) != last:
-        raise RequestError(f"the last bar closes at {last.isoformat()}, not on the {interval} bar grid, so the "
-                           f"as-of bar would be incomplete: end the bars at {last.floor(interval).isoformat()}")
+        raise RequestError(f"the last bar closes at {last.isoformat()}, not on the {_interval_text(interval)} bar "
+                           "grid, so the as-of bar would be incomplete: end the bars at "
+                           f"{last.floor(interval).isoformat()}")
     window_start = last - (bars_needed - 1) * interval
     slots = bars.assign(slot=bars["timestamp"].dt.ceil(interval))
     first = slots.groupby("symbol")["slot"].min()
     short = {s: int(slots.loc[slots["symbol"] == s, "slot"].nunique()) for s in symbols if first[s] > window_start}
     if short:
         detail = ", ".join(f"{s} has {n} from {first[s].isoformat()}" for s, n in short.items())
-        raise RequestError(f"too few bars: the model reads {bars_needed} bars of {interval} per symbol, from "
-                           f"{window_start.isoformat()} to {last.isoformat()}; {detail}: "
+        raise RequestError(f"too few bars: the model reads {bars_needed} bars of {_interval_text(interval)} per "
+                           f"symbol, from {window_start.isoformat()} to {last.isoformat()}; {detail}: "
                            f"send bars from {window_start.isoformat()} on")
     return bars, news
 
@@ -335,3 +337,8 @@ def history_to_proto(history: HistoryOut) -> pb.HistoryResponse:
     """An empty `next_before` means no more pages."""
     return pb.HistoryResponse(items=[prediction_to_proto(p) for p in history.items],
                               next_before="" if history.next_before is None else history.next_before.isoformat())
+
+
+def _interval_text(interval: pd.Timedelta) -> str:
+    """'3min' rather than pandas' '0 days 00:03:00' in messages."""
+    return to_offset(interval).freqstr

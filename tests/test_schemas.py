@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from serving.client import request_to_proto
 from serving.proto import neuralfusion_pb2 as pb
 from serving.schemas import (
     EXAMPLE_INPUT,
@@ -204,7 +205,7 @@ def test_too_few_bars_name_the_short_symbols_and_the_window() -> None:
     bars = grid_bars(10, ("AURX",)) + grid_bars(6, ("BLTQ",), start=T0 + 4 * STEP)
     request = PredictRequest.model_validate(example(bars=bars))
     check_request_against_model(request, SYMBOLS, bars_needed=6, interval=STEP)
-    with pytest.raises(RequestError, match=r"reads 8 bars of 0 days 00:03:00 per symbol, from "
+    with pytest.raises(RequestError, match=r"reads 8 bars of 3min per symbol, from "
                                            r"2026-01-05T00:09:00\+00:00 .*BLTQ has 6 from 2026-01-05T00:15"):
         check_request_against_model(request, SYMBOLS, bars_needed=8, interval=STEP)
 
@@ -219,43 +220,35 @@ def test_finer_bars_count_by_grid_bar() -> None:
 
 def test_last_bar_off_the_grid_is_refused() -> None:
     request = PredictRequest.model_validate(example(bars=grid_bars(3, start=T0 + pd.Timedelta("1min"))))
-    with pytest.raises(RequestError, match=r"not on the 0 days 00:03:00 bar grid.*end the bars at "
+    with pytest.raises(RequestError, match=r"not on the 3min bar grid.*end the bars at "
                                            r"2026-01-05T00:09:00\+00:00"):
         check_request_against_model(request, SYMBOLS, bars_needed=2, interval=STEP)
 
 
-def proto_request(payload: dict[str, Any]) -> pb.PredictRequest:
-    return pb.PredictRequest(
-        bars=[pb.Bar(**b) for b in payload["bars"]],
-        news=[pb.NewsItem(id=n["id"], published_at=n["published_at"], title=n["title"], body=n["body"],
-                          symbols=n["symbols"] or [], has_symbols=n["symbols"] is not None) for n in payload["news"]],
-        request_id=payload["request_id"] or "")
-
-
 def test_proto_request_validates_to_the_same_model_as_json() -> None:
-    assert predict_request_from_proto(proto_request(EXAMPLE_INPUT)) == PredictRequest.model_validate(EXAMPLE_INPUT)
+    assert predict_request_from_proto(request_to_proto(EXAMPLE_INPUT)) == PredictRequest.model_validate(EXAMPLE_INPUT)
 
 
 def test_proto_empty_strings_mean_unset() -> None:
-    request = predict_request_from_proto(proto_request(example(request_id=None)))
+    request = predict_request_from_proto(request_to_proto(example(request_id=None)))
     assert request.request_id is None
     assert request.news[1].symbols is None  # has_symbols=false: match aliases
 
 
 def test_proto_request_errors_name_the_field() -> None:
-    message = proto_request(example(bars=[bar(high=float("nan"))]))
+    message = request_to_proto(example(bars=[bar(high=float("nan"))]))
     with pytest.raises(RequestError, match=r"^bars\[0\]\.high: Input should be a finite number$"):
         predict_request_from_proto(message)
 
 
 def test_proto_request_errors_from_model_validators_read_plainly() -> None:
     with pytest.raises(RequestError, match=r"^bars\[0\]: high 100.2 and low 99.0 must bound"):
-        predict_request_from_proto(proto_request(example(bars=[bar(high=100.2)])))
+        predict_request_from_proto(request_to_proto(example(bars=[bar(high=100.2)])))
 
 
 def test_proto_request_honours_given_limits() -> None:
     with pytest.raises(RequestError, match=r"^request: 4 bars are over the limit of 2"):
-        predict_request_from_proto(proto_request(EXAMPLE_INPUT), RequestLimits(max_bars=2))
+        predict_request_from_proto(request_to_proto(EXAMPLE_INPUT), RequestLimits(max_bars=2))
 
 
 def prediction() -> PredictionOut:
