@@ -33,6 +33,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "export": ("export.cli:export_command", "export", "Export a run to an ONNX model package with parity."),
     "validate": ("export.cli:validate_command", "export", "Check a model package: hashes, parity, batch invariance."),
     "serve": ("serving.cli:serve", "serve", "Serve predictions over HTTP and gRPC (BentoML), stored in MongoDB."),
+    "predict": ("serving.predict_job:predict", "serve", "One run of the scheduled prediction job, stored in MongoDB."),
     "demo": ("neuralfusion.demo:demo", "train", "Run the whole path on the embedded synthetic default."),
 }
 
