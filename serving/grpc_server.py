@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -113,6 +115,31 @@ async def _answer(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
         await context.abort(GRPC_CODES.get(err.status, grpc.StatusCode.INTERNAL), err.message)  # raises
 
 
+class StrictDecoding(grpc.aio.ServerInterceptor):
+    """Decode unary requests ourselves, so a malformed message is INVALID_ARGUMENT with a reason (grpcio reports a
+    failing deserializer as UNKNOWN) and never reaches a handler."""
+
+    async def intercept_service(self, continuation: Callable[..., Awaitable[grpc.RpcMethodHandler]],
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        decode, behavior, method = handler.request_deserializer, handler.unary_unary, handler_call_details.method
+
+        async def strict(raw: bytes, context: grpc.aio.ServicerContext) -> object:
+            try:
+                request = decode(raw)
+            except DecodeError as err:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"malformed request for {method}: {err}; send a serialised message of the type "
+                                    "serving/proto/neuralfusion.proto declares")
+            result = behavior(request, context)
+            return await result if inspect.isawaitable(result) else result
+
+        return grpc.unary_unary_rpc_method_handler(strict, request_deserializer=None,
+                                                   response_serializer=handler.response_serializer)
+
+
 class GrpcServer:
     """A grpc.aio server with the PortfolioService, health and reflection; `start` binds, `stop` drains."""
 
@@ -120,7 +147,7 @@ class GrpcServer:
                  health_interval_s: float = 5.0) -> None:
         self.address = f"{host}:{port}"
         self._backend = backend
-        self._server = grpc.aio.server()
+        self._server = grpc.aio.server(interceptors=[StrictDecoding()])
         pb_grpc.add_PortfolioServiceServicer_to_server(PortfolioServicer(backend, api_key), self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

@@ -284,6 +284,17 @@ def test_grpc_refuses_bad_input_and_a_missing_key(app, stub):
     assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_grpc_malformed_message_is_invalid_argument_and_stores_nothing(app):
+    before = len(app.documents())
+    with grpc.insecure_channel(app.grpc_target) as channel:
+        raw = channel.unary_unary("/neuralfusion.v1.PortfolioService/Predict")
+        with pytest.raises(grpc.RpcError) as err:
+            raw(b"\xff\xff\xff\xff not a protobuf", timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request for /neuralfusion.v1.PortfolioService/Predict" in err.value.details()
+    assert len(app.documents()) == before
+
+
 def test_grpc_latest_and_history(app, stub):
     for bar in (800, 801, 802):
         stub.Predict(request_to_proto(app.payload(bar)), metadata=[("x-api-key", API_KEY)])
