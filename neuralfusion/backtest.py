@@ -12,7 +12,7 @@ import numpy as np
 
 from neuralfusion.portfolio import annualised_sharpe, compounded_pnl, max_drawdown, portfolio_returns, turnover
 
-__all__ = ["WalkForward", "walk_forward"]
+__all__ = ["WalkForward", "rebalance_anchors", "walk_forward"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,9 @@ def walk_forward(anchors: np.ndarray, anchor_weights: np.ndarray, asset_returns:
     first, last = int(anchors[0]) + 1, int(ends[-1])
     returns = portfolio_returns(per_bar, asset_returns[first:last + 1], cost_bps)
     return WalkForward(first_bar=first, weights=per_bar, returns=returns, turnover=turnover(per_bar))
+
+
+def rebalance_anchors(anchors: np.ndarray, every: int, n_bars: int) -> np.ndarray:
+    """Every `every`-th anchor whose holding period of `every` bars ends inside the data (may be empty)."""
+    chosen = np.asarray(anchors)[::every]
+    return chosen[chosen + every < n_bars]

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from neuralfusion.backtest import WalkForward, walk_forward
+from neuralfusion.backtest import WalkForward, rebalance_anchors, walk_forward
 from neuralfusion.dataset import MarketData, load_data_dir
 from neuralfusion.errors import DataError
 from neuralfusion.inputs import GridInputs
@@ -36,9 +36,9 @@ __all__ = [
     "equal_weights",
     "momentum_weights",
     "oracle_comparison",
-    "rebalance_anchors",
     "run_backtest",
     "run_weights",
+    "split_rebalance_anchors",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,9 @@ class Backtest:
         }
 
 
-def rebalance_anchors(test_anchors: np.ndarray, every: int, n_bars: int) -> np.ndarray:
-    """Every `every`-th test anchor whose holding period of `every` bars ends inside the data."""
-    anchors = np.asarray(test_anchors)[::every]
-    anchors = anchors[anchors + every < n_bars]
+def split_rebalance_anchors(test_anchors: np.ndarray, every: int, n_bars: int) -> np.ndarray:
+    """The test split's rebalance anchors; none at all is an error naming the fix."""
+    anchors = rebalance_anchors(test_anchors, every, n_bars)
     if len(anchors) == 0:
         raise DataError(f"no test anchor leaves room to hold for {every} bars; choose a smaller --rebalance-every")
     return anchors
@@ -206,7 +205,7 @@ def run_backtest(model_run: Run, data_dir: Path, embeddings: Path, ablations: Se
                     model_run.path, model_run.meta.get("data"))
 
     prepared = prepare_run(model_run, data, Path(embeddings), "model")
-    anchors = rebalance_anchors(prepared.splits.test, every, data.n_bars)
+    anchors = split_rebalance_anchors(prepared.splits.test, every, data.n_bars)
     log.info("backtest: %d rebalances every %d bars from bar %d, %.1f bps costs", len(anchors), every,
              anchors[0], costs)
     books: list[tuple[str, str, str, np.ndarray]] = [
