@@ -1,4 +1,5 @@
-"""The embedded synthetic market: seeded OHLCV bars plus news whose text moves the named asset's drift.
+"""The embedded synthetic market: seeded OHLCV bars plus news whose text moves the named asset's drift,
+and flow shocks that only the prices and volumes show.
 
 It exists so the whole pipeline (embed -> train -> backtest -> export -> serve) runs offline on data
 with a known, planted signal, and so model quality can be reported as a ratio to the oracle: the
@@ -11,6 +12,12 @@ Planted signal (the rule every consumer may rely on):
     named asset's per-bar log-return drift on bars a+1 .. a+impact_bars (clipped at the last bar),
     never on bar a itself or earlier, so a model that reads the news at bar a can trade it from a+1.
     Overlapping items add up. Neutral items naming an asset and distractor items move nothing.
+
+    A flow shock (informed trading without news) at bar s moves its asset's log return on bar s by
+    ``sign * shock_jump_bps`` with a volume burst, then adds ``sign * shock_drift_bps_per_bar`` to the
+    drift on bars s+1 .. s+shock_bars. Only the bars show it: it is the market stream's own signal, so
+    a model fusing news and prices can beat either alone. The oracle knows both kinds of event from
+    the bar they are observable at (a's close for news, s's close for shocks).
 
 Bar i closes at ``start + (i + 1) * interval``; bar 0 opens at the asset's initial price.
 """
@@ -114,9 +121,17 @@ class SynthConfig:
     omit_symbols_fraction: float = 0.2  # of asset news: no "symbols" key, the text names the company
     impact_bps_per_bar: float = 3.0
     impact_bars: int = 60
+    # flow shocks (no news): Poisson rate per asset per day, the jump on the shock bar, then a drift the same
+    # way; about as much planted drift as the news carries, so each stream holds a real share of the signal
+    shocks_per_day: float = 1.5
+    shock_jump_bps: float = 40.0
+    shock_drift_bps_per_bar: float = 3.0
+    shock_bars: int = 60
     # volume multiplier added by sentiment news, decaying with this time constant in bars
     news_volume_boost: float = 1.5
     news_volume_decay_bars: float = 5.0
+    # volume multiplier added by a flow shock, with the same decay
+    shock_volume_boost: float = 6.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_assets <= len(COMPANIES):
@@ -146,16 +161,19 @@ class SynthConfig:
         for name in ("mean_calm_bars", "mean_stress_bars", "news_volume_decay_bars"):
             if not getattr(self, name) >= 1.0:
                 raise ValueError(f"{name} must be >= 1 bar, got {getattr(self, name)}")
-        for name in ("asset_news_per_day", "distractor_news_per_day", "news_volume_boost"):
+        for name in ("asset_news_per_day", "distractor_news_per_day", "news_volume_boost", "shocks_per_day",
+                     "shock_volume_boost"):
             if not 0.0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
         for name in ("neutral_fraction", "negation_fraction", "omit_symbols_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0.0 <= self.impact_bps_per_bar <= _MAX_VOL_BPS:
-            raise ValueError(f"impact_bps_per_bar must be in [0, {_MAX_VOL_BPS}], got {self.impact_bps_per_bar}")
-        if self.impact_bars < 1:
-            raise ValueError(f"impact_bars must be >= 1, got {self.impact_bars}")
+        for name in ("impact_bps_per_bar", "shock_jump_bps", "shock_drift_bps_per_bar"):
+            if not 0.0 <= getattr(self, name) <= _MAX_VOL_BPS:
+                raise ValueError(f"{name} must be in [0, {_MAX_VOL_BPS}], got {getattr(self, name)}")
+        for name in ("impact_bars", "shock_bars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         try:  # the oracle needs a test split under the default windows; say so before generating
             chronological_split(usable_anchors(self.n_bars, WARMUP_BARS, WindowSpec()), WindowSpec())
         except DataError as exc:
@@ -438,9 +456,10 @@ def _regimes(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(states, spells)[:n]
 
 
-def _simulate_bars(config: SynthConfig, drift: np.ndarray, news_count: np.ndarray,
+def _simulate_bars(config: SynthConfig, drift: np.ndarray, burst: np.ndarray,
                    rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """OHLCV arrays (T, N): factor + idiosyncratic log returns scaled by the regime, plus drift."""
+    """OHLCV arrays (T, N): factor + idiosyncratic log returns scaled by the regime, plus the planted log
+    returns `drift`; `burst` (T, N) is the volume multiplier each event adds at its bar, decaying after it."""
     n, m = drift.shape
     n_factors = len(config.factor_vol_bps)
     # the first factor is the market (every beta positive), the others split assets both ways
@@ -462,40 +481,99 @@ def _simulate_bars(config: SynthConfig, drift: np.ndarray, news_count: np.ndarra
     low = np.minimum(open_, close) * np.exp(-0.5 * bar_vol * np.abs(rng.standard_normal((n, m))))
 
     decay = np.exp(-np.arange(int(5 * config.news_volume_decay_bars) + 1) / config.news_volume_decay_bars)
-    news_level = np.column_stack([np.convolve(news_count[:, j], decay)[:n] for j in range(m)])
+    burst_level = np.column_stack([np.convolve(burst[:, j], decay)[:n] for j in range(m)])
     base_volume = np.exp(rng.uniform(np.log(2e3), np.log(5e4), size=m))
     # rises with |return|, more so when stressed; capped so a zero-vol test market keeps finite volume
     surprise = np.minimum(np.abs(log_ret) / np.maximum(calm_vol, 1e-6), 10.0)
     volume = base_volume * np.exp(0.4 * surprise + 0.3 * rng.standard_normal((n, m)))
-    volume *= 1.0 + config.news_volume_boost * news_level
+    volume *= 1.0 + burst_level
     return {"open": open_, "high": high, "low": low, "close": close, "volume": np.maximum(np.round(volume), 1.0)}
 
 
-def _oracle(config: SynthConfig, plan: _NewsPlan, close: np.ndarray) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _DriftEvents:
+    """Planted drift events: event k adds drift_bps[k] to asset[k] on bars bar[k]+1 .. bar[k]+bars[k]."""
+
+    bar: np.ndarray  # the bar whose close first shows the event (news: aligned bar; shock: shock bar)
+    asset: np.ndarray
+    drift_bps: np.ndarray
+    bars: np.ndarray
+
+    @staticmethod
+    def concat(*parts: _DriftEvents) -> _DriftEvents:
+        return _DriftEvents(*(np.concatenate([getattr(p, f.name) for p in parts])
+                              for f in dataclasses.fields(_DriftEvents)))
+
+    def drift(self, n_bars: int, n_assets: int) -> np.ndarray:
+        """Per-bar log-return drift (T, N), as a fraction (`planted_drift` of every event)."""
+        total = np.zeros((n_bars, n_assets))
+        for length in np.unique(self.bars):
+            chosen = self.bars == length
+            total += planted_drift(self.bar[chosen], self.asset[chosen], self.drift_bps[chosen], n_bars, n_assets,
+                                   int(length))
+        return total
+
+    def expected_bps(self, t: int, horizon: int, n_assets: int) -> np.ndarray:
+        """Per asset, the planted drift over bars t+1..t+horizon of the events observable by bar t's close."""
+        overlap = np.minimum(self.bar + self.bars, t + horizon) - np.maximum(self.bar + 1, t + 1) + 1
+        known = (self.bar <= t) & (overlap > 0)
+        expected = np.zeros(n_assets)
+        np.add.at(expected, self.asset[known], self.drift_bps[known] * overlap[known])
+        return expected
+
+
+def _news_events(config: SynthConfig, plan: _NewsPlan) -> _DriftEvents:
+    live = plan.sentiment != 0
+    return _DriftEvents(bar=plan.bar[live], asset=plan.asset[live],
+                        drift_bps=plan.sentiment[live] * config.impact_bps_per_bar,
+                        bars=np.full(int(live.sum()), config.impact_bars))
+
+
+@dataclass(frozen=True)
+class _Shocks:
+    """Flow shocks: the bar they happen on, the asset and the sign of the move."""
+
+    bar: np.ndarray
+    asset: np.ndarray
+    sign: np.ndarray
+
+    def events(self, config: SynthConfig) -> _DriftEvents:
+        return _DriftEvents(bar=self.bar, asset=self.asset, drift_bps=self.sign * config.shock_drift_bps_per_bar,
+                            bars=np.full(len(self.bar), config.shock_bars))
+
+    def to_records(self, universe: Universe) -> list[dict[str, Any]]:
+        return [{"bar": int(b), "symbol": universe.symbols[int(a)], "sign": int(g)}
+                for b, a, g in zip(self.bar, self.asset, self.sign, strict=True)]
+
+
+def _plan_shocks(config: SynthConfig, rng: np.random.Generator) -> _Shocks:
+    count = int(rng.poisson(config.shocks_per_day * config.days * config.n_assets))
+    bar = rng.integers(0, config.n_bars, size=count)
+    asset = rng.integers(0, config.n_assets, size=count)
+    sign = rng.choice(np.array([-1, 1]), size=count)
+    order = np.lexsort((asset, bar))
+    return _Shocks(bar=bar[order], asset=asset[order], sign=sign[order])
+
+
+def _oracle(config: SynthConfig, universe: Universe, events: _DriftEvents, shocks: _Shocks,
+            close: np.ndarray) -> dict[str, Any]:
     """Sharpe of trading the planted signal on the test split, rebalanced every horizon bars.
 
-    At anchor t the oracle knows the items aligned to bars <= t (published at or before bar t's
-    close), sums each asset's planted drift over bars t+1..t+H, and holds topk_weights of it for H bars.
+    At anchor t the oracle knows the events observable by bar t's close (news aligned to bars <= t,
+    shocks on bars <= t), sums each asset's planted drift over bars t+1..t+H, and holds topk_weights
+    of it for H bars.
     """
     window, book = WindowSpec(), PortfolioSpec()
     n_bars, n_assets = close.shape
     splits = chronological_split(usable_anchors(n_bars, WARMUP_BARS, window), window)
     horizon = window.horizon
     anchors = splits.test[::horizon]
-    live = plan.sentiment != 0
-    bar, asset = plan.bar[live], plan.asset[live]
-    drift = plan.sentiment[live] * config.impact_bps_per_bar
-    anchor_weights = np.zeros((len(anchors), n_assets))
-    for i, t in enumerate(anchors):
-        overlap = np.minimum(bar + config.impact_bars, t + horizon) - np.maximum(bar + 1, t + 1) + 1
-        known = (bar <= t) & (overlap > 0)
-        expected = np.zeros(n_assets)
-        np.add.at(expected, asset[known], drift[known] * overlap[known])
-        anchor_weights[i] = topk_weights(expected, book.top_k)
+    anchor_weights = np.stack([topk_weights(events.expected_bps(int(t), horizon, n_assets), book.top_k)
+                               for t in anchors])
     run = walk_forward(anchors, anchor_weights, simple_returns(close), horizon, book.cost_bps)
     return {
-        "description": "out-of-sample Sharpe of top-k long/short weights on the planted news drift known at "
-                       "each anchor, rebalanced every horizon bars on the test split, after costs",
+        "description": "out-of-sample Sharpe of top-k long/short weights on the planted drift (news and flow "
+                       "shocks) known at each anchor, rebalanced every horizon bars on the test split, after costs",
         **run.metrics(config.bar_spec.bars_per_year),  # sharpe, cumulative_return, max_drawdown, ...
         "splits": splits.to_dict(),
         "first_return_bar": run.first_bar,
@@ -513,6 +591,13 @@ def _oracle(config: SynthConfig, plan: _NewsPlan, close: np.ndarray) -> dict[str
             "impact_bars": config.impact_bars,
             "rule": "an item aligned to bar a (first bar whose close >= published_at) adds "
                     "sentiment*impact_bps_per_bar to its asset's log-return drift on bars a+1..a+impact_bars",
+            "shock_jump_bps": config.shock_jump_bps,
+            "shock_drift_bps_per_bar": config.shock_drift_bps_per_bar,
+            "shock_bars": config.shock_bars,
+            "shock_rule": "a flow shock on bar s adds sign*shock_jump_bps to its asset's log return on bar s "
+                          "(with a volume burst) and sign*shock_drift_bps_per_bar to the drift on bars "
+                          "s+1..s+shock_bars",
+            "shocks": shocks.to_records(universe),
         },
         "seed": config.seed,
         "config": config.to_dict(),
@@ -520,18 +605,23 @@ def _oracle(config: SynthConfig, plan: _NewsPlan, close: np.ndarray) -> dict[str
 
 
 def generate_market(config: SynthConfig | None = None) -> SyntheticMarket:
-    """Draw news first, plant their drift, then simulate bars around it; same config, same market."""
+    """Draw news and flow shocks first, plant their drift, then simulate bars around it; same config, same market."""
     config = config or SynthConfig()
     universe = synthetic_universe(config.n_assets)
-    news_rng, text_rng, bar_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(3))
+    # one stream per part, so adding a part never changes the draws of the others
+    news_rng, text_rng, bar_rng, shock_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(4))
     plan = _plan_news(config, news_rng)
+    shocks = _plan_shocks(config, shock_rng)
     n, m = config.n_bars, config.n_assets
-    live = plan.sentiment != 0
-    drift = planted_drift(plan.bar[live], plan.asset[live], plan.sentiment[live] * config.impact_bps_per_bar,
-                          n, m, config.impact_bars)
-    news_count = np.zeros((n, m))
-    np.add.at(news_count, (plan.bar[live], plan.asset[live]), 1.0)
-    arrays = _simulate_bars(config, drift, news_count, bar_rng)
+    news = _news_events(config, plan)
+    events = _DriftEvents.concat(news, shocks.events(config))
+    log_drift = events.drift(n, m)
+    np.add.at(log_drift, (shocks.bar, shocks.asset), shocks.sign * config.shock_jump_bps / 1e4)
+    burst = np.zeros((n, m))
+    np.add.at(burst, (news.bar, news.asset), config.news_volume_boost)
+    np.add.at(burst, (shocks.bar, shocks.asset), config.shock_volume_boost)
+    arrays = _simulate_bars(config, log_drift, burst, bar_rng)
 
     close_times = pd.date_range(config.start_time + config.bar_spec.timedelta, periods=n,
                                 freq=config.bar_spec.timedelta).as_unit("ns")
@@ -542,7 +632,7 @@ def generate_market(config: SynthConfig | None = None) -> SyntheticMarket:
     })
     return SyntheticMarket(config=config, universe=universe, bars=bars,
                            news=_news_records(plan, config, universe, text_rng),
-                           oracle=_oracle(config, plan, arrays["close"]))
+                           oracle=_oracle(config, universe, events, shocks, arrays["close"]))
 
 
 # ----------------------------------------------------------------------------------------------

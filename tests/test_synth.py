@@ -1,4 +1,4 @@
-"""The synthetic market: file contracts, determinism, the planted news signal and the oracle."""
+"""The synthetic market: file contracts, determinism, the planted news and shock signals and the oracle."""
 
 from __future__ import annotations
 
@@ -169,8 +169,8 @@ def test_negated_headlines_carry_the_sentiment_their_meaning_says(phrase: str, s
 
 
 def test_planted_drift_starts_on_the_bar_after_alignment_exactly() -> None:
-    # without noise, each bar's log return is exactly the sum of the planted drifts active on it
-    config = SynthConfig(n_assets=3, days=2, seed=11, factor_vol_bps=(), idio_vol_bps=0.0)
+    # without noise (and without flow shocks), each bar's log return is exactly the sum of the planted drifts on it
+    config = SynthConfig(n_assets=3, days=2, seed=11, factor_vol_bps=(), idio_vol_bps=0.0, shocks_per_day=0.0)
     market = generate_market(config)
     times, close = close_panel(market.bars, market.universe.symbols)
     expected = np.zeros_like(close)
@@ -180,6 +180,48 @@ def test_planted_drift_starts_on_the_bar_after_alignment_exactly() -> None:
         expected[bar + 1: bar + 1 + item["planted"]["bars"], column] += item["planted"]["drift_bps_per_bar"] / 1e4
     assert len(live) > 10
     np.testing.assert_allclose(np.diff(np.log(close), axis=0), expected[1:], rtol=0, atol=1e-12)
+
+
+def shock_log_returns(market, config: SynthConfig) -> np.ndarray:
+    """The log returns (T, N) the oracle's recorded flow shocks add: the jump on its bar, the drift after it."""
+    added = np.zeros((config.n_bars, config.n_assets))
+    for shock in market.oracle["planted"]["shocks"]:
+        column = market.universe.index(shock["symbol"])
+        added[shock["bar"], column] += shock["sign"] * config.shock_jump_bps / 1e4
+        added[shock["bar"] + 1: shock["bar"] + 1 + config.shock_bars, column] += (
+            shock["sign"] * config.shock_drift_bps_per_bar / 1e4)
+    return added
+
+
+def test_flow_shock_jumps_on_its_bar_and_drifts_after_it_exactly() -> None:
+    # no noise, no news: each bar's log return is the jumps on it plus the shock drifts active on it
+    config = SynthConfig(n_assets=3, days=2, seed=12, factor_vol_bps=(), idio_vol_bps=0.0, asset_news_per_day=0.0,
+                         shocks_per_day=4.0)
+    market = generate_market(config)
+    _, close = close_panel(market.bars, market.universe.symbols)
+    assert len(market.oracle["planted"]["shocks"]) > 10
+    assert {s["sign"] for s in market.oracle["planted"]["shocks"]} == {-1, 1}
+    np.testing.assert_allclose(np.diff(np.log(close), axis=0), shock_log_returns(market, config)[1:], rtol=0,
+                               atol=1e-12)
+
+
+def test_shocks_add_to_the_same_news_and_noise() -> None:
+    # each part of the market has its own random stream: with shocks switched off the news are the same
+    # and the log returns differ by exactly the shocks' planted moves
+    config = SynthConfig(n_assets=4, days=5, seed=3)
+    with_shocks, without = generate_market(config), generate_market(dataclasses.replace(config, shocks_per_day=0.0))
+    assert with_shocks.news == without.news
+    assert len(with_shocks.oracle["planted"]["shocks"]) > 10 and not without.oracle["planted"]["shocks"]
+    log_returns = [np.diff(np.log(close_panel(m.bars, m.universe.symbols)[1]), axis=0) for m in (with_shocks, without)]
+    np.testing.assert_allclose(log_returns[0] - log_returns[1], shock_log_returns(with_shocks, config)[1:], rtol=0,
+                               atol=1e-9)
+    volume = [m.bars.pivot(index="timestamp", columns="symbol", values="volume").to_numpy() for m in (with_shocks,
+                                                                                                      without)]
+    rows = [s["bar"] for s in with_shocks.oracle["planted"]["shocks"]]
+    cols = [with_shocks.universe.index(s["symbol"]) for s in with_shocks.oracle["planted"]["shocks"]]
+    # the burst multiplies volume by up to 1 + shock_volume_boost (less where news already boosted it, and the
+    # jump can cancel a bar's noise, which lowers the |return| part of volume)
+    assert np.mean(np.log(volume[0][rows, cols] / volume[1][rows, cols])) > 1.0
 
 
 def test_planted_effect_shows_in_returns_after_news() -> None:
@@ -228,6 +270,9 @@ def test_oracle_sharpe_is_recomputable_from_the_files(small_dir: Path) -> None:
     times, close = close_panel(pd.read_parquet(small_dir / "bars.parquet"), universe.symbols)
     live = [n for n in read_news(small_dir / "news.jsonl") if n["planted"]["sentiment"] != 0]
     news_bar = aligned_bars(times, live)
+    planted = oracle["planted"]
+    shocks = planted["shocks"]
+    assert shocks
     window, book = WindowSpec(), PortfolioSpec()
     splits = chronological_split(usable_anchors(len(times), WARMUP_BARS, window), window)
     horizon, path = window.horizon, []
@@ -238,6 +283,12 @@ def test_oracle_sharpe_is_recomputable_from_the_files(small_dir: Path) -> None:
                 first, last = max(bar + 1, anchor + 1), min(bar + item["planted"]["bars"], anchor + horizon)
                 expected[universe.index(item["planted"]["symbol"])] += (
                     item["planted"]["drift_bps_per_bar"] * max(0, last - first + 1))
+        for shock in shocks:
+            if shock["bar"] <= anchor:  # seen at the shock bar's close
+                first = max(shock["bar"] + 1, anchor + 1)
+                last = min(shock["bar"] + planted["shock_bars"], anchor + horizon)
+                expected[universe.index(shock["symbol"])] += (
+                    shock["sign"] * planted["shock_drift_bps_per_bar"] * max(0, last - first + 1))
         path.append(np.repeat(topk_weights(expected, book.top_k)[None, :], horizon, axis=0))
     weights = np.vstack(path)
     start = int(splits.test[0]) + 1
