@@ -4,10 +4,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= train,export,serve,cpu,dev
+EXTRAS ?= train,export,serve,cpu,live,dev
+# root installs Debian packages directly, anyone else through sudo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test test-slow venv clean proto
+.PHONY: demo test test-slow venv servers clean proto
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,12 +22,23 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/nfc demo --out $(DEMO_DIR)
 
-test: $(VENV)/.installed
+# Debian's clickhouse-server and redis-server for the live-pipeline tests, installed only when absent; the tests
+# start and stop their own instances (own config, free loopback ports), never the system services
+servers:
+	@if [ -x /usr/sbin/clickhouse-server ] || command -v clickhouse-server >/dev/null; then \
+		command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || MISSING=redis-server; \
+	else MISSING="clickhouse-server redis-server"; fi; \
+	if [ -n "$$MISSING" ]; then \
+		echo "installing $$MISSING (apt-get)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$MISSING; \
+	fi
+
+test: $(VENV)/.installed servers
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 # the slow set (long trainings, live servers under load); CI runs the default set above
-test-slow: $(VENV)/.installed
+test-slow: $(VENV)/.installed servers
 	$(PY) -m pytest -m slow
 
 # regenerate the committed gRPC stubs in serving/proto after editing neuralfusion.proto

@@ -3,17 +3,23 @@
     python bench/bench_onnx.py                       # default-size encoder + CGA model, this CPU's threads
     python bench/bench_onnx.py --threads 2 --repeats 30
     python bench/bench_onnx.py --package runs/demo/package --model runs/demo/model
+    python bench/bench_onnx.py --encoder-batches 1 32 --fusion-batches 1 32 256   # skip the slow encoder x256
+    python bench/bench_onnx.py --device cuda           # GPU: torch eager fp32 vs ORT CUDA fp32 and fp16
 
 Without --package it builds the default models in a temporary folder: the offline default BigBird
 (EncoderSetupConfig: 4 layers, hidden 256, random init, tokenizer trained on the synthetic news) and a
 random-init CgaModel of the default config (12 assets, L=80), and exports them with export.onnx_export.
 Encoder inputs are real synthetic articles (batch padded to its longest article, as serving does), so
 the sequence length is the one real articles have. Each row is the median of --repeats runs after a
-warm-up; torch and the tuned ONNX Runtime session use the same number of intra-op threads. ORT columns:
+warm-up (batches over 32: a quarter of them, at least 3; the `runs` column); torch and the tuned ONNX Runtime
+session use the same number of intra-op threads. ORT columns on the CPU:
   default: the exported graph, default SessionOptions (all optimisations, ORT's own thread count);
   tuned:   the package's offline-optimised `.cpu.onnx` graph, intra_op_num_threads = torch's threads,
            all optimisations, idle threads not spinning (on a CPU shared with other work, spinning
            threads steal the cores; on a dedicated machine leave spinning on).
+With --device cuda (needs a CUDA torch and onnxruntime-gpu, the `gpu` extra) torch runs fp32 eager on the GPU
+with its inputs already there, and ORT runs the fp32 graph (default) and the fp16 graph (tuned, what the
+server runs on CUDA) on the CUDAExecutionProvider from host numpy inputs, so ORT's times include the copies.
 The three paths are timed in interleaved rounds, so load from other processes hits them alike.
 """
 
@@ -23,6 +29,7 @@ import argparse
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,9 +42,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import onnxruntime as ort
 import torch
+from machine import machine, machine_line, markdown_table
 
 from export.manifest import load_manifest
-from export.onnx_export import export_encoder, export_fusion, open_session, optimize_for_cpu
+from export.onnx_export import convert_fp16, export_encoder, export_fusion, open_session, optimize_for_cpu
 from export.package import graph_files
 from neuralfusion.data.news import article_text
 from neuralfusion.model_config import CgaConfig
@@ -68,33 +76,59 @@ def synthetic_articles(seed: int) -> list[str]:
     return [article_text(item["title"], item.get("body") or "") for item in news]
 
 
-def build_models(workdir: Path, texts: list[str]) -> tuple[NfcEncoder, CgaModel, dict[str, Path]]:
-    """The default-size encoder and CGA model, exported and CPU-optimised into `workdir`."""
-    encoder = NfcEncoder.load(init_encoder(texts, workdir / "encoder"), device="cpu", dtype="float32")
+def build_models(workdir: Path, texts: list[str], device: str) -> tuple[NfcEncoder, CgaModel, dict[str, Path]]:
+    """The default-size encoder and CGA model, exported and CPU-optimised (fp16 for CUDA) into `workdir`."""
+    encoder = NfcEncoder.load(init_encoder(texts, workdir / "encoder"), device=device, dtype="float32")
     torch.manual_seed(0)
     model = CgaModel(CgaConfig(n_assets=12, embed_dim=encoder.dim)).eval()
     paths = {"encoder": export_encoder(encoder, workdir / "encoder.onnx"),
              "fusion": export_fusion(model, workdir / "fusion.onnx")}
+    variant, make = ("fp16", convert_fp16) if device == "cuda" else ("cpu", optimize_for_cpu)
     for graph in ("encoder", "fusion"):
-        paths[f"{graph}.cpu"] = optimize_for_cpu(paths[graph], workdir / graph_files(graph)["cpu"])
-    return encoder, model, paths
+        paths[f"{graph}.{variant}"] = make(paths[graph], workdir / graph_files(graph)[variant])
+    return encoder, model.to(device), paths
 
 
-def load_package(package: Path, run_dir: Path) -> tuple[NfcEncoder, CgaModel, dict[str, Path]]:
+def load_package(package: Path, run_dir: Path, device: str) -> tuple[NfcEncoder, CgaModel, dict[str, Path]]:
     manifest = load_manifest(package)
     spec = manifest.data["encoder"]
     encoder = NfcEncoder.load(manifest.data["source"]["encoder"], attention_type=spec["attention_type"],
-                              pooling=spec["pooling"], max_length=spec["max_length"], device="cpu", dtype="float32")
-    model = CgaModel.from_checkpoint(load_run(run_dir).weights_path)
+                              pooling=spec["pooling"], max_length=spec["max_length"], device=device, dtype="float32")
+    model = CgaModel.from_checkpoint(load_run(run_dir).weights_path).to(device)
     paths = {graph: manifest.graph_path(graph) for graph in ("encoder", "fusion")}
-    paths.update({f"{graph}.cpu": manifest.graph_path(graph, "cpu") for graph in ("encoder", "fusion")})
+    paths.update({f"{graph}.{variant}": manifest.graph_path(graph, variant)
+                  for graph in ("encoder", "fusion") for variant in ("cpu", "fp16")})
     return encoder, model, paths
 
 
-def sessions(paths: dict[str, Path], graph: str, threads: int) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+def cuda_session(path: Path) -> ort.InferenceSession:
+    """A CUDA session; onnxruntime silently falls back to the CPU, so the provider in use is checked."""
+    session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        sys.exit(f"onnxruntime {ort.__version__} cannot run on CUDA here (providers {session.get_providers()}): "
+                 "install onnxruntime-gpu (the `gpu` extra) for a CUDA build matching the driver")
+    return session
+
+
+def sessions(paths: dict[str, Path], graph: str, threads: int,
+             device: str) -> tuple[ort.InferenceSession, ort.InferenceSession]:
     """(default, tuned) sessions for one graph (module docstring)."""
+    if device == "cuda":
+        return cuda_session(paths[graph]), cuda_session(paths[f"{graph}.fp16"])
     default = ort.InferenceSession(str(paths[graph]), providers=["CPUExecutionProvider"])
     return default, open_session(paths[f"{graph}.cpu"], threads=threads, spinning=False)
+
+
+def synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
+    """`fn` that returns only once the GPU has finished its work (CUDA kernels run asynchronously)."""
+    if device != "cuda":
+        return fn
+    return lambda: (fn(), torch.cuda.synchronize())
+
+
+def runs_for(batch: int, repeats: int) -> int:
+    """Fewer rounds for big batches (seconds each for the encoder on a small CPU), at least 3."""
+    return repeats if batch <= 32 else max(3, repeats // 4)
 
 
 def bench_row(name: str, batch: int, shape: str, torch_fn: Callable[[], object], feeds: dict[str, np.ndarray],
@@ -102,31 +136,36 @@ def bench_row(name: str, batch: int, shape: str, torch_fn: Callable[[], object],
     """Time one input on the three paths and print a row with the speed-ups over torch."""
     with torch.inference_mode():
         torch_ms, default_ms, tuned_ms = median_ms(
-            [torch_fn, lambda: default.run(None, feeds), lambda: tuned.run(None, feeds)], repeats)
-    print(f"{name:<8}{batch:>6}  {shape:<14}{torch_ms:>10.2f}{default_ms:>12.2f}{tuned_ms:>10.2f}"
-          f"{torch_ms / default_ms:>9.2f}x{torch_ms / tuned_ms:>8.2f}x")
+            [torch_fn, lambda: default.run(None, feeds), lambda: tuned.run(None, feeds)], repeats,
+            warmup=min(3, repeats))
+    print(f"| {name} | {batch} | {shape} | {repeats} | {torch_ms:.2f} | {default_ms:.2f} | {tuned_ms:.2f} "
+          f"| {torch_ms / default_ms:.2f}x | {torch_ms / tuned_ms:.2f}x |", flush=True)
 
 
-def bench_encoder(encoder: NfcEncoder, paths: dict[str, Path], texts: list[str], threads: int, repeats: int) -> None:
-    default, tuned = sessions(paths, "encoder", threads)
-    ids, n_tokens = encoder.tokenize(texts)
-    print(f"articles: median {np.median(n_tokens):.0f} tokens, 90th percentile {np.percentile(n_tokens, 90):.0f}, "
-          f"longest {n_tokens.max()}")
-    for batch in (1, 32):
+def bench_encoder(encoder: NfcEncoder, paths: dict[str, Path], ids: list[list[int]], threads: int, repeats: int,
+                  batches: list[int], device: str) -> None:
+    """Rows for the first `batch` articles (token ids), padded to the longest of them."""
+    default, tuned = sessions(paths, "encoder", threads, device)
+    if max(batches, default=0) > len(ids):
+        sys.exit(f"encoder batch {max(batches)} is larger than the {len(ids)} synthetic articles")
+    for batch in batches:
         input_ids, mask = encoder.pad_batch(ids[:batch])
-        feeds = {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy()}
-        bench_row("encoder", batch, f"T={input_ids.shape[1]}", partial(encoder.forward_pooled, input_ids, mask),
-                  feeds, default, tuned, repeats)
+        feeds = {"input_ids": input_ids.cpu().numpy(), "attention_mask": mask.cpu().numpy()}
+        bench_row("encoder", batch, f"T={input_ids.shape[1]}",
+                  synced(partial(encoder.forward_pooled, input_ids, mask), device), feeds, default, tuned,
+                  runs_for(batch, repeats))
 
 
-def bench_fusion(model: CgaModel, paths: dict[str, Path], threads: int, repeats: int) -> None:
-    default, tuned = sessions(paths, "fusion", threads)
+def bench_fusion(model: CgaModel, paths: dict[str, Path], threads: int, repeats: int, batches: list[int],
+                 device: str) -> None:
+    default, tuned = sessions(paths, "fusion", threads, device)
     config = model.config
-    for batch in (1, 32, 256):
+    for batch in batches:
         inputs = cga_example_inputs(config, batch, seed=batch)
         feeds = {name: x.numpy() for name, x in zip(CgaOnnxWrapper.input_names, inputs, strict=True)}
-        bench_row("fusion", batch, f"L={config.lookback} N={config.n_assets}", partial(model, *inputs), feeds,
-                  default, tuned, repeats)
+        on_device = [x.to(device) for x in inputs]
+        bench_row("fusion", batch, f"L={config.lookback} N={config.n_assets}",
+                  synced(partial(model, *on_device), device), feeds, default, tuned, runs_for(batch, repeats))
 
 
 def main() -> None:
@@ -136,7 +175,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads for both (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--encoder-batches", type=int, nargs="*", default=[1, 32, 256])
+    parser.add_argument("--fusion-batches", type=int, nargs="*", default=[1, 32, 256])
     args = parser.parse_args()
+    if args.package and not args.model:
+        parser.error("--package needs --model RUN (the PyTorch side of the comparison)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device (CPU build or no GPU)")
+    if min(args.encoder_batches + args.fusion_batches, default=1) < 1:
+        parser.error("batch sizes must be >= 1")
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,17 +192,18 @@ def main() -> None:
     texts = synthetic_articles(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         if args.package:
-            if not args.model:
-                parser.error("--package needs --model RUN (the PyTorch side of the comparison)")
-            encoder, model, paths = load_package(args.package, args.model)
+            encoder, model, paths = load_package(args.package, args.model, args.device)
         else:
-            encoder, model, paths = build_models(Path(tmp), texts)
-        print(f"torch {torch.__version__} eager vs onnxruntime {ort.__version__}, {threads} intra-op threads, "
-              f"median of {args.repeats} runs (ms)")
-        print(f"{'model':<8}{'batch':>6}  {'shape':<14}{'torch':>10}{'ort default':>12}{'ort tuned':>10}"
-              f"{'speed-up':>10}{'tuned':>9}")
-        bench_encoder(encoder, paths, texts, threads, args.repeats)
-        bench_fusion(model, paths, threads, args.repeats)
+            encoder, model, paths = build_models(Path(tmp), texts, args.device)
+        ids, n_tokens = encoder.tokenize(texts)
+        print(f"{machine_line(machine())}; torch {torch.__version__} eager vs onnxruntime {ort.__version__} on "
+              f"{args.device}, {threads} intra-op threads; median ms. Articles: median {np.median(n_tokens):.0f} "
+              f"tokens, 90th percentile {np.percentile(n_tokens, 90):.0f}, longest {n_tokens.max()}\n")
+        tuned = "ort fp16" if args.device == "cuda" else "ort tuned"
+        print(markdown_table(["model", "batch", "shape", "runs", "torch", "ort default", tuned,
+                              "speed-up", f"{tuned} speed-up"], []), flush=True)
+        bench_encoder(encoder, paths, ids, threads, args.repeats, args.encoder_batches, args.device)
+        bench_fusion(model, paths, threads, args.repeats, args.fusion_batches, args.device)
 
 
 if __name__ == "__main__":

@@ -139,6 +139,9 @@ def _session(path: Path, providers: list[str], variant: str, threads: int | None
                                         else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     if threads:
         options.intra_op_num_threads = threads
+    # idle intra-op threads otherwise busy-wait after every run, taking the cores from the request handling
+    # (validation, features) that runs between graph calls in the same process (docs/BENCHMARKS.md)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=providers)
 
 

@@ -19,10 +19,19 @@ or MongoDB is unreachable (nothing reported stored). gRPC (NFC_GRPC_PORT): servi
 Readiness (/readyz, gRPC health): the model package loaded and verified, and MongoDB answering a ping. A
 missing or altered package leaves the service up but never ready, and /predict answers 503: it never
 serves weights from another model.
+
+Model swaps without a restart: with NFC_RELOAD_INTERVAL_S set, each portfolio worker resolves the store tag
+NFC_MODEL (e.g. `neuralfusion:latest`) that often and, when it names another version, loads and verifies
+that package beside the current one and then replaces the runtime in one assignment. A batch reads the
+runtime once and uses it from preparation to the stored record, so every answer comes from one version and
+names it (`model_version`). A package that fails to load, or whose encoder differs from the one the encoder
+service runs (that would need a restart), is refused with the reason in the log, and the current one stays.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import secrets
@@ -31,6 +40,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import anyio.to_thread
+import attrs
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
@@ -96,6 +106,7 @@ class ModelInfo(BaseModel):
     providers: dict[str, str] = Field(description="ONNX Runtime execution provider in use per graph.")
     batches: dict[str, dict[str, Any]] = Field(description="Batches run per graph in this worker, by size.")
     truncated_texts: int = Field(description="Articles cut to encoder_max_length in the encoder's worker.")
+    refused_model: str | None = Field(None, description="The last model swap refused in this worker, and why.")
 
 
 def _http_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -112,12 +123,15 @@ def _http_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
-def _load(settings: ServeSettings, service: Any, build: Callable[[Path], T]) -> tuple[T | None, str | None]:
+def _load(settings: ServeSettings, service: Any, build: Callable[[Path], T],
+          folder: Path | None = None) -> tuple[T | None, str | None]:
     """`build(package folder)`, or (None, why) when the package is missing, altered or unreadable: the
-    service then stays up but not ready, and says why, instead of crashing its worker in a restart loop."""
+    service then stays up but not ready, and says why, instead of crashing its worker in a restart loop.
+    The folder is `folder`, else NFC_MODEL_PATH, else the service's model-store entry."""
     try:
         # `service.bento_model` resolves the store tag on first access, so it is touched only when used
-        folder = Path(settings.model_path) if settings.model_path else Path(service.bento_model.path)
+        if folder is None:
+            folder = Path(settings.model_path) if settings.model_path else Path(service.bento_model.path)
         return build(folder), None
     except Exception as err:  # any failure to load means "not ready", with the reason
         reason = f"{type(err).__name__}: {err}"
@@ -138,8 +152,15 @@ class EncoderService:
 
     def __init__(self) -> None:
         settings = ServeSettings.from_env()
-        self.encoder, self.model_error = _load(settings, self, lambda folder: NewsEncoder(
-            load_manifest(folder, verify=True), settings.device, settings.ort_variant, settings.ort_threads))
+
+        def build(folder: Path) -> tuple[str, NewsEncoder]:
+            manifest = load_manifest(folder, verify=True)
+            encoder = NewsEncoder(manifest, settings.device, settings.ort_variant, settings.ort_threads)
+            return manifest.data["encoder"]["fingerprint"], encoder
+
+        loaded, self.model_error = _load(settings, self, build)
+        # the fingerprint lets a portfolio worker check that a package it swaps in fits this encoder
+        self.fingerprint, self.encoder = loaded if loaded is not None else (None, None)
 
     def __is_ready__(self) -> bool:
         return self.encoder is not None
@@ -158,7 +179,7 @@ class EncoderService:
         if self.encoder is None:
             raise ServiceUnavailable(_not_loaded(self.model_error))
         return {"provider": self.encoder.provider, "batches": self.encoder.stats.snapshot(),
-                "truncated_texts": self.encoder.truncated_texts}
+                "truncated_texts": self.encoder.truncated_texts, "fingerprint": self.fingerprint}
 
 
 @bentoml.service(name="neuralfusion", workers=SETTINGS.workers, traffic={"timeout": SETTINGS.timeout_s},
@@ -171,17 +192,19 @@ class PortfolioService:
 
     def __init__(self) -> None:
         self.settings = ServeSettings.from_env()
-        self.runtime, self.model_error = _load(self.settings, self, lambda folder: PortfolioRuntime.load(
-            folder, self.settings.device, self.settings.ort_variant, self.settings.ort_threads, with_encoder=False))
+        self.runtime, self.model_error = _load(self.settings, self, self._build_runtime)
         self.store: PredictionStore | None = None
         self.grpc: GrpcServer | None = None
+        self.refused_model: str | None = None  # "<tag>: <why>" of the last swap refused
+        self._follower: asyncio.Task[None] | None = None
         self._indexed = False
         self._token = secrets.token_hex(16)  # per worker: /predict_batch serves only this worker's own jobs
 
     @bentoml.on_startup
     async def start(self) -> None:
         """Open MongoDB (an unreachable server only delays readiness), then the gRPC front if configured."""
-        self.store = PredictionStore(self.settings.mongo_uri, database=self.settings.mongo_db)
+        self.store = PredictionStore(self.settings.mongo_uri, database=self.settings.mongo_db,
+                                     server_selection_timeout_ms=self.settings.mongo_timeout_ms)
         try:
             await self._ensure_indexes()
         except StoreError as err:
@@ -189,9 +212,15 @@ class PortfolioService:
         if self.settings.grpc_port is not None:
             self.grpc = GrpcServer(self, self.settings.api_key, self.settings.grpc_host, self.settings.grpc_port)
             await self.grpc.start()
+        if self.settings.reload_interval_s is not None:
+            self._follower = asyncio.create_task(self.follow_model_tag(self.settings.reload_interval_s))
 
     @bentoml.on_shutdown
     async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
         if self.grpc is not None:
             await self.grpc.stop()
         if self.store is not None:
@@ -250,7 +279,7 @@ class PortfolioService:
             parity_passed=all(row["passed"] for row in data["parity"]),
             providers={"fusion": runtime.provider, "encoder": encoder["provider"]},
             batches={"fusion": runtime.stats.snapshot(), "encoder": encoder["batches"]},
-            truncated_texts=encoder["truncated_texts"])
+            truncated_texts=encoder["truncated_texts"], refused_model=self.refused_model)
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.predict_max_batch,
                  max_latency_ms=SETTINGS.predict_max_latency_ms)
@@ -308,6 +337,53 @@ class PortfolioService:
         return HistoryOut(items=[PredictionOut.from_record(r, stored=True) for r in page.items],
                           next_before=page.next_before)
 
+    # -- model swaps (NFC_RELOAD_INTERVAL_S) -----------------------------------------------------------------------
+
+    async def follow_model_tag(self, interval_s: float) -> None:
+        """Every `interval_s`, swap in the package NFC_MODEL resolves to when it is another version."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                model = await anyio.to_thread.run_sync(bentoml.models.get, self.settings.model)
+                await self.swap_to(str(model.tag), Path(model.path))
+            except Exception as err:  # e.g. the store unreadable for a moment: keep serving, try again next time
+                log.warning("checking %s for a model swap failed: %s", self.settings.model, err)
+
+    async def swap_to(self, tag: str, folder: Path) -> bool:
+        """Load and verify the package in `folder` (model-store `tag`) and make it the served runtime; False
+        when that version is already served or was refused (reason in the log and /model_info)."""
+        current = self.runtime
+        version = bentoml.Tag.from_str(tag).version
+        if (current is not None and version == current.version) or (self.refused_model or "").startswith(f"{tag}: "):
+            return False
+        runtime, error = await anyio.to_thread.run_sync(_load, self.settings, None, self._build_runtime, folder)
+        if runtime is not None:
+            error = await self._encoder_mismatch(runtime)
+        if runtime is None or error is not None:
+            self.refused_model = f"{tag}: {error}"
+            log.error("model swap to %s refused, still serving %s: %s", tag,
+                      current.version if current else "nothing", error)
+            return False
+        self.runtime, self.model_error = runtime, None  # one assignment: a batch holds the runtime it started with
+        log.info("model swapped: now serving %s (was %s)", tag, current.version if current else "nothing")
+        return True
+
+    async def _encoder_mismatch(self, runtime: PortfolioRuntime) -> str | None:
+        """Why `runtime` cannot run with the encoder service's encoder, or None when it can."""
+        wanted = runtime.manifest.data["encoder"]["fingerprint"]
+        try:
+            running = (await self.encoder.to_async.info())["fingerprint"]
+        except BentoMLException as err:
+            return f"the encoder service is not answering ({err})"
+        if running != wanted:
+            return (f"its encoder (fingerprint {wanted[:12]}) is not the one the encoder service runs "
+                    f"({running[:12]}); restart the service to change the encoder")
+        return None
+
+    def _build_runtime(self, folder: Path) -> PortfolioRuntime:
+        return PortfolioRuntime.load(folder, self.settings.device, self.settings.ort_variant,
+                                     self.settings.ort_threads, with_encoder=False)
+
     # -- internals ---------------------------------------------------------------------------------------------
 
     def _runtime(self) -> PortfolioRuntime:
@@ -350,6 +426,21 @@ class PortfolioService:
             raise ServingError(503, f"{err}; {consequence}retry when MongoDB answers") from None
         except ValueError as err:
             raise ServingError(400, str(err)) from None
+
+
+class _OpenAPI31Service(type(PortfolioService)):  # type: ignore[misc]
+    """BentoML 1.4 labels /docs.json "openapi: 3.0.2" but fills it with pydantic's JSON Schema 2020-12 (numeric
+    `exclusiveMinimum`, `examples` lists): that is OpenAPI 3.1's schema dialect, and 3.0 tools (schemathesis,
+    code generators) refuse the request schemas. Publish the label that matches the content."""
+
+    __slots__ = ()
+
+    @property
+    def openapi_spec(self) -> Any:
+        return attrs.evolve(super().openapi_spec, openapi="3.1.0")
+
+
+PortfolioService.__class__ = _OpenAPI31Service
 
 
 def _prepare_all(runtime: PortfolioRuntime, requests: Sequence[PredictRequest]) -> list[PreparedRequest | str]:

@@ -19,10 +19,13 @@
 | NFC_ENCODER_MAX_BATCH       | 256                  | most texts merged into one encoder call                      |
 | NFC_ENCODER_MAX_LATENCY_MS  | 30000                | the encoder's batching deadline                              |
 | NFC_TIMEOUT_S               | 60                   | request timeout of both services                             |
+| NFC_RELOAD_INTERVAL_S       | (unset: never)       | poll NFC_MODEL this often; swap in the version it resolves to |
+| NFC_MONGO_TIMEOUT_MS        | 2000                 | wait for an unreachable MongoDB before answering 503          |
 
 Request size limits (NFC_MAX_BARS, NFC_MAX_NEWS, NFC_MAX_TEXT_CHARS) live in `serving.schemas.RequestLimits`.
 The deadlines are maxima, not waits: batches are sent as soon as BentoML's dispatcher expects no gain from
 waiting; a deadline that is too short turns load into 503 answers, so set it from the latency target.
+Model swaps (NFC_RELOAD_INTERVAL_S, model-store tags only): see the docstring of serving/service.py.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ class ServeSettings:
     encoder_max_batch: int = 256
     encoder_max_latency_ms: int = 30_000
     timeout_s: int = 60
+    reload_interval_s: int | None = None
+    mongo_timeout_ms: int = 2000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServeSettings:
@@ -81,6 +86,8 @@ class ServeSettings:
             raise ValueError(f"NFC_DEVICE={settings.device!r} must be one of {_DEVICES}")
         if settings.ort_variant is not None and settings.ort_variant not in _VARIANTS:
             raise ValueError(f"NFC_ORT_VARIANT={settings.ort_variant!r} must be one of {_VARIANTS}")
+        if settings.reload_interval_s is not None and settings.model_path:
+            raise ValueError("NFC_RELOAD_INTERVAL_S follows a model-store tag (NFC_MODEL); unset NFC_MODEL_PATH")
         if settings.grpc_port is not None and settings.grpc_port > 65535:
             raise ValueError(f"NFC_GRPC_PORT={settings.grpc_port} is not a TCP port")
         return settings

@@ -15,6 +15,11 @@ import pytest
 
 from neuralfusion.embedded_mongo import EmbeddedMongo
 
+pytest_plugins = [
+    "live_servers",  # clickhouse_server, redis_url: the live pipeline's servers
+    "serving_servers",  # reliable, second_package: `nfc serve` under load, faults and model swaps
+]
+
 if TYPE_CHECKING:
     from test_export import TinyArtifacts
 

@@ -1,45 +1,105 @@
-"""`nfc predict`: the scheduled job predicts the latest bar from a data folder and stores it idempotently."""
+"""`nfc predict` on a data folder: idempotent stores, the run lock, staleness and option errors."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
+import pandas as pd
 import pymongo
 from click.testing import CliRunner
 
 from neuralfusion.cli import main
+from serving.live_lock import RunLock
 from serving.store import DEFAULT_COLLECTION, DEFAULT_DATABASE
 
 
-def run_predict(*args: str, env: dict[str, str]) -> tuple[int, str]:
+def run_predict(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     result = CliRunner().invoke(main, ["--log-level", "WARNING", "predict", *args], env=env)
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout, result.output  # output: stdout and stderr together
 
 
-def test_predict_stores_the_latest_bar_once(model_package, mongo_uri):
-    args = ("--data", str(model_package.data), "--model-path", str(model_package.package),
-            "--request-id", "job-test")
-    code, first = run_predict(*args, env={"NFC_MONGO_URI": mongo_uri})
-    assert code == 0, first
-    answer = json.loads(first)
-    assert answer["outcome"] == "stored"
-    assert abs(sum(abs(w) for w in answer["weights"].values()) - 1.0) < 1e-5  # top-k book, gross 1
-    code, second = run_predict(*args, env={"NFC_MONGO_URI": mongo_uri})
-    assert code == 0 and json.loads(second)["outcome"] == "already present"
+def last_bar(data) -> pd.Timestamp:
+    return pd.read_parquet(data / "bars.parquet")["timestamp"].max()
+
+
+def stored(mongo_uri: str, request_prefix: str) -> list[dict]:
     with pymongo.MongoClient(mongo_uri) as client:
-        documents = list(client[DEFAULT_DATABASE][DEFAULT_COLLECTION].find({"request_id": "job-test"}))
-    assert len(documents) == 1 and documents[0]["weights"] == answer["weights"]
+        return list(client[DEFAULT_DATABASE][DEFAULT_COLLECTION].find({"request_id": {"$regex": f"^{request_prefix}"}}))
 
 
-def test_predict_needs_a_mongo_uri_and_one_model_source(model_package):
-    code, output = run_predict("--data", str(model_package.data), "--model-path", str(model_package.package),
-                               env={})
+def test_predict_stores_a_bar_once_and_says_so_the_second_time(model_package, mongo_uri, tmp_path):
+    args = ("--data", str(model_package.data), "--model-path", str(model_package.package), "--request-id", "job-1",
+            "--as-of", last_bar(model_package.data).isoformat(), "--state-dir", str(tmp_path))
+    code, first, output = run_predict(*args, env={"NFC_MONGO_URI": mongo_uri})
+    assert code == 0, output
+    answer = json.loads(first)
+    assert answer["stored"] == 1 and answer["already_present"] == 0 and answer["mode"] == "in-process"
+    [prediction] = answer["predictions"]
+    assert abs(sum(abs(w) for w in prediction["weights"].values()) - 1.0) < 1e-5  # top-k book, gross 1
+    code, second, message = run_predict(*args, env={"NFC_MONGO_URI": mongo_uri})
+    assert code == 0 and json.loads(second)["stored"] == 0
+    assert "nothing new: all 1 predictions" in message
+    assert json.loads(second)["embeddings"]["computed"] == 0  # every article vector came from the cache
+    [document] = stored(mongo_uri, "job-1")
+    assert document["weights"] == prediction["weights"]
+
+
+def test_predict_needs_a_mongo_uri_one_model_source_and_one_data_route(model_package):
+    package = str(model_package.package)
+    code, _, output = run_predict("--data", str(model_package.data), "--model-path", package, env={})
     assert code == 1 and "set NFC_MONGO_URI" in output
-    code, output = run_predict("--data", str(model_package.data), env={})
+    code, _, output = run_predict("--data", str(model_package.data), env={})
     assert code == 2 and "exactly one of --model-path, --model or --url" in output
+    code, _, output = run_predict("--bars", "clickhouse", "--model-path", package, env={})
+    assert code == 2 and "--bars clickhouse and --news mongo" in output
+    code, _, output = run_predict("--data", str(model_package.data), "--model-path", package, "--start",
+                                  "2026-01-01T00:00Z", env={})
+    assert code == 2 and "both --start and --end" in output
 
 
-def test_predict_refuses_an_as_of_without_enough_history(model_package, mongo_uri):
-    code, output = run_predict("--data", str(model_package.data), "--model-path", str(model_package.package),
-                               "--as-of", "2000-01-01T00:00:00Z", env={"NFC_MONGO_URI": mongo_uri})
-    assert code == 1 and "cannot predict for 2000-01-01" in output
+def test_predict_refuses_an_as_of_without_enough_history(model_package, mongo_uri, tmp_path):
+    code, _, output = run_predict("--data", str(model_package.data), "--model-path", str(model_package.package),
+                                  "--as-of", "2000-01-01T00:00:00Z", "--state-dir", str(tmp_path),
+                                  env={"NFC_MONGO_URI": mongo_uri})
+    assert code == 1 and "2000-01-01" in output
+
+
+def test_a_held_lock_stops_the_second_run_before_it_does_anything(model_package, mongo_uri, tmp_path):
+    args = ("--data", str(model_package.data), "--model-path", str(model_package.package), "--request-id",
+            "locked", "--as-of", last_bar(model_package.data).isoformat(), "--state-dir", str(tmp_path))
+    with RunLock(tmp_path / "predict.lock"):
+        code, _, output = run_predict(*args, env={"NFC_MONGO_URI": mongo_uri})
+    assert code == 1 and "another nfc predict run holds the lock" in output
+    assert stored(mongo_uri, "locked") == []
+    code, _, output = run_predict(*args, env={"NFC_MONGO_URI": mongo_uri})  # released: the next run works
+    assert code == 0, output
+
+
+def test_a_stale_asset_fails_the_run_naming_it_and_stores_nothing(model_package, mongo_uri, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(model_package.data, data)
+    bars = pd.read_parquet(data / "bars.parquet")
+    end = bars["timestamp"].max()
+    symbol = sorted(bars["symbol"].unique())[1]
+    bars = bars[~((bars["symbol"] == symbol) & (bars["timestamp"] > end - pd.Timedelta("30min")))]
+    bars.to_parquet(data / "bars.parquet")
+    code, _, output = run_predict("--data", str(data), "--model-path", str(model_package.package), "--request-id",
+                                  "stale", "--as-of", end.isoformat(), "--state-dir", str(tmp_path / "state"),
+                                  env={"NFC_MONGO_URI": mongo_uri})
+    assert code == 1 and f"{symbol} (last bar 0 days 00:30:00 before)" in output and "--max-staleness" in output
+    assert stored(mongo_uri, "stale") == []
+
+
+def test_live_mode_on_old_files_is_refused_as_stale(model_package, mongo_uri, tmp_path):
+    code, _, output = run_predict("--data", str(model_package.data), "--model-path", str(model_package.package),
+                                  "--state-dir", str(tmp_path), env={"NFC_MONGO_URI": mongo_uri})
+    assert code == 1 and "over the staleness limit of 0 days 00:15:00" in output
+
+
+def test_an_as_of_bar_that_has_not_closed_yet_is_refused(model_package, mongo_uri, tmp_path):
+    future = last_bar(model_package.data) + pd.Timedelta("3min")
+    code, _, output = run_predict("--data", str(model_package.data), "--model-path", str(model_package.package),
+                                  "--as-of", future.isoformat(), "--state-dir", str(tmp_path),
+                                  env={"NFC_MONGO_URI": mongo_uri})
+    assert code == 1 and f"the as-of bar {future.isoformat()} is not complete" in output

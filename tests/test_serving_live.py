@@ -4,66 +4,26 @@ One server for the module; the last test stops it with SIGTERM and checks that n
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from factories import STEP
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pymongo import MongoClient
+from serving_servers import API_KEY, KEY, Live, distinct_free_ports, serve_env, start_nfc_serve
 
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
-from neuralfusion.embedded_mongo import free_port
-from serving.client import predict_payload, request_to_proto, wait_until_ready
+from serving.client import request_to_proto
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
-
-API_KEY = "live-key-51c9"
-KEY = {"X-API-Key": API_KEY}
-STARTUP_TIMEOUT_S = 180
-
-
-@dataclass
-class Live:
-    process: subprocess.Popen[bytes]
-    log: Path
-    url: str
-    grpc_target: str
-    mongo_uri: str
-    ports: tuple[int, int, int]
-    bars: pd.DataFrame
-    news: pd.DataFrame
-    times: np.ndarray
-    bars_needed: int
-
-    def payload(self, bar: int, request_id: str | None = None) -> dict[str, Any]:
-        return predict_payload(self.bars, self.news, pd.Timestamp(self.times[bar]), self.bars_needed, STEP, request_id)
-
-    def documents(self, **query: Any) -> list[dict[str, Any]]:
-        with MongoClient(self.mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000) as client:
-            return list(client["neuralfusion"]["predictions"].find(query, {"_id": False}))
-
-
-def distinct_free_ports(n: int) -> tuple[int, ...]:
-    ports: set[int] = set()
-    while len(ports) < n:
-        ports.add(free_port())
-    return tuple(ports)
 
 
 def listening(port: int) -> bool:
@@ -75,29 +35,14 @@ def listening(port: int) -> bool:
 def live(model_package, tmp_path_factory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("live")
     http_port, grpc_port, mongo_port = distinct_free_ports(3)
-    env = {name: value for name, value in os.environ.items() if not name.startswith("NFC_")}
-    env.update(BENTOML_DO_NOT_TRACK="true", BENTOML_HOME=str(root / "bentoml"), NFC_API_KEY=API_KEY)
-    log = root / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "neuralfusion.cli", "serve", "--model-path", str(model_package.package),
-             "--host", "127.0.0.1", "--port", str(http_port), "--grpc-port", str(grpc_port),
-             "--mongo-data", str(root / "mongo"), "--mongo-port", str(mongo_port)],
-            env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{http_port}"
-    if not wait_until_ready(url, process, STARTUP_TIMEOUT_S):
-        process.terminate()  # SIGTERM: nfc serve then stops bentoml and its MongoDB too
-        process.wait(timeout=60)
-        pytest.fail(f"nfc serve did not become ready:\n{log.read_text()[-4000:]}")
+    env = serve_env(root, NFC_API_KEY=API_KEY)
     bars = BarFileSource(model_package.data / "bars.parquet").read()
-    try:
+    with start_nfc_serve(root, ["--model-path", str(model_package.package)], env, http_port, grpc_port,
+                         ("--mongo-data", str(root / "mongo"), "--mongo-port", str(mongo_port))) as (process, url,
+                                                                                                      log):
         yield Live(process, log, url, f"127.0.0.1:{grpc_port}", f"mongodb://127.0.0.1:{mongo_port}/",
                    (http_port, grpc_port, mongo_port), bars, read_news(model_package.data / "news.jsonl"),
                    np.sort(bars["timestamp"].unique()), httpx.post(f"{url}/model_info").json()["bars_needed"])
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=60)
 
 
 @pytest.fixture

@@ -21,10 +21,12 @@ import torch
 from tqdm import tqdm
 
 from neuralfusion.backtest import WalkForward, rebalance_anchors, walk_forward
+from neuralfusion.data.news import article_text
 from neuralfusion.dataset import MarketData, load_data_dir
 from neuralfusion.errors import DataError
-from neuralfusion.inputs import GridInputs
+from neuralfusion.inputs import GridInputs, grid_inputs
 from neuralfusion.portfolio import topk_weights
+from neuralfusion.windows import chronological_split, usable_anchors
 from training.model import CgaModel
 from training.runs import Run, git_commit
 from training.train import Prepared, predict, prepare
@@ -36,7 +38,9 @@ __all__ = [
     "equal_weights",
     "momentum_weights",
     "oracle_comparison",
+    "package_weights",
     "run_backtest",
+    "run_package_backtest",
     "run_weights",
     "split_rebalance_anchors",
 ]
@@ -252,3 +256,67 @@ def run_backtest(model_run: Run, data_dir: Path, embeddings: Path, ablations: Se
                     "ceiling", oracle["first_return_bar"], oracle["last_return_bar"],
                     evaluation["first_return_bar"], evaluation["last_return_bar"])
     return replace(backtest, oracle=oracle)
+
+
+def package_weights(runtime: Any, data: MarketData, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and top-k weights (R, N) of a model package's ONNX graphs (a `serving.runtime.PortfolioRuntime`)
+    at `anchors`, computed offline on the whole grid: every news item embedded by the package's encoder, the
+    package's normaliser, one fusion run per chunk of windows. `nfc predict` must reproduce these exactly."""
+    from serving.runtime import FUSION_OUTPUTS
+
+    texts = [article_text(title, body) for title, body in zip(data.news["title"], data.news["body"], strict=True)]
+    vectors = runtime.encoder.encode(texts).vectors if texts else np.zeros((0, runtime.embed_dim), np.float32)
+    grid = grid_inputs(data, vectors, runtime.normaliser)
+    logits, weights = [], []
+    for start in range(0, len(anchors), PREDICT_CHUNK):
+        batch = grid.windows(np.asarray(anchors[start:start + PREDICT_CHUNK]), runtime.lookback)
+        feed = {name: np.ascontiguousarray(values, dtype=np.float32) for name, values in batch.items()}
+        chunk_logits, chunk_weights = runtime.session.run(list(FUSION_OUTPUTS), feed)
+        logits.append(chunk_logits)
+        weights.append(chunk_weights)
+    return np.concatenate(logits).astype(np.float64), np.concatenate(weights).astype(np.float64)
+
+
+def run_package_backtest(package: Path, data_dir: Path, rebalance_every: int | None = None,
+                         cost_bps: float | None = None) -> Backtest:
+    """The walk-forward of a model package (ONNX, as served) over the test split of `data_dir`, beside the
+    baselines: the same anchors and scoring as `run_backtest`, with the package's graphs instead of a run."""
+    from serving.runtime import PortfolioRuntime
+
+    runtime = PortfolioRuntime.load(package)
+    manifest = runtime.manifest
+    data = load_data_dir(Path(data_dir), universe=runtime.universe)
+    if data.bar_spec.interval != runtime.bar_spec.interval:
+        raise DataError(f"data bars are {data.bar_spec.interval}, the package {package} predicts "
+                        f"{runtime.bar_spec.interval} bars; backtest on data of the model's interval")
+    window = manifest.window
+    splits = chronological_split(usable_anchors(data.n_bars, int(manifest.data["features"]["warmup_bars"]), window),
+                                 window)
+    every = runtime.horizon if rebalance_every is None else rebalance_every
+    portfolio = manifest.portfolio
+    costs = portfolio.cost_bps if cost_bps is None else cost_bps
+    if every < 1 or costs < 0:
+        raise ValueError(f"rebalance_every must be >= 1 and cost_bps >= 0, got {every} and {costs}")
+    anchors = split_rebalance_anchors(splits.test, every, data.n_bars)
+    _, model_weights = package_weights(runtime, data, anchors)
+    books = [("model", "model", f"package {runtime.version}", model_weights),
+             ("equal_weight", "baseline", "equal weight (long-only 1/N)",
+              equal_weights(len(anchors), data.universe.n_assets)),
+             ("momentum", "baseline", f"momentum (top-{portfolio.top_k} on {window.lookback}-bar return)",
+              momentum_weights(data.panel.close, anchors, window.lookback, portfolio.top_k))]
+    strategies = {name: Strategy(name=name, kind=kind, label=label, anchor_weights=weights,
+                                 result=walk_forward(anchors, weights, data.returns, every, costs))
+                  for name, kind, label, weights in books}
+    settings = {
+        "model_run": f"package {package}", "model_version": runtime.version, "variant": "package",
+        "ablation_runs": {}, "data_dir": str(data_dir), "embeddings": "package encoder (ONNX)",
+        "encoder_fingerprint": manifest.data["encoder"]["fingerprint"], "same_data_as_training": None,
+        "universe": list(data.universe.symbols), "interval": data.bar_spec.interval,
+        "calendar": data.bar_spec.calendar, "bars_per_year": data.bar_spec.bars_per_year,
+        "lookback": window.lookback, "horizon": window.horizon, "rebalance_every": every, "top_k": portfolio.top_k,
+        "momentum_lookback": window.lookback, "cost_bps": costs,
+        "cost_source": "package" if cost_bps is None else "--cost-bps", "test_split": splits.to_dict()["test"],
+        "git_commit": git_commit(),
+    }
+    return Backtest(anchors=anchors, strategies=strategies, times=data.panel.times, symbols=data.universe.symbols,
+                    bars_per_year=data.bar_spec.bars_per_year, settings=settings, oracle=None)

@@ -1,0 +1,155 @@
+"""The inputs of one `nfc predict` run: bars on the model's grid and the news its windows read.
+
+Bars come from a data folder or ClickHouse, news from a data folder or MongoDB; either way they are cut to
+the time span the run's as-of bars need, resampled by `resample_bars` (the training code), and checked for
+staleness: an asset whose last real bar is older than the limit fails the run, naming the asset and its age,
+rather than being predicted from forward-filled prices.
+
+MongoDB news is read incrementally: items already read are kept in a local cache file, and each run asks
+MongoDB only for items after the cache's newest one (minus a small overlap that catches late inserts).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pymongo.errors import PyMongoError
+
+from neuralfusion.data.bars import BAR_COLUMNS, BarFileSource, resample_bars
+from neuralfusion.data.news import NEWS_COLUMNS, MongoNewsSource, read_news, validate_news
+from neuralfusion.embeddings import write_table_atomic
+from neuralfusion.errors import DataError
+from neuralfusion.settings import BarSpec, Universe
+
+__all__ = ["NEWS_OVERLAP", "BarReader", "FileBars", "FileNews", "IncrementalMongoNews", "NewsReader", "check_staleness",
+           "grid_bars", "latest_complete_bar"]
+
+log = logging.getLogger(__name__)
+
+# MongoDB items are re-read this far before the newest cached one: an item inserted late with an earlier time
+NEWS_OVERLAP = pd.Timedelta("15min")
+
+
+class BarReader(Protocol):
+    """Bars in the long contract of `validate_bars` whose close time t satisfies start < t <= end."""
+
+    def load(self, symbols: list[str] | tuple[str, ...], start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        ...
+
+
+class NewsReader(Protocol):
+    """Validated news items with start < published_at <= end."""
+
+    def load(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        ...
+
+
+@dataclass(frozen=True)
+class FileBars:
+    """A bar file as a BarReader (the file is read whole: data folders are for modest histories)."""
+
+    path: Path
+
+    def load(self, symbols: list[str] | tuple[str, ...], start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        frame = BarFileSource(self.path).load(list(symbols), None, end)
+        return frame[frame["timestamp"] > start].reset_index(drop=True)
+
+    def latest(self) -> pd.Timestamp:
+        return BarFileSource(self.path).read()["timestamp"].max()
+
+
+@dataclass(frozen=True)
+class FileNews:
+    """A news file as a NewsReader."""
+
+    path: Path
+
+    def load(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        news = read_news(self.path)
+        return news[(news["published_at"] > start) & (news["published_at"] <= end)].reset_index(drop=True)
+
+
+class IncrementalMongoNews:
+    """MongoDB news read incrementally through a local cache of the items already read.
+
+    `load(start, end)` asks MongoDB for (max(start, newest cached - overlap), end] only, merges by id with
+    the cached items, and returns the items in (start, end]. `commit()` writes the merged items of the last
+    load to the cache (atomically), so a failed run leaves the cache as it was.
+    """
+
+    def __init__(self, source: MongoNewsSource, cache_path: Path, overlap: pd.Timedelta = NEWS_OVERLAP) -> None:
+        self.source = source
+        self.cache_path = Path(cache_path)
+        self.overlap = overlap
+        self.new_items = 0  # items of the last load that the cache did not hold
+        self._pending: pd.DataFrame | None = None
+
+    def _cached(self) -> pd.DataFrame:
+        if not self.cache_path.exists():
+            return pd.DataFrame(columns=list(NEWS_COLUMNS))
+        frame = pd.read_parquet(self.cache_path)
+        frame["symbols"] = [None if v is None else list(v) for v in frame["symbols"]]
+        return validate_news(frame, source=str(self.cache_path)) if len(frame) else frame
+
+    def load(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        cached = self._cached()
+        cached = cached[(cached["published_at"] > start) & (cached["published_at"] <= end)] if len(cached) else cached
+        read_from = start if cached.empty else max(start, cached["published_at"].max() - self.overlap)
+        try:
+            self.source.ensure_index()
+            fresh = self.source.load(read_from, end)
+        except PyMongoError as err:
+            raise DataError(f"reading news failed ({type(err).__name__}: {str(err)[:300]})",
+                            source=f"mongodb collection {self.source.collection.full_name}") from None
+        self.new_items = int((~fresh["id"].isin(cached["id"])).sum()) if len(fresh) else 0
+        log.info("news: %d items from MongoDB after %s, %d of them new; %d from the cache", len(fresh),
+                 read_from.isoformat(), self.new_items, len(cached))
+        parts = [part for part in (cached, fresh) if len(part)]
+        if not parts:
+            self._pending = None
+            return fresh
+        merged = pd.concat(parts, ignore_index=True).drop_duplicates("id", keep="last")
+        merged = validate_news(merged, source=f"{self.source.collection.full_name} + {self.cache_path}")
+        self._pending = merged
+        return merged
+
+    def commit(self) -> None:
+        """Keep the items of the last load for the next run."""
+        if self._pending is not None:
+            frame = self._pending[list(NEWS_COLUMNS)]
+            write_table_atomic(pa.Table.from_pandas(frame, preserve_index=False), self.cache_path)
+
+
+def latest_complete_bar(last_close: pd.Timestamp, step: pd.Timedelta) -> pd.Timestamp:
+    """The close time of the last grid bar that `last_close` completes (a bar still filling is not used)."""
+    return last_close.floor(step)
+
+
+def grid_bars(frame: pd.DataFrame, universe: Universe, spec: BarSpec, source: str) -> pd.DataFrame:
+    """Bars resampled onto the model's grid (`resample_bars`) and back in the long contract, without the
+    forward-filled bars: the model's own resampling marks those stale again, exactly as in training."""
+    panel = resample_bars(frame, universe, spec, source=source)
+    t, n = panel.stale.shape
+    long = pd.DataFrame({"timestamp": np.repeat(panel.times, n), "symbol": np.tile(panel.symbols, t),
+                         **{name: getattr(panel, name).reshape(-1) for name in BAR_COLUMNS[2:]}})
+    return long[~panel.stale.reshape(-1)].reset_index(drop=True)
+
+
+def check_staleness(bars: pd.DataFrame, symbols: tuple[str, ...], as_of: pd.Timestamp, limit: pd.Timedelta,
+                    source: str) -> None:
+    """Every asset's last real bar at or before `as_of` must be within `limit` of it; else a DataError
+    naming each stale asset and its age."""
+    known = bars[bars["timestamp"] <= as_of].groupby("symbol")["timestamp"].max()
+    stale = {s: (as_of - known[s]) if s in known.index else None for s in symbols}
+    stale = {s: age for s, age in stale.items() if age is None or age > limit}
+    if stale:
+        detail = ", ".join(f"{s} (no bars)" if age is None else f"{s} (last bar {age} before)"
+                           for s, age in stale.items())
+        raise DataError(f"stale data for the as-of bar {as_of.isoformat()}: {detail}; the limit is {limit} "
+                        "(--max-staleness): fix the feed, nothing was predicted", source=source)

@@ -1,0 +1,82 @@
+"""Artifacts: a package with a tampered ONNX graph, external-data file or manifest is refused when the services
+load it. Both services (constructed and started as BentoML does, with MongoDB open) stay up but never ready, say
+why in the log and on /model_info, answer /predict with 503, and write nothing. (One `to_asgi()` app per process:
+tests/test_serving_app.py holds it, so the routes are called on the service objects here.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+from serving_servers import Payloads
+
+from export.manifest import load_manifest
+from neuralfusion.data.bars import BarFileSource
+from neuralfusion.data.news import read_news
+from serving.errors import ServingError
+from serving.schemas import PredictRequest
+from serving.service import EncoderService, PortfolioService
+
+pytestmark = pytest.mark.mongo
+
+DATABASE = "nfc_artifacts_test"
+
+
+def flip_a_byte(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def zero_the_costs(path: Path) -> None:
+    manifest = json.loads(path.read_text())
+    manifest["portfolio"]["cost_bps"] = 0.0
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+TAMPERING = {
+    "fusion.onnx": (flip_a_byte, "package file fusion.onnx was modified"),
+    "encoder.onnx.data": (flip_a_byte, "package file encoder.onnx.data was modified"),
+    "manifest.json": (zero_the_costs, "manifest.json was modified after export"),
+}
+
+
+@pytest.mark.parametrize("name", list(TAMPERING))
+def test_a_tampered_package_is_refused_at_load(name, model_package, mongo_uri, tmp_path, monkeypatch, caplog):
+    damage, reason = TAMPERING[name]
+    package = Path(shutil.copytree(model_package.package, tmp_path / "pkg"))
+    damage(package / name)
+    for setting, value in {"NFC_MODEL_PATH": str(package), "NFC_MONGO_URI": mongo_uri,
+                           "NFC_MONGO_DB": DATABASE}.items():
+        monkeypatch.setenv(setting, value)
+    bars = BarFileSource(model_package.data / "bars.parquet").read()
+    manifest = load_manifest(model_package.package)
+    bars_needed = manifest.data["features"]["warmup_bars"] + manifest.window.lookback
+    payload = Payloads(bars, read_news(model_package.data / "news.jsonl"), bars_needed)(300, f"tampered-{name}")
+
+    async def serve_once(service: PortfolioService) -> tuple[bool, int, str, ServingError]:
+        await service.start()  # the startup hook: MongoDB opened and indexed
+        try:
+            info = await service.model_info()  # a ServingError becomes the route's JSON response
+            with pytest.raises(ServingError) as refused:
+                await service.predict_one(PredictRequest.model_validate(payload))
+            return await service.is_ready(), info.status_code, json.loads(info.body)["error"], refused.value
+        finally:
+            await service.stop()
+
+    with caplog.at_level(logging.ERROR, logger="serving.service"):
+        encoder, portfolio = EncoderService(), PortfolioService()
+        ready, status, message, refused = asyncio.run(serve_once(portfolio))
+    assert encoder.__is_ready__() is False and reason in (encoder.model_error or "")
+    assert ready is False and portfolio.runtime is None
+    assert status == 503 and reason in message and "not loaded" in message
+    assert refused.status == 503 and reason in refused.message
+    logged = [r.getMessage() for r in caplog.records if "will not become ready" in r.getMessage()]
+    assert len(logged) == 2 and all(reason in line for line in logged)
+    with MongoClient(mongo_uri, serverSelectionTimeoutMS=5000) as mongo:
+        assert mongo[DATABASE]["predictions"].count_documents({}) == 0
