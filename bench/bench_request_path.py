@@ -7,9 +7,8 @@ Runs the serving path in this process on the same distinct requests bench_servin
 news of the model's window ending at distinct bars of the data folder), stage by stage, with the
 functions the service calls:
   parse:    JSON body -> PredictRequest (pydantic, serving.schemas), as BentoML does at /predict;
-  hop:      the request serialised again and re-validated, which BentoML's in-process client
-            (`self.to_async.predict_batch`) does on the way into the batching queue;
-  prepare:  PortfolioRuntime.prepare (model checks, frames, grid, features);
+  prepare:  PortfolioRuntime.prepare (model checks, frames, grid, features), which the service runs in the
+            request's own thread before the batching queue (only a job id and a token go through it);
   encode:   the encoder graph on the window's article texts (one call per batch);
   fusion:   PortfolioRuntime.predict (one fusion run per batch);
   store:    PredictionStore.save into nx-27017 on loopback (one bulk write per batch);
@@ -38,7 +37,7 @@ from serving.runtime import PortfolioRuntime
 from serving.schemas import PredictionOut, PredictRequest
 from serving.store import PredictionStore
 
-STAGES = ("parse", "hop", "prepare", "encode", "fusion", "store", "answer")
+STAGES = ("parse", "prepare", "encode", "fusion", "store", "answer")
 
 
 def timed(totals: dict[str, float], stage: str, fn: Callable[[], Any]) -> Any:
@@ -52,8 +51,6 @@ async def run_batch(runtime: PortfolioRuntime, store: PredictionStore, bodies: S
                     totals: dict[str, float]) -> None:
     """One batch through every stage, adding each stage's seconds to `totals`."""
     requests = [timed(totals, "parse", lambda b=b: PredictRequest.model_validate_json(b)) for b in bodies]
-    requests = [timed(totals, "hop", lambda r=r: PredictRequest.model_validate_json(r.model_dump_json()))
-                for r in requests]
     prepared = [timed(totals, "prepare", lambda r=r: runtime.prepare(r)) for r in requests]
     texts = [text for item in prepared for text in item.texts]
     vectors = timed(totals, "encode", lambda: runtime.encoder.encode(texts).vectors)

@@ -1,6 +1,6 @@
 """Serving throughput and latency: adaptive batching vs batch size 1 over HTTP, and the gRPC path, in one run.
 
-    python bench/bench_serving.py --out runs/bench/serving            # demo package, concurrency 1 8 64, ~7 min
+    python bench/bench_serving.py --out runs/bench/serving            # demo package, concurrency 1 8 64, ~4-7 min
     python bench/bench_serving.py --requests 32 --warmup 8 --out /tmp/quick                       # 2-3 min
     python bench/bench_serving.py --requests 16 --warmup 8 --concurrency 1 8 --out /tmp/smoke     # < 1 min
     python bench/bench_serving.py --package PKG --data DATA --max-batch 64 --max-latency-ms 10000 --out DIR
@@ -8,8 +8,8 @@
 
 For each mode it starts the real stack on free loopback ports: nx-27017 (one server, one database per
 mode) and `bentoml serve serving.service:PortfolioService` (what `nfc serve` runs, with its gRPC front)
-with NFC_PREDICT_MAX_BATCH=--max-batch ("batching"), or `bench.unbatched_service` with
-NFC_PREDICT_MAX_BATCH=1 ("b1": BentoML refuses a max batch of 1, see that module), then drives it with
+with NFC_PREDICT_MAX_BATCH=--max-batch ("batching") or NFC_PREDICT_MAX_BATCH=1 ("b1": the predict API
+is then declared not batchable, each call runs alone), then drives it with
 an async load generator (httpx for HTTP, grpc.aio for gRPC) at each concurrency: a warm-up (excluded; it also lets
 BentoML calibrate its batching), then --requests requests (at most --time-limit-s). The "grpc" mode
 runs against the batching server. Every request is a distinct real prediction: the bars and news of the
@@ -139,11 +139,11 @@ def bentoml_serve(package: Path, mongo_uri: str, database: str, max_batch: int, 
                NFC_MONGO_DB=database, NFC_PREDICT_MAX_BATCH=str(max_batch),
                NFC_PREDICT_MAX_LATENCY_MS=str(max_latency_ms), **extra_env)
     env.update(NFC_MODEL_PATH=str(package.resolve()), NFC_GRPC_PORT=str(grpc_port), NFC_GRPC_HOST="127.0.0.1")
-    service = "serving.service:PortfolioService" if max_batch > 1 else "bench.unbatched_service:PortfolioService"
     log_path = log_dir / f"serve-{database}.log"
     with log_path.open("wb") as out:
         process = subprocess.Popen(  # own session: Ctrl-C reaches us, and we stop it in order
-            [sys.executable, "-m", "bentoml", "serve", service, "--host", "127.0.0.1", "--port", str(http_port),
+            [sys.executable, "-m", "bentoml", "serve", "serving.service:PortfolioService", "--host", "127.0.0.1",
+             "--port", str(http_port),
              "--working-dir", str(ROOT)],
             env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{http_port}"

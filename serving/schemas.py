@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
@@ -242,8 +243,13 @@ def describe_validation_error(err: ValidationError) -> str:
 def request_frames(request: PredictRequest) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The request as the long bar and news frames of DESIGN.md section 2, checked by `validate_bars` and
     `validate_news` (duplicates, ordering); a violated rule is a RequestError."""
-    bars = pd.DataFrame({c: [getattr(bar, c) for bar in request.bars] for c in BAR_COLUMNS})
-    bars["timestamp"] = pd.to_datetime(bars["timestamp"], utc=True)
+    # column by column from the validated models (their timestamps are aware UTC datetimes): a frame built
+    # row-wise infers every column's type from Python objects, several times slower for ~2,000 bars
+    rows = request.bars
+    bars = pd.DataFrame({"timestamp": pd.DatetimeIndex([bar.timestamp for bar in rows], tz="UTC"),
+                         "symbol": [bar.symbol for bar in rows],
+                         **{c: np.fromiter([getattr(bar, c) for bar in rows], np.float64, len(rows))
+                            for c in BAR_COLUMNS[2:]}})
     news = pd.DataFrame({c: [getattr(item, c) for item in request.news] for c in NEWS_COLUMNS})
     news["published_at"] = pd.to_datetime(news["published_at"], utc=True)
     try:
@@ -275,11 +281,14 @@ def check_request_against_model(request: PredictRequest, symbols: tuple[str, ...
                            "grid, so the as-of bar would be incomplete: end the bars at "
                            f"{last.floor(interval).isoformat()}")
     window_start = last - (bars_needed - 1) * interval
-    slots = bars.assign(slot=bars["timestamp"].dt.ceil(interval))
-    first = slots.groupby("symbol")["slot"].min()
-    short = {s: int(slots.loc[slots["symbol"] == s, "slot"].nunique()) for s in symbols if first[s] > window_start}
+    slot = bars["timestamp"].dt.ceil(interval)
+    column = pd.Index(symbols).get_indexer(bars["symbol"])
+    first = np.full(len(symbols), np.iinfo(np.int64).max)
+    np.minimum.at(first, column, slot.array.asi8)  # each symbol's first grid bar, without a groupby
+    first_slot = pd.DatetimeIndex(first.astype(f"datetime64[{slot.dt.unit}]")).tz_localize("UTC")
+    short = {s: int(slot[column == i].nunique()) for i, s in enumerate(symbols) if first_slot[i] > window_start}
     if short:
-        detail = ", ".join(f"{s} has {n} from {first[s].isoformat()}" for s, n in short.items())
+        detail = ", ".join(f"{s} has {n} from {first_slot[symbols.index(s)].isoformat()}" for s, n in short.items())
         raise RequestError(f"too few bars: the model reads {bars_needed} bars of {_interval_text(interval)} per "
                            f"symbol, from {window_start.isoformat()} to {last.isoformat()}; {detail}: "
                            f"send bars from {window_start.isoformat()} on")

@@ -35,10 +35,13 @@ import contextlib
 import functools
 import logging
 import secrets
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import aiohttp
 import anyio.to_thread
 import attrs
 import bentoml
@@ -72,12 +75,24 @@ MODEL = None if SETTINGS.model_path else bentoml.models.BentoModel(SETTINGS.mode
 # the in-process clients (self.to_async, depends) otherwise recycle their session every 100 requests and
 # drop the calls in flight at that moment (FIELD-NOTES)
 RUNNER_CONNECTION = {"max_requests": 1_000_000_000, "max_age": 1e9}
+# how a call to the encoder service over its socket fails when the connection drops under load (the client
+# is aiohttp): BrokenPipeError, ConnectionResetError, aiohttp's ServerDisconnectedError and the like
+CONNECTION_ERRORS = (ConnectionError, aiohttp.ClientConnectionError)
+
+
+def batching(max_batch: int, max_latency_ms: int) -> dict[str, Any]:
+    """`bentoml.api` arguments for a queue of at most `max_batch` rows. BentoML refuses max_batch_size=1, and a
+    batch of one is no batching: then the API is declared not batchable and each call runs alone."""
+    if max_batch < 2:
+        return {}
+    return {"batchable": True, "max_batch_size": max_batch, "max_latency_ms": max_latency_ms}
 
 
 class PredictJob(BaseModel):
-    """Internal: one request on its way through the batched path, with the worker's token."""
+    """Internal: one prepared request on its way through the batched path. The request itself stays in the
+    worker (`PortfolioService._jobs`), so it is not serialised and validated a second time."""
 
-    request: PredictRequest
+    job: str = Field(description="Id of a prepared request waiting in this worker.")
     token: str = Field(description="Proves the job comes from this worker's /predict or gRPC front.")
 
 
@@ -139,6 +154,28 @@ def _load(settings: ServeSettings, service: Any, build: Callable[[Path], T],
         return None, reason
 
 
+@dataclass(frozen=True)
+class _Job:
+    """A request prepared by the runtime that was served when it arrived (a swap may replace that one)."""
+
+    request: PredictRequest
+    runtime: PortfolioRuntime
+    prepared: PreparedRequest
+
+
+async def retry_once_on_disconnect(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """`call()`, once more when its connection dropped (CONNECTION_ERRORS); a second drop is a 503 ServingError
+    naming `what`, never an unhandled 500."""
+    try:
+        return await call()
+    except CONNECTION_ERRORS as err:
+        log.warning("%s dropped the connection (%s: %s); retrying once", what, type(err).__name__, err)
+    try:
+        return await call()
+    except CONNECTION_ERRORS as err:
+        raise ServingError(503, f"{what} dropped the connection twice ({type(err).__name__}); retry later") from None
+
+
 def _not_loaded(reason: str | None) -> str:
     return f"the model is not loaded ({reason}); fix the package or NFC_MODEL/NFC_MODEL_PATH and restart"
 
@@ -165,8 +202,7 @@ class EncoderService:
     def __is_ready__(self) -> bool:
         return self.encoder is not None
 
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.encoder_max_batch,
-                 max_latency_ms=SETTINGS.encoder_max_latency_ms)
+    @bentoml.api(**batching(SETTINGS.encoder_max_batch, SETTINGS.encoder_max_latency_ms))
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), D) float32 vectors; texts longer than the encoder's max_length are cut and counted."""
         if self.encoder is None:
@@ -199,6 +235,7 @@ class PortfolioService:
         self._follower: asyncio.Task[None] | None = None
         self._indexed = False
         self._token = secrets.token_hex(16)  # per worker: /predict_batch serves only this worker's own jobs
+        self._jobs: dict[str, _Job] = {}  # prepared requests waiting for their batch, by job id
 
     @bentoml.on_startup
     async def start(self) -> None:
@@ -267,7 +304,7 @@ class PortfolioService:
         """The served model: version, universe, window, execution providers, batch statistics."""
         runtime = self._runtime()
         try:
-            encoder = await self.encoder.to_async.info()
+            encoder = await retry_once_on_disconnect(self.encoder.to_async.info, "the encoder service")
         except BentoMLException as err:
             raise ServingError(503, f"the encoder service is not answering: {err}") from None
         data = runtime.manifest.data
@@ -281,30 +318,37 @@ class PortfolioService:
             batches={"fusion": runtime.stats.snapshot(), "encoder": encoder["batches"]},
             truncated_texts=encoder["truncated_texts"], refused_model=self.refused_model)
 
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.predict_max_batch,
-                 max_latency_ms=SETTINGS.predict_max_latency_ms)
+    @bentoml.api(**batching(SETTINGS.predict_max_batch, SETTINGS.predict_max_latency_ms))
     async def predict_batch(self, jobs: list[PredictJob]) -> list[PredictOutcome]:
-        """Internal (use /predict): the requests of concurrent /predict and gRPC calls, merged by BentoML's
-        adaptive batching, go through the encoder and the fusion graph together and are stored in one write.
-        A bad request fails alone; jobs without this worker's token are refused."""
+        """Internal (use /predict): the prepared requests of concurrent /predict and gRPC calls, merged by
+        BentoML's adaptive batching, go through the encoder and the fusion graph together and are stored in one
+        write. A bad request fails alone; jobs without this worker's token are refused, and a job id this worker
+        does not hold fails with a message saying so."""
         outcomes: dict[int, PredictOutcome] = {}
-        accepted = []
+        held: dict[int, _Job] = {}
         for i, job in enumerate(jobs):
-            if secrets.compare_digest(job.token.encode(), self._token.encode()):
-                accepted.append(i)
-            else:
+            if not secrets.compare_digest(job.token.encode(), self._token.encode()):
                 outcomes[i] = PredictOutcome(status=403, error="/predict_batch is internal; call /predict")
+            elif (entry := self._jobs.pop(job.job, None)) is None:
+                outcomes[i] = PredictOutcome(status=500, error=f"job {job.job!r} is not waiting in this worker "
+                                                               "(answered already, or never prepared here)")
+            else:
+                held[i] = entry
         try:
             runtime = self._runtime()
-            prepared = await anyio.to_thread.run_sync(_prepare_all, runtime, [jobs[i].request for i in accepted])
-            ready = [(i, item) for i, item in zip(accepted, prepared, strict=True) if not isinstance(item, str)]
+            # the batch runs on one runtime: a job prepared before a model swap is prepared again on this one
+            stale = [i for i, entry in held.items() if entry.runtime is not runtime]
+            again = await anyio.to_thread.run_sync(_prepare_all, runtime, [held[i].request for i in stale])
+            prepared: dict[int, PreparedRequest | str] = {i: entry.prepared for i, entry in held.items()}
+            prepared.update(zip(stale, again, strict=True))
+            ready = [(i, item) for i, item in prepared.items() if not isinstance(item, str)]
             outcomes.update({i: PredictOutcome(status=400, error=item)
-                             for i, item in zip(accepted, prepared, strict=True) if isinstance(item, str)})
+                             for i, item in prepared.items() if isinstance(item, str)})
             records = await self._run_models(runtime, [item for _, item in ready])
             await self._save(records)
         except ServingError as err:
             outcomes.update({i: PredictOutcome(status=err.status, error=err.message)
-                             for i in accepted if i not in outcomes})
+                             for i in held if i not in outcomes})
         else:
             outcomes.update({i: PredictOutcome(prediction=PredictionOut.from_record(record, stored=True))
                              for (i, _), record in zip(ready, records, strict=True)})
@@ -313,13 +357,21 @@ class PortfolioService:
     # -- shared by the HTTP and gRPC fronts (serving.grpc_server.PortfolioBackend) ---------------------------
 
     async def predict_one(self, request: PredictRequest) -> PredictionOut:
-        """One request through the batched path; failures are ServingError."""
-        self._runtime()
+        """One request prepared in its own thread (the per-request work), then through the batched path (the
+        work a batch shares); failures are ServingError."""
+        runtime = self._runtime()
+        [prepared] = await anyio.to_thread.run_sync(_prepare_all, runtime, [request])
+        if isinstance(prepared, str):
+            raise ServingError(400, prepared)
+        job = uuid.uuid4().hex
+        self._jobs[job] = _Job(request, runtime, prepared)
         try:
-            [outcome] = await self.to_async.predict_batch([PredictJob(request=request, token=self._token)])
+            [outcome] = await self.to_async.predict_batch([PredictJob(job=job, token=self._token)])
         except BentoMLException as err:  # refused by the batching queue (503: deadline) or failed in it
             raise ServingError(err.error_code, f"the batched prediction path failed ({err}); retry later, and if "
                                                "this repeats under load raise NFC_PREDICT_MAX_LATENCY_MS") from None
+        finally:
+            self._jobs.pop(job, None)  # still here when the queue refused it
         if outcome.prediction is None:
             raise ServingError(outcome.status, outcome.error or "prediction failed")
         return outcome.prediction
@@ -398,7 +450,9 @@ class PortfolioService:
         vectors = np.zeros((0, runtime.embed_dim), dtype=np.float32)
         if texts:
             try:
-                vectors = np.asarray(await self.encoder.to_async.encode(texts), dtype=np.float32)
+                encoded = await retry_once_on_disconnect(lambda: self.encoder.to_async.encode(texts),
+                                                         "the encoder service")
+                vectors = np.asarray(encoded, dtype=np.float32)
             except BentoMLException as err:
                 raise ServingError(503, f"the encoder service failed ({err}); retry later") from None
         return await anyio.to_thread.run_sync(runtime.predict, prepared, vectors)

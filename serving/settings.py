@@ -14,9 +14,9 @@
 | NFC_ORT_THREADS             | (ORT default)        | intra-op threads per ONNX Runtime session                    |
 | NFC_WORKERS                 | 1                    | worker processes of the portfolio service                    |
 | NFC_ENCODER_WORKERS         | 1                    | worker processes of the encoder service                      |
-| NFC_PREDICT_MAX_BATCH       | 32                   | most requests merged into one fusion run                     |
+| NFC_PREDICT_MAX_BATCH       | 32                   | most requests merged into one fusion run; 1: no batching     |
 | NFC_PREDICT_MAX_LATENCY_MS  | 30000                | batching deadline; BentoML answers 503 when it cannot be met |
-| NFC_ENCODER_MAX_BATCH       | 256                  | most texts merged into one encoder call                      |
+| NFC_ENCODER_MAX_BATCH       | 256                  | most texts merged into one encoder call; 1: no batching      |
 | NFC_ENCODER_MAX_LATENCY_MS  | 30000                | the encoder's batching deadline                              |
 | NFC_TIMEOUT_S               | 60                   | request timeout of both services                             |
 | NFC_RELOAD_INTERVAL_S       | (unset: never)       | poll NFC_MODEL this often; swap in the version it resolves to |

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import numpy as np
 import pandas as pd
@@ -32,7 +36,7 @@ from serving.errors import ServingError
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 from serving.schemas import EXAMPLE_INPUT, PredictRequest
-from serving.service import PortfolioService
+from serving.service import PortfolioService, PredictJob, batching, retry_once_on_disconnect
 
 pytestmark = pytest.mark.mongo
 
@@ -175,10 +179,67 @@ def test_predict_needs_the_api_key_and_reads_do_not(app):
 
 
 def test_the_internal_batch_route_refuses_outside_callers(app):
-    jobs = {"jobs": [{"request": app.payload(345, "outside"), "token": "guess"}]}
+    jobs = {"jobs": [{"job": "0" * 32, "token": "guess"}]}
     [outcome] = app.client.post("/predict_batch", json=jobs).json()
-    assert outcome["status"] == 403 and outcome["prediction"] is None
-    assert app.documents(request_id="outside") == []
+    assert outcome["status"] == 403 and outcome["prediction"] is None and "call /predict" in outcome["error"]
+
+
+def test_a_job_this_worker_does_not_hold_fails_clearly(model_package, monkeypatch):
+    monkeypatch.setenv("NFC_MODEL_PATH", str(model_package.package))
+    service = PortfolioService()
+    [outcome] = asyncio.run(service.predict_batch([PredictJob(job="gone", token=service._token)]))
+    assert outcome.status == 500 and outcome.prediction is None
+    assert "job 'gone' is not waiting in this worker" in (outcome.error or "")
+
+
+def test_batch_size_one_serves_unbatched_and_bentoml_batching_from_two():
+    assert batching(1, 500) == {}  # BentoML refuses max_batch_size=1 ("must be > 1")
+    assert batching(2, 500) == {"batchable": True, "max_batch_size": 2, "max_latency_ms": 500}
+    probe = ("from serving.service import PortfolioService as P, EncoderService as E; "
+             "print(P.apis['predict_batch'].batchable, E.apis['encode'].batchable)")
+    env = {**os.environ, "NFC_PREDICT_MAX_BATCH": "1", "NFC_ENCODER_MAX_BATCH": "1", "BENTOML_DO_NOT_TRACK": "true"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False"]
+
+
+async def _dropping_server(drops: int) -> tuple[asyncio.Server, list[int]]:
+    """A loopback HTTP server that closes the first `drops` connections without answering, then answers 200."""
+    seen: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        seen.append(len(seen))
+        if len(seen) > drops:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0), seen
+
+
+@pytest.mark.parametrize("drops", [1, 2])
+def test_a_dropped_encoder_connection_is_retried_once_then_503(drops):
+    async def scenario() -> tuple[str | ServingError, list[int]]:
+        server, seen = await _dropping_server(drops)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/encode"
+        async with server, aiohttp.ClientSession() as session:
+            async def call() -> str:
+                async with session.post(url, json=["text"]) as response:
+                    return await response.text()
+            try:
+                return await retry_once_on_disconnect(call, "the encoder service"), seen
+            except ServingError as err:
+                return err, seen
+
+    result, seen = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert len(seen) == 2
+    if drops == 1:
+        assert result == "ok"
+    else:
+        assert isinstance(result, ServingError) and result.status == 503
+        assert "the encoder service dropped the connection twice (ServerDisconnectedError)" in result.message
 
 
 def test_latest_and_history_page_newest_first(app):

@@ -13,7 +13,7 @@ import pytest
 from factories import STEP
 
 from export.manifest import PackageError, load_manifest
-from neuralfusion.data.bars import BarFileSource
+from neuralfusion.data.bars import BarFileSource, _aggregated, _one_bar_per_slot, validate_bars
 from neuralfusion.data.news import article_text, read_news
 from neuralfusion.dataset import load_data_dir
 from neuralfusion.embeddings import read_embeddings
@@ -132,3 +132,30 @@ def test_api_key_is_checked_in_constant_time_and_never_echoed():
             check_api_key("s3cret", headers)
         assert caught.value.status == 401 and "s3cret" not in caught.value.message
 
+
+
+def test_resampling_bars_already_on_the_grid_equals_the_aggregating_path():
+    """The scatter fast path of resample_bars (one input bar per grid bar and symbol, as in a served request) gives
+    the groupby path's numbers to the bit: gaps, a symbol that starts late, an off-grid close time, -0.0 volume."""
+    rng = np.random.default_rng(7)
+    start = pd.Timestamp("2026-01-05T00:00:00Z")
+    rows = []
+    for symbol, first in (("AAA", 0), ("BBB", 3)):
+        for i in range(first, 40):
+            if rng.random() < 0.15:
+                continue  # an empty grid bar: forward-filled, stale
+            close = 100 + rng.standard_normal()
+            stamp = start + i * STEP - (pd.Timedelta(seconds=20) if i == 17 else pd.Timedelta(0))
+            rows.append({"timestamp": stamp, "symbol": symbol, "open": close - 0.1, "high": close + 0.3,
+                         "low": close - 0.4, "close": close, "volume": -0.0 if i == 9 else float(rng.integers(100))})
+    frame = validate_bars(pd.DataFrame(rows), source="test")
+    slots = frame["timestamp"].dt.ceil(STEP)
+    fast_times, fast = _one_bar_per_slot(frame, slots, ("AAA", "BBB"), STEP)
+    times, slow = _aggregated(frame, slots, ("AAA", "BBB"), STEP)
+    assert fast_times is not None and fast_times.equals(times) and fast_times.dtype == times.dtype
+    for name, values in slow.items():
+        assert fast[name].tobytes() == values.tobytes(), name
+    assert np.isnan(slow["close"]).any() and np.signbit(slow["volume"]).sum() == 1
+    doubled = validate_bars(pd.concat([pd.DataFrame(rows[:1]).assign(timestamp=start - pd.Timedelta(seconds=30)),
+                                       pd.DataFrame(rows)]), source="test")
+    assert _one_bar_per_slot(doubled, doubled["timestamp"].dt.ceil(STEP), ("AAA", "BBB"), STEP) == (None, {})

@@ -60,38 +60,55 @@ def validate_bars(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         raise DataError(f"missing columns {missing}; bars need {list(BAR_COLUMNS)}", source=source)
     if frame.empty:
         raise DataError("no bars", source=source)
-    out = frame.loc[:, list(BAR_COLUMNS)].reset_index(drop=True)
-    out["timestamp"] = to_utc(out["timestamp"], column="timestamp", source=source)
-    if out["symbol"].isna().any():
-        raise DataError("empty symbol", source=source, row=int(out["symbol"].isna().to_numpy().argmax()))
-    out["symbol"] = out["symbol"].astype(str)
+    timestamp = to_utc(frame["timestamp"].reset_index(drop=True), column="timestamp", source=source)
+    symbol = frame["symbol"].reset_index(drop=True)
+    if symbol.isna().any():
+        raise DataError("empty symbol", source=source, row=int(symbol.isna().to_numpy().argmax()))
+    symbol = symbol.astype(str)
+    values: dict[str, np.ndarray] = {}
     for column in (*PRICE_COLUMNS, "volume"):
         try:
-            out[column] = pd.to_numeric(out[column]).astype(np.float64)
+            values[column] = pd.to_numeric(frame[column]).astype(np.float64).to_numpy()
         except (ValueError, TypeError):
             raise DataError(f"column {column!r} is not numeric", source=source) from None
-    _check_rows(out, (~np.isfinite(out[list(PRICE_COLUMNS)].to_numpy())).any(axis=1),
-                "missing or infinite price (NaN/inf); fix or drop the row, prices are never filled", source)
-    _check_rows(out, (out[list(PRICE_COLUMNS)].to_numpy() <= 0).any(axis=1), "price <= 0", source)
-    _check_rows(out, ~np.isfinite(out["volume"].to_numpy()) | (out["volume"].to_numpy() < 0),
-                "volume is missing, infinite or negative", source)
-    body_high = np.maximum(out["open"], out["close"])
-    body_low = np.minimum(out["open"], out["close"])
-    _check_rows(out, (out["high"] < body_high) | (out["low"] > body_low),
-                "high/low do not bound open and close", source)
-    dupes = out.duplicated(["timestamp", "symbol"], keep="first")
-    _check_rows(out, dupes.to_numpy(), "duplicate (timestamp, symbol); keep one bar per symbol and time", source)
-    return out.sort_values(["timestamp", "symbol"], kind="stable").reset_index(drop=True)
+    rows = _RowNamer(symbol, timestamp, source)
+    prices = np.column_stack([values[c] for c in PRICE_COLUMNS])
+    rows.check((~np.isfinite(prices)).any(axis=1),
+               "missing or infinite price (NaN/inf); fix or drop the row, prices are never filled")
+    rows.check((prices <= 0).any(axis=1), "price <= 0")
+    volume = values["volume"]
+    rows.check(~np.isfinite(volume) | (volume < 0), "volume is missing, infinite or negative")
+    body_high = np.maximum(values["open"], values["close"])
+    body_low = np.minimum(values["open"], values["close"])
+    rows.check((values["high"] < body_high) | (values["low"] > body_low), "high/low do not bound open and close")
+    # sorted by (timestamp, symbol); a stable sort keeps equal keys in input order, so of each run of equal keys
+    # all but the first row (in input order) are duplicates, as pandas' duplicated(keep="first") marks them
+    code = pd.factorize(symbol, sort=True)[0]
+    ticks = timestamp.array.asi8
+    order = np.lexsort((code, ticks))
+    repeat = (ticks[order[1:]] == ticks[order[:-1]]) & (code[order[1:]] == code[order[:-1]])
+    dupes = np.zeros(len(order), dtype=bool)
+    dupes[order[1:][repeat]] = True
+    rows.check(dupes, "duplicate (timestamp, symbol); keep one bar per symbol and time")
+    return pd.DataFrame({"timestamp": timestamp.array.take(order), "symbol": symbol.array.take(order),
+                         **{column: values[column][order] for column in (*PRICE_COLUMNS, "volume")}})
 
 
-def _check_rows(frame: pd.DataFrame, bad: np.ndarray, message: str, source: str) -> None:
-    """Raise for the first bad row, naming its symbol and time and how many rows share the problem."""
-    bad = np.asarray(bad, dtype=bool)
-    if bad.any():
-        row = int(bad.argmax())
-        more = f" ({int(bad.sum())} rows in all)" if bad.sum() > 1 else ""
-        raise DataError(f"{message}: symbol {frame['symbol'].iat[row]!r} at {frame['timestamp'].iat[row]}{more}",
-                        source=source, row=row)
+@dataclass(frozen=True)
+class _RowNamer:
+    """Names bad rows of a bar frame by symbol and time, in input order."""
+
+    symbol: pd.Series
+    timestamp: pd.Series
+    source: str
+
+    def check(self, bad: np.ndarray, message: str) -> None:
+        """Raise for the first bad row, naming its symbol and time and how many rows share the problem."""
+        if bad.any():
+            row = int(bad.argmax())
+            more = f" ({int(bad.sum())} rows in all)" if bad.sum() > 1 else ""
+            raise DataError(f"{message}: symbol {self.symbol.iat[row]!r} at {self.timestamp.iat[row]}{more}",
+                            source=self.source, row=row)
 
 
 class BarFileSource:
@@ -156,17 +173,11 @@ def resample_bars(frame: pd.DataFrame, universe: Universe, spec: BarSpec, label:
     if absent:
         raise DataError(f"universe symbols {absent} have no bars", source=source)
     close_time = frame["timestamp"] + (step if label == "open" else pd.Timedelta(0))
-    keyed = frame.assign(bar=close_time.dt.ceil(step))
-    agg = keyed.groupby(["bar", "symbol"], sort=True).agg(
-        open=("open", "first"), high=("high", "max"), low=("low", "min"),
-        close=("close", "last"), volume=("volume", "sum"))
-    first_seen = agg.reset_index().groupby("symbol")["bar"].min()
-    start = first_seen.max()
-    end = agg.index.get_level_values("bar").max()
-    times = pd.date_range(start, end, freq=step, tz="UTC")
+    slots = close_time.dt.ceil(step)
     symbols = universe.symbols
-    arrays = {name: agg[name].unstack("symbol").reindex(index=times, columns=list(symbols)).to_numpy(np.float64)
-              for name in ("open", "high", "low", "close", "volume")}
+    times, arrays = _one_bar_per_slot(frame, slots, symbols, step)
+    if times is None:  # several input bars share a grid bar: aggregate them
+        times, arrays = _aggregated(frame, slots, symbols, step)
     stale = np.isnan(arrays["close"])
     missing_fraction = stale.mean(axis=0)
     too_sparse = [(s, f) for s, f in zip(symbols, missing_fraction, strict=True) if f > spec.max_missing_fraction]
@@ -174,9 +185,60 @@ def resample_bars(frame: pd.DataFrame, universe: Universe, spec: BarSpec, label:
         detail = ", ".join(f"{s} ({f:.1%} of {len(times)} bars missing)" for s, f in too_sparse)
         raise DataError(f"assets over the missing-data limit of {spec.max_missing_fraction:.1%}: {detail}; "
                         "drop them from the universe or raise max_missing_fraction", source=source)
-    close = pd.DataFrame(arrays["close"]).ffill().to_numpy()
+    close = _forward_filled(arrays["close"])
     for name in ("open", "high", "low"):
         arrays[name] = np.where(stale, close, arrays[name])
     arrays["close"] = close
     arrays["volume"] = np.where(stale, 0.0, arrays["volume"])
     return BarPanel(times=times, symbols=symbols, stale=stale, **arrays)
+
+
+def _grid(first: pd.Timestamp, last: pd.Timestamp, step: pd.Timedelta) -> pd.DatetimeIndex:
+    return pd.date_range(first, last, freq=step, tz="UTC")
+
+
+def _aggregated(frame: pd.DataFrame, slots: pd.Series, symbols: tuple[str, ...],
+                step: pd.Timedelta) -> tuple[pd.DatetimeIndex, dict[str, np.ndarray]]:
+    """The grid from the first bar every symbol has traded to the last bar, and (T, N) OHLCV arrays (NaN where
+    no input bar falls) aggregated per grid bar: first open, highest high, lowest low, last close, summed volume."""
+    agg = frame.assign(bar=slots).groupby(["bar", "symbol"], sort=True).agg(
+        open=("open", "first"), high=("high", "max"), low=("low", "min"),
+        close=("close", "last"), volume=("volume", "sum"))
+    first_seen = agg.reset_index().groupby("symbol")["bar"].min()
+    times = _grid(first_seen.max(), agg.index.get_level_values("bar").max(), step)
+    return times, {name: agg[name].unstack("symbol").reindex(index=times, columns=list(symbols)).to_numpy(np.float64)
+                   for name in ("open", "high", "low", "close", "volume")}
+
+
+def _one_bar_per_slot(frame: pd.DataFrame, slots: pd.Series, symbols: tuple[str, ...],
+                      step: pd.Timedelta) -> tuple[pd.DatetimeIndex | None, dict[str, np.ndarray]]:
+    """`_aggregated` for the common case (bars already on the grid, e.g. a served request) without pandas'
+    groupby: when no two input bars share a (grid bar, symbol), each grid value is its one bar's value, so
+    the arrays are scattered directly (the same numbers, bit for bit: the aggregate of one value is that
+    value, -0.0 included). (None, {}) when some bars do share one."""
+    unit = slots.dt.unit
+    ticks = slots.array.asi8  # grid-bar close times in `unit` since the epoch
+    column = pd.Index(symbols).get_indexer(frame["symbol"])  # every symbol is in the universe (checked)
+    first_seen = np.full(len(symbols), np.iinfo(np.int64).max)
+    np.minimum.at(first_seen, column, ticks)
+    start, stop = int(first_seen.max()), int(ticks.max())
+    row = (ticks - start) // (step // pd.Timedelta(1, unit))  # exact: grid bars are whole steps apart
+    key = (row - row.min()) * len(symbols) + column
+    if len(np.unique(key)) != len(key):
+        return None, {}
+    times = _grid(pd.Timestamp(start, unit=unit, tz="UTC"), pd.Timestamp(stop, unit=unit, tz="UTC"), step)
+    keep = row >= 0  # bars before the first complete grid bar are dropped
+    arrays = {}
+    for name in ("open", "high", "low", "close", "volume"):
+        grid = np.full((len(times), len(symbols)), np.nan)
+        grid[row[keep], column[keep]] = frame[name].to_numpy(np.float64)[keep]
+        arrays[name] = grid
+    return times, arrays
+
+
+def _forward_filled(values: np.ndarray) -> np.ndarray:
+    """(T, N) with each NaN replaced by the last non-NaN value above it in its column (NaN while none is):
+    pandas' ffill, without building a frame."""
+    seen = np.where(np.isnan(values), 0, np.arange(len(values))[:, None])
+    np.maximum.accumulate(seen, axis=0, out=seen)
+    return values[seen, np.arange(values.shape[1])]
