@@ -26,10 +26,7 @@ other stream's attention only as far as that helps, instead of swapping half of 
 attention over a still-random market sequence. The news LSTM's forget gates start open (bias
 `LSTM_FORGET_BIAS`), so the state carries an item across the bars its drift lasts from the first step.
 The head has no LayerNorm: normalised jointly, the pooled vector's scale was set by the larger, noisier
-market features, and early logits were market noise. For the same reason the head's weights on the
-market half of the fused sequence start at zero: the fused model starts as a news model and takes in
-the market stream as training shows it helps (on the seed-1 synthetic market this raised the best
-validation Sharpe from 39.9 to 44.8; the news-only model reached 51.6). With the dense training book (`surrogate_mix`
+market features, and early logits were market noise. With the dense training book (`surrogate_mix`
 1.0, CgaConfig) these let the fused model learn the news signal in the demo's step budget.
 """
 
@@ -309,9 +306,6 @@ class CgaModel(nn.Module):
         self.market: CgaMarketEncoder | None = CgaMarketEncoder(config) if config.streams != "news" else None
         self.fusion = CgaFusion(config)
         self.head = CgaHead(self.fusion.out_dim, config.n_assets, config.dropout)
-        if config.streams == "both":  # market half of [news, market] in both pooled parts starts silent
-            with torch.no_grad():
-                self.head.out.weight.view(config.n_assets, 2, 2, config.d_model)[:, :, 1].zero_()
 
     def forward(
         self,
