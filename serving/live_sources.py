@@ -12,6 +12,7 @@ MongoDB only for items after the cache's newest one (minus a small overlap that 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -141,15 +142,24 @@ def grid_bars(frame: pd.DataFrame, universe: Universe, spec: BarSpec, source: st
     return long[~panel.stale.reshape(-1)].reset_index(drop=True)
 
 
-def check_staleness(bars: pd.DataFrame, symbols: tuple[str, ...], as_of: pd.Timestamp, limit: pd.Timedelta,
-                    source: str) -> None:
-    """Every asset's last real bar at or before `as_of` must be within `limit` of it; else a DataError
-    naming each stale asset and its age."""
-    known = bars[bars["timestamp"] <= as_of].groupby("symbol")["timestamp"].max()
-    stale = {s: (as_of - known[s]) if s in known.index else None for s in symbols}
-    stale = {s: age for s, age in stale.items() if age is None or age > limit}
-    if stale:
-        detail = ", ".join(f"{s} (no bars)" if age is None else f"{s} (last bar {age} before)"
-                           for s, age in stale.items())
-        raise DataError(f"stale data for the as-of bar {as_of.isoformat()}: {detail}; the limit is {limit} "
-                        "(--max-staleness): fix the feed, nothing was predicted", source=source)
+def check_staleness(bars: pd.DataFrame, symbols: tuple[str, ...], as_of_times: Sequence[pd.Timestamp],
+                    limit: pd.Timedelta, source: str) -> None:
+    """Every asset's last real bar at or before each as-of bar must be within `limit` of it; else a DataError
+    naming the first stale as-of bar, each stale asset and its age. Each asset's close times are sorted once,
+    so a back-fill of many as-of bars costs one search per bar and asset, not a pass over all bars."""
+    closes = {symbol: np.sort(pd.DatetimeIndex(times).as_unit("ns").asi8)  # Timestamp.value is in ns too
+              for symbol, times in bars.groupby("symbol")["timestamp"]}
+    empty = np.empty(0, dtype=np.int64)
+    for as_of in as_of_times:
+        stale: dict[str, pd.Timedelta | None] = {}
+        for symbol in symbols:
+            known = closes.get(symbol, empty)
+            index = int(np.searchsorted(known, as_of.value, side="right"))
+            age = pd.Timedelta(as_of.value - int(known[index - 1]), unit="ns") if index else None
+            if age is None or age > limit:
+                stale[symbol] = age
+        if stale:
+            detail = ", ".join(f"{s} (no bars)" if age is None else f"{s} (last bar {age} before)"
+                               for s, age in stale.items())
+            raise DataError(f"stale data for the as-of bar {as_of.isoformat()}: {detail}; the limit is {limit} "
+                            "(--max-staleness): fix the feed, nothing was predicted", source=source)

@@ -216,8 +216,7 @@ def run_job(job: Job) -> dict[str, Any]:
         if raw["timestamp"].max() < times[-1]:
             raise DataError(f"the as-of bar {times[-1].isoformat()} is not complete: the newest bar closes at "
                             f"{raw['timestamp'].max().isoformat()}", source=source)
-        for when in times:
-            check_staleness(raw, model.universe.symbols, when, job.limit, source)
+        check_staleness(raw, model.universe.symbols, times, job.limit, source)
         bars = grid_bars(raw, model.universe, model.bar_spec, source)
         news = news_reader.load(first, times[-1])
         payloads = [predict_payload(bars, news, when, model.bars_needed, step,
