@@ -39,10 +39,12 @@ __all__ = [
     "momentum_weights",
     "oracle_comparison",
     "package_weights",
+    "rebalance_and_costs",
     "run_backtest",
     "run_package_backtest",
     "run_weights",
     "split_rebalance_anchors",
+    "walk_with_baselines",
 ]
 
 log = logging.getLogger(__name__)
@@ -184,6 +186,38 @@ def same_data_as_training(run: Run, data: MarketData) -> bool:
     return run.meta.get("data") == seen
 
 
+def rebalance_and_costs(horizon: int, cost_bps: float, rebalance_every: int | None,
+                        cost_override: float | None) -> tuple[int, float]:
+    """Bars between rebalances (default: the horizon) and costs (default: the model's), checked."""
+    every = horizon if rebalance_every is None else rebalance_every
+    costs = cost_bps if cost_override is None else cost_override
+    if every < 1 or costs < 0:
+        raise ValueError(f"rebalance_every must be >= 1 and cost_bps >= 0, got {every} and {costs}")
+    return every, costs
+
+
+def walk_with_baselines(books: list[tuple[str, str, str, np.ndarray]], data: MarketData, anchors: np.ndarray,
+                        every: int, costs: float, lookback: int, top_k: int, settings: dict[str, Any]) -> Backtest:
+    """`books` (name, kind, label, anchor weights) and the equal-weight and momentum baselines, each walked
+    forward over the same anchors with the same costs; `settings` gains the fields every backtest records."""
+    books = [*books,
+             ("equal_weight", "baseline", "equal weight (long-only 1/N)",
+              equal_weights(len(anchors), data.universe.n_assets)),
+             ("momentum", "baseline", f"momentum (top-{top_k} on {lookback}-bar return)",
+              momentum_weights(data.panel.close, anchors, lookback, top_k))]
+    strategies = {name: Strategy(name=name, kind=kind, label=label, anchor_weights=weights,
+                                 result=walk_forward(anchors, weights, data.returns, every, costs))
+                  for name, kind, label, weights in books}
+    settings = {
+        **settings, "universe": list(data.universe.symbols), "interval": data.bar_spec.interval,
+        "calendar": data.bar_spec.calendar, "bars_per_year": data.bar_spec.bars_per_year,
+        "lookback": lookback, "rebalance_every": every, "top_k": top_k, "momentum_lookback": lookback,
+        "cost_bps": costs, "git_commit": git_commit(),
+    }
+    return Backtest(anchors=anchors, strategies=strategies, times=data.panel.times, symbols=data.universe.symbols,
+                    bars_per_year=data.bar_spec.bars_per_year, settings=settings, oracle=None)
+
+
 def run_backtest(model_run: Run, data_dir: Path, embeddings: Path, ablations: Sequence[Run] = (),
                  rebalance_every: int | None = None, cost_bps: float | None = None,
                  progress: bool = True) -> Backtest:
@@ -199,10 +233,8 @@ def run_backtest(model_run: Run, data_dir: Path, embeddings: Path, ablations: Se
     names = [run.meta.get("variant", "cga") for run in ablations]
     if len(set(names)) != len(names):
         raise ValueError(f"ablations need distinct variants, got {names}")
-    every = model_run.window.horizon if rebalance_every is None else rebalance_every
-    costs = model_run.portfolio.cost_bps if cost_bps is None else cost_bps
-    if every < 1 or costs < 0:
-        raise ValueError(f"rebalance_every must be >= 1 and cost_bps >= 0, got {every} and {costs}")
+    every, costs = rebalance_and_costs(model_run.window.horizon, model_run.portfolio.cost_bps, rebalance_every,
+                                       cost_bps)
     seen_in_training = same_data_as_training(model_run, data)
     if not seen_in_training:
         log.warning("%s was trained on other bars (%s); its test split here may overlap its training data",
@@ -222,30 +254,16 @@ def run_backtest(model_run: Run, data_dir: Path, embeddings: Path, ablations: Se
                             f"{prepared.splits.to_dict()}; train ablations with the model's lookback and horizon")
         books.append((name, "ablation", VARIANT_LABELS.get(name, name),
                       run_weights(run, ablation.grid, anchors, progress)))
-    lookback, top_k = model_run.window.lookback, model_run.portfolio.top_k
-    books.append(("equal_weight", "baseline", "equal weight (long-only 1/N)",
-                  equal_weights(len(anchors), data.universe.n_assets)))
-    books.append(("momentum", "baseline", f"momentum (top-{top_k} on {lookback}-bar return)",
-                  momentum_weights(data.panel.close, anchors, lookback, top_k)))
-
-    strategies = {name: Strategy(name=name, kind=kind, label=label, anchor_weights=weights,
-                                 result=walk_forward(anchors, weights, data.returns, every, costs))
-                  for name, kind, label, weights in books}
     settings = {
         "model_run": str(model_run.path), "variant": model_run.meta.get("variant", "cga"),
         "ablation_runs": {name: str(run.path) for name, run in zip(names, ablations, strict=True)},
         "data_dir": str(data_dir), "embeddings": str(embeddings),
         "encoder_fingerprint": prepared.encoder["fingerprint"], "same_data_as_training": seen_in_training,
-        "universe": list(data.universe.symbols), "interval": data.bar_spec.interval,
-        "calendar": data.bar_spec.calendar, "bars_per_year": data.bar_spec.bars_per_year,
-        "lookback": lookback, "horizon": model_run.window.horizon, "rebalance_every": every, "top_k": top_k,
-        "momentum_lookback": lookback, "cost_bps": costs,
-        "cost_source": "run" if cost_bps is None else "--cost-bps", "test_split": prepared.splits.to_dict()["test"],
-        "git_commit": git_commit(),
+        "horizon": model_run.window.horizon, "cost_source": "run" if cost_bps is None else "--cost-bps",
+        "test_split": prepared.splits.to_dict()["test"],
     }
-    backtest = Backtest(anchors=anchors, strategies=strategies, times=data.panel.times,
-                        symbols=data.universe.symbols, bars_per_year=data.bar_spec.bars_per_year,
-                        settings=settings, oracle=None)
+    backtest = walk_with_baselines(books, data, anchors, every, costs, model_run.window.lookback,
+                                   model_run.portfolio.top_k, settings)
     oracle_path = data_dir / "oracle.json"
     if not oracle_path.exists():
         return backtest
@@ -292,31 +310,16 @@ def run_package_backtest(package: Path, data_dir: Path, rebalance_every: int | N
     window = manifest.window
     splits = chronological_split(usable_anchors(data.n_bars, int(manifest.data["features"]["warmup_bars"]), window),
                                  window)
-    every = runtime.horizon if rebalance_every is None else rebalance_every
     portfolio = manifest.portfolio
-    costs = portfolio.cost_bps if cost_bps is None else cost_bps
-    if every < 1 or costs < 0:
-        raise ValueError(f"rebalance_every must be >= 1 and cost_bps >= 0, got {every} and {costs}")
+    every, costs = rebalance_and_costs(runtime.horizon, portfolio.cost_bps, rebalance_every, cost_bps)
     anchors = split_rebalance_anchors(splits.test, every, data.n_bars)
     _, model_weights = package_weights(runtime, data, anchors)
-    books = [("model", "model", f"package {runtime.version}", model_weights),
-             ("equal_weight", "baseline", "equal weight (long-only 1/N)",
-              equal_weights(len(anchors), data.universe.n_assets)),
-             ("momentum", "baseline", f"momentum (top-{portfolio.top_k} on {window.lookback}-bar return)",
-              momentum_weights(data.panel.close, anchors, window.lookback, portfolio.top_k))]
-    strategies = {name: Strategy(name=name, kind=kind, label=label, anchor_weights=weights,
-                                 result=walk_forward(anchors, weights, data.returns, every, costs))
-                  for name, kind, label, weights in books}
     settings = {
         "model_run": f"package {package}", "model_version": runtime.version, "variant": "package",
         "ablation_runs": {}, "data_dir": str(data_dir), "embeddings": "package encoder (ONNX)",
         "encoder_fingerprint": manifest.data["encoder"]["fingerprint"], "same_data_as_training": None,
-        "universe": list(data.universe.symbols), "interval": data.bar_spec.interval,
-        "calendar": data.bar_spec.calendar, "bars_per_year": data.bar_spec.bars_per_year,
-        "lookback": window.lookback, "horizon": window.horizon, "rebalance_every": every, "top_k": portfolio.top_k,
-        "momentum_lookback": window.lookback, "cost_bps": costs,
-        "cost_source": "package" if cost_bps is None else "--cost-bps", "test_split": splits.to_dict()["test"],
-        "git_commit": git_commit(),
+        "horizon": window.horizon, "cost_source": "package" if cost_bps is None else "--cost-bps",
+        "test_split": splits.to_dict()["test"],
     }
-    return Backtest(anchors=anchors, strategies=strategies, times=data.panel.times, symbols=data.universe.symbols,
-                    bars_per_year=data.bar_spec.bars_per_year, settings=settings, oracle=None)
+    return walk_with_baselines([("model", "model", f"package {runtime.version}", model_weights)], data, anchors,
+                               every, costs, window.lookback, portfolio.top_k, settings)
