@@ -56,6 +56,7 @@ from export.manifest import load_manifest
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
 from neuralfusion.embedded_mongo import EmbeddedMongo, free_port
+from neuralfusion.processes import stop_process
 from serving.client import predict_payload, request_to_proto, wait_until_ready
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 from serving.settings import ServeSettings
@@ -153,18 +154,7 @@ def bentoml_serve(package: Path, mongo_uri: str, database: str, max_batch: int, 
                                f"{log_path.read_text()[-3000:]}")
         yield url, f"127.0.0.1:{grpc_port}"
     finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (bentoml stops its workers), then SIGKILL to the process group if it hangs."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=STOP_TIMEOUT_S)
+        stop_process(process, STOP_TIMEOUT_S, group=True)
 
 
 def fusion_batch_sizes(url: str) -> dict[int, int]:

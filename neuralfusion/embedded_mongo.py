@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from neuralfusion.processes import stop_process
+
 __all__ = ["EmbeddedMongo", "free_port"]
 
 
@@ -65,13 +67,8 @@ class EmbeddedMongo:
         raise RuntimeError(f"nx-27017 did not listen on port {self.port} within {self.startup_timeout_s:.0f} s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process(self.process, 10)
         self.process = None
 
     def __enter__(self) -> EmbeddedMongo:

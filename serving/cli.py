@@ -25,6 +25,7 @@ from types import FrameType
 import click
 
 from neuralfusion.embedded_mongo import EmbeddedMongo
+from neuralfusion.processes import stop_process
 from serving.settings import DEFAULT_MODEL_TAG
 
 __all__ = ["serve"]
@@ -53,17 +54,6 @@ def _check_store_model(tag: str) -> None:
         home = os.environ.get("BENTOML_HOME", "~/bentoml")
         raise click.ClickException(f"the BentoML model store ({home}) has no {tag}: export a model with "
                                    "`nfc export`, or serve a package folder with --model-path") from None
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    """Ask the server to stop (it drains in-flight requests), then kill it if it does not."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -112,7 +102,7 @@ def serve(model: str | None, model_path: Path | None, host: str, port: int, grpc
                 env["NFC_MONGO_URI"] = mongo.uri
                 click.echo(f"embedded MongoDB at {mongo.uri} (data in {mongo_data}); set NFC_MONGO_URI to use another")
             process = subprocess.Popen(_serve_command(host, port), env=env)  # noqa: S603 - our own command line
-            stack.callback(_terminate, process)
+            stack.callback(stop_process, process, _STOP_TIMEOUT_S)
             click.echo(f"serving on http://{host}:{port}" + (f" and gRPC {host}:{grpc_port}" if grpc_port else ""))
             code = process.wait()
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from neuralfusion.embedded_mongo import free_port
+from neuralfusion.processes import stop_process
 
 CLICKHOUSE_USER = "nfc"
 CLICKHOUSE_PASSWORD = "live-test-pw"  # a throwaway for the test server; must never show up in logs
@@ -80,16 +81,6 @@ def _wait_for_port(process: subprocess.Popen[bytes], port: int, log: Path, timeo
     raise RuntimeError(f"server did not listen on port {port} within {timeout_s:.0f} s; see {log}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 @dataclass(frozen=True)
 class ClickHouseServer:
     port: int
@@ -116,7 +107,7 @@ def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clic
         _wait_for_port(process, tcp_port, log)
         yield ClickHouseServer(tcp_port, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD)
     finally:
-        _stop(process)
+        stop_process(process, 20)
 
 
 @pytest.fixture(scope="session")
@@ -134,4 +125,4 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_for_port(process, port, log)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        _stop(process)
+        stop_process(process, 20)
