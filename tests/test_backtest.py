@@ -33,7 +33,7 @@ from training.train import model_config_for, prepare, train_model, write_run
 
 WINDOW = WindowSpec()  # the oracle's windows
 PORTFOLIO = PortfolioSpec(top_k=2)
-TINY_MODEL = {"d_model": 16, "n_heads": 2, "asset_dim": 4}
+TINY_MODEL = {"d_model": 16, "n_heads": 2}
 TINY_TRAIN = TrainConfig(epochs=1, train_stride=64, val_offsets=1)
 
 

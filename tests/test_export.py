@@ -24,7 +24,7 @@ from neuralfusion.cli import main
 TINY_ENCODER = {"vocab_size": 400, "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
                 "intermediate_size": 64, "max_position_embeddings": 1024, "block_size": 16, "num_random_blocks": 2}
 TINY_RUN = ["--lookback", "16", "--horizon", "8", "--model-set", "d_model=16", "--model-set", "n_heads=2",
-            "--model-set", "asset_dim=4", "--set", "epochs=1", "--set", "batch_size=32", "--set", "train_stride=8",
+            "--set", "epochs=1", "--set", "batch_size=32", "--set", "train_stride=8",
             "--set", "threads=1"]
 FP32_ATOL = 1e-5  # the stated fp32 tolerance for logits and pooled vectors (export.parity.TOLERANCES)
 

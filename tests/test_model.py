@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from neuralfusion import portfolio
 from neuralfusion.features import FEATURE_NAMES
 from neuralfusion.model_config import CgaConfig, dominant_periods
-from training.loss import cga_loss
+from training.loss import cga_loss, sharpe_loss
 from training.model import (
     CgaInception,
     CgaModel,
@@ -34,8 +34,6 @@ def tiny_config(**overrides) -> CgaConfig:
         lookback=24,
         d_model=16,
         n_heads=2,
-        asset_dim=4,
-        news_route_dim=2,
         periods=(12, 5),
         conv_kernels=(1, 3),
         top_k=2,
@@ -94,7 +92,7 @@ def test_eval_loss_is_taken_on_the_exact_topk_weights():
 
 
 def test_training_loss_is_taken_on_the_surrogate_weights():
-    model = tiny_model(surrogate_mix=0.3).train()
+    model = tiny_model(surrogate_mix=0.3, lambda_streams=0.0).train()
     targets = targets_for(4)
     out = model(*cga_example_inputs(model.config, 4), targets=targets)
     c = model.config
@@ -342,11 +340,46 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
     assert torch.equal(logits_of(model, inputs), logits_of(loaded, inputs))
 
 
+def test_training_loss_adds_each_streams_own_sharpe_from_its_own_head():
+    model = tiny_model(surrogate_mix=0.3, lambda_streams=0.4).train()
+    targets = targets_for(4)
+    inputs = cga_example_inputs(model.config, 4)
+    out = model(*inputs, targets=targets)
+    c = model.config
+    fused, _ = cga_loss(
+        surrogate_weights(out.logits, c.top_k, 0.3),
+        targets,
+        lambda_div=c.lambda_div,
+        lambda_net=c.lambda_net,
+        lambda_turnover=c.lambda_turnover,
+        sharpe_eps=c.sharpe_eps,
+    )
+    streams = {"news": model.news(*inputs[:3]), "market": model.market(inputs[3])}
+    own = {
+        name: sharpe_loss(surrogate_weights(model.stream_heads[name](seq), c.top_k, 0.3), targets, c.sharpe_eps)
+        for name, seq in streams.items()
+    }
+    torch.testing.assert_close(out.loss, fused + 0.4 * (own["news"] + own["market"]))
+    torch.testing.assert_close(out.loss_terms["news_stream_sharpe"], own["news"])
+    # at inference, and for one-stream models, the stream heads play no part
+    assert "news_stream_sharpe" not in model.eval()(*inputs, targets=targets).loss_terms
+    assert tiny_model(streams="news").stream_heads is None
+
+
+def test_an_assets_logit_follows_the_asset_not_its_slot():
+    """Shared per-asset weights: permuting the universe permutes the logits, nothing else changes."""
+    model = tiny_model()
+    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 3)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    permuted = logits_of(model, (news_emb, news_mask, coverage[..., perm], market[:, :, perm]))
+    torch.testing.assert_close(permuted, logits_of(model, (news_emb, news_mask, coverage, market))[:, perm])
+
+
 def test_loading_refuses_a_state_with_a_wrong_shape():
     model = tiny_model()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    state["head.out.weight"] = torch.zeros(N_ASSETS + 1, state["head.out.weight"].shape[1])
-    with pytest.raises(ValueError, match=r"head.out.weight: \(6, 64\) vs model \(5, 64\)"):
+    state["head.out.weight"] = torch.zeros(2, state["head.out.weight"].shape[1])
+    with pytest.raises(ValueError, match=r"head.out.weight: \(2, 64\) vs model \(1, 64\)"):
         model.load_checked_state_dict(state)
 
 

@@ -17,7 +17,7 @@ from neuralfusion.embeddings import write_embeddings
 from neuralfusion.synth import SynthConfig, generate_market, write_market
 
 TINY = ["--lookback", "16", "--horizon", "8", "--model-set", "d_model=16", "--model-set", "n_heads=2",
-        "--model-set", "asset_dim=4", "--set", "epochs=2", "--set", "batch_size=32", "--set", "train_stride=8",
+        "--set", "epochs=2", "--set", "batch_size=32", "--set", "train_stride=8",
         "--set", "threads=1"]
 
 

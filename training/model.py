@@ -6,13 +6,15 @@ encoders), the fusion block, the head, then the top model `CgaModel` and its ONN
 Shapes: B batch, L lookback bars, N assets, F market features per asset, D news embedding width,
 H horizon bars, C channels (d_model), P TimesNet periods.
 
-How assets enter. Every asset's F features pass through one shared per-asset embedding, then the N
-asset embeddings are flattened into the channels of a single market sequence: an asset's identity
-is its channel slot, so the head's per-asset logit can read that asset's own market state without an
-asset embedding, at the cost of one sequence (not N) through the TimesNet convs. News coverage is
-per asset too: besides the coverage one-hot, each bar's news embedding is projected to a few
-channels and routed to the slots of the assets the news mentions (coverage ⊗ projection), so
-"good news about asset n" is linear in the input of the news LSTM instead of a product it must learn.
+How assets enter. Every asset is its own sequence through both streams, the fusion and the head, with
+weights shared by all assets (shapes (B·N, L, C) inside): the planted events, and real ones, are the
+same kind of event whichever asset they hit, so each is learned from N times the examples, and an
+asset's logit depends on its own news and bars (plus the universe mean of each market feature), not
+on its slot in the universe. Measured on the synthetic market (seed 0, test split): the earlier
+layout, all assets flattened into the channels of one sequence, scored 1.3-28.1 Sharpe over three
+training seeds, below its own news-only variant; one sequence per asset scored 36.8-38.7 against an
+oracle of 37.6. News coverage enters per asset: asset n's LSTM sees the bar's embedding, whether the
+bar's news names n, and the embedding again gated by that bit.
 
 Periods. TimesNet's periods are fixed model constants (`CgaConfig.periods`, fit once on the training
 set by `neuralfusion.model_config.dominant_periods`), never chosen from a batch: a sample's output
@@ -46,7 +48,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from neuralfusion.model_config import CgaConfig
-from training.loss import cga_loss
+from training.loss import cga_loss, sharpe_loss
 
 __all__ = [
     "CgaCrossGate",
@@ -73,6 +75,7 @@ LSTM_FORGET_BIAS = 3.0
 # initial bias of the CGA gates: sigmoid(-2) = 0.12, so each stream starts as (mostly) itself and the
 # cross-attention is let in as it proves useful, instead of half of each stream being swapped for noise
 GATE_BIAS = -2.0
+STREAM_NAMES = ("news", "market")  # the streams' own training heads, in the order forward() builds the streams
 
 
 def topk_weights(logits: Tensor, k: int) -> Tensor:
@@ -105,6 +108,12 @@ def surrogate_weights(logits: Tensor, k: int, mix: float) -> Tensor:
     right sign; both parts share each logit's sign, so the gross exposure is still 1.
     """
     return (1.0 - mix) * topk_weights(logits, k) + mix * topk_weights(logits, logits.shape[-1])
+
+
+def per_asset_sequences(x: Tensor) -> Tensor:
+    """(B, L, N, C) -> (B·N, L, C): every asset becomes its own sequence for the shared-weight streams."""
+    batch, length, n_assets, channels = x.shape
+    return x.permute(0, 2, 1, 3).reshape(batch * n_assets, length, channels)
 
 
 class CgaInception(nn.Module):
@@ -175,12 +184,14 @@ class CgaTimesBlock(nn.Module):
 
 
 class CgaMarketEncoder(nn.Module):
-    """Market stream: per-asset feature embedding, assets flattened into channels, TimesNet blocks -> M."""
+    """Market stream, one sequence per asset with shared weights: features + universe mean, TimesNet -> M."""
 
     def __init__(self, config: CgaConfig) -> None:
         super().__init__()
-        self.asset_embed = nn.Linear(config.n_features, config.asset_dim)  # shared by all assets
-        self.mix = nn.Linear(config.n_assets * config.asset_dim, config.d_model)
+        # each asset's features beside the universe mean of each feature (the common move it is measured against)
+        self.embed = nn.Sequential(
+            nn.Linear(2 * config.n_features, config.d_model), nn.GELU(), nn.Linear(config.d_model, config.d_model)
+        )
         # the TimesNet grids see order, but the cross-attention over time needs each bar's position
         self.position = nn.Parameter(torch.randn(config.lookback, config.d_model) * 0.02)
         self.blocks = nn.ModuleList(
@@ -190,23 +201,28 @@ class CgaMarketEncoder(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(config.d_model) for _ in range(config.times_layers))
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, market: Tensor) -> Tensor:  # (B, L, N, F) -> (B, L, C)
-        per_asset = F.gelu(self.asset_embed(market))  # (B, L, N, asset_dim)
-        h = self.dropout(self.mix(per_asset.flatten(2)) + self.position)  # (B, L, C)
+    def forward(self, market: Tensor) -> Tensor:  # (B, L, N, F) -> (B·N, L, C)
+        context = market.mean(dim=2, keepdim=True).expand_as(market)  # (B, L, N, F)
+        h = self.embed(torch.cat([market, context], dim=-1))  # (B, L, N, C)
+        h = self.dropout(per_asset_sequences(h) + self.position)  # (B·N, L, C)
         for block, norm in zip(self.blocks, self.norms, strict=True):
-            h = norm(block(h))  # (B, L, C)
+            h = norm(block(h))  # (B·N, L, C)
         return h
 
 
 class CgaNewsEncoder(nn.Module):
-    """News stream: [NO_NEWS] where a bar has no news, coverage one-hot and asset routing, one LSTM -> N."""
+    """News stream, one sequence per asset with shared weights: [NO_NEWS] or the bar's news, its coverage, LSTM -> N.
+
+    Seen from asset n, the coverage one-hot is n's own bit (does this bar's news name n?) and the count of
+    assets named; the bar's embedding enters twice, once as it is and once gated by n's bit, so "good news
+    about n" is linear in n's LSTM input instead of a product the LSTM must learn.
+    """
 
     def __init__(self, config: CgaConfig) -> None:
         super().__init__()
         self.no_news = nn.Parameter(torch.randn(config.embed_dim) * 0.02)  # the learned [NO_NEWS] embedding
-        self.route = nn.Linear(config.embed_dim, config.news_route_dim) if config.news_route_dim else None
-        in_dim = config.embed_dim + config.n_assets * (1 + config.news_route_dim)
-        self.proj = nn.Linear(in_dim, config.d_model)
+        self.shared = nn.Linear(config.embed_dim + 1, config.d_model)  # the bar's news and how many assets it names
+        self.covered = nn.Linear(config.embed_dim, config.d_model)  # the same news, where it names this asset
         self.lstm = nn.LSTM(
             config.d_model,
             config.d_model,
@@ -220,15 +236,12 @@ class CgaNewsEncoder(nn.Module):
                     bias[config.d_model : 2 * config.d_model].fill_(LSTM_FORGET_BIAS)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, news_emb: Tensor, news_mask: Tensor, coverage: Tensor) -> Tensor:  # -> (B, L, C)
+    def forward(self, news_emb: Tensor, news_mask: Tensor, coverage: Tensor) -> Tensor:  # -> (B·N, L, C)
         # where(), not a blend: whatever sits in news_emb at bars without news never reaches the output
         emb = torch.where(news_mask.unsqueeze(-1) > 0.5, news_emb, self.no_news)  # (B, L, D)
-        parts = [emb, coverage]
-        if self.route is not None:
-            routed = coverage.unsqueeze(-1) * self.route(emb).unsqueeze(-2)  # (B, L, N, route_dim)
-            parts.append(routed.flatten(2))  # (B, L, N·route_dim)
-        x = self.dropout(F.gelu(self.proj(torch.cat(parts, dim=-1))))  # (B, L, C)
-        out, _ = self.lstm(x)  # (B, L, C)
+        shared = self.shared(torch.cat([emb, coverage.sum(dim=-1, keepdim=True)], dim=-1))  # (B, L, C)
+        x = shared.unsqueeze(2) + coverage.unsqueeze(-1) * self.covered(emb).unsqueeze(2)  # (B, L, N, C)
+        out, _ = self.lstm(self.dropout(F.gelu(per_asset_sequences(x))))  # (B·N, L, C)
         return out
 
 
@@ -237,9 +250,9 @@ class CgaCrossGate(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
-        # dropout on the attention weights and on what is attended: at the same training loss the fused model
-        # generalised worse than plain concat without it (attention over time can fit particular bars)
-        self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        # dropout on what is attended, not on the attention weights: over B·N sequences of L bars, dropping
+        # attention weights made the two CGA directions ~80% of a training step on 2 CPU cores
+        self.attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
         self.gate = nn.Linear(2 * d_model, d_model)
         nn.init.constant_(self.gate.bias, GATE_BIAS)
         self.dropout = nn.Dropout(dropout)
@@ -270,20 +283,22 @@ class CgaFusion(nn.Module):
 
 
 class CgaHead(nn.Module):
-    """Pool over time (mean and last bar: the whole window and the as-of state), then linear -> N logits.
+    """Pool each asset's sequence over time (mean and last bar: the whole window and the as-of state) -> its logit.
 
-    No LayerNorm before the linear layer: normalising the pooled vector jointly rescales the news
+    One linear layer shared by all assets, so an asset's score depends on its own fused sequence, not on its
+    slot in the universe. No LayerNorm before it: normalising the pooled vector jointly rescales the news
     features by the spread of the (larger, noisier) market features, so early on the logits are market noise.
     """
 
     def __init__(self, in_dim: int, n_assets: int, dropout: float) -> None:
         super().__init__()
+        self.n_assets = n_assets
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(2 * in_dim, n_assets)
+        self.out = nn.Linear(2 * in_dim, 1)
 
-    def forward(self, fused: Tensor) -> Tensor:  # (B, L, C') -> (B, N)
-        pooled = torch.cat([fused.mean(dim=1), fused[:, -1]], dim=-1)  # (B, 2C')
-        return self.out(self.dropout(pooled))
+    def forward(self, fused: Tensor) -> Tensor:  # (B·N, L, C') -> (B, N)
+        pooled = torch.cat([fused.mean(dim=1), fused[:, -1]], dim=-1)  # (B·N, 2C')
+        return self.out(self.dropout(pooled)).reshape(-1, self.n_assets)
 
 
 @dataclass
@@ -306,6 +321,12 @@ class CgaModel(nn.Module):
         self.market: CgaMarketEncoder | None = CgaMarketEncoder(config) if config.streams != "news" else None
         self.fusion = CgaFusion(config)
         self.head = CgaHead(self.fusion.out_dim, config.n_assets, config.dropout)
+        # training-only heads on each stream alone (CgaConfig.lambda_streams); the inference graph never uses them
+        self.stream_heads = (
+            nn.ModuleDict({name: CgaHead(config.d_model, config.n_assets, config.dropout) for name in STREAM_NAMES})
+            if config.streams == "both" and config.lambda_streams > 0
+            else None
+        )
 
     def forward(
         self,
@@ -340,6 +361,12 @@ class CgaModel(nn.Module):
             lambda_turnover=self.config.lambda_turnover,
             sharpe_eps=self.config.sharpe_eps,
         )
+        if self.training and self.stream_heads is not None:
+            for name, seq in zip(STREAM_NAMES, (news_seq, market_seq), strict=True):
+                stream_weights = surrogate_weights(self.stream_heads[name](seq), self.config.top_k, mix)
+                terms[f"{name}_stream_sharpe"] = sharpe_loss(stream_weights, targets, self.config.sharpe_eps)
+                loss = loss + self.config.lambda_streams * terms[f"{name}_stream_sharpe"]
+                terms[f"{name}_stream_sharpe"] = terms[f"{name}_stream_sharpe"].detach()
         return CgaOutput(logits=logits, weights=weights, loss=loss, loss_terms=terms)
 
     def _check_inputs(self, news_emb: Tensor, news_mask: Tensor, coverage: Tensor, market: Tensor) -> None:
