@@ -221,10 +221,6 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
                 prev_anchors = np.maximum(anchors - window.horizon, first_anchor)
                 prev = torch.as_tensor(predict(raw_model, prepared.grid, prev_anchors)[1], dtype=torch.float32,
                                        device=device)
-            if train.permute_assets:
-                perm = torch.as_tensor(shuffle.permutation(config.n_assets), device=device)
-                inputs["coverage"], inputs["market"] = inputs["coverage"][..., perm], inputs["market"][:, :, perm]
-                targets, prev = targets[..., perm], (prev[:, perm] if prev is not None else None)
             out = model(**inputs, targets=targets, prev_weights=prev)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
