@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,19 @@ def test_universe_mismatch_between_model_and_data_is_refused(run_dir, tmp_path):
                        str(emb), "--out", str(tmp_path / "ft"))
     assert code == 1 and "have no bars" in output
     assert not (tmp_path / "ft").exists()
+
+
+def test_a_run_from_another_model_version_is_refused_by_name(market, run_dir, tmp_path):
+    data, emb = market
+    old = tmp_path / "old-run"
+    shutil.copytree(run_dir, old)
+    meta = json.loads((old / "run.json").read_text())
+    meta["model"]["asset_dim"] = 8  # a setting of the earlier channel layout
+    (old / "run.json").write_text(json.dumps(meta))
+    code, output = nfc("backtest", "--model", str(old), "--data", str(data), "--embeddings", str(emb), "--out",
+                       str(tmp_path / "report"))
+    assert code == 1 and "run.json does not fit this version of nfc" in output and "['asset_dim']" in output
+    assert not (tmp_path / "report").exists()
 
 
 def test_unknown_override_is_refused(market, tmp_path):

@@ -96,10 +96,15 @@ def load_run(path: Path | str) -> Run:
     if missing:
         raise FileNotFoundError(f"{path} is not a finished run folder (missing {missing}); run `nfc train` first")
     meta = json.loads((path / "run.json").read_text())
+    try:  # a run from another version of the model or trainer names settings this one does not have
+        model_config, train_config = CgaConfig.from_dict(meta["model"]), TrainConfig(**meta["train"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path / 'run.json'} does not fit this version of nfc ({error}); train it again with "
+                         "`nfc train`") from error
     return Run(
         path=path,
-        model_config=CgaConfig.from_dict(meta["model"]),
-        train_config=TrainConfig(**meta["train"]),
+        model_config=model_config,
+        train_config=train_config,
         window=WindowSpec(**meta["window"]),
         portfolio=PortfolioSpec(**meta["portfolio"]),
         universe=Universe.from_dict(meta["universe"]),
