@@ -74,21 +74,25 @@ def test_forward_computes_the_loss_only_with_targets():
     assert set(out.loss_terms) == {"sharpe", "diversification", "net_exposure", "turnover"}
 
 
+def configured_loss(config: CgaConfig, weights, targets, prev=None) -> torch.Tensor:
+    """cga_loss with the config's weights, the fused model's objective without the stream terms."""
+    loss, _ = cga_loss(
+        weights,
+        targets,
+        prev,
+        lambda_div=config.lambda_div,
+        lambda_net=config.lambda_net,
+        lambda_turnover=config.lambda_turnover,
+        sharpe_eps=config.sharpe_eps,
+    )
+    return loss
+
+
 def test_eval_loss_is_taken_on_the_exact_topk_weights():
     model = tiny_model()
     targets, prev = targets_for(4), torch.full((4, N_ASSETS), 0.2)
     out = model(*cga_example_inputs(model.config, 4), targets=targets, prev_weights=prev)
-    c = model.config
-    expected, _ = cga_loss(
-        out.weights,
-        targets,
-        prev,
-        lambda_div=c.lambda_div,
-        lambda_net=c.lambda_net,
-        lambda_turnover=c.lambda_turnover,
-        sharpe_eps=c.sharpe_eps,
-    )
-    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.loss, configured_loss(model.config, out.weights, targets, prev))
 
 
 def test_training_loss_is_taken_on_the_surrogate_weights():
@@ -96,15 +100,7 @@ def test_training_loss_is_taken_on_the_surrogate_weights():
     targets = targets_for(4)
     out = model(*cga_example_inputs(model.config, 4), targets=targets)
     c = model.config
-    expected, _ = cga_loss(
-        surrogate_weights(out.logits, c.top_k, 0.3),
-        targets,
-        lambda_div=c.lambda_div,
-        lambda_net=c.lambda_net,
-        lambda_turnover=c.lambda_turnover,
-        sharpe_eps=c.sharpe_eps,
-    )
-    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.loss, configured_loss(c, surrogate_weights(out.logits, c.top_k, 0.3), targets))
     torch.testing.assert_close(out.weights, topk_weights(out.logits, c.top_k))
 
 
@@ -346,14 +342,7 @@ def test_training_loss_adds_each_streams_own_sharpe_from_its_own_head():
     inputs = cga_example_inputs(model.config, 4)
     out = model(*inputs, targets=targets)
     c = model.config
-    fused, _ = cga_loss(
-        surrogate_weights(out.logits, c.top_k, 0.3),
-        targets,
-        lambda_div=c.lambda_div,
-        lambda_net=c.lambda_net,
-        lambda_turnover=c.lambda_turnover,
-        sharpe_eps=c.sharpe_eps,
-    )
+    fused = configured_loss(c, surrogate_weights(out.logits, c.top_k, 0.3), targets)
     streams = {"news": model.news(*inputs[:3]), "market": model.market(inputs[3])}
     own = {
         name: sharpe_loss(surrogate_weights(model.stream_heads[name](seq), c.top_k, 0.3), targets, c.sharpe_eps)
