@@ -65,7 +65,7 @@ def main() -> None:
     from neuralfusion.train_config import TrainConfig, apply_overrides
     from neuralfusion.windows import target_windows
     from training.model import CgaModel
-    from training.train import model_config_for, prepare, to_tensors, train_model
+    from training.train import flush_subnormals_on_cpu, model_config_for, prepare, to_tensors, train_model
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no CUDA device here (CPU build or no GPU); use --device cpu")
@@ -73,6 +73,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    flush_subnormals_on_cpu(device)  # as train_model does
     window, portfolio = WindowSpec(), PortfolioSpec()
     prepared = prepare(load_data_dir(args.data), args.embeddings, window)
     config = model_config_for(prepared, window, portfolio, train, "cga", {})

@@ -44,6 +44,7 @@ __all__ = [
     "VARIANTS",
     "Prepared",
     "TrainResult",
+    "flush_subnormals_on_cpu",
     "predict",
     "prepare",
     "train_model",
@@ -164,6 +165,13 @@ def model_config_for(prepared: Prepared, window: WindowSpec, portfolio: Portfoli
     return replace(config, **overrides)
 
 
+def flush_subnormals_on_cpu(device: torch.device) -> None:
+    """On CPU, compute subnormal floats as 0 (process-wide): they arise in the backward pass and made the
+    default model's training step 1.8x slower on 2 cores (600 vs 331 ms); values that small change nothing."""
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+
+
 def lr_multiplier(train: TrainConfig, total_steps: int) -> Callable[[int], float]:
     """The schedule as a function of the step (0-based) -> factor on `train.lr`, for `LambdaLR`."""
     warmup = int(train.warmup_fraction * total_steps)
@@ -189,6 +197,7 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
         torch.set_num_threads(train.threads)
     use_cuda = torch.cuda.is_available()
     device = torch.device("cuda", rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
+    flush_subnormals_on_cpu(device)
     raw_model = CgaModel(config).to(device)
     if init_state is not None:
         raw_model.load_checked_state_dict(init_state)
