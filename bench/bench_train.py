@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEMO / "data", help="data folder (bars.parquet, news.jsonl)")
     parser.add_argument("--embeddings", type=Path, default=DEMO / "embeddings.parquet", help="`nfc embed` output")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--steps", type=int, default=40, help="timed training steps")
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--epoch", action="store_true", help="also time one full epoch of train_model")
