@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from machine import machine, machine_line, markdown_table
 
-from neuralfusion.backtest import rebalance_anchors, walk_forward
+from neuralfusion.backtest import offset_rebalance_anchors, walk_forward
 from neuralfusion.dataset import load_data_dir
 from training.backtest import equal_weights, prepare_run, run_weights
 from training.runs import load_run
@@ -57,8 +57,7 @@ def main() -> None:
         data = load_data_dir(args.data, universe=run.universe)
         prepared = prepare_run(run, data, args.embeddings, "model")
         horizon, cost = run.window.horizon, args.cost_bps if args.cost_bps is not None else run.portfolio.cost_bps
-        starts = np.linspace(0, horizon, args.offsets, endpoint=False).astype(int)
-        anchors = [rebalance_anchors(prepared.splits.test[start:], horizon, data.n_bars) for start in starts]
+        anchors = offset_rebalance_anchors(prepared.splits.test, horizon, data.n_bars, args.offsets)
         per_year = data.bar_spec.bars_per_year
         model = sharpes(lambda a, r=run, p=prepared: run_weights(r, p.grid, a, progress=False), anchors,
                         data.returns, horizon, cost, per_year)

@@ -64,3 +64,13 @@ def rebalance_anchors(anchors: np.ndarray, every: int, n_bars: int) -> np.ndarra
     """Every `every`-th anchor whose holding period of `every` bars ends inside the data (may be empty)."""
     chosen = np.asarray(anchors)[::every]
     return chosen[chosen + every < n_bars]
+
+
+def offset_rebalance_anchors(anchors: np.ndarray, every: int, n_bars: int, starts: int) -> list[np.ndarray]:
+    """`rebalance_anchors` of walks starting at `starts` evenly spaced anchors inside the first period.
+
+    One walk's Sharpe moves with its start bar alone; averaging walks from several starts removes that luck.
+    """
+    anchors = np.asarray(anchors)
+    return [rebalance_anchors(anchors[start:], every, n_bars)
+            for start in np.linspace(0, every, starts, endpoint=False).astype(int)]

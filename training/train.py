@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from neuralfusion.backtest import rebalance_anchors, walk_forward
+from neuralfusion.backtest import offset_rebalance_anchors, walk_forward
 from neuralfusion.dataset import MarketData
 from neuralfusion.embeddings import read_embeddings
 from neuralfusion.errors import DataError
@@ -124,8 +124,7 @@ def validation_sharpe(model: CgaModel, prepared: Prepared, anchors: np.ndarray, 
     """Mean annualised walk-forward Sharpe after costs, rebalancing every H bars from `offsets` start bars."""
     horizon = window.horizon
     sharpes = []
-    for offset in np.linspace(0, horizon, offsets, endpoint=False).astype(int):
-        rebalance = rebalance_anchors(anchors[offset:], horizon, prepared.data.n_bars)
+    for rebalance in offset_rebalance_anchors(anchors, horizon, prepared.data.n_bars, offsets):
         if len(rebalance) < 2:
             continue
         _, weights = predict(model, prepared.grid, rebalance)
