@@ -44,10 +44,10 @@ import onnxruntime as ort
 import torch
 from machine import machine, machine_line, markdown_table
 
-from export.manifest import load_manifest
 from export.onnx_export import convert_fp16, export_encoder, export_fusion, open_session, optimize_for_cpu
 from export.package import graph_files
 from neuralfusion.data.news import article_text
+from neuralfusion.manifest import load_manifest
 from neuralfusion.model_config import CgaConfig
 from neuralfusion.synth import SynthConfig, generate_market
 from training.encoder import NfcEncoder

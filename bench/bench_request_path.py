@@ -32,7 +32,7 @@ from typing import Any
 from bench_serving import DEMO, build_workload
 from machine import machine, machine_line, markdown_table
 
-from neuralfusion.embedded_mongo import EmbeddedMongo
+from nfc.embedded_mongo import EmbeddedMongo
 from serving.runtime import PortfolioRuntime
 from serving.schemas import PredictionOut, PredictRequest
 from serving.store import PredictionStore

@@ -52,11 +52,11 @@ import pandas as pd
 from machine import load_average, machine, machine_line, markdown_table
 from pymongo import MongoClient
 
-from export.manifest import load_manifest
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
-from neuralfusion.embedded_mongo import EmbeddedMongo, free_port
-from neuralfusion.processes import stop_process
+from neuralfusion.manifest import load_manifest
+from nfc.embedded_mongo import EmbeddedMongo, free_port
+from nfc.processes import stop_process
 from serving.client import predict_payload, request_to_proto, wait_until_ready
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 from serving.settings import ServeSettings

@@ -1,7 +1,7 @@
 """Register a model package in the BentoML model store as `neuralfusion:<version>`.
 
 The package's files (manifest included) are copied into the model's folder unchanged, so serving
-verifies them with `export.manifest.load_manifest(bentoml.models.get(tag).path)` exactly as on disk;
+verifies them with `neuralfusion.manifest.load_manifest(bentoml.models.get(tag).path)` exactly as on disk;
 BentoML's own `model.yaml` beside them is not listed in the manifest and is ignored there.
 The store lives under $BENTOML_HOME (default ~/bentoml); set BENTOML_DO_NOT_TRACK=true for no telemetry.
 """
@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from export.manifest import MANIFEST_FILE, PackageError, PackageManifest, load_manifest
+from neuralfusion.manifest import MANIFEST_FILE, PackageError, PackageManifest, load_manifest
 
 __all__ = ["MODEL_NAME", "bento_labels", "bento_metadata", "import_package"]
 

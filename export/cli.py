@@ -18,10 +18,10 @@ from pathlib import Path
 
 import click
 
-from export.manifest import PackageError, load_manifest
 from export.onnx_export import ExportError
 from export.package import build_package
 from export.validate import validate_package
+from neuralfusion.manifest import PackageError, load_manifest
 
 __all__ = ["export_command", "validate_command"]
 

@@ -6,7 +6,7 @@ The encoder exported is the one whose embeddings the run was trained on: by defa
 named in the run's embeddings file, loaded with the attention type, pooling and max length recorded
 there, and its fingerprint must equal the run's (else `FingerprintMismatchError`). The package is
 written into `PKG.partial/` and renamed to `PKG/` only after every graph passed parity, so a failed
-export never leaves a folder that looks finished. Layout and manifest schema: export/manifest.py.
+export never leaves a folder that looks finished. Layout and manifest schema: neuralfusion/manifest.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import onnxruntime as ort
 import torch
 from tqdm.auto import tqdm
 
-from export.manifest import FORMAT, GRAPHS, MANIFEST_FILE, check_version, write_manifest
 from export.onnx_export import (
     OPSET,
     ExportError,
@@ -36,6 +35,7 @@ from export.onnx_export import (
 )
 from export.parity import TOLERANCES, ParityResult, encoder_cases, fusion_cases, package_parity
 from neuralfusion.embeddings import read_embeddings
+from neuralfusion.manifest import FORMAT, GRAPHS, MANIFEST_FILE, check_version, write_manifest
 from training.encoder import NfcEncoder
 from training.model import CgaModel
 from training.runs import Run, git_commit, load_run, staged_folder

@@ -1,7 +1,7 @@
 """Offline validation of a model package against the PyTorch run it came from (`nfc validate`).
 
 Checks, in order (a failed hash check stops there: a tampered package is refused, not evaluated):
-1. hashes: manifest digest and the sha256 of every listed file (export.manifest.load_manifest);
+1. hashes: manifest digest and the sha256 of every listed file (neuralfusion.manifest.load_manifest);
 2. the ONNX checker (with shape inference) on every graph, and each graph's inputs/outputs equal the
    manifest's, batch (and sequence) axes still symbolic;
 3. the references: the run's checkpoint and model config, the encoder with the manifest's fingerprint;
@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from export.manifest import GRAPHS, PackageError, PackageManifest, load_manifest
 from export.onnx_export import check_graph, graph_signature
 from export.package import EncoderSettings, graph_files, load_run_encoder
 from export.parity import EncoderBatch, FusionBatch, ParityResult, encoder_cases, fusion_cases, package_parity
 from neuralfusion.data.news import article_text
 from neuralfusion.dataset import MarketData, load_data_dir
 from neuralfusion.inputs import INPUT_NAMES
+from neuralfusion.manifest import GRAPHS, PackageError, PackageManifest, load_manifest
 from training.encoder import NfcEncoder
 from training.model import CgaModel
 from training.runs import Run, load_run

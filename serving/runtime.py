@@ -1,6 +1,6 @@
 """ONNX Runtime inference for a model package, without torch: texts -> article vectors, bars + news -> weights.
 
-The package (export/manifest.py) is the contract with training: its hashes are verified before any graph
+The package (neuralfusion/manifest.py) is the contract with training: its hashes are verified before any graph
 is opened, features and windows come from the same `neuralfusion` functions training used
 (`market_data`, `grid_inputs`), and the tokenizer is the package's own `tokenizer.json` read with the
 `tokenizers` library, truncating exactly as the training tokenizer did (ids incl. [CLS]/[SEP] cut to
@@ -35,12 +35,12 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from export.manifest import PackageError, PackageManifest, load_manifest
 from neuralfusion.data.news import article_text
 from neuralfusion.dataset import MarketData, market_data
 from neuralfusion.errors import DataError
 from neuralfusion.features import FEATURE_NAMES
 from neuralfusion.inputs import INPUT_NAMES, grid_inputs
+from neuralfusion.manifest import PackageError, PackageManifest, load_manifest
 from serving.schemas import PredictRequest, RequestError, check_request_against_model
 from serving.store import PredictionRecord
 

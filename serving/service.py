@@ -50,7 +50,7 @@ from bentoml.exceptions import BentoMLException, ServiceUnavailable
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
-from export.manifest import load_manifest
+from neuralfusion.manifest import load_manifest
 from serving.errors import ServingError, check_api_key
 from serving.schemas import HistoryOut, HistoryQuery, PredictionOut, PredictRequest, RequestError
 from serving.settings import ServeSettings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 # Before any test imports torch or huggingface_hub: both read these once at import time.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see neuralfusion/cli.py: spinning OpenMP threads stall
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see nfc/cli.py: spinning OpenMP threads stall
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach a model hub
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from neuralfusion.embedded_mongo import EmbeddedMongo
+from nfc.embedded_mongo import EmbeddedMongo
 
 pytest_plugins = [
     "live_servers",  # clickhouse_server, redis_url: the live pipeline's servers
@@ -21,7 +21,7 @@ pytest_plugins = [
 ]
 
 if TYPE_CHECKING:
-    from test_export import TinyArtifacts
+    from builders import TinyArtifacts
 
 
 @pytest.fixture(autouse=True)
@@ -42,10 +42,10 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def model_package(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
-    """The tiny real model package (synthetic data, tiny BigBird, 1-epoch run, ONNX export) that
-    tests/test_export.py builds; built once per session and shared by the export and serving tests.
-    Fields: .package (the folder), .data (its data folder), .embeddings (the run's PyTorch embeddings)."""
-    from test_export import tiny_artifacts
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
+    """The tiny real model package (synthetic data, tiny BigBird, 1-epoch run, ONNX export), built once per
+    session and shared by the export and serving tests. Fields: .package (the folder), .data (its data
+    folder), .encoder, .embeddings (the run's PyTorch embeddings), .run."""
+    from builders import tiny_artifacts
 
     return tiny_artifacts(tmp_path_factory)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from neuralfusion.embedded_mongo import free_port
-from neuralfusion.processes import stop_process
+from nfc.embedded_mongo import free_port
+from nfc.processes import stop_process
 
 CLICKHOUSE_USER = "nfc"
 CLICKHOUSE_PASSWORD = "live-test-pw"  # a throwaway for the test server; must never show up in logs

@@ -27,12 +27,12 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from factories import STEP
+from builders import STEP
 from pymongo import MongoClient
 
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
-from neuralfusion.embedded_mongo import EmbeddedMongo, free_port
+from nfc.embedded_mongo import EmbeddedMongo, free_port
 from serving.client import predict_payload, wait_until_ready
 
 API_KEY = "live-key-51c9"
@@ -185,7 +185,7 @@ def start_nfc_serve(root: Path, model_args: list[str], env: dict[str, str], http
     log = root / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "neuralfusion.cli", "serve", *model_args, "--host", "127.0.0.1", "--port",
+            [sys.executable, "-m", "nfc.cli", "serve", *model_args, "--host", "127.0.0.1", "--port",
              str(http_port), "--grpc-port", str(grpc_port), *extra_args], env=env, cwd=root, stdout=out,
             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{http_port}"
@@ -228,11 +228,11 @@ def reliability_market(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reliable(model_package, reliability_market, tmp_path_factory) -> Iterator[Reliable]:
+def reliable(tiny, reliability_market, tmp_path_factory) -> Iterator[Reliable]:
     root = tmp_path_factory.mktemp("reliable")
     http_port, grpc_port, mongo_port = distinct_free_ports(3)
     mongo = EmbeddedMongo(root / "mongo", port=mongo_port).start()
-    tag = import_into_store(model_package.package, root / "bentoml")
+    tag = import_into_store(tiny.package, root / "bentoml")
     env = serve_env(root, NFC_API_KEY=API_KEY, NFC_MONGO_URI=mongo.uri, NFC_RELOAD_INTERVAL_S="1",
                     NFC_MONGO_TIMEOUT_MS="1000")
     bars = BarFileSource(reliability_market / "bars.parquet").read()
@@ -249,13 +249,13 @@ def reliable(model_package, reliability_market, tmp_path_factory) -> Iterator[Re
 
 
 @pytest.fixture(scope="session")
-def second_package(model_package, tmp_path_factory) -> Path:
+def second_package(tiny, tmp_path_factory) -> Path:
     """Another version of the tiny model: the same encoder and embeddings, fusion weights trained from
     another seed, exported as SECOND_VERSION."""
-    from test_export import TINY_RUN, nfc
+    from builders import TINY_RUN, nfc
 
     root = tmp_path_factory.mktemp("second")
-    steps = [("train", "--data", str(model_package.data), "--embeddings", str(model_package.embeddings),
+    steps = [("train", "--data", str(tiny.data), "--embeddings", str(tiny.embeddings),
               "--out", str(root / "run"), *TINY_RUN, "--set", "seed=1"),
              ("export", "--model", str(root / "run"), "--out", str(root / "pkg"), "--version", SECOND_VERSION,
               "--no-bentoml")]

@@ -78,7 +78,7 @@ def train(data_dir: Path, embeddings: Path, out: Path, config_path: Path | None,
 
     \b
     nfc train --data runs/demo/data --embeddings runs/demo/embeddings.parquet --out runs/demo/model
-    torchrun --standalone --nproc_per_node=2 -m neuralfusion.cli train --data ... --out ...
+    torchrun --standalone --nproc_per_node=2 -m nfc.cli train --data ... --out ...
     """
     train_config = apply_overrides(TrainConfig(), sets, config_path)
     window, portfolio = WindowSpec(lookback=lookback, horizon=horizon), PortfolioSpec()

@@ -2,7 +2,7 @@
 
     nfc train --data runs/demo/data --embeddings runs/demo/embeddings.parquet --out runs/demo/model
     nfc train ... --set epochs=20 --set lr=1e-3 --model-set d_model=96 --variant concat
-    torchrun --standalone --nproc_per_node=4 -m neuralfusion.cli train --data DIR --embeddings FILE --out RUN
+    torchrun --standalone --nproc_per_node=4 -m nfc.cli train --data DIR --embeddings FILE --out RUN
 
 Seeds everything, AdamW with gradient clipping, early stopping on the validation walk-forward Sharpe
 (after costs, exact top-k weights), the best weights saved as safetensors with every config beside them.

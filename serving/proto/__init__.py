@@ -2,7 +2,8 @@
 
 protoc runs from the repository root, so the stubs import each other as `serving.proto.*` and
 `from serving.proto import neuralfusion_pb2_grpc` works without touching `sys.path`. After editing
-the .proto, run `make proto` and commit the three generated files; tests/test_proto.py fails on stale stubs.
+the .proto, run `make proto` and commit the three generated files; tests/test_serving/test_proto.py fails on
+stale stubs.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`nfc export`: a tiny real run and encoder to an ONNX package; manifest, parity, hashes, BentoML store.
 
-The package is built once per test session (`tiny_artifacts`, shared with test_validate.py) through
+The package is built once per test session (`builders.tiny_artifacts`, the `tiny` fixture) through
 the CLI, with external data so the `.onnx.data` path and its hashes are exercised too.
 """
 
@@ -11,79 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
-from neuralfusion.cli import main
-
-# the tiny BigBird: full attention up to 1024 tokens, so parity is tested above BigBird's 704-token switch
-TINY_ENCODER = {"vocab_size": 400, "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
-                "intermediate_size": 64, "max_position_embeddings": 1024, "block_size": 16, "num_random_blocks": 2}
-TINY_RUN = ["--lookback", "16", "--horizon", "8", "--model-set", "d_model=16", "--model-set", "n_heads=2",
-            "--set", "epochs=1", "--set", "batch_size=32", "--set", "train_stride=8",
-            "--set", "threads=1"]
-FP32_ATOL = 1e-5  # the stated fp32 tolerance for logits and pooled vectors (export.parity.TOLERANCES)
-
-
-@dataclass(frozen=True)
-class TinyArtifacts:
-    data: Path
-    encoder: Path
-    embeddings: Path
-    run: Path
-    package: Path
-
-
-def nfc(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["--log-level", "WARNING", *args])
-    return result.exit_code, result.output
-
-
-def tiny_encoder(texts: list[str], out: Path, seed: int = 0) -> Path:
-    from training.encoder_setup import EncoderSetupConfig, init_encoder
-
-    return init_encoder(texts, out, EncoderSetupConfig(**TINY_ENCODER, seed=seed))
-
-
-def news_texts(data: Path) -> list[str]:
-    from neuralfusion.data.news import article_text, read_news
-
-    news = read_news(data / "news.jsonl")
-    return [article_text(t, b) for t, b in zip(news["title"], news["body"], strict=True)]
-
-
-def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
-    """Synthetic data, tiny encoder, its embeddings, a 1-epoch run and its package; built once per session
-    (cached under the session's base temp folder, which both test modules share)."""
-    from neuralfusion.synth import SynthConfig, generate_market, write_market
-
-    root = tmp_path_factory.getbasetemp() / "export-tiny"
-    artifacts = TinyArtifacts(root / "data", root / "encoder", root / "emb.parquet", root / "run", root / "pkg")
-    if artifacts.package.is_dir():
-        return artifacts
-    shutil.rmtree(root, ignore_errors=True)
-    # 6 assets and the default top_k=4: the book is a real choice, so top-k parity is not trivial
-    write_market(generate_market(SynthConfig(n_assets=6, days=3, seed=5)), artifacts.data)
-    tiny_encoder(news_texts(artifacts.data), artifacts.encoder)
-    steps = [("embed", "--news", str(artifacts.data / "news.jsonl"), "--out", str(artifacts.embeddings),
-              "--encoder", str(artifacts.encoder), "--max-length", "1024"),
-             ("train", "--data", str(artifacts.data), "--embeddings", str(artifacts.embeddings), "--out",
-              str(artifacts.run), *TINY_RUN),
-             ("export", "--model", str(artifacts.run), "--out", str(artifacts.package), "--version", "0.1.0-test",
-              "--external-data", "--no-bentoml")]
-    for args in steps:
-        code, output = nfc(*args)
-        assert code == 0, output
-    return artifacts
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
-    return tiny_artifacts(tmp_path_factory)
+from builders import FP32_ATOL, TinyArtifacts, news_texts, nfc, tiny_encoder
 
 
 @pytest.fixture
@@ -107,7 +39,7 @@ def test_package_has_every_file_and_no_partial_folder(tiny):
 
 
 def test_manifest_has_every_required_field(tiny):
-    from export.manifest import REQUIRED_FIELDS, load_manifest
+    from neuralfusion.manifest import REQUIRED_FIELDS, load_manifest
     from training.runs import load_run
 
     manifest = load_manifest(tiny.package)
@@ -131,7 +63,7 @@ def test_manifest_has_every_required_field(tiny):
 
 
 def test_manifest_declares_named_symbolic_dims(tiny):
-    from export.manifest import load_manifest
+    from neuralfusion.manifest import load_manifest
 
     graphs = load_manifest(tiny.package).data["graphs"]
     encoder_inputs = {i["name"]: (i["dtype"], i["shape"]) for i in graphs["encoder"]["inputs"]}
@@ -146,8 +78,8 @@ def test_manifest_declares_named_symbolic_dims(tiny):
 
 @pytest.mark.parametrize("variant", ["fp32", "cpu", "fp16"])
 def test_input_dims_stay_symbolic_in_every_graph(tiny, variant):
-    from export.manifest import load_manifest
     from export.parity import variant_session
+    from neuralfusion.manifest import load_manifest
 
     manifest = load_manifest(tiny.package)
     for graph in ("encoder", "fusion"):
@@ -159,7 +91,7 @@ def test_input_dims_stay_symbolic_in_every_graph(tiny, variant):
 
 
 def test_export_recorded_parity_within_tolerance_above_704_tokens(tiny):
-    from export.manifest import load_manifest
+    from neuralfusion.manifest import load_manifest
 
     parity = load_manifest(tiny.package).data["parity"]
     assert parity and all(row["passed"] for row in parity)
@@ -175,8 +107,8 @@ def test_fusion_graph_matches_pytorch(tiny, batch_size):
     """An independent comparison: ONNX Runtime vs CgaModel on fresh random windows, allclose at 1e-5."""
     import torch
 
-    from export.manifest import load_manifest
     from export.onnx_export import open_session
+    from neuralfusion.manifest import load_manifest
     from training.model import CgaModel, CgaOnnxWrapper, cga_example_inputs
 
     model = CgaModel.from_checkpoint(tiny.run / "model.safetensors")
@@ -217,8 +149,8 @@ def test_encoder_graph_matches_pytorch(tiny, batch_size, length):
     """ONNX Runtime pooled vectors vs NfcEncoder on random ids with a padded row, allclose at 1e-5."""
     import torch
 
-    from export.manifest import load_manifest
     from export.onnx_export import open_session
+    from neuralfusion.manifest import load_manifest
     from training.encoder import NfcEncoder
 
     encoder = NfcEncoder.load(tiny.encoder, max_length=1024)
@@ -239,7 +171,7 @@ def test_encoder_graph_matches_pytorch(tiny, batch_size, length):
     ("tokenizer/tokenizer.json", "delete"),
 ])
 def test_tampered_or_missing_file_is_refused_at_load(package_copy, name, damage):
-    from export.manifest import PackageError, load_manifest
+    from neuralfusion.manifest import PackageError, load_manifest
 
     path = package_copy / name
     if damage == "delete":
@@ -253,7 +185,7 @@ def test_tampered_or_missing_file_is_refused_at_load(package_copy, name, damage)
 
 
 def test_tampered_manifest_is_refused_at_load(package_copy):
-    from export.manifest import PackageError, load_manifest
+    from neuralfusion.manifest import PackageError, load_manifest
 
     manifest = json.loads((package_copy / "manifest.json").read_text())
     manifest["portfolio"]["cost_bps"] = 0.0
@@ -265,7 +197,7 @@ def test_tampered_manifest_is_refused_at_load(package_copy):
 
 def test_manifest_reader_needs_no_torch(tiny):
     """Serving reads and verifies packages without torch, onnx or the training code."""
-    code = ("import sys; from export.manifest import load_manifest\n"
+    code = ("import sys; from neuralfusion.manifest import load_manifest\n"
             f"m = load_manifest({str(tiny.package)!r})\n"
             "print(m.universe.symbols, m.window.lookback, m.graph_path('fusion', 'cpu').name)\n"
             "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('torch', 'training', 'onnx', 'transformers'))\n"
@@ -294,7 +226,7 @@ def test_block_sparse_encoder_is_refused(tiny):
 
 
 def test_version_must_be_a_model_store_tag():
-    from export.manifest import PackageError, check_version
+    from neuralfusion.manifest import PackageError, check_version
 
     assert check_version("20261127-044612-3fa2b1c0") == "20261127-044612-3fa2b1c0"
     with pytest.raises(PackageError, match="must be 1-63 characters"):
@@ -305,7 +237,7 @@ def test_bentoml_store_entry_has_metadata(tiny, tmp_path):
     """Imported in a subprocess with its own BENTOML_HOME, so ~/bentoml is never touched."""
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
     code = ("import json, sys, bentoml\nfrom pathlib import Path\n"
-            "from export.bento import import_package\nfrom export.manifest import load_manifest\n"
+            "from export.bento import import_package\nfrom neuralfusion.manifest import load_manifest\n"
             "tag = import_package(Path(sys.argv[1]))\n"
             "again = import_package(Path(sys.argv[1]))\n"
             "model = bentoml.models.get(tag)\n"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import click
 
-from neuralfusion.embedded_mongo import EmbeddedMongo, free_port
+from nfc.embedded_mongo import EmbeddedMongo, free_port
 
 __all__ = ["demo"]
 
@@ -36,7 +36,7 @@ ABLATIONS = ("concat", "market", "news")
 
 def run_nfc(args: list[str]) -> None:
     """Run one `nfc` command in this process, exactly as typed on the command line."""
-    from neuralfusion.cli import main
+    from nfc.cli import main
 
     log.info("$ nfc %s", " ".join(args))
     started = time.perf_counter()
@@ -99,7 +99,7 @@ def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.
     url = f"http://127.0.0.1:{http_port}"
     with EmbeddedMongo(out_dir / "mongo") as mongo:
         env = {**os.environ, "NFC_MONGO_URI": mongo.uri, "BENTOML_DO_NOT_TRACK": "true"}
-        command = [sys.executable, "-m", "neuralfusion.cli", "serve", "--model-path", str(out_dir / "package"),
+        command = [sys.executable, "-m", "nfc.cli", "serve", "--model-path", str(out_dir / "package"),
                    "--host", "127.0.0.1", "--port", str(http_port), "--grpc-port", str(grpc_port)]
         log.info("$ nfc %s", " ".join(command[3:]))
         server = subprocess.Popen(command, env=env)  # noqa: S603 - our own command line

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from neuralfusion.cli import main
 from neuralfusion.embeddings import write_embeddings
 from neuralfusion.synth import SynthConfig, generate_market, write_market
+from nfc.cli import main
 
 TINY = ["--lookback", "16", "--horizon", "8", "--model-set", "d_model=16", "--model-set", "n_heads=2",
         "--set", "epochs=2", "--set", "batch_size=32", "--set", "train_stride=8",
@@ -150,7 +150,7 @@ def test_torchrun_ddp_with_gloo_on_two_processes(market, tmp_path):
     data, emb = market
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "neuralfusion.cli",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nfc.cli",
          "--log-level", "WARNING", "train", "--data", str(data), "--embeddings", str(emb),
          "--out", str(tmp_path / "ddp"), *TINY],
         capture_output=True, text=True, env=env, timeout=280)

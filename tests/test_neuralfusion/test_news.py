@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pymongo
 import pytest
-from factories import make_news
+from builders import make_news
 
 from neuralfusion.data.news import MongoNewsSource, NewsFieldMap, article_text, read_news, validate_news
 from neuralfusion.errors import DataError

@@ -34,14 +34,14 @@ ATOL = 1e-5  # the package's fp32 tolerance: batching may change float rounding,
 
 def expected_answers(package: Path, bodies: list[dict]) -> dict[str, np.ndarray]:
     """Weights and logits (N, assets) that `package` computes for the bodies in this process (one batch: a
-    sample's answer does not depend on its batch-mates, tests/test_serving_app.py)."""
+    sample's answer does not depend on its batch-mates, tests/test_serving/test_serving_app.py)."""
     runtime = PortfolioRuntime.load(package, device="cpu")
     records = runtime.predict_requests([PredictRequest.model_validate(body) for body in bodies])
     return {field: np.array([[getattr(r, field)[s] for s in r.symbols] for r in records])
             for field in ("weights", "logits")}
 
 
-def test_a_model_swap_under_traffic_never_mixes_versions(reliable, model_package, second_package):
+def test_a_model_swap_under_traffic_never_mixes_versions(reliable, tiny, second_package):
     info = httpx.post(f"{reliable.url}/model_info", timeout=30).json()
     if info["version"] != FIRST_VERSION:
         pytest.fail(f"the shared server already serves {info['version']}; this test must see the swap happen")
@@ -69,7 +69,7 @@ def test_a_model_swap_under_traffic_never_mixes_versions(reliable, model_package
 
     versions = [a.body["model_version"] for a in answers]
     assert set(versions) == {FIRST_VERSION, SECOND_VERSION}, f"swap requested after {swapped_at}: {set(versions)}"
-    expected = {FIRST_VERSION: expected_answers(model_package.package, bodies),
+    expected = {FIRST_VERSION: expected_answers(tiny.package, bodies),
                 SECOND_VERSION: expected_answers(second_package, bodies)}
     differ = np.abs(expected[FIRST_VERSION]["logits"] - expected[SECOND_VERSION]["logits"]).max(axis=1) > 100 * ATOL
     assert differ.mean() > 0.9, "the two versions answer alike, so a mix could not be seen"
@@ -93,20 +93,20 @@ def test_a_model_swap_under_traffic_never_mixes_versions(reliable, model_package
     assert info["version"] == SECOND_VERSION and info["refused_model"] is None
 
 
-def test_a_tampered_package_is_refused_as_a_swap_and_the_current_model_keeps_serving(model_package, second_package,
+def test_a_tampered_package_is_refused_as_a_swap_and_the_current_model_keeps_serving(tiny, second_package,
                                                                                     tmp_path, monkeypatch):
     tampered = Path(shutil.copytree(second_package, tmp_path / "tampered"))
     raw = bytearray((tampered / "fusion.onnx").read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     (tampered / "fusion.onnx").write_bytes(bytes(raw))
-    monkeypatch.setenv("NFC_MODEL_PATH", str(model_package.package))
+    monkeypatch.setenv("NFC_MODEL_PATH", str(tiny.package))
     service = PortfolioService()
     assert service.runtime is not None and service.runtime.version == FIRST_VERSION
 
     async def swaps() -> tuple[bool, bool, bool]:
         refused = await service.swap_to(f"neuralfusion:{SECOND_VERSION}", tampered)
         again = await service.swap_to(f"neuralfusion:{SECOND_VERSION}", tampered)  # not retried every poll
-        same = await service.swap_to(f"neuralfusion:{FIRST_VERSION}", model_package.package)
+        same = await service.swap_to(f"neuralfusion:{FIRST_VERSION}", tiny.package)
         return refused, again, same
 
     assert asyncio.run(swaps()) == (False, False, False)

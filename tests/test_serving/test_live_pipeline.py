@@ -17,9 +17,9 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from neuralfusion.cli import main
 from neuralfusion.data.news import read_news
 from neuralfusion.dataset import load_data_dir
+from nfc.cli import main
 from serving.store import DEFAULT_COLLECTION, DEFAULT_DATABASE
 
 STEP = pd.Timedelta("3min")
@@ -61,11 +61,11 @@ def candle_rows(bars: pd.DataFrame, shift: pd.Timedelta, label: str) -> list[tup
 
 
 @pytest.fixture(scope="module")
-def world(model_package, clickhouse_server, mongo_uri, redis_url) -> Iterator[LiveWorld]:
+def world(tiny, clickhouse_server, mongo_uri, redis_url) -> Iterator[LiveWorld]:
     from clickhouse_driver import Client
 
-    bars = pd.read_parquet(model_package.data / "bars.parquet")
-    news = read_news(model_package.data / "news.jsonl")
+    bars = pd.read_parquet(tiny.data / "bars.parquet")
+    news = read_news(tiny.data / "news.jsonl")
     shift = pd.Timestamp.now(tz="UTC").floor(STEP) - bars["timestamp"].max()
     client = Client.from_url(clickhouse_server.url)
     client.execute("CREATE DATABASE IF NOT EXISTS market")
@@ -81,7 +81,7 @@ def world(model_package, clickhouse_server, mongo_uri, redis_url) -> Iterator[Li
         mongo.drop_database(NEWS_DB)
         mongo[NEWS_DB]["synth"].insert_many(seed_news_documents(news, pd.Timedelta(0)))
         mongo[NEWS_DB]["live"].insert_many(seed_news_documents(news, shift))
-    yield LiveWorld(model_package.package, model_package.data, clickhouse_server.url, mongo_uri, redis_url,
+    yield LiveWorld(tiny.package, tiny.data, clickhouse_server.url, mongo_uri, redis_url,
                     bars["timestamp"].max() + shift)
 
 
@@ -267,14 +267,14 @@ def test_a_run_through_the_http_service_stores_there_and_publishes(world, tmp_pa
     assert local["weights"] == pytest.approx(answer["weights"], abs=1e-6)  # the service batches: float rounding
 
 
-def test_backtest_of_a_package_is_an_nfc_command_with_a_report(model_package, tmp_path):
-    args = ["--log-level", "WARNING", "backtest", "--package", str(model_package.package), "--data",
-            str(model_package.data), "--out", str(tmp_path / "report")]
+def test_backtest_of_a_package_is_an_nfc_command_with_a_report(tiny, tmp_path):
+    args = ["--log-level", "WARNING", "backtest", "--package", str(tiny.package), "--data",
+            str(tiny.data), "--out", str(tmp_path / "report")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["settings"]["model_version"] == "0.1.0-test" and metrics["settings"]["variant"] == "package"
     assert set(metrics["strategies"]) == {"model", "equal_weight", "momentum"}
-    result = CliRunner().invoke(main, [*args[:-2], "--embeddings", str(model_package.embeddings), "--out",
+    result = CliRunner().invoke(main, [*args[:-2], "--embeddings", str(tiny.embeddings), "--out",
                                        str(tmp_path / "other")])
     assert result.exit_code == 2 and "drop --embeddings" in result.output

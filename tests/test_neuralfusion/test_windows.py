@@ -61,7 +61,7 @@ def test_normaliser_uses_only_its_fit_window_and_round_trips_json(tmp_path):
 
 
 def test_features_are_nan_only_during_warm_up():
-    from factories import make_bars
+    from builders import make_bars
 
     from neuralfusion.data.bars import resample_bars
     from neuralfusion.features import FEATURE_NAMES, WARMUP_BARS

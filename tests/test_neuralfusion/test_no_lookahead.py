@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from factories import STEP, make_bars, make_news
+from builders import STEP, make_bars, make_news
 
 from neuralfusion.align import align_news, bar_index
 from neuralfusion.dataset import market_data

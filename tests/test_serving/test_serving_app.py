@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
-from factories import STEP
+from builders import STEP
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pymongo import MongoClient
@@ -30,7 +30,7 @@ from starlette.testclient import TestClient
 
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
-from neuralfusion.embedded_mongo import EmbeddedMongo, free_port
+from nfc.embedded_mongo import EmbeddedMongo, free_port
 from serving.client import predict_payload, request_to_proto
 from serving.errors import ServingError
 from serving.proto import neuralfusion_pb2 as pb
@@ -65,13 +65,13 @@ class App:
 
 
 @pytest.fixture(scope="session")
-def app(model_package, tmp_path_factory) -> Iterator[App]:
+def app(tiny, tmp_path_factory) -> Iterator[App]:
     """One in-process app for the session; settings are read when it starts, inside this fixture."""
     mongo = EmbeddedMongo(tmp_path_factory.mktemp("app-mongo")).start()
     grpc_port = free_port()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("BENTOML_DO_NOT_TRACK", "true")
-        env.setenv("NFC_MODEL_PATH", str(model_package.package))
+        env.setenv("NFC_MODEL_PATH", str(tiny.package))
         env.setenv("NFC_MONGO_URI", mongo.uri)
         env.setenv("NFC_MONGO_DB", DATABASE)
         env.setenv("NFC_API_KEY", API_KEY)
@@ -79,9 +79,9 @@ def app(model_package, tmp_path_factory) -> Iterator[App]:
         env.setenv("NFC_GRPC_HOST", "127.0.0.1")
         client = TestClient(PortfolioService.to_asgi())
         client.__enter__()
-    bars = BarFileSource(model_package.data / "bars.parquet").read()
+    bars = BarFileSource(tiny.data / "bars.parquet").read()
     try:
-        yield App(client, mongo, f"127.0.0.1:{grpc_port}", bars, read_news(model_package.data / "news.jsonl"),
+        yield App(client, mongo, f"127.0.0.1:{grpc_port}", bars, read_news(tiny.data / "news.jsonl"),
                   np.sort(bars["timestamp"].unique()), client.post("/model_info").json()["bars_needed"])
     finally:
         client.__exit__(None, None, None)
@@ -184,8 +184,8 @@ def test_the_internal_batch_route_refuses_outside_callers(app):
     assert outcome["status"] == 403 and outcome["prediction"] is None and "call /predict" in outcome["error"]
 
 
-def test_a_job_this_worker_does_not_hold_fails_clearly(model_package, monkeypatch):
-    monkeypatch.setenv("NFC_MODEL_PATH", str(model_package.package))
+def test_a_job_this_worker_does_not_hold_fails_clearly(tiny, monkeypatch):
+    monkeypatch.setenv("NFC_MODEL_PATH", str(tiny.package))
     service = PortfolioService()
     [outcome] = asyncio.run(service.predict_batch([PredictJob(job="gone", token=service._token)]))
     assert outcome.status == 500 and outcome.prediction is None
@@ -388,8 +388,8 @@ def test_grpc_health_and_reflection(app):
     assert "neuralfusion.v1.PortfolioService" in {s.name for s in answer.list_services_response.service}
 
 
-def test_an_altered_package_leaves_the_service_up_but_never_ready(model_package, tmp_path, monkeypatch):
-    package = Path(shutil.copytree(model_package.package, tmp_path / "pkg"))
+def test_an_altered_package_leaves_the_service_up_but_never_ready(tiny, tmp_path, monkeypatch):
+    package = Path(shutil.copytree(tiny.package, tmp_path / "pkg"))
     with (package / "manifest.json").open("a") as manifest:
         manifest.write("\n")
     monkeypatch.setenv("NFC_MODEL_PATH", str(package))

@@ -7,14 +7,14 @@ import subprocess
 import sys
 
 import pandas as pd
+from builders import make_bars, make_news
 from click.testing import CliRunner
-from factories import make_bars, make_news
 
-from neuralfusion.cli import LAZY_COMMANDS, main
+from nfc.cli import LAZY_COMMANDS, main
 
 
 def test_help_lists_every_command_without_importing_extras():
-    code = ("import sys; from click.testing import CliRunner; from neuralfusion.cli import main;"
+    code = ("import sys; from click.testing import CliRunner; from nfc.cli import main;"
             "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0, r.output;"
             "print(r.output); assert 'torch' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

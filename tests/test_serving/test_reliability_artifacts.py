@@ -1,7 +1,7 @@
 """Artifacts: a package with a tampered ONNX graph, external-data file or manifest is refused when the services
 load it. Both services (constructed and started as BentoML does, with MongoDB open) stay up but never ready, say
 why in the log and on /model_info, answer /predict with 503, and write nothing. (One `to_asgi()` app per process:
-tests/test_serving_app.py holds it, so the routes are called on the service objects here.)"""
+tests/test_serving/test_serving_app.py holds it, so the routes are called on the service objects here.)"""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 from pymongo import MongoClient
 from serving_servers import Payloads
 
-from export.manifest import load_manifest
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
+from neuralfusion.manifest import load_manifest
 from serving.errors import ServingError
 from serving.schemas import PredictRequest
 from serving.service import EncoderService, PortfolioService
@@ -47,17 +47,17 @@ TAMPERING = {
 
 
 @pytest.mark.parametrize("name", list(TAMPERING))
-def test_a_tampered_package_is_refused_at_load(name, model_package, mongo_uri, tmp_path, monkeypatch, caplog):
+def test_a_tampered_package_is_refused_at_load(name, tiny, mongo_uri, tmp_path, monkeypatch, caplog):
     damage, reason = TAMPERING[name]
-    package = Path(shutil.copytree(model_package.package, tmp_path / "pkg"))
+    package = Path(shutil.copytree(tiny.package, tmp_path / "pkg"))
     damage(package / name)
     for setting, value in {"NFC_MODEL_PATH": str(package), "NFC_MONGO_URI": mongo_uri,
                            "NFC_MONGO_DB": DATABASE}.items():
         monkeypatch.setenv(setting, value)
-    bars = BarFileSource(model_package.data / "bars.parquet").read()
-    manifest = load_manifest(model_package.package)
+    bars = BarFileSource(tiny.data / "bars.parquet").read()
+    manifest = load_manifest(tiny.package)
     bars_needed = manifest.data["features"]["warmup_bars"] + manifest.window.lookback
-    payload = Payloads(bars, read_news(model_package.data / "news.jsonl"), bars_needed)(300, f"tampered-{name}")
+    payload = Payloads(bars, read_news(tiny.data / "news.jsonl"), bars_needed)(300, f"tampered-{name}")
 
     async def serve_once(service: PortfolioService) -> tuple[bool, int, str, ServingError]:
         await service.start()  # the startup hook: MongoDB opened and indexed

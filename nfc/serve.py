@@ -24,8 +24,8 @@ from types import FrameType
 
 import click
 
-from neuralfusion.embedded_mongo import EmbeddedMongo
-from neuralfusion.processes import stop_process
+from nfc.embedded_mongo import EmbeddedMongo
+from nfc.processes import stop_process
 from serving.settings import DEFAULT_MODEL_TAG
 
 __all__ = ["serve"]

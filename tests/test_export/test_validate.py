@@ -8,15 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import FP32_ATOL, TinyArtifacts, nfc
 from click.testing import CliRunner
-from test_export import FP32_ATOL, TinyArtifacts, nfc, tiny_artifacts
 
-from neuralfusion.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
-    return tiny_artifacts(tmp_path_factory)
+from nfc.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +72,7 @@ def test_validate_catches_a_fusion_graph_with_wrong_weights(tiny, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from export.manifest import load_manifest, write_manifest
+    from neuralfusion.manifest import load_manifest, write_manifest
 
     package = Path(shutil.copytree(tiny.package, tmp_path / "pkg"))
     graph = onnx.load(str(package / "fusion.onnx"))

@@ -18,17 +18,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from factories import STEP
+from builders import STEP
 from pymongo import MongoClient
 
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
-from neuralfusion.embedded_mongo import free_port
+from nfc.embedded_mongo import free_port
 from serving.client import predict_payload, wait_until_ready
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BENTOFILE = yaml.safe_load((REPO / "bentofile.yaml").read_text())
 
 
@@ -55,10 +55,10 @@ def run(args: list[str], env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def bento(model_package, tmp_path_factory) -> Bento:
+def bento(tiny, tmp_path_factory) -> Bento:
     """The package imported into a fresh model store, and the bento built from bentofile.yaml."""
     env = bentoml_env(tmp_path_factory.mktemp("bentoml-home"))
-    package = str(model_package.package)
+    package = str(tiny.package)
     run([sys.executable, "-c", f"from export.bento import import_package; import_package({package!r})"], env)
     run([sys.executable, "-m", "bentoml", "build"], env)
     tag = run([sys.executable, "-c", "import bentoml; print(bentoml.bentos.get('neuralfusion:latest').tag)"],
@@ -87,7 +87,7 @@ def test_built_bento_has_the_cuda_image_onnxruntime_gpu_and_the_model(bento, tmp
     assert not [r for r in requirements if requirement_name(r) in ("torch", "onnxruntime", "transformers")]
     info = yaml.safe_load((bento.path / "bento.yaml").read_text())
     assert {m["tag"] for s in info["services"] for m in s["models"]} == {"neuralfusion:0.1.0-test"}
-    assert not list((bento.path / "src").rglob("training")) and (bento.path / "src/export/manifest.py").is_file()
+    assert not list((bento.path / "src").rglob("training")) and (bento.path / "src/neuralfusion/manifest.py").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +108,11 @@ def served_bento(bento, mongo_uri) -> Iterator[str]:
         process.wait(timeout=60)
 
 
-def test_the_built_bento_serves_a_stored_prediction(served_bento, model_package, mongo_uri):
-    bars = BarFileSource(model_package.data / "bars.parquet").read()
+def test_the_built_bento_serves_a_stored_prediction(served_bento, tiny, mongo_uri):
+    bars = BarFileSource(tiny.data / "bars.parquet").read()
     end = pd.Timestamp(np.sort(bars["timestamp"].unique())[600])
     bars_needed = httpx.post(f"{served_bento}/model_info", timeout=30).json()["bars_needed"]
-    payload = predict_payload(bars, read_news(model_package.data / "news.jsonl"), end, bars_needed, STEP, "from-bento")
+    payload = predict_payload(bars, read_news(tiny.data / "news.jsonl"), end, bars_needed, STEP, "from-bento")
     response = httpx.post(f"{served_bento}/predict", json=payload, timeout=60)
     assert response.status_code == 200 and response.json()["stored"], response.text
     with MongoClient(mongo_uri, tz_aware=True) as client:

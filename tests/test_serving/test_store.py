@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from pymongo import MongoClient, monitoring
 
-from neuralfusion.embedded_mongo import free_port
+from nfc.embedded_mongo import free_port
 from serving.store import (
     MAX_HISTORY_LIMIT,
     PredictionRecord,

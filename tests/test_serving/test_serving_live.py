@@ -32,16 +32,16 @@ def listening(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def live(model_package, tmp_path_factory) -> Iterator[Live]:
+def live(tiny, tmp_path_factory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("live")
     http_port, grpc_port, mongo_port = distinct_free_ports(3)
     env = serve_env(root, NFC_API_KEY=API_KEY)
-    bars = BarFileSource(model_package.data / "bars.parquet").read()
-    with start_nfc_serve(root, ["--model-path", str(model_package.package)], env, http_port, grpc_port,
+    bars = BarFileSource(tiny.data / "bars.parquet").read()
+    with start_nfc_serve(root, ["--model-path", str(tiny.package)], env, http_port, grpc_port,
                          ("--mongo-data", str(root / "mongo"), "--mongo-port", str(mongo_port))) as (process, url,
                                                                                                       log):
         yield Live(process, log, url, f"127.0.0.1:{grpc_port}", f"mongodb://127.0.0.1:{mongo_port}/",
-                   (http_port, grpc_port, mongo_port), bars, read_news(model_package.data / "news.jsonl"),
+                   (http_port, grpc_port, mongo_port), bars, read_news(tiny.data / "news.jsonl"),
                    np.sort(bars["timestamp"].unique()), httpx.post(f"{url}/model_info").json()["bars_needed"])
 
 
@@ -134,7 +134,7 @@ def test_metrics_openapi_and_probes(live):
 def test_serve_names_the_way_out_when_the_model_store_lacks_the_model():
     from click.testing import CliRunner
 
-    from neuralfusion.cli import main
+    from nfc.cli import main
 
     result = CliRunner().invoke(main, ["serve", "--model", "neuralfusion:no-such-version"])
     assert result.exit_code == 1 and "has no neuralfusion:no-such-version" in result.output

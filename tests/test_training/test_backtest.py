@@ -17,7 +17,6 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from neuralfusion.backtest import walk_forward
-from neuralfusion.cli import main
 from neuralfusion.dataset import load_data_dir
 from neuralfusion.embeddings import write_embeddings
 from neuralfusion.features import WARMUP_BARS
@@ -26,6 +25,7 @@ from neuralfusion.settings import PortfolioSpec, WindowSpec
 from neuralfusion.synth import SynthConfig, generate_market, write_market
 from neuralfusion.train_config import TrainConfig
 from neuralfusion.windows import chronological_split, usable_anchors
+from nfc.cli import main
 from training.backtest import METRIC_KEYS, Backtest, run_backtest
 from training.report import PLOTS
 from training.runs import load_run

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import pytest
-from factories import START, make_bars
+from builders import START, make_bars
 from live_servers import CLICKHOUSE_PASSWORD
 
 from neuralfusion.data.bars import BarFileSource, resample_bars

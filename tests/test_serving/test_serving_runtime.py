@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from factories import STEP
+from builders import STEP
 
-from export.manifest import PackageError, load_manifest
 from neuralfusion.data.bars import BarFileSource, _aggregated, _one_bar_per_slot, validate_bars
 from neuralfusion.data.news import article_text, read_news
 from neuralfusion.dataset import load_data_dir
 from neuralfusion.embeddings import read_embeddings
 from neuralfusion.inputs import INPUT_NAMES, grid_inputs
+from neuralfusion.manifest import PackageError, load_manifest
 from serving.client import predict_payload
 from serving.errors import ServingError, check_api_key
 from serving.runtime import PortfolioRuntime, open_session
@@ -28,13 +28,13 @@ FP32_ATOL = 1e-5  # the package's fp32 tolerance (manifest "tolerances"); batchi
 
 
 @pytest.fixture(scope="module")
-def runtime(model_package) -> PortfolioRuntime:
-    return PortfolioRuntime.load(model_package.package)
+def runtime(tiny) -> PortfolioRuntime:
+    return PortfolioRuntime.load(tiny.package)
 
 
 @pytest.fixture(scope="module")
-def market(model_package) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return BarFileSource(model_package.data / "bars.parquet").read(), read_news(model_package.data / "news.jsonl")
+def market(tiny) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return BarFileSource(tiny.data / "bars.parquet").read(), read_news(tiny.data / "news.jsonl")
 
 
 def requests_ending_at(market, runtime: PortfolioRuntime, bars: list[int]) -> list[PredictRequest]:
@@ -48,35 +48,35 @@ def test_runtime_reports_the_provider_its_sessions_use(runtime):
     assert runtime.encoder is not None and runtime.encoder.provider == "CPUExecutionProvider"
 
 
-def test_cuda_that_cannot_start_falls_back_to_the_cpu_graph(model_package, caplog):
+def test_cuda_that_cannot_start_falls_back_to_the_cpu_graph(tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="serving.runtime"):
-        session = open_session(load_manifest(model_package.package), "fusion", device="cuda")
+        session = open_session(load_manifest(tiny.package), "fusion", device="cuda")
     assert session.get_providers() == ["CPUExecutionProvider"]
     assert "running the cpu variant on the CPU" in caplog.text
 
 
-def test_cpu_graphs_optimised_by_another_onnxruntime_are_not_used(model_package, caplog):
-    manifest = load_manifest(model_package.package)
+def test_cpu_graphs_optimised_by_another_onnxruntime_are_not_used(tiny, caplog):
+    manifest = load_manifest(tiny.package)
     manifest.data["onnx"]["onnxruntime"] = "1.0.0"
     with caplog.at_level(logging.INFO, logger="serving.runtime"):
         open_session(manifest, "fusion", device="cpu")
     assert "fusion graph: fp32 variant on CPUExecutionProvider" in caplog.text
 
 
-def test_an_altered_package_is_refused_naming_the_file(model_package, tmp_path):
-    package = Path(shutil.copytree(model_package.package, tmp_path / "pkg"))
+def test_an_altered_package_is_refused_naming_the_file(tiny, tmp_path):
+    package = Path(shutil.copytree(tiny.package, tmp_path / "pkg"))
     with (package / "fusion.cpu.onnx").open("ab") as graph:
         graph.write(b"\0")
     with pytest.raises(PackageError, match=r"fusion\.cpu\.onnx was modified"):
         PortfolioRuntime.load(package)
 
 
-def test_served_window_equals_the_training_window(runtime, market, model_package):
+def test_served_window_equals_the_training_window(runtime, market, tiny):
     """The same bar through the training path (data folder + the run's PyTorch embeddings) and the serving
     path (a request of bars_needed bars, ONNX encoder) gives the same logits, and the served encoder the
     run's embeddings (measured: 6e-8 and 2.4e-7)."""
-    data = load_data_dir(model_package.data, universe=runtime.universe)
-    ids, vectors, _ = read_embeddings(model_package.embeddings)
+    data = load_data_dir(tiny.data, universe=runtime.universe)
+    ids, vectors, _ = read_embeddings(tiny.embeddings)
     by_id = dict(zip(ids, vectors, strict=True))
     item_vectors = np.stack([by_id[i] for i in data.news["id"]])
     anchor = data.n_bars - 40

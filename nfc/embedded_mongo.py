@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from neuralfusion.processes import stop_process
+from nfc.processes import stop_process
 
 __all__ = ["EmbeddedMongo", "free_port"]
 

@@ -287,7 +287,7 @@ def test_history_query_from_proto_reads_empty_fields_as_not_given() -> None:
 
 def test_serving_foundations_import_neither_torch_nor_training() -> None:
     code = ("import sys, serving.schemas, serving.store, serving.proto.neuralfusion_pb2_grpc, serving.runtime, "
-            "serving.service, serving.grpc_server, serving.cli, serving.settings, serving.errors; "
+            "serving.service, serving.grpc_server, serving.predict_job, serving.settings, serving.errors; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'transformers')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -9,7 +9,7 @@ import pandas as pd
 import pymongo
 from click.testing import CliRunner
 
-from neuralfusion.cli import main
+from nfc.cli import main
 from serving.live_lock import RunLock
 from serving.store import DEFAULT_COLLECTION, DEFAULT_DATABASE
 
@@ -28,9 +28,9 @@ def stored(mongo_uri: str, request_prefix: str) -> list[dict]:
         return list(client[DEFAULT_DATABASE][DEFAULT_COLLECTION].find({"request_id": {"$regex": f"^{request_prefix}"}}))
 
 
-def test_predict_stores_a_bar_once_and_says_so_the_second_time(model_package, mongo_uri, tmp_path):
-    args = ("--data", str(model_package.data), "--model-path", str(model_package.package), "--request-id", "job-1",
-            "--as-of", last_bar(model_package.data).isoformat(), "--state-dir", str(tmp_path))
+def test_predict_stores_a_bar_once_and_says_so_the_second_time(tiny, mongo_uri, tmp_path):
+    args = ("--data", str(tiny.data), "--model-path", str(tiny.package), "--request-id", "job-1",
+            "--as-of", last_bar(tiny.data).isoformat(), "--state-dir", str(tmp_path))
     code, first, output = run_predict(*args, env={"NFC_MONGO_URI": mongo_uri})
     assert code == 0, output
     answer = json.loads(first)
@@ -45,29 +45,29 @@ def test_predict_stores_a_bar_once_and_says_so_the_second_time(model_package, mo
     assert document["weights"] == prediction["weights"]
 
 
-def test_predict_needs_a_mongo_uri_one_model_source_and_one_data_route(model_package):
-    package = str(model_package.package)
-    code, _, output = run_predict("--data", str(model_package.data), "--model-path", package, env={})
+def test_predict_needs_a_mongo_uri_one_model_source_and_one_data_route(tiny):
+    package = str(tiny.package)
+    code, _, output = run_predict("--data", str(tiny.data), "--model-path", package, env={})
     assert code == 1 and "set NFC_MONGO_URI" in output
-    code, _, output = run_predict("--data", str(model_package.data), env={})
+    code, _, output = run_predict("--data", str(tiny.data), env={})
     assert code == 2 and "exactly one of --model-path, --model or --url" in output
     code, _, output = run_predict("--bars", "clickhouse", "--model-path", package, env={})
     assert code == 2 and "--bars clickhouse and --news mongo" in output
-    code, _, output = run_predict("--data", str(model_package.data), "--model-path", package, "--start",
+    code, _, output = run_predict("--data", str(tiny.data), "--model-path", package, "--start",
                                   "2026-01-01T00:00Z", env={})
     assert code == 2 and "both --start and --end" in output
 
 
-def test_predict_refuses_an_as_of_without_enough_history(model_package, mongo_uri, tmp_path):
-    code, _, output = run_predict("--data", str(model_package.data), "--model-path", str(model_package.package),
+def test_predict_refuses_an_as_of_without_enough_history(tiny, mongo_uri, tmp_path):
+    code, _, output = run_predict("--data", str(tiny.data), "--model-path", str(tiny.package),
                                   "--as-of", "2000-01-01T00:00:00Z", "--state-dir", str(tmp_path),
                                   env={"NFC_MONGO_URI": mongo_uri})
     assert code == 1 and "2000-01-01" in output
 
 
-def test_a_held_lock_stops_the_second_run_before_it_does_anything(model_package, mongo_uri, tmp_path):
-    args = ("--data", str(model_package.data), "--model-path", str(model_package.package), "--request-id",
-            "locked", "--as-of", last_bar(model_package.data).isoformat(), "--state-dir", str(tmp_path))
+def test_a_held_lock_stops_the_second_run_before_it_does_anything(tiny, mongo_uri, tmp_path):
+    args = ("--data", str(tiny.data), "--model-path", str(tiny.package), "--request-id",
+            "locked", "--as-of", last_bar(tiny.data).isoformat(), "--state-dir", str(tmp_path))
     with RunLock(tmp_path / "predict.lock"):
         code, _, output = run_predict(*args, env={"NFC_MONGO_URI": mongo_uri})
     assert code == 1 and "another nfc predict run holds the lock" in output
@@ -76,30 +76,30 @@ def test_a_held_lock_stops_the_second_run_before_it_does_anything(model_package,
     assert code == 0, output
 
 
-def test_a_stale_asset_fails_the_run_naming_it_and_stores_nothing(model_package, mongo_uri, tmp_path):
+def test_a_stale_asset_fails_the_run_naming_it_and_stores_nothing(tiny, mongo_uri, tmp_path):
     data = tmp_path / "data"
-    shutil.copytree(model_package.data, data)
+    shutil.copytree(tiny.data, data)
     bars = pd.read_parquet(data / "bars.parquet")
     end = bars["timestamp"].max()
     symbol = sorted(bars["symbol"].unique())[1]
     bars = bars[~((bars["symbol"] == symbol) & (bars["timestamp"] > end - pd.Timedelta("30min")))]
     bars.to_parquet(data / "bars.parquet")
-    code, _, output = run_predict("--data", str(data), "--model-path", str(model_package.package), "--request-id",
+    code, _, output = run_predict("--data", str(data), "--model-path", str(tiny.package), "--request-id",
                                   "stale", "--as-of", end.isoformat(), "--state-dir", str(tmp_path / "state"),
                                   env={"NFC_MONGO_URI": mongo_uri})
     assert code == 1 and f"{symbol} (last bar 0 days 00:30:00 before)" in output and "--max-staleness" in output
     assert stored(mongo_uri, "stale") == []
 
 
-def test_live_mode_on_old_files_is_refused_as_stale(model_package, mongo_uri, tmp_path):
-    code, _, output = run_predict("--data", str(model_package.data), "--model-path", str(model_package.package),
+def test_live_mode_on_old_files_is_refused_as_stale(tiny, mongo_uri, tmp_path):
+    code, _, output = run_predict("--data", str(tiny.data), "--model-path", str(tiny.package),
                                   "--state-dir", str(tmp_path), env={"NFC_MONGO_URI": mongo_uri})
     assert code == 1 and "over the staleness limit of 0 days 00:15:00" in output
 
 
-def test_an_as_of_bar_that_has_not_closed_yet_is_refused(model_package, mongo_uri, tmp_path):
-    future = last_bar(model_package.data) + pd.Timedelta("3min")
-    code, _, output = run_predict("--data", str(model_package.data), "--model-path", str(model_package.package),
+def test_an_as_of_bar_that_has_not_closed_yet_is_refused(tiny, mongo_uri, tmp_path):
+    future = last_bar(tiny.data) + pd.Timedelta("3min")
+    code, _, output = run_predict("--data", str(tiny.data), "--model-path", str(tiny.package),
                                   "--as-of", future.isoformat(), "--state-dir", str(tmp_path),
                                   env={"NFC_MONGO_URI": mongo_uri})
     assert code == 1 and f"the as-of bar {future.isoformat()} is not complete" in output

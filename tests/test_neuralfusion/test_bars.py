@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from factories import STEP, make_bars
+from builders import STEP, make_bars
 
 from neuralfusion.data.bars import BarFileSource, resample_bars, validate_bars
 from neuralfusion.errors import DataError

@@ -1,7 +1,7 @@
 """Load: distinct predictions (one as-of bar and request id each) at concurrency 32 against one `nfc serve`,
 bounded in time: no errors, and MongoDB holds every answered prediction exactly once, as answered.
 
-The issue's 2,000 requests are in the slow set (`pytest -m slow tests/test_reliability_load.py`): measured
+The issue's 2,000 requests are in the slow set (`pytest -m slow tests/test_serving/test_reliability_load.py`): measured
 159-262 s (12.6-7.6 req/s) on the shared 2-core machine at load average 5-9. The default run sends 96."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import pandas as pd
 import pytest
-from factories import STEP
+from builders import STEP
 from serving_servers import AS_OF_BARS, Load
 
 from serving.client import predict_payload

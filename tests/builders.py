@@ -1,0 +1,111 @@
+"""Builders shared by the tests: small hand-made markets (fast, explicit, independent of the synthetic
+generator) and the tiny real model package (synthetic data, tiny BigBird, 1-epoch run, ONNX export)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from nfc.cli import main
+
+START = pd.Timestamp("2026-01-05 00:00", tz="UTC")
+STEP = pd.Timedelta("3min")
+
+
+def make_bars(symbols: tuple[str, ...] = ("AAA", "BBB", "CCC"), n_bars: int = 400, seed: int = 0) -> pd.DataFrame:
+    """A random walk per symbol in the long bar format, one row per 3-minute bar close."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    times = START + STEP * np.arange(1, n_bars + 1)
+    for j, symbol in enumerate(symbols):
+        close = 100.0 * (j + 1) * np.exp(np.cumsum(rng.normal(0, 0.002, n_bars)))
+        open_ = np.concatenate([[close[0]], close[:-1]])
+        high = np.maximum(open_, close) * (1 + rng.uniform(0, 0.001, n_bars))
+        low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.001, n_bars))
+        volume = rng.uniform(100, 1000, n_bars)
+        rows.append(pd.DataFrame({"timestamp": times, "symbol": symbol, "open": open_, "high": high,
+                                  "low": low, "close": close, "volume": volume}))
+    return pd.concat(rows).sort_values(["timestamp", "symbol"]).reset_index(drop=True)
+
+
+def make_news(symbols: tuple[str, ...] = ("AAA", "BBB", "CCC"), n_items: int = 60, n_bars: int = 400,
+              seed: int = 0) -> pd.DataFrame:
+    """News at random seconds across the bar range, each naming one symbol."""
+    rng = np.random.default_rng(seed)
+    seconds = np.sort(rng.uniform(0, n_bars * STEP.total_seconds(), n_items)).round()
+    named = rng.choice(symbols, n_items)
+    return pd.DataFrame({
+        "id": [f"n{i:04d}" for i in range(n_items)],
+        "published_at": START + pd.to_timedelta(seconds, unit="s"),
+        "title": [f"{s} headline {i}" for i, s in enumerate(named)],
+        "body": [f"Body text about {s}." for s in named],
+        "symbols": [[s] for s in named],
+    })
+
+
+
+# the tiny BigBird: full attention up to 1024 tokens, so parity is tested above BigBird's 704-token switch
+TINY_ENCODER = {"vocab_size": 400, "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+                "intermediate_size": 64, "max_position_embeddings": 1024, "block_size": 16, "num_random_blocks": 2}
+TINY_RUN = ["--lookback", "16", "--horizon", "8", "--model-set", "d_model=16", "--model-set", "n_heads=2",
+            "--set", "epochs=1", "--set", "batch_size=32", "--set", "train_stride=8",
+            "--set", "threads=1"]
+FP32_ATOL = 1e-5  # the stated fp32 tolerance for logits and pooled vectors (export.parity.TOLERANCES)
+
+
+@dataclass(frozen=True)
+class TinyArtifacts:
+    data: Path
+    encoder: Path
+    embeddings: Path
+    run: Path
+    package: Path
+
+
+def nfc(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--log-level", "WARNING", *args])
+    return result.exit_code, result.output
+
+
+def tiny_encoder(texts: list[str], out: Path, seed: int = 0) -> Path:
+    from training.encoder_setup import EncoderSetupConfig, init_encoder
+
+    return init_encoder(texts, out, EncoderSetupConfig(**TINY_ENCODER, seed=seed))
+
+
+def news_texts(data: Path) -> list[str]:
+    from neuralfusion.data.news import article_text, read_news
+
+    news = read_news(data / "news.jsonl")
+    return [article_text(t, b) for t, b in zip(news["title"], news["body"], strict=True)]
+
+
+def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
+    """Synthetic data, tiny encoder, its embeddings, a 1-epoch run and its package; built once per session
+    (cached under the session's base temp folder, which both test modules share)."""
+    from neuralfusion.synth import SynthConfig, generate_market, write_market
+
+    root = tmp_path_factory.getbasetemp() / "export-tiny"
+    artifacts = TinyArtifacts(root / "data", root / "encoder", root / "emb.parquet", root / "run", root / "pkg")
+    if artifacts.package.is_dir():
+        return artifacts
+    shutil.rmtree(root, ignore_errors=True)
+    # 6 assets and the default top_k=4: the book is a real choice, so top-k parity is not trivial
+    write_market(generate_market(SynthConfig(n_assets=6, days=3, seed=5)), artifacts.data)
+    tiny_encoder(news_texts(artifacts.data), artifacts.encoder)
+    steps = [("embed", "--news", str(artifacts.data / "news.jsonl"), "--out", str(artifacts.embeddings),
+              "--encoder", str(artifacts.encoder), "--max-length", "1024"),
+             ("train", "--data", str(artifacts.data), "--embeddings", str(artifacts.embeddings), "--out",
+              str(artifacts.run), *TINY_RUN),
+             ("export", "--model", str(artifacts.run), "--out", str(artifacts.package), "--version", "0.1.0-test",
+              "--external-data", "--no-bentoml")]
+    for args in steps:
+        code, output = nfc(*args)
+        assert code == 0, output
+    return artifacts
