@@ -61,7 +61,7 @@ def main() -> None:
     import torch
 
     from neuralfusion.dataset import load_data_dir
-    from neuralfusion.settings import PortfolioSpec, WindowSpec
+    from neuralfusion.specs import PortfolioSpec, WindowSpec
     from neuralfusion.train_config import TrainConfig, apply_overrides
     from neuralfusion.windows import target_windows
     from training.model import CgaModel

@@ -1,8 +1,8 @@
-"""NeuralFusionCore's torch-free core: data contracts, features, windows, portfolio math, settings."""
+"""NeuralFusionCore's torch-free core: data contracts, specs (universe, bar grid, windows), features, portfolio math."""
 
 from neuralfusion.dataset import MarketData, load_data_dir
 from neuralfusion.errors import DataError
-from neuralfusion.settings import BarSpec, PortfolioSpec, Universe, WindowSpec
+from neuralfusion.specs import BarSpec, PortfolioSpec, Universe, WindowSpec
 
 __all__ = ["BarSpec", "DataError", "MarketData", "PortfolioSpec", "Universe", "WindowSpec", "load_data_dir"]
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from neuralfusion.errors import DataError
-from neuralfusion.settings import Universe
+from neuralfusion.specs import Universe
 
 __all__ = ["AlignedNews", "align_news", "bar_index", "resolve_symbols"]
 

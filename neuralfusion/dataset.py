@@ -19,7 +19,7 @@ from neuralfusion.data.bars import BarFileSource, BarPanel, resample_bars
 from neuralfusion.data.news import read_news
 from neuralfusion.errors import DataError
 from neuralfusion.features import market_features, simple_returns
-from neuralfusion.settings import BarSpec, Universe
+from neuralfusion.specs import BarSpec, Universe
 
 __all__ = ["MarketData", "find_data_file", "load_data_dir", "load_universe", "market_data"]
 

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from neuralfusion.features import FeatureNormalizer
-from neuralfusion.settings import BarSpec, PortfolioSpec, Universe, WindowSpec
+from neuralfusion.specs import BarSpec, PortfolioSpec, Universe, WindowSpec
 
 __all__ = [
     "FORMAT",

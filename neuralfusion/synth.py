@@ -41,7 +41,7 @@ from neuralfusion.backtest import walk_forward
 from neuralfusion.errors import DataError
 from neuralfusion.features import WARMUP_BARS, simple_returns
 from neuralfusion.portfolio import topk_weights
-from neuralfusion.settings import BarSpec, PortfolioSpec, Universe, WindowSpec
+from neuralfusion.specs import BarSpec, PortfolioSpec, Universe, WindowSpec
 from neuralfusion.windows import chronological_split, usable_anchors
 
 __all__ = [

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from neuralfusion.errors import DataError
-from neuralfusion.settings import WindowSpec
+from neuralfusion.specs import WindowSpec
 
 __all__ = ["Splits", "chronological_split", "input_windows", "target_windows", "usable_anchors"]
 

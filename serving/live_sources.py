@@ -26,7 +26,7 @@ from neuralfusion.data.bars import BAR_COLUMNS, BarFileSource, resample_bars
 from neuralfusion.data.news import NEWS_COLUMNS, MongoNewsSource, read_news, validate_news
 from neuralfusion.embeddings import write_table_atomic
 from neuralfusion.errors import DataError
-from neuralfusion.settings import BarSpec, Universe
+from neuralfusion.specs import BarSpec, Universe
 
 __all__ = ["NEWS_OVERLAP", "BarReader", "FileBars", "FileNews", "IncrementalMongoNews", "NewsReader", "check_staleness",
            "grid_bars", "latest_complete_bar"]

@@ -36,7 +36,7 @@ import pymongo
 from neuralfusion.data.news import MongoNewsSource, NewsFieldMap
 from neuralfusion.dataset import find_data_file
 from neuralfusion.errors import DataError
-from neuralfusion.settings import BarSpec, Universe
+from neuralfusion.specs import BarSpec, Universe
 from serving.client import predict_http, predict_payload
 from serving.live_lock import LockHeld, RunLock
 from serving.live_sources import (

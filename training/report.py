@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from neuralfusion.portfolio import annualised_sharpe, compounded_pnl
-from neuralfusion.settings import BarSpec
+from neuralfusion.specs import BarSpec
 from training.backtest import METRIC_KEYS, Backtest
 from training.runs import write_json
 

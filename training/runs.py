@@ -23,7 +23,7 @@ from typing import Any
 
 from neuralfusion.features import FeatureNormalizer
 from neuralfusion.model_config import CgaConfig
-from neuralfusion.settings import BarSpec, PortfolioSpec, Universe, WindowSpec
+from neuralfusion.specs import BarSpec, PortfolioSpec, Universe, WindowSpec
 from neuralfusion.train_config import TrainConfig
 
 __all__ = ["RUN_FILES", "Run", "git_commit", "load_run", "staged_folder", "write_json"]

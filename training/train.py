@@ -34,7 +34,7 @@ from neuralfusion.errors import DataError
 from neuralfusion.features import FEATURE_NAMES, WARMUP_BARS, FeatureNormalizer
 from neuralfusion.inputs import GridInputs, grid_inputs
 from neuralfusion.model_config import CgaConfig, dominant_periods
-from neuralfusion.settings import PortfolioSpec, WindowSpec
+from neuralfusion.specs import PortfolioSpec, WindowSpec
 from neuralfusion.train_config import LR_FLOOR, TrainConfig
 from neuralfusion.windows import Splits, chronological_split, target_windows, usable_anchors
 from training.model import CgaModel

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from neuralfusion.errors import DataError
-from neuralfusion.settings import BarSpec, Universe
+from neuralfusion.specs import BarSpec, Universe
 from neuralfusion.timeutil import to_utc
 
 __all__ = ["BAR_COLUMNS", "PRICE_COLUMNS", "BarFileSource", "BarPanel", "resample_bars", "validate_bars"]

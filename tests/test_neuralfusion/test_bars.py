@@ -9,7 +9,7 @@ from builders import STEP, make_bars
 
 from neuralfusion.data.bars import BarFileSource, resample_bars, validate_bars
 from neuralfusion.errors import DataError
-from neuralfusion.settings import BarSpec, Universe
+from neuralfusion.specs import BarSpec, Universe
 
 UNIVERSE = Universe(symbols=("AAA", "BBB", "CCC"))
 

@@ -13,7 +13,7 @@ from live_servers import CLICKHOUSE_PASSWORD
 from neuralfusion.data.bars import BarFileSource, resample_bars
 from neuralfusion.data.clickhouse import BarColumnMap, ClickHouseBarSource, quote_identifier
 from neuralfusion.errors import DataError
-from neuralfusion.settings import BarSpec, Universe
+from neuralfusion.specs import BarSpec, Universe
 
 MINUTE = pd.Timedelta("1min")
 SYMBOLS = ("AAA", "BBB", "CCC")

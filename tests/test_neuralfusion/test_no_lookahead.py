@@ -9,7 +9,7 @@ from builders import STEP, make_bars, make_news
 from neuralfusion.align import align_news, bar_index
 from neuralfusion.dataset import market_data
 from neuralfusion.features import WARMUP_BARS, FeatureNormalizer
-from neuralfusion.settings import BarSpec, Universe, WindowSpec
+from neuralfusion.specs import BarSpec, Universe, WindowSpec
 from neuralfusion.windows import input_windows, usable_anchors
 
 UNIVERSE = Universe(symbols=("AAA", "BBB", "CCC"))

@@ -14,7 +14,7 @@ import pytest
 
 from neuralfusion.features import WARMUP_BARS, simple_returns
 from neuralfusion.portfolio import annualised_sharpe, portfolio_returns, topk_weights
-from neuralfusion.settings import BarSpec, PortfolioSpec, Universe, WindowSpec
+from neuralfusion.specs import BarSpec, PortfolioSpec, Universe, WindowSpec
 from neuralfusion.synth import SynthConfig, generate_market, synthetic_universe, write_market
 from neuralfusion.windows import chronological_split, usable_anchors
 

@@ -7,7 +7,7 @@ import pytest
 
 from neuralfusion.errors import DataError
 from neuralfusion.features import FeatureNormalizer, market_features, simple_returns
-from neuralfusion.settings import WindowSpec
+from neuralfusion.specs import WindowSpec
 from neuralfusion.windows import chronological_split, input_windows, target_windows, usable_anchors
 
 
@@ -65,7 +65,7 @@ def test_features_are_nan_only_during_warm_up():
 
     from neuralfusion.data.bars import resample_bars
     from neuralfusion.features import FEATURE_NAMES, WARMUP_BARS
-    from neuralfusion.settings import BarSpec, Universe
+    from neuralfusion.specs import BarSpec, Universe
 
     panel = resample_bars(make_bars(n_bars=200), Universe(symbols=("AAA", "BBB", "CCC")), BarSpec())
     features = market_features(panel)

@@ -21,7 +21,7 @@ from neuralfusion.dataset import load_data_dir
 from neuralfusion.embeddings import write_embeddings
 from neuralfusion.features import WARMUP_BARS
 from neuralfusion.portfolio import topk_weights
-from neuralfusion.settings import PortfolioSpec, WindowSpec
+from neuralfusion.specs import PortfolioSpec, WindowSpec
 from neuralfusion.synth import SynthConfig, generate_market, write_market
 from neuralfusion.train_config import TrainConfig
 from neuralfusion.windows import chronological_split, usable_anchors

@@ -102,7 +102,7 @@ def test_nan_features_are_refused_naming_the_window(market):
 
     from neuralfusion.dataset import load_data_dir
     from neuralfusion.errors import DataError
-    from neuralfusion.settings import WindowSpec
+    from neuralfusion.specs import WindowSpec
     from training.train import prepare
 
     data_dir, emb = market
