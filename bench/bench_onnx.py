@@ -44,7 +44,14 @@ import onnxruntime as ort
 import torch
 from machine import machine, machine_line, markdown_table
 
-from export.onnx_export import convert_fp16, export_encoder, export_fusion, open_session, optimize_for_cpu
+from export.onnx_export import (
+    CgaOnnxWrapper,
+    convert_fp16,
+    export_encoder,
+    export_fusion,
+    open_session,
+    optimize_for_cpu,
+)
 from export.package import graph_files
 from neuralfusion.data.news import article_text
 from neuralfusion.manifest import load_manifest
@@ -52,7 +59,7 @@ from neuralfusion.model_config import CgaConfig
 from neuralfusion.synth import SynthConfig, generate_market
 from training.encoder import NfcEncoder
 from training.encoder_setup import init_encoder
-from training.model import CgaModel, CgaOnnxWrapper, cga_example_inputs
+from training.model import CgaModel, cga_example_inputs
 from training.runs import load_run
 
 

@@ -32,10 +32,11 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from torch import Tensor, nn
 
 from training.encoder import NfcEncoder, pool_hidden
-from training.model import CgaModel, CgaOnnxWrapper, cga_example_inputs
+from training.model import CgaModel, cga_example_inputs
 
 __all__ = [
     "OPSET",
+    "CgaOnnxWrapper",
     "ExportError",
     "NfcEncoderOnnxWrapper",
     "check_graph",
@@ -86,6 +87,25 @@ class NfcEncoderOnnxWrapper(nn.Module):
         # a float mask inside the graph: torch 2.13 fails to export BigBird's `1.0 - int_mask` (FIELD-NOTES)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask.float()).last_hidden_state
         return pool_hidden(hidden, attention_mask, self.pooling)
+
+
+class CgaOnnxWrapper(nn.Module):
+    """The fusion model with a plain-tensor interface: four float32 windows -> (logits, weights), no loss.
+
+    Wrapping puts the model in eval mode: an export is an inference graph (no dropout).
+    """
+
+    input_names = ("news_emb", "news_mask", "coverage", "market")
+    output_names = ("logits", "weights")
+
+    def __init__(self, model: CgaModel) -> None:
+        super().__init__()
+        self.model = model
+        self.eval()
+
+    def forward(self, news_emb: Tensor, news_mask: Tensor, coverage: Tensor, market: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(news_emb, news_mask, coverage, market)
+        return out.logits, out.weights  # (B, N), (B, N)
 
 
 def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names: Sequence[str],

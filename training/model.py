@@ -1,20 +1,19 @@
 """The CGA model: news stream + TimesNet market stream, fused by cross-gated attention, to portfolio weights.
 
 Read top to bottom: the portfolio rule, leaf modules (Inception conv, TimesNet block, the two stream
-encoders), the fusion block, the head, then the top model `CgaModel` and its ONNX wrapper.
+encoders), the fusion block, the head, then the top model `CgaModel`. The ONNX wrapper lives with the
+exporter (`export.onnx_export`). docs/MODEL.md describes the model and how its choices were measured.
 
 Shapes: B batch, L lookback bars, N assets, F market features per asset, D news embedding width,
 H horizon bars, C channels (d_model), P TimesNet periods.
 
 How assets enter. Every asset is its own sequence through both streams, the fusion and the head, with
-weights shared by all assets (shapes (B·N, L, C) inside): the planted events, and real ones, are the
-same kind of event whichever asset they hit, so each is learned from N times the examples, and an
-asset's logit depends on its own news and bars (plus the universe mean of each market feature), not
-on its slot in the universe. Measured on the synthetic market (seed 0, test split): the earlier
-layout, all assets flattened into the channels of one sequence, scored 1.3-28.1 Sharpe over three
-training seeds, below its own news-only variant; one sequence per asset scored 36.8-38.7 against an
-oracle of 37.6. News coverage enters per asset: asset n's LSTM sees the bar's embedding, whether the
-bar's news names n, and the embedding again gated by that bit.
+weights shared by all assets: a news item or a flow shock is the same kind of event whichever asset it
+hits, so each is learned from N times the examples, and an asset's logit depends on its own news and
+bars (plus the universe mean of each market feature), not on its slot in the universe. `CgaModel.forward`
+is the one place that turns the (B, L, N, ·) windows into B·N sequences and the B·N logits back into
+(B, N): each stream encoder's `asset_inputs` builds the per-asset input of every bar, and everything
+after the reshape (stream encoders, fusion, head) sees (B·N, L, ·) sequences.
 
 Periods. TimesNet's periods are fixed model constants (`CgaConfig.periods`, fit once on the training
 set by `neuralfusion.model_config.dominant_periods`), never chosen from a batch: a sample's output
@@ -58,7 +57,6 @@ __all__ = [
     "CgaMarketEncoder",
     "CgaModel",
     "CgaNewsEncoder",
-    "CgaOnnxWrapper",
     "CgaOutput",
     "CgaTimesBlock",
     "cga_example_inputs",
@@ -110,8 +108,8 @@ def surrogate_weights(logits: Tensor, k: int, mix: float) -> Tensor:
     return (1.0 - mix) * topk_weights(logits, k) + mix * topk_weights(logits, logits.shape[-1])
 
 
-def per_asset_sequences(x: Tensor) -> Tensor:
-    """(B, L, N, C) -> (B·N, L, C): every asset becomes its own sequence for the shared-weight streams."""
+def _asset_sequences(x: Tensor) -> Tensor:
+    """(B, L, N, C) -> (B·N, L, C): every asset becomes its own sequence (used by `CgaModel.forward` only)."""
     batch, length, n_assets, channels = x.shape
     return x.permute(0, 2, 1, 3).reshape(batch * n_assets, length, channels)
 
@@ -138,7 +136,7 @@ class CgaInception(nn.Module):
         bias = sum(self.biases)
         return weight / len(self.kernels), bias / len(self.kernels)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, rows, cols) -> (B, C_out, rows, cols)
+    def forward(self, x: Tensor) -> Tensor:  # (B·N, C_in, rows, cols) -> (B·N, C_out, rows, cols)
         weight, bias = self.merged_kernel()
         return F.conv2d(x, weight, bias, padding=self.size // 2)
 
@@ -163,28 +161,32 @@ class CgaTimesBlock(nn.Module):
         self.register_buffer("dft_cos", torch.cos(angle).float(), persistent=False)
         self.register_buffer("dft_sin", torch.sin(angle).float(), persistent=False)
 
-    def period_weights(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, P)
-        real = torch.einsum("blc,pl->bpc", x, self.dft_cos)  # (B, P, C)
-        imag = torch.einsum("blc,pl->bpc", x, self.dft_sin)  # (B, P, C)
-        amplitude = torch.sqrt(real.square() + imag.square() + 1e-12).mean(dim=-1)  # (B, P); eps: finite grad at 0
+    def period_weights(self, x: Tensor) -> Tensor:  # (B·N, L, C) -> (B·N, P)
+        real = torch.einsum("blc,pl->bpc", x, self.dft_cos)  # (B·N, P, C)
+        imag = torch.einsum("blc,pl->bpc", x, self.dft_sin)  # (B·N, P, C)
+        amplitude = torch.sqrt(real.square() + imag.square() + 1e-12).mean(dim=-1)  # (B·N, P); eps: finite grad
         return torch.softmax(amplitude, dim=-1)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
+    def forward(self, x: Tensor) -> Tensor:  # (B·N, L, C) -> (B·N, L, C)
         length, channels = x.shape[1], x.shape[2]
         branches = []
         for period in self.periods:
             rows = -(-length // period)
             pad = rows * period - length
-            grid = F.pad(x, (0, 0, pad, 0)).reshape(-1, rows, period, channels).permute(0, 3, 1, 2)  # (B, C, rows, p)
-            out = self.conv(grid).permute(0, 2, 3, 1).reshape(-1, rows * period, channels)  # (B, rows·p, C)
-            branches.append(out[:, pad:])  # (B, L, C)
-        stacked = torch.stack(branches, dim=-1)  # (B, L, C, P)
-        mixed = (stacked * self.period_weights(x)[:, None, None, :]).sum(dim=-1)  # (B, L, C)
+            grid = F.pad(x, (0, 0, pad, 0)).reshape(-1, rows, period, channels).permute(0, 3, 1, 2)  # (B·N, C, rows, p)
+            out = self.conv(grid).permute(0, 2, 3, 1).reshape(-1, rows * period, channels)  # (B·N, rows·p, C)
+            branches.append(out[:, pad:])  # (B·N, L, C)
+        stacked = torch.stack(branches, dim=-1)  # (B·N, L, C, P)
+        mixed = (stacked * self.period_weights(x)[:, None, None, :]).sum(dim=-1)  # (B·N, L, C)
         return x + mixed
 
 
 class CgaMarketEncoder(nn.Module):
-    """Market stream, one sequence per asset with shared weights: features + universe mean, TimesNet -> M."""
+    """Market stream, one sequence per asset with shared weights: features + universe mean, TimesNet -> M.
+
+    `asset_inputs` embeds every asset's bars beside the universe mean, (B, L, N, F) -> (B, L, N, C);
+    `forward` runs one asset's sequence, (B·N, L, C) -> (B·N, L, C).
+    """
 
     def __init__(self, config: CgaConfig) -> None:
         super().__init__()
@@ -201,10 +203,12 @@ class CgaMarketEncoder(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(config.d_model) for _ in range(config.times_layers))
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, market: Tensor) -> Tensor:  # (B, L, N, F) -> (B·N, L, C)
+    def asset_inputs(self, market: Tensor) -> Tensor:  # (B, L, N, F) -> (B, L, N, C)
         context = market.mean(dim=2, keepdim=True).expand_as(market)  # (B, L, N, F)
-        h = self.embed(torch.cat([market, context], dim=-1))  # (B, L, N, C)
-        h = self.dropout(per_asset_sequences(h) + self.position)  # (B·N, L, C)
+        return self.embed(torch.cat([market, context], dim=-1))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B·N, L, C) -> (B·N, L, C)
+        h = self.dropout(x + self.position)
         for block, norm in zip(self.blocks, self.norms, strict=True):
             h = norm(block(h))  # (B·N, L, C)
         return h
@@ -215,7 +219,8 @@ class CgaNewsEncoder(nn.Module):
 
     Seen from asset n, the coverage one-hot is n's own bit (does this bar's news name n?) and the count of
     assets named; the bar's embedding enters twice, once as it is and once gated by n's bit, so "good news
-    about n" is linear in n's LSTM input instead of a product the LSTM must learn.
+    about n" is linear in n's LSTM input instead of a product the LSTM must learn. `asset_inputs` builds
+    that input for every asset, (B, L, N, C); `forward` runs one asset's sequence, (B·N, L, C) -> (B·N, L, C).
     """
 
     def __init__(self, config: CgaConfig) -> None:
@@ -236,12 +241,14 @@ class CgaNewsEncoder(nn.Module):
                     bias[config.d_model : 2 * config.d_model].fill_(LSTM_FORGET_BIAS)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, news_emb: Tensor, news_mask: Tensor, coverage: Tensor) -> Tensor:  # -> (B·N, L, C)
+    def asset_inputs(self, news_emb: Tensor, news_mask: Tensor, coverage: Tensor) -> Tensor:  # -> (B, L, N, C)
         # where(), not a blend: whatever sits in news_emb at bars without news never reaches the output
         emb = torch.where(news_mask.unsqueeze(-1) > 0.5, news_emb, self.no_news)  # (B, L, D)
         shared = self.shared(torch.cat([emb, coverage.sum(dim=-1, keepdim=True)], dim=-1))  # (B, L, C)
-        x = shared.unsqueeze(2) + coverage.unsqueeze(-1) * self.covered(emb).unsqueeze(2)  # (B, L, N, C)
-        out, _ = self.lstm(self.dropout(F.gelu(per_asset_sequences(x))))  # (B·N, L, C)
+        return shared.unsqueeze(2) + coverage.unsqueeze(-1) * self.covered(emb).unsqueeze(2)  # (B, L, N, C)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B·N, L, C) -> (B·N, L, C)
+        out, _ = self.lstm(self.dropout(F.gelu(x)))
         return out
 
 
@@ -257,9 +264,9 @@ class CgaCrossGate(nn.Module):
         nn.init.constant_(self.gate.bias, GATE_BIAS)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, other: Tensor) -> Tensor:  # (B, L, C), (B, L, C) -> (B, L, C)
-        attended = self.dropout(self.attn(x, other, other, need_weights=False)[0])  # (B, L, C)
-        gate = torch.sigmoid(self.gate(torch.cat([x, attended], dim=-1)))  # (B, L, C)
+    def forward(self, x: Tensor, other: Tensor) -> Tensor:  # (B·N, L, C), (B·N, L, C) -> (B·N, L, C)
+        attended = self.dropout(self.attn(x, other, other, need_weights=False)[0])  # (B·N, L, C)
+        gate = torch.sigmoid(self.gate(torch.cat([x, attended], dim=-1)))  # (B·N, L, C)
         return gate * attended + (1.0 - gate) * x
 
 
@@ -279,7 +286,7 @@ class CgaFusion(nn.Module):
             return market_seq if news_seq is None else news_seq
         if self.news_gate is not None and self.market_gate is not None:
             news_seq, market_seq = self.news_gate(news_seq, market_seq), self.market_gate(market_seq, news_seq)
-        return torch.cat([news_seq, market_seq], dim=-1)  # (B, L, 2C)
+        return torch.cat([news_seq, market_seq], dim=-1)  # (B·N, L, 2C)
 
 
 class CgaHead(nn.Module):
@@ -290,15 +297,14 @@ class CgaHead(nn.Module):
     features by the spread of the (larger, noisier) market features, so early on the logits are market noise.
     """
 
-    def __init__(self, in_dim: int, n_assets: int, dropout: float) -> None:
+    def __init__(self, in_dim: int, dropout: float) -> None:
         super().__init__()
-        self.n_assets = n_assets
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(2 * in_dim, 1)
 
-    def forward(self, fused: Tensor) -> Tensor:  # (B·N, L, C') -> (B, N)
+    def forward(self, fused: Tensor) -> Tensor:  # (B·N, L, C') -> (B·N, 1)
         pooled = torch.cat([fused.mean(dim=1), fused[:, -1]], dim=-1)  # (B·N, 2C')
-        return self.out(self.dropout(pooled)).reshape(-1, self.n_assets)
+        return self.out(self.dropout(pooled))
 
 
 @dataclass
@@ -312,7 +318,7 @@ class CgaOutput:
 
 
 class CgaModel(nn.Module):
-    """News + market windows -> per-asset logits and top-k portfolio weights (DESIGN.md section 3)."""
+    """News + market windows -> per-asset logits and top-k portfolio weights (docs/MODEL.md)."""
 
     def __init__(self, config: CgaConfig) -> None:
         super().__init__()
@@ -320,10 +326,10 @@ class CgaModel(nn.Module):
         self.news: CgaNewsEncoder | None = CgaNewsEncoder(config) if config.streams != "market" else None
         self.market: CgaMarketEncoder | None = CgaMarketEncoder(config) if config.streams != "news" else None
         self.fusion = CgaFusion(config)
-        self.head = CgaHead(self.fusion.out_dim, config.n_assets, config.dropout)
+        self.head = CgaHead(self.fusion.out_dim, config.dropout)
         # training-only heads on each stream alone (CgaConfig.lambda_streams); the inference graph never uses them
         self.stream_heads = (
-            nn.ModuleDict({name: CgaHead(config.d_model, config.n_assets, config.dropout) for name in STREAM_NAMES})
+            nn.ModuleDict({name: CgaHead(config.d_model, config.dropout) for name in STREAM_NAMES})
             if config.streams == "both" and config.lambda_streams > 0
             else None
         )
@@ -344,9 +350,13 @@ class CgaModel(nn.Module):
         prev_weights (B, N) are the books of the preceding windows, for the turnover term.
         """
         self._check_inputs(news_emb, news_mask, coverage, market)
-        news_seq = self.news(news_emb, news_mask, coverage) if self.news is not None else None  # (B·N, L, C)
-        market_seq = self.market(market) if self.market is not None else None  # (B·N, L, C)
-        logits = self.head(self.fusion(news_seq, market_seq))  # (B, N)
+        n_assets = self.config.n_assets
+        news_seq = market_seq = None
+        if self.news is not None:
+            news_seq = self.news(_asset_sequences(self.news.asset_inputs(news_emb, news_mask, coverage)))  # (B·N, L, C)
+        if self.market is not None:
+            market_seq = self.market(_asset_sequences(self.market.asset_inputs(market)))  # (B·N, L, C)
+        logits = self.head(self.fusion(news_seq, market_seq)).reshape(-1, n_assets)  # (B·N, 1) -> (B, N)
         weights = topk_weights(logits, self.config.top_k)  # (B, N)
         if targets is None:
             return CgaOutput(logits=logits, weights=weights)
@@ -363,7 +373,8 @@ class CgaModel(nn.Module):
         )
         if self.training and self.stream_heads is not None:
             for name, seq in zip(STREAM_NAMES, (news_seq, market_seq), strict=True):
-                stream_weights = surrogate_weights(self.stream_heads[name](seq), self.config.top_k, mix)
+                stream_logits = self.stream_heads[name](seq).reshape(-1, n_assets)  # (B·N, 1) -> (B, N)
+                stream_weights = surrogate_weights(stream_logits, self.config.top_k, mix)
                 own = sharpe_loss(stream_weights, targets, self.config.sharpe_eps)
                 loss = loss + self.config.lambda_streams * own
                 terms[f"{name}_stream_sharpe"] = own.detach()
@@ -434,25 +445,6 @@ class CgaModel(nn.Module):
         model = cls(CgaConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))).to(device)
         model.load_checked_state_dict(load_file(str(path), device=device))
         return model.eval()
-
-
-class CgaOnnxWrapper(nn.Module):
-    """Plain-tensor interface for ONNX export: four inputs -> (logits, weights), no loss.
-
-    Wrapping puts the model in eval mode: an export is an inference graph (no dropout).
-    """
-
-    input_names = ("news_emb", "news_mask", "coverage", "market")
-    output_names = ("logits", "weights")
-
-    def __init__(self, model: CgaModel) -> None:
-        super().__init__()
-        self.model = model
-        self.eval()
-
-    def forward(self, news_emb: Tensor, news_mask: Tensor, coverage: Tensor, market: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.model(news_emb, news_mask, coverage, market)
-        return out.logits, out.weights  # (B, N), (B, N)
 
 
 def cga_example_inputs(config: CgaConfig, batch_size: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -107,9 +107,9 @@ def test_fusion_graph_matches_pytorch(tiny, batch_size):
     """An independent comparison: ONNX Runtime vs CgaModel on fresh random windows, allclose at 1e-5."""
     import torch
 
-    from export.onnx_export import open_session
+    from export.onnx_export import CgaOnnxWrapper, open_session
     from neuralfusion.manifest import load_manifest
-    from training.model import CgaModel, CgaOnnxWrapper, cga_example_inputs
+    from training.model import CgaModel, cga_example_inputs
 
     model = CgaModel.from_checkpoint(tiny.run / "model.safetensors")
     inputs = cga_example_inputs(model.config, batch_size, seed=1000 + batch_size)
@@ -120,6 +120,28 @@ def test_fusion_graph_matches_pytorch(tiny, batch_size):
         expected = model(*inputs)
     np.testing.assert_allclose(logits, expected.logits.numpy(), atol=FP32_ATOL, rtol=0)
     np.testing.assert_allclose(weights, expected.weights.numpy(), atol=FP32_ATOL, rtol=0)
+
+
+def test_fresh_fusion_model_exports_with_a_dynamic_batch(tmp_path):
+    """A random-init model (period 5 does not divide the lookback: the padding path) through `export_fusion`."""
+    import torch
+
+    from export.onnx_export import CgaOnnxWrapper, export_fusion, open_session
+    from neuralfusion.model_config import CgaConfig
+    from training.model import CgaModel, cga_example_inputs
+
+    torch.manual_seed(0)
+    config = CgaConfig(n_assets=5, embed_dim=16, lookback=24, d_model=16, n_heads=2, periods=(12, 5), top_k=2)
+    model = CgaModel(config)
+    session = open_session(export_fusion(model, tmp_path / "fusion.onnx"))
+    assert all(isinstance(i.shape[0], str) for i in session.get_inputs())  # the batch axis stayed symbolic
+    for size in (1, 7):
+        inputs = cga_example_inputs(config, size, seed=size)
+        got = session.run(None, {n: x.numpy() for n, x in zip(CgaOnnxWrapper.input_names, inputs, strict=True)})
+        with torch.no_grad():
+            expected = CgaOnnxWrapper(model)(*inputs)
+        for name, g, e in zip(CgaOnnxWrapper.output_names, got, expected, strict=True):
+            np.testing.assert_allclose(g, e.numpy(), atol=FP32_ATOL, rtol=1e-4, err_msg=f"{name}, batch {size}")
 
 
 def test_topk_weights_are_compared_only_where_the_choice_is_clear():
