@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from training.encoder import ATTENTION_TYPES, NfcEncoder
-from training.encoder_setup import SentimentTrainConfig, init_encoder, probe_accuracy, train_sentiment
+from training.encoder_finetune import SentimentTrainConfig, probe_accuracy, train_sentiment
+from training.encoder_init import init_encoder
 
 FEW_SHOT = 5  # labelled embeddings per class for the few-shot probe
 WORDS = ("shares", "rally", "after", "the", "company", "beats", "estimates", "while", "analysts", "raise",

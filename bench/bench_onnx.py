@@ -58,7 +58,7 @@ from neuralfusion.manifest import load_manifest
 from neuralfusion.model_config import CgaConfig
 from neuralfusion.synth import SynthConfig, generate_market
 from training.encoder import NfcEncoder
-from training.encoder_setup import init_encoder
+from training.encoder_init import init_encoder
 from training.model import CgaModel, cga_example_inputs
 from training.runs import load_run
 

@@ -61,8 +61,9 @@ def main() -> None:
     import torch
 
     from neuralfusion.dataset import load_data_dir
+    from neuralfusion.overrides import apply_overrides
     from neuralfusion.specs import PortfolioSpec, WindowSpec
-    from neuralfusion.train_config import TrainConfig, apply_overrides
+    from neuralfusion.train_config import TrainConfig
     from neuralfusion.windows import target_windows
     from training.model import CgaModel
     from training.train import flush_subnormals_on_cpu, model_config_for, prepare, to_tensors, train_model

@@ -1,18 +1,15 @@
-"""Training settings as a typed dataclass, loaded from JSON and overridden by `key=value` pairs.
+"""Training settings as a typed dataclass (`nfc train --config/--set` fill it through `neuralfusion.overrides`).
 
-Torch-free so a run folder's `run.json` can be read anywhere. Unknown keys and values that do not
-parse as the field's type are errors (nanoGPT's configurator behaviour, without exec).
+Torch-free so a run folder's `run.json` can be read anywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-__all__ = ["LR_FLOOR", "LR_SCHEDULES", "TrainConfig", "apply_overrides"]
+__all__ = ["LR_FLOOR", "LR_SCHEDULES", "TrainConfig"]
 
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 LR_FLOOR = 0.05  # the cosine schedule's final lr, as a fraction of `lr`
@@ -63,33 +60,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def apply_overrides(base: Any, pairs: list[str] | tuple[str, ...], json_path: Path | None = None) -> Any:
-    """A copy of dataclass `base` updated from a JSON file and then from `key=value` strings.
-
-    Values are parsed as JSON (so `lr=1e-3`, `periods=[40,16]`, `fusion="concat"` or `fusion=concat`
-    work) and must match the field's current type; unknown keys are refused, listing the known ones.
-    """
-    fields = {f.name: f for f in dataclasses.fields(base)}
-    updates: dict[str, Any] = json.loads(Path(json_path).read_text()) if json_path else {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise ValueError(f"override {pair!r} is not key=value")
-        try:
-            updates[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            updates[key.strip()] = raw  # a bare word is a string
-    unknown = sorted(set(updates) - set(fields))
-    if unknown:
-        raise ValueError(f"{type(base).__name__}: unknown keys {unknown}; known keys are {sorted(fields)}")
-    for key, value in updates.items():
-        current = getattr(base, key)
-        if isinstance(current, tuple) and isinstance(value, list):
-            updates[key] = tuple(value)
-        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            updates[key] = float(value)
-        elif type(current) is not type(updates[key]):
-            raise ValueError(f"{type(base).__name__}.{key} must be {type(current).__name__}, got {value!r}")
-    return dataclasses.replace(base, **updates)

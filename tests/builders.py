@@ -74,7 +74,7 @@ def nfc(*args: str) -> tuple[int, str]:
 
 
 def tiny_encoder(texts: list[str], out: Path, seed: int = 0) -> Path:
-    from training.encoder_setup import EncoderSetupConfig, init_encoder
+    from training.encoder_init import EncoderSetupConfig, init_encoder
 
     return init_encoder(texts, out, EncoderSetupConfig(**TINY_ENCODER, seed=seed))
 

@@ -34,17 +34,10 @@ from neuralfusion.embeddings import (
     write_embeddings,
 )
 from neuralfusion.errors import DataError
-from neuralfusion.train_config import apply_overrides
+from neuralfusion.overrides import apply_overrides
 from training.encoder import ATTENTION_TYPES, POOLINGS, EncoderNotFoundError, NfcEncoder
-from training.encoder_setup import (
-    EncoderSetupConfig,
-    SentimentTrainConfig,
-    init_encoder,
-    label_values,
-    probe_accuracy,
-    save_encoder,
-    train_sentiment,
-)
+from training.encoder_finetune import SentimentTrainConfig, label_values, probe_accuracy, train_sentiment
+from training.encoder_init import EncoderSetupConfig, init_encoder, save_encoder
 
 __all__ = ["embed", "encoder"]
 
@@ -53,7 +46,7 @@ logger = logging.getLogger(__name__)
 _DTYPES = click.Choice(["float32", "bfloat16", "float16"])
 _news_option = click.option("--news", "news_path", required=True,
                             type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                            help="News file (JSONL or parquet, DESIGN.md section 2).")
+                            help="News file (JSONL or parquet; the news contract in docs/DESIGN.md).")
 
 
 def _read_texts(news_path: Path) -> tuple[Any, list[str]]:

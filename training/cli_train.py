@@ -11,8 +11,9 @@ import click
 from neuralfusion.dataset import load_data_dir
 from neuralfusion.errors import DataError
 from neuralfusion.model_config import CgaConfig
+from neuralfusion.overrides import apply_overrides
 from neuralfusion.specs import PortfolioSpec, WindowSpec
-from neuralfusion.train_config import TrainConfig, apply_overrides
+from neuralfusion.train_config import TrainConfig
 from training.model import CgaModel
 from training.runs import load_run, write_json
 from training.train import (

@@ -22,15 +22,8 @@ from transformers import AutoModel, AutoTokenizer, BigBirdModel
 from neuralfusion.embeddings import read_embeddings
 from training.cli_encoder import embed, encoder
 from training.encoder import EncoderNotFoundError, NfcEncoder
-from training.encoder_setup import (
-    METADATA_FILE,
-    EncoderSetupConfig,
-    SentimentTrainConfig,
-    init_encoder,
-    label_values,
-    probe_accuracy,
-    train_sentiment,
-)
+from training.encoder_finetune import SentimentTrainConfig, label_values, probe_accuracy, train_sentiment
+from training.encoder_init import METADATA_FILE, EncoderSetupConfig, init_encoder
 
 TINY = EncoderSetupConfig(vocab_size=400, min_frequency=1, num_hidden_layers=2, hidden_size=64,
                           num_attention_heads=2, intermediate_size=128, max_position_embeddings=512,
