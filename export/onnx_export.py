@@ -1,8 +1,9 @@
 """torch -> ONNX for the news encoder and the fusion model, plus the derived ONNX Runtime variants.
 
 Both graphs are exported with `torch.onnx.export(dynamo=True)` at opset 18 and checked afterwards:
-the exporter can silently freeze a dynamic axis to the example's size (FIELD-NOTES), so every
-export asserts that the named axes are still symbolic in the saved graph.
+the exporter can silently freeze a dynamic axis to the example's size (it does so, without an error,
+for block-sparse BigBird's sequence axis), so every export asserts that the named axes are still
+symbolic in the saved graph.
 
 - Encoder: BigBird + pooling (masked mean, or [CLS]) in one graph, (B, T) int64 ids and mask ->
   (B, D) float32 `pooled`, batch and sequence dynamic. Only full attention ("original_full") is
@@ -84,7 +85,8 @@ class NfcEncoderOnnxWrapper(nn.Module):
         self.eval()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:  # (B, T), (B, T) -> (B, D)
-        # a float mask inside the graph: torch 2.13 fails to export BigBird's `1.0 - int_mask` (FIELD-NOTES)
+        # a float mask inside the graph: torch 2.13's exporter fails on BigBird's `1.0 - int_mask` (the ONNX
+        # input stays int64)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask.float()).last_hidden_state
         return pool_hidden(hidden, attention_mask, self.pooling)
 

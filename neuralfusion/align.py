@@ -1,6 +1,6 @@
 """Put news on the bar grid: which bar each item belongs to and which assets it covers.
 
-Rule (DESIGN.md section 2): an item belongs to the first bar whose close time is >= published_at.
+Rule (docs/DESIGN.md, data contracts): an item belongs to the first bar whose close time is >= published_at.
 Items published before the grid's first bar opened, or after its last bar closed, belong to no bar
 (index -1) and are counted, never pulled onto the grid.
 """

@@ -1,4 +1,4 @@
-"""A data folder (DESIGN.md section 7) loaded into grid-aligned arrays: the input of training and backtest.
+"""A data folder (docs/DESIGN.md, data contracts) loaded into grid-aligned arrays: the input of training and backtest.
 
 `DIR/bars.parquet` (or `bars.csv`) and `DIR/news.jsonl` (or `news.parquet`) are required;
 `DIR/universe.json` (symbols, aliases, interval, calendar) is optional: without it the universe is

@@ -291,7 +291,7 @@ def read_embeddings(path: Path | str) -> tuple[list[str], np.ndarray, dict[str, 
 
 def bar_embeddings(item_bar_index: np.ndarray, vectors: np.ndarray,
                    n_bars: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean article vector per bar and a mask of bars that have news (DESIGN.md section 3, news stream).
+    """Mean article vector per bar and a mask of bars that have news (the news stream's input, docs/MODEL.md).
 
     item_bar_index: (M,) int, the bar each article belongs to, -1 for "not on the grid" (ignored).
     vectors: (M, D). Returns means (T, D) float32 (zeros where a bar has no news; the model puts its

@@ -6,7 +6,7 @@ __all__ = ["DataError"]
 
 
 class DataError(ValueError):
-    """Input data violates a contract of DESIGN.md section 2.
+    """Input data violates a data contract (README.md, docs/DESIGN.md).
 
     The message always names the source (file, collection or symbol) and, where known, the row,
     so a user can go straight to the offending record.

@@ -32,8 +32,9 @@ class CgaConfig:
     embed_dim: int = 256
     # bars per input window (WindowSpec.lookback); the model holds a learned position per bar
     lookback: int = 80
-    # channels of each asset's sequence: every asset is its own sequence (B·N of them), so 16 with 2 heads
-    # keeps a forward+backward at batch 64 (768 sequences) near 0.3 s on 2 CPU cores; 32 took ~1.3x longer
+    # channels of each asset's sequence: every asset is its own sequence (B·N of them per batch), so the width
+    # sets the cost of a training step; 16 with 2 heads learns the synthetic signal at a CPU-sized step
+    # (measured costs: docs/MODEL.md)
     d_model: int = 16
     n_heads: int = 2
     lstm_layers: int = 1
@@ -51,13 +52,13 @@ class CgaConfig:
     top_k: int = 4
     # training only: share of dense gross-normalised weights (all assets) mixed into the top-k weights
     # in the loss, so assets outside the top k still get gradient; inference always uses exact top-k.
-    # 1.0 (train on the dense book, whose ranking by |logit| top-k then keeps) learned several times faster
-    # on the synthetic market than 0.2: with mostly top-k weights only 4 of N logits get a useful gradient
+    # 1.0 trains on the dense book, whose ranking by |logit| top-k then keeps: with mostly top-k weights only
+    # k of N logits get a useful gradient, and learning was much slower (docs/MODEL.md)
     surrogate_mix: float = 1.0
     lambda_div: float = 0.1
     lambda_net: float = 0.05
-    # 0 by default: the term needs the previous window's book, one more forward pass per step (~30% of
-    # the step time), and at a rebalance every horizon the 2 bps cost is small beside the planted signal
+    # 0 by default: the term needs the previous window's book, one more forward pass per step, and at a
+    # rebalance every horizon the 2 bps cost is small beside the signal
     lambda_turnover: float = 0.0
     # training only, with both streams: weight of each stream's own -Sharpe, from a linear head on that stream
     # alone. Without it the fused model learned less than the news stream alone: the market stream fits noise

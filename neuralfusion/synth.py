@@ -8,7 +8,7 @@ and costs as the model.
 
 Planted signal (the rule every consumer may rely on):
     A sentiment item published at time p is aligned to bar a, the first bar whose close time is
-    >= p (DESIGN.md section 2). It adds ``sentiment * impact_bps_per_bar`` basis points to the
+    >= p (the alignment rule). It adds ``sentiment * impact_bps_per_bar`` basis points to the
     named asset's per-bar log-return drift on bars a+1 .. a+impact_bars (clipped at the last bar),
     never on bar a itself or earlier, so a model that reads the news at bar a can trade it from a+1.
     Overlapping items add up. Neutral items naming an asset and distractor items move nothing.

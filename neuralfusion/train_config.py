@@ -20,7 +20,7 @@ class TrainConfig:
     """Optimisation and evaluation settings of `nfc train`; defaults fit the demo in minutes on 2 CPU cores."""
 
     seed: int = 0
-    # with the cosine schedule: 10 epochs at stride 6 (~450 steps) keep the default model under 5 minutes
+    # with the cosine schedule and stride 6: enough steps for the default model, within the demo's CPU budget
     epochs: int = 10
     batch_size: int = 64
     lr: float = 5e-3
@@ -34,9 +34,8 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     # epochs without a better validation Sharpe before stopping
     patience: int = 6
-    # bars between consecutive training anchors: neighbouring windows share almost all bars. One sequence per
-    # asset costs ~0.33-0.5 s a step on 2 cores; stride 6 (45 steps an epoch) keeps the demo's training under
-    # 5 minutes on a busy host, and scored within noise of stride 4 (seed 0/1 test Sharpe 36.5/47.7 vs 38.7/50.1)
+    # bars between consecutive training anchors: neighbouring windows share almost all bars, so skipping some
+    # costs little signal and saves steps (stride 6 against 4: docs/MODEL.md)
     train_stride: int = 6
     # validation walks forward from this many evenly spaced offsets inside the first horizon (less noise)
     val_offsets: int = 4

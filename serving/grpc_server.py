@@ -1,7 +1,7 @@
 """The gRPC front of the portfolio service (serving/proto/neuralfusion.proto), run inside each BentoML worker.
 
 BentoML 1.4 does not serve gRPC for new-style services, so every worker starts its own `grpc.aio` server
-from a startup hook, on the worker's event loop (FIELD-NOTES). Predict goes through the same batched API
+from a startup hook, on the worker's event loop. Predict goes through the same batched API
 as HTTP /predict (`self.to_async.predict_batch`), so both protocols fill one batching queue; GetLatest and
 GetHistory run the same store queries as HTTP /latest and /history. Several workers bind one port with
 SO_REUSEPORT and the kernel spreads connections between them. gRPC health (`grpc.health.v1`, SERVING only

@@ -241,8 +241,8 @@ def describe_validation_error(err: ValidationError) -> str:
 
 
 def request_frames(request: PredictRequest) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The request as the long bar and news frames of DESIGN.md section 2, checked by `validate_bars` and
-    `validate_news` (duplicates, ordering); a violated rule is a RequestError."""
+    """The request as the long bar and news frames of the data contracts (docs/DESIGN.md), checked by
+    `validate_bars` and `validate_news` (duplicates, ordering); a violated rule is a RequestError."""
     # column by column from the validated models (their timestamps are aware UTC datetimes): a frame built
     # row-wise infers every column's type from Python objects, several times slower for ~2,000 bars
     rows = request.bars

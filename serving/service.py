@@ -73,7 +73,7 @@ SETTINGS = ServeSettings.from_env()
 # the package comes from the model store (and `bentoml build` packs it) unless a folder is named
 MODEL = None if SETTINGS.model_path else bentoml.models.BentoModel(SETTINGS.model)
 # the in-process clients (self.to_async, depends) otherwise recycle their session every 100 requests and
-# drop the calls in flight at that moment (FIELD-NOTES)
+# drop the calls in flight at that moment (BentoML 1.4's default connection limits)
 RUNNER_CONNECTION = {"max_requests": 1_000_000_000, "max_age": 1e9}
 # how a call to the encoder service over its socket fails when the connection drops under load (the client
 # is aiohttp): BrokenPipeError, ConnectionResetError, aiohttp's ServerDisconnectedError and the like

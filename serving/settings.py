@@ -1,4 +1,4 @@
-"""Serving configuration from `NFC_*` environment variables (DESIGN.md section 5), checked in one place.
+"""Serving configuration from `NFC_*` environment variables (docs/DESIGN.md, serving), checked in one place.
 
 | variable                    | default              | meaning                                                      |
 |-----------------------------|----------------------|--------------------------------------------------------------|

@@ -1,6 +1,6 @@
 """MongoDB prediction store: one document per (model_version, as_of), written idempotently.
 
-DESIGN.md section 5: a unique index on (model_version, as_of) makes repeats harmless, and a prediction
+A unique index on (model_version, as_of) makes repeats harmless, and a prediction
 is only reported stored once MongoDB acknowledged the write (write concern "majority"). Writes are
 `$setOnInsert` upserts, so a repeat never overwrites the first answer for a bar. `as_of` is the UTC
 close time of the as-of bar, stored as a BSON date (millisecond precision).

@@ -6,7 +6,8 @@ the vector is the masked mean of the last hidden states ("mean", default) or the
 
 Attention type is fixed per encoder (chosen at load, stored in the fingerprint) and never changes:
 HF BigBird permanently switches a module from "block_sparse" to "original_full" after any input of
-<= (5 + 2*num_random_blocks)*block_size tokens (FIELD-NOTES). So:
+<= (5 + 2*num_random_blocks)*block_size tokens (704 with the defaults), with a warning, and stays switched
+for every later call at any length. So:
 - "original_full" (default): exact full attention; fastest on GPU and exports fully dynamic. Padding
   is masked out, so an article's vector does not depend on its batch-mates (up to float rounding).
 - "block_sparse": each article runs at its own canonical padded length, a multiple of block_size
@@ -168,7 +169,7 @@ class NfcEncoder:
             return n_tokens
         config = self.model.config
         block = config.block_size
-        # above this HF falls back to full attention for good (FIELD-NOTES): stay one block beyond it
+        # at or below (5 + 2*num_random_blocks)*block_size HF switches to full attention for good: stay a block above
         floor = (6 + 2 * config.num_random_blocks) * block
         return max(math.ceil(n_tokens / block) * block, floor)
 

@@ -258,7 +258,7 @@ class CgaCrossGate(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
         # dropout on what is attended, not on the attention weights: over B·N sequences of L bars, dropping
-        # attention weights made the two CGA directions ~75% of a training step on 2 CPU cores
+        # attention weights made the two CGA directions most of a training step on CPU (docs/MODEL.md)
         self.attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
         self.gate = nn.Linear(2 * d_model, d_model)
         nn.init.constant_(self.gate.bias, GATE_BIAS)

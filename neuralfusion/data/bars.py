@@ -1,6 +1,6 @@
 """OHLCV bars: read and validate the long format, then resample onto one bar grid.
 
-Contract (DESIGN.md section 2): columns `timestamp` (UTC), `symbol`, `open, high, low, close, volume`.
+Contract (docs/DESIGN.md, data contracts): columns `timestamp` (UTC), `symbol`, `open, high, low, close, volume`.
 Each input row is a bar labelled by its close time (`label="close"`, the default) or by its open time
 (`label="open"`, e.g. exchange candles). Gaps are forward-filled from the last close, with zero volume
 and a stale flag; prices are never zero-filled.

@@ -1,6 +1,6 @@
 """News items: read and validate JSONL/parquet files or a MongoDB collection.
 
-Contract (DESIGN.md section 2): `id`, `published_at` (UTC), `title`, `body` (optional),
+Contract (docs/DESIGN.md, data contracts): `id`, `published_at` (UTC), `title`, `body` (optional),
 `symbols` (optional list of tickers; when absent they are matched from the universe's aliases).
 Extra fields (e.g. the synthetic market's `planted` ground truth) are kept as they are.
 """

@@ -238,7 +238,7 @@ def test_fingerprint_mismatch_is_refused(tiny, tmp_path):
 
 
 def test_block_sparse_encoder_is_refused(tiny):
-    """Block-sparse BigBird exports only at a static length and then differs from PyTorch (FIELD-NOTES)."""
+    """Block-sparse BigBird exports only at a static length (the exporter fixes the sequence axis), so it is refused."""
     from export.onnx_export import ExportError, NfcEncoderOnnxWrapper
     from training.encoder import NfcEncoder
 

@@ -42,7 +42,7 @@ def close_panel(bars: pd.DataFrame, symbols: tuple[str, ...]) -> tuple[pd.Dateti
 
 
 def aligned_bars(close_times: pd.DatetimeIndex, news: list[dict]) -> np.ndarray:
-    """First bar whose close time >= published_at (DESIGN.md section 2)."""
+    """First bar whose close time >= published_at (the alignment rule of docs/DESIGN.md)."""
     published = pd.to_datetime([n["published_at"] for n in news], format="ISO8601", utc=True)
     return np.searchsorted(close_times.as_unit("ns").asi8, published.as_unit("ns").asi8, side="left")
 
