@@ -13,6 +13,8 @@ import os
 
 import click
 
+from neuralfusion.redact import install_log_redaction
+
 # torch's OpenMP threads spin-wait by default; on a busy 2-core machine that stalled training steps for
 # seconds (0.6-6.4 s vs 0.24-0.55 s per step). Must be set before torch is imported, which is lazy here.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -73,6 +75,7 @@ class LazyGroup(click.Group):
 def main(log_level: str) -> None:
     """NeuralFusionCore: news + OHLCV bars -> portfolio weights."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction()  # passwords of $NFC_*_URI/URL and $NFC_API_KEY never reach a log line
 
 
 if __name__ == "__main__":  # `python -m nfc.cli` / `torchrun -m nfc.cli train ...`

@@ -8,7 +8,8 @@ It runs `bentoml serve serving.service:PortfolioService` as a child process with
 `serving.settings` in its environment. Without NFC_MONGO_URI it first starts the embedded MongoDB wire
 server (nx-27017) on loopback with its data in --mongo-data, and stops it when the server exits, on
 Ctrl-C and on SIGTERM. The MongoDB URI and the API key are read from the environment only, never from
-arguments, which other users can see in the process list.
+arguments, which other users can see in the process list; a URI pymongo cannot parse is refused before
+any worker starts, and every log line of `nfc` and of the workers hides its password (neuralfusion/redact.py).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from types import FrameType
 
 import click
 
+from neuralfusion.redact import encode_userinfo, redact_uri, scrub, uri_secrets
 from nfc.embedded_mongo import EmbeddedMongo
 from nfc.processes import stop_process
 from serving.settings import DEFAULT_MODEL_TAG
 
-__all__ = ["serve"]
+__all__ = ["check_mongo_uri", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,19 @@ def _check_store_model(tag: str) -> None:
         home = os.environ.get("BENTOML_HOME", "~/bentoml")
         raise click.ClickException(f"the BentoML model store ({home}) has no {tag}: export a model with "
                                    "`nfc export`, or serve a package folder with --model-path") from None
+
+
+def check_mongo_uri(uri: str) -> None:
+    """Refuse a MongoDB URI that pymongo cannot parse before any worker starts: a worker would fail on it at
+    every start, and BentoML would restart it in a loop. The message shows the URI redacted."""
+    from pymongo.errors import PyMongoError
+    from pymongo.uri_parser import parse_uri
+
+    try:
+        parse_uri(encode_userinfo(uri))
+    except (PyMongoError, ValueError) as err:  # InvalidURI, ConfigurationError, bad ports and options
+        raise click.ClickException(f"NFC_MONGO_URI={redact_uri(uri)} is not a MongoDB URI pymongo accepts: "
+                                   f"{scrub(err, uri_secrets(uri))}") from None
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -82,6 +97,8 @@ def serve(model: str | None, model_path: Path | None, host: str, port: int, grpc
     NFC_MONGO_URI=mongodb://db:27017/ nfc serve --model neuralfusion:VERSION --grpc-port 0
     """
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
+    if env.get("NFC_MONGO_URI"):
+        check_mongo_uri(env["NFC_MONGO_URI"])
     if model_path is not None:
         env["NFC_MODEL_PATH"] = str(model_path.resolve())
     else:

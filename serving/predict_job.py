@@ -9,6 +9,10 @@
     cron:  0 */4 * * *  cd /srv/nfc && .venv/bin/nfc predict --bars clickhouse --news mongo \\
                         --model-path /models/package >> /var/log/nfc-predict.log 2>&1     (docs/LIVE.md)
 
+Predictions go to the `predictions` collection of $NFC_MONGO_DB (default neuralfusion), as the service's do.
+Redis gets the latest prediction as MongoDB holds it (a bar already stored keeps its first answer, and that is
+what is published), and its key only moves forward: a run for an older bar than the key holds leaves it.
+
 Order of work, so that a failure stores nothing: take the run lock (a second run exits 1 at once), read every
 source, check staleness, build and check every window, predict everything, then store all predictions in one
 idempotent bulk write, then publish the latest to Redis, then keep the news read for the next run. A repeated
@@ -32,10 +36,12 @@ from typing import Any
 import click
 import pandas as pd
 import pymongo
+import pymongo.errors
 
 from neuralfusion.data.news import MongoNewsSource, NewsFieldMap
 from neuralfusion.dataset import find_data_file
 from neuralfusion.errors import DataError
+from neuralfusion.redact import encode_userinfo, redact_uri, scrub, uri_secrets
 from neuralfusion.specs import BarSpec, Universe
 from serving.client import predict_http, predict_payload
 from serving.live_lock import LockHeld, RunLock
@@ -49,7 +55,7 @@ from serving.live_sources import (
     grid_bars,
     latest_complete_bar,
 )
-from serving.store import PredictionRecord, redact_uri
+from serving.store import PredictionRecord
 
 __all__ = ["predict"]
 
@@ -266,7 +272,12 @@ def _news_reader(job: Job, stack: ExitStack) -> NewsReader:
     if not uri or job.news is None:
         raise click.ClickException("set NFC_NEWS_MONGO_URI (or NFC_MONGO_URI) for --news mongo")
     db, collection, fields = job.news
-    client = stack.enter_context(pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000, tz_aware=True))
+    try:
+        client = stack.enter_context(pymongo.MongoClient(encode_userinfo(uri), serverSelectionTimeoutMS=10_000,
+                                                         tz_aware=True))
+    except (pymongo.errors.PyMongoError, ValueError) as err:  # InvalidURI repeats the URI, password included
+        raise click.ClickException(f"cannot open the news MongoDB at {redact_uri(uri)}: "
+                                   f"{scrub(err, uri_secrets(uri))}") from None
     return IncrementalMongoNews(MongoNewsSource(client[db][collection], fields),
                                 job.state_dir / f"news-{db}-{collection}.parquet")
 
@@ -319,7 +330,7 @@ def _in_process(model: Model, payloads: Sequence[dict[str, Any]], times: Sequenc
                             [ParquetEmbeddingCache(state_dir / "embeddings.parquet")])
     vectors = embedded.vectors.reshape(len(texts), runtime.embed_dim)
     records = runtime.predict(prepared, vectors)
-    outcomes = asyncio.run(_save(records))
+    outcomes, held = asyncio.run(_save(records))
     stored = sum(outcome == "stored" for outcome in outcomes)
     message = (f"stored {stored} new predictions of {len(records)}" if stored else
                f"nothing new: all {len(records)} predictions for {model.version} were already in MongoDB")
@@ -327,7 +338,7 @@ def _in_process(model: Model, payloads: Sequence[dict[str, Any]], times: Sequenc
             "already_present": len(records) - stored, "message": message,
             "embeddings": {"cached": embedded.n_cached, "computed": embedded.n_computed},
             "predictions": [_prediction(record, outcome) for record, outcome in zip(records, outcomes, strict=True)],
-            "latest_record": records[-1]}
+            "latest_record": held}
 
 
 def _encode(encoder: Any, texts: list[str]) -> tuple[Any, Any]:
@@ -335,15 +346,30 @@ def _encode(encoder: Any, texts: list[str]) -> tuple[Any, Any]:
     return encoded.vectors, encoded.n_tokens
 
 
-async def _save(records: list[PredictionRecord]) -> list[str]:
+async def _save(records: list[PredictionRecord]) -> tuple[list[str], PredictionRecord]:
+    """Store `records` in $NFC_MONGO_DB (default neuralfusion) of $NFC_MONGO_URI; the outcomes, and the latest
+    prediction as MongoDB holds it (the first answer for that bar wins, and that is what Redis gets)."""
     from serving.store import PredictionStore, StoreError
 
+    latest = records[-1]
     try:
-        async with PredictionStore(os.environ["NFC_MONGO_URI"]) as store:
+        async with PredictionStore(os.environ["NFC_MONGO_URI"], database=mongo_database()) as store:
             await store.ensure_indexes()
-            return [result.outcome.value for result in await store.save(records)]
+            outcomes = [result.outcome.value for result in await store.save(records)]
+            held = await store.get(latest.model_version, latest.as_of)
     except StoreError as err:
         raise click.ClickException(str(err)) from None
+    if held is None:
+        raise click.ClickException(f"MongoDB acknowledged the prediction for {latest.as_of.isoformat()} but does "
+                                   f"not return it from database {mongo_database()!r}")
+    return outcomes, held
+
+
+def mongo_database() -> str:
+    """The database of the `predictions` collection: $NFC_MONGO_DB, as for the service."""
+    from serving.store import DEFAULT_DATABASE
+
+    return os.environ.get("NFC_MONGO_DB", "").strip() or DEFAULT_DATABASE
 
 
 def _prediction(record: PredictionRecord, outcome: str) -> dict[str, Any]:
@@ -384,14 +410,17 @@ def _publish(record: PredictionRecord, key: str | None, channel: str | None) -> 
         return None
     publisher = RedisPublisher(url, key, channel)
     try:
-        receivers = publisher.publish(record)
+        published = publisher.publish(record)
     except PublishError as err:
         raise click.ClickException(f"{err}; the predictions are stored in MongoDB, rerun to publish") from None
     finally:
         publisher.close()
-    log.info("published %s to %s", record.as_of.isoformat(), redact_uri(url))
-    return {"as_of": record.as_of.isoformat(), "key": key, "channel": channel,
-            "receivers": receivers, "unchanged": receivers is None}
+    log.info("Redis %s: %s for %s (the key holds %s)", redact_uri(url), published.status, record.as_of.isoformat(),
+             published.key_as_of.isoformat() if published.key_as_of else "no bar")
+    return {"as_of": record.as_of.isoformat(), "model_version": record.model_version, "key": key,
+            "channel": channel, "status": published.status, "receivers": published.receivers,
+            "unchanged": published.status == "unchanged",
+            "key_as_of": published.key_as_of.isoformat() if published.key_as_of else None}
 
 
 def predict_http_info(url: str) -> dict:

@@ -51,6 +51,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 from neuralfusion.manifest import load_manifest
+from neuralfusion.redact import install_log_redaction
 from serving.errors import ServingError, check_api_key
 from serving.schemas import HistoryOut, HistoryQuery, PredictionOut, PredictRequest, RequestError
 from serving.settings import ServeSettings
@@ -70,6 +71,7 @@ T = TypeVar("T")
 
 # batching and worker counts are decorator arguments, so they are read when this module is imported
 SETTINGS = ServeSettings.from_env()
+install_log_redaction()  # the workers' log lines never show the passwords of NFC_MONGO_URI & co or NFC_API_KEY
 # the package comes from the model store (and `bentoml build` packs it) unless a folder is named
 MODEL = None if SETTINGS.model_path else bentoml.models.BentoModel(SETTINGS.model)
 # the in-process clients (self.to_async, depends) otherwise recycle their session every 100 requests and

@@ -6,24 +6,25 @@ is only reported stored once MongoDB acknowledged the write (write concern "majo
 close time of the as-of bar, stored as a BSON date (millisecond precision).
 
 The URI comes from the caller (the service reads `NFC_MONGO_URI`); every log line and error message
-shows it through `redact_uri`, so passwords never reach logs.
+shows it through `neuralfusion.redact`, so passwords never reach logs; pymongo gets the URI with its
+user info percent-encoded, so a password may hold any character (parsing rules: neuralfusion/redact.py).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from urllib.parse import unquote
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateOne, WriteConcern
 from pymongo.errors import BulkWriteError, ConfigurationError, ConnectionFailure, PyMongoError
+
+from neuralfusion.redact import encode_userinfo, redact_uri, scrub, uri_secrets
 
 __all__ = [
     "DEFAULT_COLLECTION",
@@ -36,7 +37,6 @@ __all__ = [
     "SaveResult",
     "StoreError",
     "StoreUnavailable",
-    "redact_uri",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,16 +48,6 @@ _UNIQUE_INDEX = "model_version_as_of"
 _DUPLICATE_KEY = 11000
 _NEWEST_FIRST = [("as_of", DESCENDING), ("model_version", ASCENDING)]
 _NO_ID = {"_id": False}
-# options with secret values, e.g. tlsCertificateKeyFilePassword, authMechanismProperties=AWS_SESSION_TOKEN:...
-_SECRET_OPTION = re.compile(r"(?i)([?&][^=&]*(?:password|secret|token|authmechanismproperties)[^=&]*=)[^&]*")
-# greedy up to the authority's last "@", so an unescaped "@" in a password is still hidden whole
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/?]*):(?P<password>[^/?]*)@")
-
-
-def redact_uri(uri: str) -> str:
-    """`uri` with its password and secret query options replaced by `***`, safe to log."""
-    redacted = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", uri)
-    return _SECRET_OPTION.sub(lambda m: f"{m[1]}***", redacted)
 
 
 class StoreError(RuntimeError):
@@ -179,12 +169,11 @@ class PredictionStore:
                  server_selection_timeout_ms: int = 2000, socket_timeout_ms: int = 10_000,
                  client_options: Mapping[str, Any] | None = None) -> None:
         self.uri = redact_uri(uri)
-        match = _USERINFO.match(uri)
-        self._password = match["password"] if match else ""
+        self._secrets = uri_secrets(uri)
         try:
             self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
                 # not timeoutMS: pymongo then waits for a server that long, ignoring serverSelectionTimeoutMS
-                uri, tz_aware=True, tzinfo=UTC, serverSelectionTimeoutMS=server_selection_timeout_ms,
+                encode_userinfo(uri), tz_aware=True, tzinfo=UTC, serverSelectionTimeoutMS=server_selection_timeout_ms,
                 connectTimeoutMS=socket_timeout_ms, socketTimeoutMS=socket_timeout_ms, appname="neuralfusion-serving",
                 **(client_options or {}))
         except (ConfigurationError, ValueError) as err:  # pymongo raises both for malformed URIs
@@ -263,6 +252,13 @@ class PredictionStore:
             doc = await self._collection.find_one(_query(model_version), projection=_NO_ID, sort=_NEWEST_FIRST)
         return None if doc is None else PredictionRecord.from_document(doc)
 
+    async def get(self, model_version: str, as_of: datetime) -> PredictionRecord | None:
+        """The stored prediction of `model_version` for the bar `as_of` (the first one written), or None."""
+        with self._errors("reading a prediction"):
+            doc = await self._collection.find_one({"model_version": str(model_version),
+                                                   "as_of": _key_time(as_of, "as_of")}, projection=_NO_ID)
+        return None if doc is None else PredictionRecord.from_document(doc)
+
     async def history(self, start: datetime | None, end: datetime | None, model_version: str | None = None,
                       limit: int = 100, before: datetime | None = None) -> HistoryPage:
         """Predictions with start <= as_of < end (and as_of < before), newest first, at most `limit` a page.
@@ -293,11 +289,8 @@ class PredictionStore:
         return await self._collection.find(query, projection=_NO_ID, sort=_NEWEST_FIRST, limit=limit).to_list()
 
     def _scrub(self, message: object) -> str:
-        """`message` without the URI's password, in case a driver message ever quotes it."""
-        text = str(message)
-        for secret in {self._password, unquote(self._password)} - {""}:
-            text = text.replace(secret, "***")
-        return text
+        """`message` without the URI's password (pymongo's InvalidURI quotes the whole URI)."""
+        return scrub(message, self._secrets)
 
 
 def _query(model_version: str | None, lower: datetime | None = None, upper: datetime | None = None) -> dict[str, Any]:

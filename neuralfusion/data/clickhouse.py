@@ -23,6 +23,7 @@ import pandas as pd
 
 from neuralfusion.data.bars import BAR_COLUMNS, validate_bars
 from neuralfusion.errors import DataError
+from neuralfusion.redact import encode_userinfo, redact_uri, scrub, uri_secrets
 
 __all__ = ["BarColumnMap", "ClickHouseBarSource", "field_map_from_text", "quote_identifier"]
 
@@ -95,6 +96,7 @@ class ClickHouseBarSource:
         self.label = label
         self.candle = pd.Timedelta(candle)
         self._query = self._select()
+        self._secrets: set[str] = set()  # the URL's password, hidden in error messages (from_url sets it)
 
     @classmethod
     def from_url(cls, url: str, table: str, **options: Any) -> ClickHouseBarSource:
@@ -104,7 +106,13 @@ class ClickHouseBarSource:
         except ImportError:
             raise RuntimeError("the ClickHouse bar source needs the live extra: "
                                "pip install 'neuralfusioncore[live]'") from None
-        return cls(Client.from_url(url), table, **options)
+        try:  # the driver splits the URL at the first "/", so the user info is percent-encoded first
+            client = Client.from_url(encode_userinfo(url))
+        except Exception as err:  # ValueError for a bad port or option; no error text may carry the password
+            raise ValueError(f"invalid ClickHouse URL {redact_uri(url)}: {scrub(err, uri_secrets(url))}") from None
+        source = cls(client, table, **options)
+        source._secrets = uri_secrets(url)
+        return source
 
     def close(self) -> None:
         """Close the client's connection (it reconnects on the next query)."""
@@ -146,7 +154,8 @@ class ClickHouseBarSource:
         try:
             rows = self.client.execute(self._query, params)
         except Exception as err:  # the driver's network and server errors share no base class
-            raise DataError(f"query failed ({type(err).__name__}: {str(err).splitlines()[0][:300]})",
+            first_line = scrub(str(err).splitlines()[0][:300], self._secrets)
+            raise DataError(f"query failed ({type(err).__name__}: {first_line})",
                             source=self.source) from None
         frame = pd.DataFrame.from_records(rows, columns=list(BAR_COLUMNS))
         if frame.empty:

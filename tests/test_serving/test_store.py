@@ -24,7 +24,6 @@ from serving.store import (
     SaveOutcome,
     StoreUnavailable,
     _bound_time,
-    redact_uri,
 )
 
 T = TypeVar("T")
@@ -291,20 +290,6 @@ def test_unreachable_server_raises_store_unavailable_quickly(operation: str) -> 
         gc.collect()
     assert time.monotonic() - started < 5
     assert "hunter2" not in message and "mongodb://nfc:***@127.0.0.1" in message and "unavailable" in message
-
-
-@pytest.mark.parametrize(("uri", "expected"), [
-    ("mongodb://127.0.0.1:27017/", "mongodb://127.0.0.1:27017/"),
-    ("mongodb://user@h/?w=1", "mongodb://user@h/?w=1"),
-    ("mongodb://u:p%40ss@h1:1,h2:2/db?authSource=admin", "mongodb://u:***@h1:1,h2:2/db?authSource=admin"),
-    ("mongodb://u:p@ss@h/", "mongodb://u:***@h/"),
-    ("mongodb+srv://u:pw@c.example.net/?tlsCertificateKeyFilePassword=k&w=1",
-     "mongodb+srv://u:***@c.example.net/?tlsCertificateKeyFilePassword=***&w=1"),
-    ("mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:tok",
-     "mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties=***"),
-])
-def test_redact_uri_hides_passwords_and_secret_options(uri: str, expected: str) -> None:
-    assert redact_uri(uri) == expected
 
 
 @pytest.mark.parametrize("uri", ["mongodb://u:hunter2@", "mongodb://u:hunter2@h:port/"])
