@@ -10,10 +10,14 @@ onnx or `training`. A package folder looks like this:
       tokenizer/                                            tokenizer.json (+ HF config files)
       manifest.json                                         everything else serving needs (schema below)
       manifest.sha256                                       sha256 of manifest.json
+      manifest.sig                                          Ed25519 signature of manifest.json (signed exports)
 
 `manifest.json` lists the sha256 of every other file; `manifest.sha256` holds the manifest's own
 digest, so editing the manifest (e.g. its normalisation stats) is caught like editing a graph.
-That is integrity against accidents and careless edits, not a signature. Files that the manifest
+That is integrity against accidents and careless edits; against a deliberate swap (graph, hash and
+digest all rewritten) a package is signed (`nfc export --sign-key`, neuralfusion/signing.py) and
+loaded with `public_key` (serving: NFC_PACKAGE_PUBLIC_KEY). Every path the manifest names (graph
+variants, tokenizer) must be one of its hashed `files`, inside the package. Files that the manifest
 does not list are ignored: BentoML keeps its own `model.yaml` beside them in the model store, and no
 listed file refers to an unlisted one (ONNX external data locations live inside the hashed graphs).
 
@@ -49,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from neuralfusion.features import FeatureNormalizer
+from neuralfusion.signing import SIGNATURE_FILE, SignatureError, load_public_key, verify_manifest_signature
 from neuralfusion.specs import BarSpec, PortfolioSpec, Universe, WindowSpec
 
 __all__ = [
@@ -61,7 +66,9 @@ __all__ = [
     "PackageError",
     "PackageManifest",
     "check_version",
+    "inside_package",
     "load_manifest",
+    "manifest_paths",
     "package_files",
     "sha256_file",
     "write_manifest",
@@ -102,8 +109,8 @@ def sha256_file(path: Path) -> str:
 
 
 def package_files(pkg_dir: Path) -> Iterator[str]:
-    """Relative POSIX paths of every file under `pkg_dir` except the manifest pair, sorted."""
-    skip = {MANIFEST_FILE, MANIFEST_DIGEST_FILE}
+    """Relative POSIX paths of every file under `pkg_dir` except the manifest, its digest and signature, sorted."""
+    skip = {MANIFEST_FILE, MANIFEST_DIGEST_FILE, SIGNATURE_FILE}
     for path in sorted(p for p in pkg_dir.rglob("*") if p.is_file()):
         relative = path.relative_to(pkg_dir).as_posix()
         if relative not in skip:
@@ -138,7 +145,7 @@ class PackageManifest:
         variants = self.data["graphs"][graph]["variants"]
         if variant not in variants:
             raise PackageError(f"package {self.root} has no {variant!r} variant of {graph!r} (has {sorted(variants)})")
-        return self.root / variants[variant]
+        return inside_package(self.root, variants[variant])
 
     @property
     def universe(self) -> Universe:
@@ -161,14 +168,38 @@ class PackageManifest:
         return FeatureNormalizer.from_dict(self.data["features"]["normaliser"])
 
 
-def load_manifest(pkg_dir: Path | str, verify: bool = True) -> PackageManifest:
+def inside_package(root: Path, name: str) -> Path:
+    """`root / name`, refused unless it is a relative path that stays inside `root` (links resolved)."""
+    path = root / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or not os.path.realpath(path).startswith(
+            os.path.realpath(root) + os.sep):
+        raise PackageError(f"manifest names {name!r}, which is outside the package {root}")
+    return path
+
+
+def manifest_paths(data: dict[str, Any]) -> dict[str, str]:
+    """Every file path the manifest names besides `files`, by where it is named ("graphs.fusion.cpu": path)."""
+    paths = {f"graphs.{graph}.{variant}": name for graph, spec in data["graphs"].items()
+             for variant, name in spec.get("variants", {}).items()}
+    paths["encoder.tokenizer"] = data["encoder"]["tokenizer"]
+    return paths
+
+
+def load_manifest(pkg_dir: Path | str, verify: bool = True, public_key: str | None = None) -> PackageManifest:
     """Read PKG/manifest.json; with `verify`, refuse a package whose manifest or any listed file is
-    missing or differs from its recorded sha256 (the error names the file)."""
+    missing or differs from its recorded sha256 (the error names the file), or that names a path
+    (graph variant, tokenizer) which is not one of its hashed files. With `public_key` (PEM text or a
+    path), first refuse a package whose manifest.sig is missing or not made by that key."""
     root = Path(pkg_dir)
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise PackageError(f"{root} is not a model package: no {MANIFEST_FILE} (build one with `nfc export`)")
     raw = manifest_path.read_bytes()
+    if public_key is not None:
+        try:
+            verify_manifest_signature(root, raw, load_public_key(public_key))
+        except SignatureError as err:
+            raise PackageError(str(err)) from None
     if verify:
         digest_path = root / MANIFEST_DIGEST_FILE
         if not digest_path.is_file():
@@ -188,16 +219,16 @@ def load_manifest(pkg_dir: Path | str, verify: bool = True) -> PackageManifest:
         raise PackageError(f"{manifest_path} has format {data['format']!r}; this reader knows {FORMAT!r}")
     if verify:
         _verify_files(root, data["files"])
+        unlisted = {where: name for where, name in manifest_paths(data).items() if name not in data["files"]}
+        if unlisted:
+            raise PackageError(f"{manifest_path} names files it does not hash: {unlisted}; every path must be one of "
+                               "its `files`, inside the package")
     return PackageManifest(root=root, data=data)
 
 
 def _verify_files(root: Path, files: dict[str, str]) -> None:
     for name, expected in sorted(files.items()):
-        path = root / name
-        # a listed name must stay inside the package (no "../" or absolute paths smuggled into a manifest)
-        if Path(name).is_absolute() or ".." in Path(name).parts or not os.path.realpath(path).startswith(
-                os.path.realpath(root) + os.sep):
-            raise PackageError(f"manifest lists {name!r}, which is outside the package")
+        path = inside_package(root, name)  # no "../" or absolute paths smuggled into a manifest
         if not path.is_file():
             raise PackageError(f"package file {name} is missing from {root}")
         actual = sha256_file(path)

@@ -40,7 +40,8 @@ from neuralfusion.dataset import MarketData, market_data
 from neuralfusion.errors import DataError
 from neuralfusion.features import FEATURE_NAMES
 from neuralfusion.inputs import INPUT_NAMES, grid_inputs
-from neuralfusion.manifest import PackageError, PackageManifest, load_manifest
+from neuralfusion.manifest import PackageError, PackageManifest
+from serving.model_store import load_verified_manifest
 from serving.schemas import PredictRequest, RequestError, check_request_against_model
 from serving.store import PredictionRecord
 
@@ -287,7 +288,7 @@ class PortfolioRuntime:
     def load(cls, pkg_dir: Path | str, device: str = "auto", variant: str | None = None, threads: int | None = None,
              with_encoder: bool = True) -> PortfolioRuntime:
         """Verify the package's hashes, then open its graphs; PackageError names what is wrong."""
-        manifest = load_manifest(pkg_dir, verify=True)
+        manifest = load_verified_manifest(pkg_dir)  # hashes, paths; signature with NFC_PACKAGE_PUBLIC_KEY
         fusion = open_session(manifest, "fusion", device, variant, threads)
         encoder = NewsEncoder(manifest, device, variant, threads) if with_encoder else None
         return cls(manifest, fusion, encoder)

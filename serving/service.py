@@ -21,7 +21,8 @@ missing or altered package leaves the service up but never ready, and /predict a
 serves weights from another model.
 
 Model swaps without a restart: with NFC_RELOAD_INTERVAL_S set, each portfolio worker resolves the store tag
-NFC_MODEL (e.g. `neuralfusion:latest`) that often and, when it names another version, loads and verifies
+NFC_MODEL (e.g. `neuralfusion:latest`: the newest entry labelled promoted, serving/model_store.py) that often
+and, when it names another version, loads and verifies
 that package beside the current one and then replaces the runtime in one assignment. A batch reads the
 runtime once and uses it from preparation to the stored record, so every answer comes from one version and
 names it (`model_version`). A package that fails to load, or whose encoder differs from the one the encoder
@@ -50,9 +51,9 @@ from bentoml.exceptions import BentoMLException, ServiceUnavailable
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
-from neuralfusion.manifest import load_manifest
 from neuralfusion.redact import install_log_redaction
 from serving.errors import ServingError, check_api_key
+from serving.model_store import load_verified_manifest, resolve_model_tag
 from serving.schemas import HistoryOut, HistoryQuery, PredictionOut, PredictRequest, RequestError
 from serving.settings import ServeSettings
 from serving.store import PredictionRecord, PredictionStore, StoreError
@@ -73,7 +74,7 @@ T = TypeVar("T")
 SETTINGS = ServeSettings.from_env()
 install_log_redaction()  # the workers' log lines never show the passwords of NFC_MONGO_URI & co or NFC_API_KEY
 # the package comes from the model store (and `bentoml build` packs it) unless a folder is named
-MODEL = None if SETTINGS.model_path else bentoml.models.BentoModel(SETTINGS.model)
+MODEL = None if SETTINGS.model_path else bentoml.models.BentoModel(resolve_model_tag(SETTINGS.model))
 # the in-process clients (self.to_async, depends) otherwise recycle their session every 100 requests and
 # drop the calls in flight at that moment (BentoML 1.4's default connection limits)
 RUNNER_CONNECTION = {"max_requests": 1_000_000_000, "max_age": 1e9}
@@ -193,7 +194,7 @@ class EncoderService:
         settings = ServeSettings.from_env()
 
         def build(folder: Path) -> tuple[str, NewsEncoder]:
-            manifest = load_manifest(folder, verify=True)
+            manifest = load_verified_manifest(folder)
             encoder = NewsEncoder(manifest, settings.device, settings.ort_variant, settings.ort_threads)
             return manifest.data["encoder"]["fingerprint"], encoder
 
@@ -398,7 +399,8 @@ class PortfolioService:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                model = await anyio.to_thread.run_sync(bentoml.models.get, self.settings.model)
+                resolved = await anyio.to_thread.run_sync(resolve_model_tag, self.settings.model)  # newest promoted
+                model = await anyio.to_thread.run_sync(bentoml.models.get, resolved)
                 await self.swap_to(str(model.tag), Path(model.path))
             except Exception as err:  # e.g. the store unreadable for a moment: keep serving, try again next time
                 log.warning("checking %s for a model swap failed: %s", self.settings.model, err)

@@ -21,6 +21,7 @@
 | NFC_TIMEOUT_S               | 60                   | request timeout of both services                             |
 | NFC_RELOAD_INTERVAL_S       | (unset: never)       | poll NFC_MODEL this often; swap in the version it resolves to |
 | NFC_MONGO_TIMEOUT_MS        | 2000                 | wait for an unreachable MongoDB before answering 503          |
+| NFC_PACKAGE_PUBLIC_KEY      | (unset: no check)    | Ed25519 key (PEM or path): load only packages it signed       |
 
 Request size limits (NFC_MAX_BARS, NFC_MAX_NEWS, NFC_MAX_TEXT_CHARS) live in `serving.schemas.RequestLimits`.
 The deadlines are maxima, not waits: batches are sent as soon as BentoML's dispatcher expects no gain from
@@ -65,6 +66,7 @@ class ServeSettings:
     timeout_s: int = 60
     reload_interval_s: int | None = None
     mongo_timeout_ms: int = 2000
+    package_public_key: str | None = field(default=None, repr=False)  # PEM text or path (serving/model_store.py)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServeSettings:
@@ -88,6 +90,13 @@ class ServeSettings:
             raise ValueError(f"NFC_ORT_VARIANT={settings.ort_variant!r} must be one of {_VARIANTS}")
         if settings.reload_interval_s is not None and settings.model_path:
             raise ValueError("NFC_RELOAD_INTERVAL_S follows a model-store tag (NFC_MODEL); unset NFC_MODEL_PATH")
+        if settings.package_public_key is not None:
+            from neuralfusion.signing import SignatureError, load_public_key
+
+            try:
+                load_public_key(settings.package_public_key)
+            except SignatureError as err:
+                raise ValueError(f"NFC_PACKAGE_PUBLIC_KEY: {err}") from None
         if settings.grpc_port is not None and settings.grpc_port > 65535:
             raise ValueError(f"NFC_GRPC_PORT={settings.grpc_port} is not a TCP port")
         return settings
