@@ -3,7 +3,10 @@
 The package's files (manifest included) are copied into the model's folder unchanged, so serving
 verifies them with `neuralfusion.manifest.load_manifest(bentoml.models.get(tag).path)` exactly as on disk;
 BentoML's own `model.yaml` beside them is not listed in the manifest and is ignored there.
-The store lives under $BENTOML_HOME (default ~/bentoml); set BENTOML_DO_NOT_TRACK=true for no telemetry.
+Each entry is labelled `promoted=true|false` from the manifest's `promotion` (a run `nfc finetune` did not
+promote is false), and serving resolves `neuralfusion:latest` to the newest promoted entry, so exporting a
+losing challenger (with --force) never replaces the served model. The store lives under $BENTOML_HOME
+(default ~/bentoml); set BENTOML_DO_NOT_TRACK=true for no telemetry.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ def bento_labels(manifest: PackageManifest) -> dict[str, str]:
     return {"project": "neuralfusioncore", "interval": data["bar_spec"]["interval"],
             "assets": str(len(data["universe"]["symbols"])), "lookback": str(data["window"]["lookback"]),
             "horizon": str(data["window"]["horizon"]), "opset": str(data["onnx"]["opset"]),
-            "encoder_fingerprint": data["encoder"]["fingerprint"][:16]}
+            "encoder_fingerprint": data["encoder"]["fingerprint"][:16],
+            # serving's `neuralfusion:latest` is the newest entry with promoted=true (serving/model_store.py)
+            "promoted": "true" if data.get("promotion", {}).get("promoted") is True else "false"}
 
 
 def bento_metadata(manifest: PackageManifest) -> dict[str, Any]:

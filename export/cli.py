@@ -4,11 +4,14 @@
     nfc export --model RUN --out PKG --encoder runs/demo/encoder --version 2026-11-27a --no-bentoml
     nfc validate runs/demo/package
     nfc validate PKG --model RUN --data runs/demo/data --json
+    nfc keygen --out keys/nfc-signing.pem && nfc export --model RUN --out PKG --sign-key keys/nfc-signing.pem
 
 `export` refuses an encoder whose fingerprint differs from the one that made the run's embeddings,
 publishes the package only after every graph passed parity, then registers it in the BentoML model
-store as neuralfusion:<version> (BENTOML_HOME) unless --no-bentoml. `validate` exits 0 only if every
-check holds (hashes, ONNX checker, parity on generated and real inputs, batch invariance, tokenizer).
+store as neuralfusion:<version> (BENTOML_HOME) unless --no-bentoml. A run that `nfc finetune` did not
+promote is refused unless --force. `validate` exits 0 only if every check holds and ran (hashes, signature
+with a public key, configs vs the run, ONNX checker, parity on generated and real inputs, batch invariance,
+tokenizer); --allow-skip lets checks that cannot run pass as "skipped".
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from export.onnx_export import ExportError
 from export.package import build_package
 from export.validate import validate_package
 from neuralfusion.manifest import PackageError, load_manifest
+from neuralfusion.signing import SignatureError, generate_keypair
 
-__all__ = ["export_command", "validate_command"]
+__all__ = ["export_command", "keygen_command", "validate_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +42,23 @@ _existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--version", default=None, help="Package version. Default: UTC time + weights hash.")
 @click.option("--external-data", is_flag=True, help="Store weights in .onnx.data files (automatic above 2 GB).")
 @click.option("--no-bentoml", is_flag=True, help="Do not register the package in the BentoML model store.")
-@click.option("--force", is_flag=True, help="Replace an existing package folder.")
+@click.option("--force", is_flag=True, help="Replace an existing package folder; export a run that `nfc finetune` "
+              "did not promote (labelled promoted=false: never neuralfusion:latest).")
+@click.option("--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Ed25519 private key PEM (`nfc keygen`): sign the manifest into manifest.sig.")
 def export_command(run_dir: Path, out: Path, encoder_path: str | None, version: str | None,
-                   external_data: bool, no_bentoml: bool, force: bool) -> None:
+                   external_data: bool, no_bentoml: bool, force: bool, sign_key: Path | None) -> None:
     """Export the encoder and the fusion model of RUN to ONNX, with parity, into the package OUT.
 
     \b
     nfc export --model runs/demo/model --out runs/demo/package
     nfc export --model RUN --out PKG --encoder ENCODER_DIR --version v2 --no-bentoml
+    nfc export --model RUN --out PKG --sign-key keys/nfc-signing.pem
     """
     try:
         build_package(run_dir, out, encoder_path=encoder_path, version=version, external_data=external_data or None,
-                      force=force, progress=True)
-    except (ExportError, ValueError, FileNotFoundError, FileExistsError) as err:  # incl. fingerprint mismatch
+                      force=force, progress=True, allow_unpromoted=force, sign_key=sign_key)
+    except (ExportError, ValueError, FileNotFoundError, FileExistsError) as err:  # fingerprint, promotion, key
         raise click.ClickException(str(err)) from None
     manifest = load_manifest(out)
     worst = max(manifest.data["parity"], key=lambda r: r["max_abs"] / r["bound"])
@@ -71,6 +79,22 @@ def export_command(run_dir: Path, out: Path, encoder_path: str | None, version: 
     click.echo(f"registered {tag} in the BentoML model store")
 
 
+@click.command("keygen")
+@click.option("--out", "private_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Private key PEM to write (mode 0600); the public key goes to OUT.pub.")
+def keygen_command(private_path: Path) -> None:
+    """Create an Ed25519 key pair for signing packages: `nfc export --sign-key OUT`, NFC_PACKAGE_PUBLIC_KEY=OUT.pub.
+
+    \b
+    nfc keygen --out keys/nfc-signing.pem
+    """
+    try:
+        kid = generate_keypair(private_path, private_path.with_name(private_path.name + ".pub"))
+    except (SignatureError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"wrote {private_path} (private, keep it secret) and {private_path}.pub (public): key id {kid}")
+
+
 @click.command("validate")
 @click.argument("package", type=_existing_dir)
 @click.option("--model", "run_dir", type=_existing_dir, default=None,
@@ -80,9 +104,13 @@ def export_command(run_dir: Path, out: Path, encoder_path: str | None, version: 
 @click.option("--embeddings", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="`nfc embed` file for --data's news. Default: the run's embeddings file.")
 @click.option("--encoder", "encoder_path", default=None, help="Encoder folder. Default: the package's source.")
+@click.option("--public-key", default=None, envvar="NFC_PACKAGE_PUBLIC_KEY",
+              help="Ed25519 public key (PEM file or text) the manifest must be signed by.", show_envvar=True)
+@click.option("--allow-skip", is_flag=True,
+              help="Pass even when a check cannot run (no real data, ...); the report lists what was skipped.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def validate_command(package: Path, run_dir: Path | None, data_dir: Path | None, embeddings: Path | None,
-                     encoder_path: str | None, as_json: bool) -> None:
+                     encoder_path: str | None, public_key: str | None, allow_skip: bool, as_json: bool) -> None:
     """Check PACKAGE offline: hashes, ONNX checker, parity vs PyTorch, batch invariance; exit 0 only if all hold.
 
     \b
@@ -90,7 +118,8 @@ def validate_command(package: Path, run_dir: Path | None, data_dir: Path | None,
     nfc validate PKG --model RUN --data DIR --json
     """
     report = validate_package(package, run_dir=run_dir, data_dir=data_dir, encoder_path=encoder_path,
-                              embeddings=embeddings, progress=not as_json)
+                              embeddings=embeddings, progress=not as_json, public_key=public_key,
+                              allow_skip=allow_skip)
     click.echo(report.to_json() if as_json else report.table())
     if not report.passed:
         raise SystemExit(1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,13 +37,15 @@ from export.onnx_export import (
 from export.parity import TOLERANCES, ParityResult, encoder_cases, fusion_cases, package_parity
 from neuralfusion.embeddings import read_embeddings
 from neuralfusion.manifest import FORMAT, GRAPHS, MANIFEST_FILE, check_version, write_manifest
+from neuralfusion.signing import load_private_key, sign_manifest
 from training.encoder import NfcEncoder
 from training.model import CgaModel
-from training.runs import Run, git_commit, load_run, staged_folder
+from training.runs import Run, git_commit, load_run, promotion, staged_folder
 
 __all__ = [
     "EncoderSettings",
     "FingerprintMismatchError",
+    "UnpromotedRunError",
     "build_package",
     "default_version",
     "encoder_settings",
@@ -59,6 +62,10 @@ class FingerprintMismatchError(ValueError):
     """The encoder to export is not the one that made the run's embeddings."""
 
 
+class UnpromotedRunError(ValueError):
+    """The run lost to its incumbent in `nfc finetune`; exported only when asked explicitly."""
+
+
 @dataclass(frozen=True)
 class EncoderSettings:
     """Which encoder made a run's embeddings, and how it was loaded (all part of its fingerprint)."""
@@ -71,12 +78,15 @@ class EncoderSettings:
 
 def encoder_settings(run: Run, encoder_path: str | None = None) -> EncoderSettings:
     """Settings from the run's embeddings file (written by `nfc embed`); `encoder_path` overrides its path."""
-    embeddings = Path(run.encoder.get("embeddings") or "")
-    meta: dict[str, str] = read_embeddings(embeddings)[2] if embeddings.is_file() else {}
+    try:
+        embeddings = run.resolve(run.encoder.get("embeddings"), "embeddings file")
+    except FileNotFoundError:
+        embeddings = None  # then --encoder must say which encoder made them
+    meta: dict[str, str] = read_embeddings(embeddings)[2] if embeddings is not None else {}
     path = encoder_path or meta.get("nfc.encoder")
     if not path:
-        raise FileNotFoundError(f"run {run.path} does not say which encoder made its embeddings ({embeddings} "
-                                "is missing or names none); pass --encoder PATH")
+        raise FileNotFoundError(f"run {run.path} does not say which encoder made its embeddings "
+                                f"({run.encoder.get('embeddings')} is missing or names none); pass --encoder PATH")
     local = Path(path).expanduser()
     return EncoderSettings(path=str(local.resolve()) if local.exists() else str(path),  # a folder, or a hub id
                            attention_type=meta.get("nfc.attention_type", "original_full"),
@@ -127,7 +137,7 @@ def _write_graphs(encoder: NfcEncoder, model: CgaModel, root: Path, external_dat
 
 
 def _manifest(run: Run, encoder: NfcEncoder, settings: EncoderSettings, root: Path, version: str,
-              parity: list[ParityResult]) -> dict[str, Any]:
+              parity: list[ParityResult], out: Path, promotion_record: dict[str, Any]) -> dict[str, Any]:
     bar_spec = run.bar_spec
     tokenizer = encoder.tokenizer
     return {
@@ -136,7 +146,10 @@ def _manifest(run: Run, encoder: NfcEncoder, settings: EncoderSettings, root: Pa
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "source": {"run": str(run.path.resolve()), "run_git_commit": run.meta.get("git_commit"),
-                   "encoder": settings.path, "embeddings": run.encoder.get("embeddings")},
+                   "encoder": settings.path, "embeddings": run.encoder.get("embeddings"),
+                   # for `nfc validate` when package and run moved together: the run relative to the package
+                   "run_from_package": os.path.relpath(run.path.resolve(), out.resolve())},
+        "promotion": promotion_record,
         "universe": run.universe.to_dict(),
         "bar_spec": {"interval": bar_spec.interval, "calendar": bar_spec.calendar,
                      "max_missing_fraction": bar_spec.max_missing_fraction},
@@ -164,13 +177,23 @@ def _manifest(run: Run, encoder: NfcEncoder, settings: EncoderSettings, root: Pa
 
 
 def build_package(run_dir: Path, out: Path, encoder_path: str | None = None, version: str | None = None,
-                  external_data: bool | None = None, force: bool = False, progress: bool = False) -> Path:
+                  external_data: bool | None = None, force: bool = False, progress: bool = False,
+                  allow_unpromoted: bool = False, sign_key: Path | None = None) -> Path:
     """Export run `run_dir` into the package folder `out` (module docstring); returns `out`.
 
     external_data: True stores every graph's weights in a `.data` file beside it, None only when a
     graph is too large for one protobuf file (2 GB). progress: a bar over the stages on stderr.
+    allow_unpromoted: export a run that `nfc finetune` did not promote (its manifest says so, and the model
+    store labels it promoted=false, so `neuralfusion:latest` never resolves to it). sign_key: an Ed25519
+    private key PEM; the manifest is signed into manifest.sig before the package is published.
     """
     run = load_run(run_dir)
+    decision = promotion(run)
+    if not decision["promoted"] and not allow_unpromoted:
+        raise UnpromotedRunError(f"run {run.path} was not promoted by `nfc finetune`: it {decision['reason']}; "
+                                 "export it anyway with --force (it is then labelled promoted=false and never "
+                                 "becomes neuralfusion:latest)")
+    private_key = load_private_key(sign_key) if sign_key is not None else None  # a bad key fails before the work
     settings = encoder_settings(run, encoder_path)
     encoder = load_run_encoder(run, settings)
     model = CgaModel.from_checkpoint(run.weights_path)
@@ -188,7 +211,11 @@ def build_package(run_dir: Path, out: Path, encoder_path: str | None = None, ver
             rows = "; ".join(f"{r.graph} {r.check} ({r.case}): max abs {r.max_abs:.3g} > {r.bound:.3g}"
                              for r in failed[:5])
             raise ExportError(f"{len(failed)} parity checks failed, nothing published: {rows}")
-        write_manifest(partial, _manifest(run, encoder, settings, partial, version, parity))
+        write_manifest(partial, _manifest(run, encoder, settings, partial, version, parity, out,
+                                          {"promoted": decision["promoted"], "reason": decision["reason"],
+                                           "forced": not decision["promoted"]}))
+        if private_key is not None:
+            logger.info("signed the manifest with key %s", sign_manifest(partial, private_key))
         steps.update(1)
     logger.info("wrote package %s (version %s)", out, version)
     return out

@@ -23,7 +23,9 @@ listed file refers to an unlisted one (ONNX external data locations live inside 
 
 Manifest keys (format `nfc-package/1`):
   format, version, created (UTC ISO), git_commit
-  source      {run, encoder, embeddings}: where the package was exported from (for `nfc validate`)
+  source      {run, run_from_package, encoder, embeddings}: where the package was exported from (`nfc validate`)
+  promotion   {promoted, reason, forced}: whether the run may become the served model (absent: exported before
+              promotion was recorded, treated as not promoted by the model store's `latest`)
   universe    Universe.to_dict(): symbols in model order, aliases
   bar_spec    {interval, calendar, max_missing_fraction}
   window      {lookback (L), horizon (H)}

@@ -34,6 +34,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "finetune": ("training.cli_train:finetune", "train", "Continue training; keep the incumbent unless beaten."),
     "backtest": ("training.cli_backtest:backtest", "train", "Walk-forward test with costs, baselines, ablations."),
     "export": ("export.cli:export_command", "export", "Export a run to an ONNX model package with parity."),
+    "keygen": ("export.cli:keygen_command", "export", "Create an Ed25519 key pair for signing model packages."),
     "validate": ("export.cli:validate_command", "export", "Check a model package: hashes, parity, batch invariance."),
     "serve": ("nfc.serve:serve", "serve", "Serve predictions over HTTP and gRPC (BentoML), stored in MongoDB."),
     "predict": ("serving.predict_job:predict", "serve", "One run of the scheduled prediction job, stored in MongoDB."),

@@ -15,7 +15,7 @@ from neuralfusion.overrides import apply_overrides
 from neuralfusion.specs import PortfolioSpec, WindowSpec
 from neuralfusion.train_config import TrainConfig
 from training.model import CgaModel
-from training.runs import load_run, write_json
+from training.runs import DECISION_FILE, load_run
 from training.train import (
     VARIANTS,
     distributed_context,
@@ -91,7 +91,7 @@ def train(data_dir: Path, embeddings: Path, out: Path, config_path: Path | None,
     rank, _ = distributed_context()
     if rank == 0:
         write_run(out, result, prepared, train_config, window, portfolio,
-                  extra_meta={"variant": variant, "data_dir": str(data_dir)}, force=force)
+                  extra_meta={"variant": variant, "data_dir": str(data_dir.resolve())}, force=force)
         click.echo(f"wrote {out}: best val Sharpe {result.best_val_sharpe:.2f} at epoch {result.best_epoch}, "
                    f"{len(result.history)} epochs in {result.seconds:.0f} s")
 
@@ -131,9 +131,9 @@ def finetune(model_dir: Path, data_dir: Path, embeddings: Path, out: Path, confi
                 "challenger_val_sharpe": result.best_val_sharpe, "promoted": promoted,
                 "validation_bars": prepared.splits.to_dict()["val"]}
     write_run(out, result, prepared, train_config, incumbent_run.window, incumbent_run.portfolio,
-              extra_meta={"variant": incumbent_run.meta.get("variant", "cga"), "data_dir": str(data_dir),
-                          "parent": str(model_dir), "finetune": decision}, force=force)
-    write_json(out / "decision.json", decision)
+              extra_meta={"variant": incumbent_run.meta.get("variant", "cga"), "data_dir": str(data_dir.resolve()),
+                          "parent": str(model_dir.resolve()), "finetune": decision}, force=force,
+              extra_files={DECISION_FILE: decision})
     verdict = "challenger promoted" if promoted else f"kept the incumbent {model_dir}"
     click.echo(f"{verdict}: val Sharpe challenger {result.best_val_sharpe:.2f} vs incumbent {incumbent_sharpe:.2f} "
                f"(both versions kept with their metrics; challenger in {out})")

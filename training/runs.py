@@ -6,8 +6,10 @@ RUN/
                       normalisation stats, encoder fingerprint, splits, data folder, git commit
   metrics.json        per-epoch history, best validation Sharpe, timings
   checkpoint.pt       optimizer state, step, best metric (torch.load(weights_only=True))
+  decision.json       `nfc finetune` only: challenger vs incumbent on the same validation windows, "promoted"
 A run is written into `RUN.partial/` and renamed to `RUN/` only when complete, so a failed run never
-leaves a folder that looks finished.
+leaves a folder that looks finished. Paths in run.json (data folder, embeddings file) are absolute; runs
+written before that hold them as given, and `Run.resolve` looks for those beside the run too.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from neuralfusion.model_config import CgaConfig
 from neuralfusion.specs import BarSpec, PortfolioSpec, Universe, WindowSpec
 from neuralfusion.train_config import TrainConfig
 
-__all__ = ["RUN_FILES", "Run", "git_commit", "load_run", "staged_folder", "write_json"]
+__all__ = ["DECISION_FILE", "RUN_FILES", "Run", "git_commit", "load_run", "promotion", "staged_folder", "write_json"]
 
 RUN_FILES = ("model.safetensors", "run.json", "metrics.json")
+DECISION_FILE = "decision.json"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,20 @@ class Run:
     @property
     def weights_path(self) -> Path:
         return self.path / "model.safetensors"
+
+    def resolve(self, recorded: str | None, what: str) -> Path:
+        """A path run.json recorded (`what` names it): absolute as it is; a relative one (older runs stored
+        it as given to `nfc train`) from the working directory, else beside the run folder. FileNotFoundError
+        names every place looked at."""
+        if not recorded:
+            raise FileNotFoundError(f"{self.path / 'run.json'} records no {what}")
+        path = Path(recorded)
+        places = [path] if path.is_absolute() else [path, self.path / path, self.path.parent / path]
+        for place in places:
+            if place.exists():
+                return place
+        raise FileNotFoundError(f"the {what} of run {self.path} ({recorded!r} in run.json) is missing: looked at "
+                                f"{', '.join(str(p) for p in places)}; pass it explicitly")
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -114,3 +131,17 @@ def load_run(path: Path | str) -> Run:
         meta=meta,
         metrics=json.loads((path / "metrics.json").read_text()),
     )
+
+
+def promotion(run: Run) -> dict[str, Any]:
+    """Whether `run` may replace the served model: `nfc finetune`'s decision ({"promoted": bool, ...}, from
+    decision.json, else run.json's "finetune"), or promoted for a run `nfc train` made (no incumbent)."""
+    path = run.path / DECISION_FILE
+    decision = json.loads(path.read_text()) if path.is_file() else run.meta.get("finetune")
+    if decision is None:
+        return {"promoted": True, "reason": "trained by `nfc train`: no incumbent to beat"}
+    if not isinstance(decision.get("promoted"), bool):
+        raise ValueError(f"{path} does not say whether the run was promoted (no boolean 'promoted')")
+    return {**decision, "reason": "won against its incumbent" if decision["promoted"] else
+            f"lost to its incumbent {decision.get('incumbent')} (val Sharpe {decision.get('challenger_val_sharpe')} "
+            f"vs {decision.get('incumbent_val_sharpe')})"}

@@ -93,7 +93,7 @@ def prepare(data: MarketData, embeddings_path: Path, window: WindowSpec,
     if normaliser is None:
         normaliser = FeatureNormalizer.fit(data.features, WARMUP_BARS, int(splits.train[-1]))
     vectors, meta = article_vectors(data, embeddings_path)
-    encoder = {"fingerprint": meta.get("nfc.encoder_fingerprint"), "embeddings": str(embeddings_path),
+    encoder = {"fingerprint": meta.get("nfc.encoder_fingerprint"), "embeddings": str(Path(embeddings_path).resolve()),
                "embed_dim": int(vectors.shape[1])}
     return Prepared(data=data, grid=grid_inputs(data, vectors, normaliser), splits=splits,
                     normaliser=normaliser, encoder=encoder)
@@ -257,9 +257,13 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
 
 
 def write_run(out: Path, result: TrainResult, prepared: Prepared, train: TrainConfig, window: WindowSpec,
-              portfolio: PortfolioSpec, extra_meta: dict[str, Any] | None = None, force: bool = False) -> Path:
-    """Write the run folder atomically (see training/runs.py for its layout)."""
-    with staged_folder(out, force, RUN_FILES) as partial:
+              portfolio: PortfolioSpec, extra_meta: dict[str, Any] | None = None, force: bool = False,
+              extra_files: dict[str, Any] | None = None) -> Path:
+    """Write the run folder atomically (see training/runs.py for its layout); `extra_files` are JSON files
+    (name -> data) written into it before it is published, e.g. finetune's decision.json."""
+    with staged_folder(out, force, (*RUN_FILES, *(extra_files or {}))) as partial:
+        for name, content in (extra_files or {}).items():
+            write_json(partial / name, content)
         result.model.save_checkpoint(partial / "model.safetensors")
         data = prepared.data
         write_json(partial / "run.json", {
