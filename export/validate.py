@@ -1,17 +1,23 @@
 """Offline validation of a model package against the PyTorch run it came from (`nfc validate`).
 
 Checks, in order (a failed hash check stops there: a tampered package is refused, not evaluated):
-1. hashes: manifest digest and the sha256 of every listed file (neuralfusion.manifest.load_manifest);
+1. hashes: manifest digest and the sha256 of every listed file, every path the manifest names inside the
+   package and hashed (neuralfusion.manifest.load_manifest); with a public key, the manifest's signature;
 2. the ONNX checker (with shape inference) on every graph, and each graph's inputs/outputs equal the
    manifest's, batch (and sequence) axes still symbolic;
-3. the references: the run's checkpoint and model config, the encoder with the manifest's fingerprint;
+3. the references: the run (--model, else the manifest's source run, else the same run relative to the
+   package) and each config the package copied from it: model, normaliser, feature names, warm-up,
+   universe, bar spec, window, portfolio, encoder fingerprint; then the encoder with that fingerprint;
 4. parity of every graph variant vs PyTorch on generated inputs (seeded differently from the export's):
    batch 1/7/64, the encoder's longest inputs (> 704 tokens when it takes them), market windows
    whose periods differ from the model's; batch invariance in ONNX Runtime;
 5. the same on real data: articles of the data folder's news and windows of its test split;
 6. the tokenizer file in the package, read with `tokenizers` alone (as serving reads it), gives the
    ids the encoder was fed.
-The report passes only if no check failed; a check that could not run (no data folder) is "skipped".
+The report passes only if no check failed and every check ran: a check that could not run (no data
+folder, no embeddings file, a signed package without its public key) is "skipped" and fails the report
+unless `allow_skip` (--allow-skip), which the report then states. A path the run recorded that cannot be
+found is named with every place looked at (`Run.resolve`).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from export.parity import EncoderBatch, FusionBatch, ParityResult, encoder_cases
 from neuralfusion.data.news import article_text
 from neuralfusion.dataset import MarketData, load_data_dir
 from neuralfusion.inputs import INPUT_NAMES
-from neuralfusion.manifest import GRAPHS, PackageError, PackageManifest, load_manifest
+from neuralfusion.manifest import GRAPHS, MANIFEST_FILE, PackageError, PackageManifest, load_manifest
+from neuralfusion.signing import SIGNATURE_FILE, SignatureError, load_public_key, verify_manifest_signature
 from training.encoder import NfcEncoder
 from training.model import CgaModel
 from training.runs import Run, load_run
@@ -64,19 +71,27 @@ class Check:
 
 @dataclass
 class ValidationReport:
-    """Every check on one package; `passed` only if none failed and the parity checks ran."""
+    """Every check on one package; `passed` only if none failed, the parity checks ran, and none was
+    skipped (unless `allow_skip`)."""
 
     package: str
     version: str | None = None
     checks: list[Check] = field(default_factory=list)
+    allow_skip: bool = False
+
+    @property
+    def skipped(self) -> list[Check]:
+        return [c for c in self.checks if c.passed is None]
 
     @property
     def passed(self) -> bool:
         ran_parity = any(c.max_abs is not None and c.passed is not None for c in self.checks)
-        return ran_parity and all(c.passed is not False for c in self.checks)
+        return (ran_parity and all(c.passed is not False for c in self.checks)
+                and (self.allow_skip or not self.skipped))
 
     def to_dict(self) -> dict[str, Any]:
         return {"package": self.package, "version": self.version, "passed": self.passed,
+                "allow_skip": self.allow_skip, "skipped": [f"{c.check}: {c.detail}" for c in self.skipped],
                 "checks": [asdict(c) for c in self.checks]}
 
     def to_json(self) -> str:
@@ -93,8 +108,15 @@ class ValidationReport:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
         failed = [c for c in self.checks if c.passed is False]
-        verdict = "PASSED" if self.passed else f"FAILED: {len(failed)} of {len(self.checks)} checks failed"
+        skipped = self.skipped
+        if self.passed:
+            verdict = "PASSED" + (f" with {len(skipped)} checks skipped (--allow-skip)" if skipped else "")
+        elif failed:
+            verdict = f"FAILED: {len(failed)} of {len(self.checks)} checks failed"
+        else:
+            verdict = f"FAILED: {len(skipped)} checks could not run (pass what they need, or --allow-skip)"
         notes = [f"FAIL {c.check} {c.graph} {c.case}: {c.detail}" for c in failed if c.detail]
+        notes += [f"SKIPPED {c.check} {c.graph}: {c.detail}" for c in skipped]
         return "\n".join([f"package {self.package} (version {self.version})", *lines, *notes, verdict])
 
 
@@ -156,29 +178,90 @@ def _tokenizer_check(manifest: PackageManifest, encoder: NfcEncoder, texts: list
     return Check("tokenizer", not differ, detail, graph=manifest.data["encoder"]["tokenizer"])
 
 
-def _references(manifest: PackageManifest, run_dir: Path | None,
-                encoder_path: str | None) -> tuple[Run, CgaModel, NfcEncoder]:
+def _source_run(manifest: PackageManifest, run_dir: Path | None) -> Path:
+    """The run to compare with: `run_dir`, else the manifest's source run, else the one at the same place
+    relative to the package (both moved together); FileNotFoundError names every place looked at."""
+    if run_dir is not None:
+        return run_dir
     source = manifest.data["source"]
-    run = load_run(run_dir or Path(source["run"]))
-    if run.model_config.to_dict() != manifest.data["model"]:
-        raise PackageError(f"run {run.path} has another model config than the package; pass the run it came from")
-    if run.encoder.get("fingerprint") != manifest.data["encoder"]["fingerprint"]:
-        raise PackageError(f"run {run.path} was trained on embeddings of another encoder than the package's")
+    places = [Path(source["run"])]
+    if source.get("run_from_package"):
+        places.append(manifest.root / source["run_from_package"])
+    for place in places:
+        if (place / "run.json").is_file():
+            return place
+    raise FileNotFoundError(f"the run this package was exported from is missing: looked at "
+                            f"{', '.join(str(p) for p in places)}; pass --model RUN")
+
+
+def _json(value: Any) -> Any:
+    """`value` as JSON reads it back (tuples become lists), so package and run compare like for like."""
+    return json.loads(json.dumps(value))
+
+
+def _differences(package: Any, run: Any) -> str:
+    if isinstance(package, dict) and isinstance(run, dict):
+        keys = sorted(k for k in package.keys() | run.keys() if package.get(k) != run.get(k))
+        return "; ".join(f"{k}: package {str(package.get(k))[:80]} vs run {str(run.get(k))[:80]}" for k in keys)
+    return f"package {str(package)[:120]} vs run {str(run)[:120]}"
+
+
+def _config_checks(manifest: PackageManifest, run: Run) -> list[Check]:
+    """One check per config the package copied from the run (module docstring, step 3)."""
+    data, meta = manifest.data, run.meta
+    pairs = {
+        "model": (data["model"], run.model_config.to_dict()),
+        "normaliser": (data["features"]["normaliser"], run.normaliser.to_dict()),
+        "feature names": (data["features"]["names"], meta.get("feature_names")),
+        "warmup bars": (data["features"]["warmup_bars"], meta.get("warmup_bars")),
+        "universe": (data["universe"], run.universe.to_dict()),
+        "bar spec": (data["bar_spec"], meta.get("bar_spec")),
+        "window": (data["window"], {"lookback": run.window.lookback, "horizon": run.window.horizon}),
+        "portfolio": (data["portfolio"], {"top_k": run.portfolio.top_k, "cost_bps": run.portfolio.cost_bps}),
+        "encoder fingerprint": (data["encoder"]["fingerprint"], run.encoder.get("fingerprint")),
+    }
+    checks = []
+    for name, (package, ran) in pairs.items():
+        package, ran = _json(package), _json(ran)
+        checks.append(Check("config", package == ran, "" if package == ran else
+                            f"the package's {name} differs from run {run.path}: {_differences(package, ran)}",
+                            graph=name))
+    return checks
+
+
+def _signature_check(manifest: PackageManifest, public_key: str | None) -> Check | None:
+    """The manifest's signature by `public_key`; skipped for a signed package without a key; none for an
+    unsigned package without a key (nothing to check against)."""
+    signed = (manifest.root / SIGNATURE_FILE).is_file()
+    if public_key is None:
+        return Check("manifest signature", None, f"{SIGNATURE_FILE} present but no public key given "
+                     "(--public-key or NFC_PACKAGE_PUBLIC_KEY)") if signed else None
+    try:
+        raw = (manifest.root / MANIFEST_FILE).read_bytes()
+        return Check("manifest signature", True,
+                     f"signed by key {verify_manifest_signature(manifest.root, raw, load_public_key(public_key))}")
+    except SignatureError as err:
+        return Check("manifest signature", False, str(err))
+
+
+def _encoder(manifest: PackageManifest, run: Run, encoder_path: str | None) -> NfcEncoder:
     spec = manifest.data["encoder"]
-    settings = EncoderSettings(path=encoder_path or source["encoder"], attention_type=spec["attention_type"],
-                               pooling=spec["pooling"], max_length=spec["max_length"])
-    return run, CgaModel.from_checkpoint(run.weights_path), load_run_encoder(run, settings)
+    settings = EncoderSettings(path=encoder_path or manifest.data["source"]["encoder"],
+                               attention_type=spec["attention_type"], pooling=spec["pooling"],
+                               max_length=spec["max_length"])
+    return load_run_encoder(run, settings)
 
 
 def validate_package(pkg_dir: Path, run_dir: Path | None = None, data_dir: Path | None = None,
                      encoder_path: str | None = None, embeddings: Path | None = None,
-                     progress: bool = False) -> ValidationReport:
+                     progress: bool = False, public_key: str | None = None,
+                     allow_skip: bool = False) -> ValidationReport:
     """Run every check (module docstring) on the package at `pkg_dir`.
 
     run_dir, encoder_path: the PyTorch references (default: where the manifest says it was exported from).
     data_dir: real data (default: the run's data folder); embeddings: its `nfc embed` file (default: the run's).
     """
-    report = ValidationReport(package=str(pkg_dir))
+    report = ValidationReport(package=str(pkg_dir), allow_skip=allow_skip)
     with tqdm(total=5, desc="validate", disable=not progress, unit="step") as steps:
         try:
             manifest = load_manifest(pkg_dir, verify=True)
@@ -189,9 +272,21 @@ def validate_package(pkg_dir: Path, run_dir: Path | None = None, data_dir: Path 
         report.checks.append(Check("hashes", True, f"{len(manifest.data['files'])} files match the manifest"))
         report.checks += _structure_checks(manifest)
         steps.update(1)
+        signature = _signature_check(manifest, public_key)
+        if signature is not None:
+            report.checks.append(signature)
         try:
-            run, model, encoder = _references(manifest, run_dir, encoder_path)
-        except (OSError, ValueError) as err:  # missing run/encoder, other config, fingerprint mismatch
+            run = load_run(_source_run(manifest, run_dir))
+        except (OSError, ValueError) as err:  # missing or unreadable run
+            report.checks.append(Check("references", False, str(err)))
+            return report
+        configs = _config_checks(manifest, run)
+        report.checks += configs
+        if not all(c.passed for c in configs):
+            return report  # parity against a run with other settings would say nothing
+        try:
+            model, encoder = CgaModel.from_checkpoint(run.weights_path), _encoder(manifest, run, encoder_path)
+        except (OSError, ValueError) as err:  # missing encoder, fingerprint mismatch
             report.checks.append(Check("references", False, str(err)))
             return report
         report.checks.append(Check("references", True, f"run {run.path}, encoder {encoder.source}"))
@@ -201,16 +296,17 @@ def validate_package(pkg_dir: Path, run_dir: Path | None = None, data_dir: Path 
                                    fusion_cases(model.config, seed=1))
         report.checks += [Check.from_parity(r) for r in generated]
         steps.update(1)
-        data_dir = data_dir or (Path(run.meta["data_dir"]) if run.meta.get("data_dir") else None)
-        if data_dir is None or not data_dir.is_dir():
-            report.checks.append(Check("real data", None, f"no data folder ({data_dir}); pass --data DIR"))
+        try:
+            data_dir = data_dir or run.resolve(run.meta.get("data_dir"), "data folder")
+            embeddings = embeddings or run.resolve(run.encoder.get("embeddings"), "embeddings file")
+        except FileNotFoundError as err:
+            report.checks.append(Check("real data", None, f"{err} (--data DIR, --embeddings FILE)"))
             report.checks.append(_tokenizer_check(manifest, encoder, ["Shares rally after results.", "Weak demand."]))
             return report
         try:
             data = load_data_dir(data_dir, universe=manifest.universe)
             texts = [article_text(t, b) for t, b in zip(data.news["title"], data.news["body"], strict=True)]
             texts = texts[:max(_BATCHES)]
-            embeddings = embeddings or Path(run.encoder["embeddings"])
             real = package_parity(encoder, model, graphs, _real_encoder_inputs(encoder, texts),
                                   _real_fusion_inputs(manifest, data, embeddings))
         except (ValueError, OSError) as err:  # DataError (a ValueError): data the model cannot read
