@@ -202,6 +202,9 @@ class PredictionStore:
         except PyMongoError as err:
             raise StoreError(f"MongoDB at {self.uri} failed ({action}): "
                              f"{type(err).__name__}: {self._scrub(err)}") from err
+        except (KeyError, TypeError, ValueError) as err:  # pymongo's handshake on a server answering off-spec
+            raise StoreError(f"MongoDB at {self.uri} failed ({action}), the driver raised "
+                             f"{type(err).__name__}: {self._scrub(err)}") from None
 
     async def ping(self) -> None:
         """Round trip to the server, for readiness checks; raises StoreUnavailable when it is unreachable."""

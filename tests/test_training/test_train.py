@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from neuralfusion.embeddings import write_embeddings
 from neuralfusion.synth import SynthConfig, generate_market, write_market
 from nfc.cli import main
+from training.train import rank_shard
 
 TINY = ["--lookback", "16", "--horizon", "8", "--model-set", "d_model=16", "--model-set", "n_heads=2",
         "--set", "epochs=2", "--set", "batch_size=32", "--set", "train_stride=8",
@@ -157,3 +158,29 @@ def test_torchrun_ddp_with_gloo_on_two_processes(market, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert len(metrics["history"]) >= 1 and np.isfinite(metrics["best_val_sharpe"])
+
+
+def test_rank_shards_are_equal_so_every_rank_takes_the_same_steps():
+    order = np.random.default_rng(0).permutation(161)
+    shards = [rank_shard(order, rank, 2) for rank in (0, 1)]
+    assert [len(s) for s in shards] == [80, 80] and not set(shards[0]) & set(shards[1])
+    assert len(set(np.concatenate(shards))) == 160  # one window left out this epoch, none repeated
+
+
+def test_torchrun_ddp_with_uneven_windows_per_rank(market, tmp_path):
+    """161 windows (train_stride=5) over 2 ranks with batch_size=80: a plain [rank::2] split gives rank 0
+    81 windows (2 steps) and rank 1 80 (1 step), and gloo then failed with "Connection closed by peer"
+    and no run folder. Both ranks must take the same steps and rank 0 must write the run."""
+    data, emb = market
+    args = ["--lookback", "16", "--horizon", "8", "--model-set", "d_model=16", "--model-set", "n_heads=2",
+            "--set", "epochs=1", "--set", "batch_size=80", "--set", "train_stride=5", "--set", "threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nfc.cli",
+         "--log-level", "WARNING", "train", "--data", str(data), "--embeddings", str(emb),
+         "--out", str(tmp_path / "ddp"), *args],
+        capture_output=True, text=True, env=env, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["train_windows_per_epoch"] == 161  # the uneven case this test is about
+    assert len(metrics["history"]) == 1 and np.isfinite(metrics["best_val_sharpe"])
