@@ -1,4 +1,5 @@
-"""Fixtures of the live pipeline's real servers on loopback: Debian's clickhouse-server and redis-server.
+"""Fixtures of the live pipeline's real servers on loopback: Debian's clickhouse-server and redis-server, and
+the suite-wide check that no log line shows their passwords.
 
 Each server gets its own config in a temp folder (free ports, 127.0.0.1 only), is started once per session
 and stopped by its pid. A missing binary fails the test with the command that installs it (`make servers`),
@@ -21,7 +22,12 @@ from nfc.embedded_mongo import free_port
 from nfc.processes import stop_process
 
 CLICKHOUSE_USER = "nfc"
-CLICKHOUSE_PASSWORD = "live-test-pw"  # a throwaway for the test server; must never show up in logs
+# throwaway passwords of the test servers, holding every character that ends a URI's authority or splits its
+# user info ('/', '?', '#', '@', ':', '%'): connecting proves the URI parsing, and none may show up in a log
+CLICKHOUSE_PASSWORD = "live/te?st#pw@1:%"
+REDIS_PASSWORD = "redis/pw?x#y@z:2%"
+MONGO_PASSWORD = "mongo/pw?x#y@z:3%"
+SUITE_SECRETS = (CLICKHOUSE_PASSWORD, REDIS_PASSWORD, MONGO_PASSWORD)
 
 _CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
 <yandex>
@@ -58,6 +64,15 @@ _CLICKHOUSE_USERS = """<?xml version="1.0"?>
     <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>
 """
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every test of the suite: no log record it made shows a test server's password (the servers' and
+    subprocesses' own logs are checked by the tests that read them)."""
+    yield
+    leaked = [secret for secret in SUITE_SECRETS if secret in caplog.text]
+    assert not leaked, f"a log line shows the password(s) {leaked}"
 
 
 def _binary(name: str) -> str:
@@ -110,19 +125,32 @@ def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clic
         stop_process(process, 20)
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a redis-server on loopback (no persistence), stopped by pid afterwards."""
+def _redis_server(root: Path, password: str | None) -> Iterator[int]:
+    """A redis-server on loopback (no persistence; `password` required when given); yields its port."""
     binary = _binary("redis-server")
-    root = tmp_path_factory.mktemp("redis")
     port = free_port()
     log = root / "redis.log"
+    auth = ["--requirepass", password] if password else []
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(root), "--logfile", str(log), "--daemonize", "no"],
+         "--dir", str(root), "--logfile", str(log), "--daemonize", "no", *auth],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_port(process, port, log)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield port
     finally:
         stop_process(process, 20)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a redis-server on loopback (no persistence, no password), stopped by pid afterwards."""
+    for port in _redis_server(tmp_path_factory.mktemp("redis"), None):
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture(scope="session")
+def redis_password_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a redis-server that requires REDIS_PASSWORD, written unescaped as an operator would."""
+    for port in _redis_server(tmp_path_factory.mktemp("redis-auth"), REDIS_PASSWORD):
+        yield f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"

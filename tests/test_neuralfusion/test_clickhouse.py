@@ -13,6 +13,7 @@ from live_servers import CLICKHOUSE_PASSWORD
 from neuralfusion.data.bars import BarFileSource, resample_bars
 from neuralfusion.data.clickhouse import BarColumnMap, ClickHouseBarSource, quote_identifier
 from neuralfusion.errors import DataError
+from neuralfusion.redact import encode_userinfo
 from neuralfusion.specs import BarSpec, Universe
 
 MINUTE = pd.Timedelta("1min")
@@ -32,7 +33,7 @@ def candles(clickhouse_server) -> Iterator[tuple[ClickHouseBarSource, pd.DataFra
     """The candles in a `market.candles_test` table keyed by candle open time, and a source reading it."""
     from clickhouse_driver import Client
 
-    client = Client.from_url(clickhouse_server.url)
+    client = Client.from_url(encode_userinfo(clickhouse_server.url))
     client.execute("CREATE DATABASE IF NOT EXISTS market")
     client.execute("DROP TABLE IF EXISTS market.candles_test")
     client.execute("CREATE TABLE market.candles_test (ticker String, ts_open DateTime('UTC'), open Float64, "

@@ -16,9 +16,11 @@ import pymongo
 import pytest
 import redis
 from click.testing import CliRunner
+from live_servers import CLICKHOUSE_PASSWORD
 
 from neuralfusion.data.news import read_news
 from neuralfusion.dataset import load_data_dir
+from neuralfusion.redact import encode_userinfo
 from nfc.cli import main
 from serving.store import DEFAULT_COLLECTION, DEFAULT_DATABASE
 
@@ -67,7 +69,7 @@ def world(tiny, clickhouse_server, mongo_uri, redis_url) -> Iterator[LiveWorld]:
     bars = pd.read_parquet(tiny.data / "bars.parquet")
     news = read_news(tiny.data / "news.jsonl")
     shift = pd.Timestamp.now(tz="UTC").floor(STEP) - bars["timestamp"].max()
-    client = Client.from_url(clickhouse_server.url)
+    client = Client.from_url(encode_userinfo(clickhouse_server.url))
     client.execute("CREATE DATABASE IF NOT EXISTS market")
     for table, table_shift, label in (("synth", pd.Timedelta(0), "close"), ("live", shift, "open")):
         client.execute(f"DROP TABLE IF EXISTS market.{table}")
@@ -202,7 +204,7 @@ def test_a_failed_source_fails_the_run_and_stores_and_publishes_nothing(world, t
     code, _, output = run_predict(world, *common, "--clickhouse-table", "market.missing", state=tmp_path,
                                   table="live", label="open", redis_url=world.redis_url)
     assert code == 1 and "clickhouse table market.missing: query failed" in output
-    assert "live-test-pw" not in output
+    assert CLICKHOUSE_PASSWORD not in output
     code, _, output = run_predict(world, *common, "--news-fields", "title=headline,body=text", state=tmp_path,
                                   table="live", label="open", redis_url=world.redis_url)
     assert code == 1 and "empty news text" in output
