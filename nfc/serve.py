@@ -50,8 +50,13 @@ def _check_store_model(tag: str) -> None:
     import bentoml
     from bentoml.exceptions import NotFound
 
+    from neuralfusion.manifest import PackageError
+    from serving.model_store import resolve_model_tag
+
     try:
-        bentoml.models.get(tag)
+        bentoml.models.get(resolve_model_tag(tag))  # name:latest -> the newest entry labelled promoted
+    except PackageError as err:
+        raise click.ClickException(str(err)) from None
     except NotFound:
         home = os.environ.get("BENTOML_HOME", "~/bentoml")
         raise click.ClickException(f"the BentoML model store ({home}) has no {tag}: export a model with "

@@ -430,6 +430,14 @@ def predict_http_info(url: str) -> dict:
 
 
 def store_path(tag: str) -> Path:
+    """The model-store folder of `tag`; `name:latest` is the newest promoted entry, as in serving."""
     import bentoml
+    from bentoml.exceptions import NotFound
 
-    return Path(bentoml.models.get(tag).path)
+    from neuralfusion.manifest import PackageError
+    from serving.model_store import resolve_model_tag
+
+    try:
+        return Path(bentoml.models.get(resolve_model_tag(tag)).path)
+    except (PackageError, NotFound) as err:
+        raise click.ClickException(f"--model {tag}: {err}") from None
