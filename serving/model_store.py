@@ -29,12 +29,16 @@ def resolve_model_tag(tag: str) -> str:
     """The model-store tag to serve for `tag`: `name` or `name:latest` -> the newest entry labelled
     promoted=true (PackageError when there is none); `name:version` -> itself."""
     import bentoml
+    from bentoml.exceptions import NotFound
 
     name, _, version = tag.partition(":")
     if version and version != LATEST:
         return tag
-    promoted = [model for model in bentoml.models.list(name)
-                if model.info.labels.get(PROMOTED_LABEL) == "true"]
+    try:
+        entries = bentoml.models.list(name)
+    except NotFound:
+        entries = []
+    promoted = [model for model in entries if model.info.labels.get(PROMOTED_LABEL) == "true"]
     if not promoted:
         raise PackageError(f"the model store ({os.environ.get('BENTOML_HOME', '~/bentoml')}) has no {name} entry "
                            f"labelled {PROMOTED_LABEL}=true for {name}:{LATEST}: export a promoted run with "

@@ -74,7 +74,7 @@ T = TypeVar("T")
 SETTINGS = ServeSettings.from_env()
 install_log_redaction()  # the workers' log lines never show the passwords of NFC_MONGO_URI & co or NFC_API_KEY
 # the package comes from the model store (and `bentoml build` packs it) unless a folder is named
-MODEL = None if SETTINGS.model_path else bentoml.models.BentoModel(resolve_model_tag(SETTINGS.model))
+MODEL = None if SETTINGS.model_path else bentoml.models.BentoModel(SETTINGS.model)
 # the in-process clients (self.to_async, depends) otherwise recycle their session every 100 requests and
 # drop the calls in flight at that moment (BentoML 1.4's default connection limits)
 RUNNER_CONNECTION = {"max_requests": 1_000_000_000, "max_age": 1e9}
@@ -145,11 +145,12 @@ def _load(settings: ServeSettings, service: Any, build: Callable[[Path], T],
           folder: Path | None = None) -> tuple[T | None, str | None]:
     """`build(package folder)`, or (None, why) when the package is missing, altered or unreadable: the
     service then stays up but not ready, and says why, instead of crashing its worker in a restart loop.
-    The folder is `folder`, else NFC_MODEL_PATH, else the service's model-store entry."""
+    The folder is `folder`, else NFC_MODEL_PATH, else the store entry NFC_MODEL resolves to (`resolve_model_tag`)."""
     try:
-        # `service.bento_model` resolves the store tag on first access, so it is touched only when used
+        # the store is read only here, when a package is loaded: `name:latest` is the newest promoted entry
         if folder is None:
-            folder = Path(settings.model_path) if settings.model_path else Path(service.bento_model.path)
+            folder = Path(settings.model_path) if settings.model_path else Path(
+                bentoml.models.get(resolve_model_tag(settings.model)).path)
         return build(folder), None
     except Exception as err:  # any failure to load means "not ready", with the reason
         reason = f"{type(err).__name__}: {err}"
