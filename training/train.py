@@ -177,7 +177,8 @@ def rank_shard(order: np.ndarray, rank: int, world: int) -> np.ndarray:
 
 def flush_subnormals_on_cpu(device: torch.device) -> None:
     """On CPU, compute subnormal floats as 0 (process-wide): they arise in the backward pass and made the
-    default model's training step 1.8x slower on 2 cores (600 vs 331 ms); values that small change nothing."""
+    default model's training step 1.8x slower on 2 cores (600 vs 331 ms); values that small change nothing.
+    `train_model` turns it off again when training ends."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)
 
@@ -264,6 +265,8 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
                 log.info("early stop: no better validation Sharpe for %d epochs", train.patience)
             break
     elapsed = time.perf_counter() - started
+    if device.type == "cpu":  # process-wide: leave it off for what runs next in this process (e.g. hypothesis's floats)
+        torch.set_flush_denormal(False)
     raw_model.load_checked_state_dict(best[2])
     raw_model.eval()
     return TrainResult(model=raw_model, history=history, best_epoch=best[1], best_val_sharpe=float(best[0]),
