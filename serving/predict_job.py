@@ -353,7 +353,7 @@ async def _save(records: list[PredictionRecord]) -> tuple[list[str], PredictionR
 
     latest = records[-1]
     try:
-        async with PredictionStore(os.environ["NFC_MONGO_URI"], database=mongo_database()) as store:
+        async with PredictionStore(os.environ["NFC_MONGO_URI"], database=_mongo_database()) as store:
             await store.ensure_indexes()
             outcomes = [result.outcome.value for result in await store.save(records)]
             held = await store.get(latest.model_version, latest.as_of)
@@ -361,11 +361,11 @@ async def _save(records: list[PredictionRecord]) -> tuple[list[str], PredictionR
         raise click.ClickException(str(err)) from None
     if held is None:
         raise click.ClickException(f"MongoDB acknowledged the prediction for {latest.as_of.isoformat()} but does "
-                                   f"not return it from database {mongo_database()!r}")
+                                   f"not return it from database {_mongo_database()!r}")
     return outcomes, held
 
 
-def mongo_database() -> str:
+def _mongo_database() -> str:
     """The database of the `predictions` collection: $NFC_MONGO_DB, as for the service."""
     from serving.store import DEFAULT_DATABASE
 
