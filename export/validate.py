@@ -23,6 +23,7 @@ found is named with every place looked at (`Run.resolve`).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,7 +187,7 @@ def _source_run(manifest: PackageManifest, run_dir: Path | None) -> Path:
     source = manifest.data["source"]
     places = [Path(source["run"])]
     if source.get("run_from_package"):
-        places.append(manifest.root / source["run_from_package"])
+        places.append(Path(os.path.normpath(manifest.root / source["run_from_package"])))
     for place in places:
         if (place / "run.json").is_file():
             return place

@@ -194,3 +194,24 @@ def test_finetune_decision_is_written_inside_the_run_folder(loser):
     run = json.loads((loser / "run.json").read_text())
     assert run["finetune"] == json.loads((loser / "decision.json").read_text())
     assert Path(run["data_dir"]).is_absolute() and Path(run["encoder"]["embeddings"]).is_absolute()
+
+
+def test_validate_finds_the_run_beside_a_moved_package_or_names_where_it_looked(tiny, tmp_path):
+    """The manifest's absolute source run is gone (package and run moved together): the run is found at the
+    same place relative to the package; with neither there, the report names both paths."""
+    moved = tmp_path / "moved"
+    package = Path(shutil.copytree(tiny.package, moved / "pkg"))
+    shutil.copytree(tiny.run, moved / "run")
+
+    def moved_away(data: dict) -> None:
+        data["source"]["run"], data["source"]["run_from_package"] = str(tmp_path / "gone" / "run"), "../run"
+
+    rewrite_manifest(package, moved_away)
+    code, report = validate_json(package, "--allow-skip")
+    [references] = [c for c in report["checks"] if c["check"] == "references"]
+    assert code == 0 and references["passed"] and str(moved / "run") in references["detail"], references
+    shutil.rmtree(moved / "run")
+    code, report = validate_json(package)
+    [references] = [c for c in report["checks"] if c["check"] == "references"]
+    assert code == 1 and references["passed"] is False
+    assert f"looked at {tmp_path / 'gone' / 'run'}, {moved / 'run'}; pass --model RUN" in references["detail"]
