@@ -15,8 +15,10 @@ Variants (all from the fp32 graph): `*.cpu.onnx` is the graph after ONNX Runtime
 optimisations (fusions such as SkipLayerNormalization, FastGelu, FusedMatMul), saved through
 `SessionOptions.optimized_model_filepath`. Extended, not "all": the layout optimisations of the
 top level are specific to the CPU they ran on, so serving enables them online (ORT_ENABLE_ALL at
-session start is cheap on an already-fused graph). `*.fp16.onnx` is for GPUs: weights and compute
-in float16, inputs and outputs kept float32 so callers see one interface; it has its own tolerance.
+session start is cheap on an already-fused graph). `encoder.fp16.onnx` is for CUDA: weights and
+compute in float16, inputs and outputs kept float32 so callers see one interface; it has its own
+tolerance and is published only when it passes it end to end (export/package.py). The fusion graph
+gets no float16 variant: it is small, and float16 logits flip top-k selections.
 """
 
 from __future__ import annotations

@@ -7,6 +7,13 @@ named in the run's embeddings file, loaded with the attention type, pooling and 
 there, and its fingerprint must equal the run's (else `FingerprintMismatchError`). The package is
 written into `PKG.partial/` and renamed to `PKG/` only after every graph passed parity, so a failed
 export never leaves a folder that looks finished. Layout and manifest schema: neuralfusion/manifest.py.
+
+Variants: both graphs in fp32 (`.onnx`) and ORT-optimised for the CPU (`.cpu.onnx`), which must pass parity or
+nothing is published. The fusion graph has no float16 variant (float16 logits flip top-k selections). The
+encoder's float16 variant (`.fp16.onnx`, for CUDA) is optional: it is published only when it passes its
+parity on generated inputs and end to end on the run's real data (export.parity.encoder_end_to_end:
+vector error and top-k agreement of the portfolios); otherwise it is dropped with a warning, the manifest's
+"fp16_parity" says why, and the fp32 package is published all the same.
 """
 
 from __future__ import annotations
@@ -34,7 +41,19 @@ from export.onnx_export import (
     graph_signature,
     optimize_for_cpu,
 )
-from export.parity import TOLERANCES, ParityResult, encoder_cases, fusion_cases, package_parity
+from export.parity import (
+    FP16_CRITERIA,
+    FP16_MEASURED_ON,
+    TOLERANCES,
+    Fp16Criteria,
+    ParityResult,
+    encoder_cases,
+    encoder_end_to_end,
+    fusion_cases,
+    package_parity,
+    variant_session,
+)
+from neuralfusion.dataset import load_data_dir
 from neuralfusion.embeddings import read_embeddings
 from neuralfusion.manifest import FORMAT, GRAPHS, MANIFEST_FILE, check_version, write_manifest
 from neuralfusion.signing import load_private_key, sign_manifest
@@ -117,13 +136,17 @@ def default_version(run: Run) -> str:
 
 
 def graph_files(graph: str) -> dict[str, str]:
-    """File names of a graph's variants in a package (manifest "variants")."""
-    return {"fp32": f"{graph}.onnx", "cpu": f"{graph}.cpu.onnx", "fp16": f"{graph}.fp16.onnx"}
+    """File names of the variants a package may hold for `graph`; only the encoder has an fp16 one. The manifest's
+    "variants" lists those actually published."""
+    files = {"fp32": f"{graph}.onnx", "cpu": f"{graph}.cpu.onnx"}
+    return {**files, "fp16": f"{graph}.fp16.onnx"} if graph == "encoder" else files
 
 
 def _write_graphs(encoder: NfcEncoder, model: CgaModel, root: Path, external_data: bool | None,
-                  steps: tqdm) -> None:
-    """Export both graphs into `root`, check them, and derive the CPU-optimised and fp16 variants."""
+                  steps: tqdm) -> str | None:
+    """Export both graphs into `root`, check them, and derive the CPU-optimised variants and the encoder's fp16
+    one. Returns why the fp16 encoder could not be made, or None."""
+    fp16_error = None
     for graph, export in (("encoder", lambda p: export_encoder(encoder, p, external_data)),
                           ("fusion", lambda p: export_fusion(model, p, external_data))):
         files = graph_files(graph)
@@ -131,13 +154,48 @@ def _write_graphs(encoder: NfcEncoder, model: CgaModel, root: Path, external_dat
         source = export(root / files["fp32"])
         check_graph(source)
         optimize_for_cpu(source, root / files["cpu"])
-        convert_fp16(source, root / files["fp16"])
-        check_graph(root / files["fp16"])
+        if "fp16" in files:
+            try:
+                check_graph(convert_fp16(source, root / files["fp16"]))
+            except Exception as err:  # the converter and the checker raise several types; the variant is optional
+                fp16_error = f"conversion failed: {type(err).__name__}: {err}"[:300]
         steps.update(1)
+    return fp16_error
+
+
+def _fp16_encoder(run: Run, encoder: NfcEncoder, root: Path, generated: list[ParityResult],
+                  criteria: Fp16Criteria, data_dir: Path | None) -> dict[str, Any]:
+    """The fp16 encoder's verdict, the manifest's "fp16_parity" entry: its parity on generated inputs and end to
+    end on the real windows of the run's data; `published` only when every part passed."""
+    files = graph_files("encoder")
+    failures = [f"{r.check} ({r.case}): max abs {r.max_abs:.3g} > {r.bound:.3g}" for r in generated if not r.passed]
+    entry: dict[str, Any] = {"measured_on": FP16_MEASURED_ON, "criteria": criteria.to_dict(),
+                             "checks": [r.to_dict() for r in generated]}
+    data_dir = data_dir or (Path(run.meta["data_dir"]) if run.meta.get("data_dir") else None)
+    try:
+        if data_dir is None:
+            raise FileNotFoundError(f"run {run.path} names no data folder")
+        data = load_data_dir(data_dir, universe=run.universe)
+        measured = encoder_end_to_end(
+            encoder, variant_session(root / files["fp32"], "fp32"), variant_session(root / files["fp16"], "fp16"),
+            variant_session(root / graph_files("fusion")["fp32"], "fp32"), data, run.normaliser, run.window,
+            int(run.meta["warmup_bars"]), criteria)
+        entry["end_to_end"] = {"data": str(data_dir), **measured.to_dict()}
+        failures += measured.failures(criteria)
+    except (OSError, ValueError) as err:  # no data folder, or data the model cannot read (DataError)
+        failures.append(f"not measured end to end: {err}")
+    return {**entry, "published": not failures, "reason": "; ".join(failures) or "passed"}
+
+
+def _drop_file(root: Path, name: str) -> None:
+    """Remove a graph and its external-data file from the staged package."""
+    for path in (root / name, root / f"{name}.data"):
+        path.unlink(missing_ok=True)
 
 
 def _manifest(run: Run, encoder: NfcEncoder, settings: EncoderSettings, root: Path, version: str,
-              parity: list[ParityResult], out: Path, promotion_record: dict[str, Any]) -> dict[str, Any]:
+              parity: list[ParityResult], fp16_parity: dict[str, Any], out: Path,
+              promotion_record: dict[str, Any]) -> dict[str, Any]:
     bar_spec = run.bar_spec
     tokenizer = encoder.tokenizer
     return {
@@ -165,20 +223,28 @@ def _manifest(run: Run, encoder: NfcEncoder, settings: EncoderSettings, root: Pa
                     "truncation": "ids incl. [CLS]/[SEP] cut to max_length; batches right-padded with pad_token_id"},
         "onnx": {"opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)", "torch": torch.__version__,
                  "onnx": onnx.__version__, "onnxruntime": ort.__version__},
-        "graphs": {graph: {**graph_signature(root / graph_files(graph)["fp32"]), "variants": graph_files(graph)}
+        "graphs": {graph: {**graph_signature(root / graph_files(graph)["fp32"]),
+                           "variants": {v: name for v, name in graph_files(graph).items() if (root / name).is_file()}}
                    for graph in GRAPHS},
-        "runtime": {"cpu": "the 'cpu' variants with CPUExecutionProvider at ORT_ENABLE_ALL",
-                    "gpu": "the 'fp16' variants with CUDAExecutionProvider",
-                    "fp16_on_cpu": "ORT_ENABLE_EXTENDED at most: ORT 1.32 crashes in NchwcTransformer on fp16 graphs"},
+        "runtime": {"device": "decided before any graph opens: CUDA only when a CUDA session on a one-node graph "
+                              "runs on CUDA, else the CPU provider alone",
+                    "cpu": "the 'cpu' variants (fp32) with CPUExecutionProvider at ORT_ENABLE_ALL; the 'fp32' ones "
+                           "when another onnxruntime version wrote them",
+                    "gpu": "the encoder's 'fp16' variant (when listed) at ORT_ENABLE_EXTENDED and the fusion's "
+                           "'fp32' variant, with CUDAExecutionProvider then CPUExecutionProvider",
+                    "fusion": "always float32: float16 logits flip top-k selections",
+                    "fp16_on_cpu": "never: ORT's CPU layout optimisations (ORT_ENABLE_ALL) crashed on a float16 graph"},
         "tolerances": {name: asdict(tolerance) for name, tolerance in TOLERANCES.items()},
         "parity": [result.to_dict() for result in parity],
+        "fp16_parity": fp16_parity,
         "metrics": run.metrics,
     }
 
 
 def build_package(run_dir: Path, out: Path, encoder_path: str | None = None, version: str | None = None,
                   external_data: bool | None = None, force: bool = False, progress: bool = False,
-                  allow_unpromoted: bool = False, sign_key: Path | None = None) -> Path:
+                  allow_unpromoted: bool = False, sign_key: Path | None = None,
+                  fp16_criteria: Fp16Criteria = FP16_CRITERIA, data_dir: Path | None = None) -> Path:
     """Export run `run_dir` into the package folder `out` (module docstring); returns `out`.
 
     external_data: True stores every graph's weights in a `.data` file beside it, None only when a
@@ -186,6 +252,7 @@ def build_package(run_dir: Path, out: Path, encoder_path: str | None = None, ver
     allow_unpromoted: export a run that `nfc finetune` did not promote (its manifest says so, and the model
     store labels it promoted=false, so `neuralfusion:latest` never resolves to it). sign_key: an Ed25519
     private key PEM; the manifest is signed into manifest.sig before the package is published.
+    fp16_criteria: when the fp16 encoder is published; data_dir: its real data (default: the run's data folder).
     """
     run = load_run(run_dir)
     decision = promotion(run)
@@ -200,18 +267,30 @@ def build_package(run_dir: Path, out: Path, encoder_path: str | None = None, ver
     version = check_version(version or default_version(run))
     with staged_folder(out, force, required=(MANIFEST_FILE,)) as partial, \
             tqdm(total=3, desc="export", unit="step", disable=not progress) as steps:
-        _write_graphs(encoder, model, partial, external_data, steps)
+        fp16_error = _write_graphs(encoder, model, partial, external_data, steps)
         encoder.tokenizer.save_pretrained(partial / TOKENIZER_DIR)
-        graphs = {graph: {variant: partial / name for variant, name in graph_files(graph).items()}
-                  for graph in GRAPHS}
+        graphs = {graph: {variant: partial / name for variant, name in graph_files(graph).items()
+                          if (partial / name).is_file()} for graph in GRAPHS}
         steps.set_postfix_str("parity")
         parity = package_parity(encoder, model, graphs, encoder_cases(encoder), fusion_cases(model.config))
-        failed = [r for r in parity if not r.passed]
+        fp16_file = graph_files("encoder")["fp16"]
+        published = [r for r in parity if r.graph != fp16_file]
+        failed = [r for r in published if not r.passed]
         if failed:
             rows = "; ".join(f"{r.graph} {r.check} ({r.case}): max abs {r.max_abs:.3g} > {r.bound:.3g}"
                              for r in failed[:5])
             raise ExportError(f"{len(failed)} parity checks failed, nothing published: {rows}")
-        write_manifest(partial, _manifest(run, encoder, settings, partial, version, parity, out,
+        generated = [r for r in parity if r.graph == fp16_file]
+        fp16 = ({"published": False, "reason": fp16_error} if fp16_error else
+                _fp16_encoder(run, encoder, partial, generated, fp16_criteria, data_dir))
+        if fp16["published"]:
+            published += generated
+        else:
+            _drop_file(partial, fp16_file)
+            logger.warning("%s is not published (the fp32 package is): %s", fp16_file, fp16["reason"])
+        fp16_parity = {"encoder": fp16, "fusion": {"published": False, "reason": "the fusion graph always runs in "
+                                                   "float32: float16 logits flip top-k selections"}}
+        write_manifest(partial, _manifest(run, encoder, settings, partial, version, published, fp16_parity, out,
                                           {"promoted": decision["promoted"], "reason": decision["reason"],
                                            "forced": not decision["promoted"]}))
         if private_key is not None:

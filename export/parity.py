@@ -10,6 +10,14 @@ Top-k weights are compared only where the choice is well defined: on samples who
 the k-th and (k+1)-th largest |logit| exceeds the logits' bound, the selected assets and signs must
 be identical and the weights within the bound; closer calls may legitimately flip.
 
+That is why the fusion graph is only ever published in float32 (float16 logits flipped real
+portfolios on windows this margin rule skips), and why the fp16 encoder is judged end to end
+(`encoder_end_to_end`): its article vectors and the fp32 encoder's, on the real articles of real
+windows, each go through the fp32 fusion graph, and the fraction of windows whose book (the top-k
+assets and their signs) is unchanged must reach `Fp16Criteria.min_agreement` (0.99), the vectors'
+cosine `min_cosine` (0.999) and their max abs error the fp16 tolerance. Without CUDA this runs on the
+CPU provider (`FP16_MEASURED_ON`); CUDA's float16 kernels round differently, so it is an estimate.
+
 PyTorch references are the code paths that made the training data and the run: `NfcEncoder.forward_pooled`
 (not the export wrapper) for articles, `CgaModel` in eval mode for windows.
 """
@@ -17,7 +25,7 @@ PyTorch references are the code paths that made the training data and the run: `
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +34,29 @@ import onnxruntime as ort
 import torch
 
 from export.onnx_export import open_session
-from neuralfusion.inputs import INPUT_NAMES
+from neuralfusion.data.news import article_text
+from neuralfusion.dataset import MarketData
+from neuralfusion.features import FeatureNormalizer
+from neuralfusion.inputs import INPUT_NAMES, grid_inputs
 from neuralfusion.model_config import CgaConfig
+from neuralfusion.specs import WindowSpec
+from neuralfusion.windows import usable_anchors
 from training.encoder import NfcEncoder
 from training.model import CgaModel, cga_example_inputs
 
 __all__ = [
+    "FP16_CRITERIA",
+    "FP16_MEASURED_ON",
     "TOLERANCES",
     "EncoderBatch",
+    "EndToEnd",
+    "Fp16Criteria",
     "FusionBatch",
     "ParityResult",
     "Tolerance",
     "encoder_batch_invariance",
     "encoder_cases",
+    "encoder_end_to_end",
     "encoder_parity",
     "fusion_batch_invariance",
     "fusion_cases",
@@ -240,9 +258,9 @@ def tolerance_for(variant: str) -> Tolerance:
 
 def variant_session(path: Path, variant: str) -> ort.InferenceSession:
     """A CPU session for a package graph, its threads not spinning between runs (PyTorch shares the cores here).
-    fp16 graphs stop at the extended level: ONNX Runtime 1.32's NchwcTransformer (ORT_ENABLE_ALL) crashed
-    the process (segfault) on a trained fp16 fusion graph."""
-    level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if variant == "fp16" else None
+    fp16 graphs get the basic level only: ONNX Runtime's CPU layout optimisations (ORT_ENABLE_ALL) crashed the
+    process (segfault) on a trained fp16 fusion graph, and the fp16 encoder opens and runs at every level."""
+    level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if variant == "fp16" else None
     return open_session(path, level=level, spinning=False)
 
 
@@ -267,3 +285,121 @@ def package_parity(encoder: NfcEncoder, model: CgaModel, graphs: dict[str, dict[
             if 2 <= len(feeds["market"]) <= 16:
                 results.append(fusion_batch_invariance(path.name, session, tolerance, case, feeds))
     return results
+
+
+# ---- the fp16 encoder, end to end ----------------------------------------------------------------------
+
+FP16_MEASURED_ON = ("CPUExecutionProvider at ORT_ENABLE_BASIC (export runs without CUDA); CUDA's float16 kernels "
+                    "round differently, so the numbers estimate the GPU's")
+
+
+@dataclass(frozen=True)
+class Fp16Criteria:
+    """When an fp16 encoder graph may be published (module docstring). The thresholds are ours: at most one real
+    window in a hundred may hold another book than the fp32 pipeline (flips happen where two assets' |logits|
+    nearly tie); float16 rounding leaves cosines within ~1e-5 of 1, so 0.999 catches a broken graph."""
+
+    min_agreement: float = 0.99  # fraction of real windows whose top-k book is unchanged
+    min_cosine: float = 0.999  # smallest cosine between an article's fp16 and fp32 vectors
+    max_windows: int = 2048  # real windows checked at most, evenly spaced over the data
+    tolerance: Tolerance = field(default_factory=lambda: TOLERANCES["fp16"])  # on the vectors' max abs error
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FP16_CRITERIA = Fp16Criteria()
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """The fp16 encoder against the fp32 one on real data: article vectors, then the portfolios they lead to."""
+
+    articles: int
+    max_abs: float  # largest |fp16 - fp32| over all vector components
+    bound: float  # the fp16 tolerance's bound on max_abs
+    min_cosine: float  # smallest per-article cosine
+    windows: int
+    same_book: int  # windows whose top-k assets and signs are identical
+    max_weight_diff: float  # largest |weight difference| over all windows and assets
+
+    @property
+    def agreement(self) -> float:
+        return self.same_book / self.windows if self.windows else 0.0
+
+    def failures(self, criteria: Fp16Criteria) -> list[str]:
+        """Why the fp16 encoder fails `criteria`; empty when it passes."""
+        if not self.windows or not self.articles:
+            return [f"no real data to measure on ({self.windows} windows, {self.articles} articles)"]
+        reasons = []
+        if self.agreement < criteria.min_agreement:
+            reasons.append(f"top-k agreement {self.agreement:.4f} ({self.same_book}/{self.windows} windows) < "
+                           f"{criteria.min_agreement}")
+        if self.min_cosine < criteria.min_cosine:
+            reasons.append(f"article vector cosine {self.min_cosine:.6f} < {criteria.min_cosine}")
+        if self.max_abs > self.bound:
+            reasons.append(f"article vector max abs error {self.max_abs:.3g} > {self.bound:.3g}")
+        return reasons
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "agreement": self.agreement}
+
+
+def _window_rows(data: MarketData, anchors: np.ndarray, lookback: int) -> np.ndarray:
+    """Rows of data.news on a bar that some window ending at `anchors` reads."""
+    edges = np.zeros(data.n_bars + 1, dtype=np.int64)
+    np.add.at(edges, anchors - lookback + 1, 1)
+    np.add.at(edges, anchors + 1, -1)
+    read = np.cumsum(edges)[:-1] > 0
+    bars = np.asarray(data.aligned.bar)
+    return np.flatnonzero((bars >= 0) & read[np.maximum(bars, 0)])
+
+
+def _encode(encoder: NfcEncoder, sessions: Sequence[ort.InferenceSession], texts: Sequence[str],
+            batch_size: int = 32) -> list[np.ndarray]:
+    """(M, D) vectors of `texts` from each session, run in length-sorted batches (the package's tokenizer)."""
+    ids, _ = encoder.tokenize(texts) if texts else ([], None)
+    out = [np.zeros((len(ids), encoder.dim), dtype=np.float32) for _ in sessions]
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        input_ids, mask = (x.cpu().numpy() for x in encoder.pad_batch([ids[i] for i in rows]))
+        for vectors, session in zip(out, sessions, strict=True):
+            vectors[rows] = session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+    return out
+
+
+def _fused_weights(fusion: ort.InferenceSession, data: MarketData, vectors: np.ndarray,
+                   normaliser: FeatureNormalizer, anchors: np.ndarray, lookback: int, chunk: int = 256) -> np.ndarray:
+    grid = grid_inputs(data, vectors, normaliser)
+    weights = []
+    for start in range(0, len(anchors), chunk):
+        feeds = grid.windows(anchors[start:start + chunk], lookback)
+        weights.append(fusion.run(["weights"], {name: x.astype(np.float32) for name, x in feeds.items()})[0])
+    return np.concatenate(weights) if weights else np.zeros((0, data.universe.n_assets), np.float32)
+
+
+def encoder_end_to_end(encoder: NfcEncoder, reference: ort.InferenceSession, candidate: ort.InferenceSession,
+                       fusion: ort.InferenceSession, data: MarketData, normaliser: FeatureNormalizer,
+                       window: WindowSpec, warmup_bars: int, criteria: Fp16Criteria = FP16_CRITERIA) -> EndToEnd:
+    """`candidate` (the fp16 encoder graph) vs `reference` (the fp32 one) on the articles that real windows of
+    `data` read, and the portfolios the fp32 `fusion` graph makes of each; at most `criteria.max_windows`
+    windows, evenly spaced over the usable anchors."""
+    anchors = usable_anchors(data.n_bars, warmup_bars, window)
+    anchors = anchors[np.unique(np.linspace(0, len(anchors) - 1, min(len(anchors), criteria.max_windows)).astype(int))]
+    rows = _window_rows(data, anchors, window.lookback)
+    texts = [article_text(data.news["title"].iat[i], data.news["body"].iat[i]) for i in rows]
+    expected, got = _encode(encoder, (reference, candidate), texts)
+    error = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
+    cosine = np.sum(got.astype(np.float64) * expected, axis=1) / np.where(norms > 0, norms, 1.0)
+    books = []
+    for vectors in (expected, got):
+        all_vectors = np.zeros((len(data.news), encoder.dim), dtype=np.float32)
+        all_vectors[rows] = vectors
+        books.append(_fused_weights(fusion, data, all_vectors, normaliser, anchors, window.lookback))
+    same = np.all(np.sign(books[0]) == np.sign(books[1]), axis=1)
+    return EndToEnd(articles=len(rows), max_abs=float(error.max(initial=0.0)),
+                    bound=criteria.tolerance.bound(expected), min_cosine=float(cosine.min(initial=1.0)),
+                    windows=len(anchors), same_book=int(same.sum()),
+                    max_weight_diff=float(np.abs(books[0] - books[1]).max(initial=0.0)))

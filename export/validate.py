@@ -11,7 +11,10 @@ Checks, in order (a failed hash check stops there: a tampered package is refused
 4. parity of every graph variant vs PyTorch on generated inputs (seeded differently from the export's):
    batch 1/7/64, the encoder's longest inputs (> 704 tokens when it takes them), market windows
    whose periods differ from the model's; batch invariance in ONNX Runtime;
-5. the same on real data: articles of the data folder's news and windows of its test split;
+5. the same on real data: articles of the data folder's news and windows of its test split; and, when the
+   package has an fp16 encoder, that encoder end to end on the data's real windows (article vector error,
+   and the fraction of windows whose top-k book the fp32 fusion graph picks the same as with fp32 vectors,
+   against export.parity.FP16_CRITERIA); without one, a skipped row says why the export dropped it;
 6. the tokenizer file in the package, read with `tokenizers` alone (as serving reads it), gives the
    ids the encoder was fed.
 The report passes only if no check failed and every check ran: a check that could not run (no data
@@ -34,7 +37,17 @@ from tqdm.auto import tqdm
 
 from export.onnx_export import check_graph, graph_signature
 from export.package import EncoderSettings, graph_files, load_run_encoder
-from export.parity import EncoderBatch, FusionBatch, ParityResult, encoder_cases, fusion_cases, package_parity
+from export.parity import (
+    FP16_CRITERIA,
+    EncoderBatch,
+    FusionBatch,
+    ParityResult,
+    encoder_cases,
+    encoder_end_to_end,
+    fusion_cases,
+    package_parity,
+    variant_session,
+)
 from neuralfusion.data.news import article_text
 from neuralfusion.dataset import MarketData, load_data_dir
 from neuralfusion.inputs import INPUT_NAMES
@@ -122,8 +135,32 @@ class ValidationReport:
 
 
 def _graph_paths(manifest: PackageManifest) -> dict[str, dict[str, Path]]:
-    return {graph: {variant: manifest.graph_path(graph, variant) for variant in graph_files(graph)}
-            for graph in GRAPHS}
+    """The graph files the manifest lists, per graph and variant."""
+    listed = {graph: manifest.data["graphs"][graph]["variants"] for graph in GRAPHS}
+    return {graph: {variant: manifest.graph_path(graph, variant) for variant in variants}
+            for graph, variants in listed.items()}
+
+
+def _fp16_checks(manifest: PackageManifest, encoder: NfcEncoder, graphs: dict[str, dict[str, Path]],
+                 data: MarketData) -> list[Check]:
+    """The fp16 encoder end to end on the real windows of `data` (export.parity.encoder_end_to_end)."""
+    if "fp16" not in graphs["encoder"]:
+        why = manifest.data.get("fp16_parity", {}).get("encoder", {}).get("reason", "the manifest does not say why")
+        return [Check("fp16 encoder", None, f"not in the package: {why}", graph=graph_files("encoder")["fp16"])]
+    path = graphs["encoder"]["fp16"]
+    measured = encoder_end_to_end(encoder, variant_session(graphs["encoder"]["fp32"], "fp32"),
+                                  variant_session(path, "fp16"), variant_session(graphs["fusion"]["fp32"], "fp32"),
+                                  data, manifest.normaliser, manifest.window,
+                                  int(manifest.data["features"]["warmup_bars"]), FP16_CRITERIA)
+    vectors_ok = measured.articles > 0 and measured.max_abs <= measured.bound and \
+        measured.min_cosine >= FP16_CRITERIA.min_cosine
+    return [Check("fp16 article vectors", vectors_ok, f"min cosine {measured.min_cosine:.6f} (>= "
+                  f"{FP16_CRITERIA.min_cosine}) vs the fp32 encoder graph", graph=path.name,
+                  case=f"{measured.articles} real articles", max_abs=measured.max_abs, bound=measured.bound),
+            Check("fp16 top-k agreement", measured.windows > 0 and measured.agreement >= FP16_CRITERIA.min_agreement,
+                  f"{measured.same_book}/{measured.windows} real windows pick the same top-k book with fp16 vectors "
+                  f"(>= {FP16_CRITERIA.min_agreement} needed); max weight difference {measured.max_weight_diff:.3g}",
+                  graph=path.name, case=f"agreement {measured.agreement:.4f} on {measured.windows} real windows")]
 
 
 def _structure_checks(manifest: PackageManifest) -> Iterator[Check]:
@@ -310,11 +347,12 @@ def validate_package(pkg_dir: Path, run_dir: Path | None = None, data_dir: Path 
             texts = texts[:max(_BATCHES)]
             real = package_parity(encoder, model, graphs, _real_encoder_inputs(encoder, texts),
                                   _real_fusion_inputs(manifest, data, embeddings))
+            fp16 = _fp16_checks(manifest, encoder, graphs, data)
         except (ValueError, OSError) as err:  # DataError (a ValueError): data the model cannot read
             report.checks.append(Check("real data", False, f"{data_dir}: {err}"))
             return report
         steps.update(1)
-        report.checks += [Check.from_parity(r) for r in real]
+        report.checks += [Check.from_parity(r) for r in real] + fp16
         report.checks.append(_tokenizer_check(manifest, encoder, texts))
         steps.update(1)
     return report

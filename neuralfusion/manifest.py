@@ -4,8 +4,8 @@ Serving imports this module (stdlib + numpy + neuralfusion only), so it must nev
 onnx or `training`. A package folder looks like this:
 
     PKG/
-      encoder.onnx  encoder.cpu.onnx  encoder.fp16.onnx     text -> pooled article vector
-      fusion.onnx   fusion.cpu.onnx   fusion.fp16.onnx      windows -> logits, top-k weights
+      encoder.onnx  encoder.cpu.onnx  [encoder.fp16.onnx]   text -> pooled article vector (fp16: CUDA, optional)
+      fusion.onnx   fusion.cpu.onnx                         windows -> logits, top-k weights (always float32)
       *.onnx.data                                           external weights, when a graph has them
       tokenizer/                                            tokenizer.json (+ HF config files)
       manifest.json                                         everything else serving needs (schema below)
@@ -34,12 +34,16 @@ Manifest keys (format `nfc-package/1`):
   model       CgaConfig.to_dict(), incl. the TimesNet `periods`
   encoder     {max_length, pooling, attention_type, fingerprint, dim, pad_token_id, tokenizer}
   onnx        {opset, exporter, torch, onnx, onnxruntime}
-  graphs      {encoder|fusion: {inputs, outputs, variants: {fp32|cpu|fp16: file}}}; inputs/outputs are
+  graphs      {encoder|fusion: {inputs, outputs, variants: {fp32|cpu[|fp16]: file}}}: the published files (fp16:
+              the encoder's, only when its parity held); inputs/outputs are
               [{name, dtype, shape}] with symbolic dims as strings ("batch", "sequence")
   runtime     which variant to load with which ONNX Runtime provider and optimisation level
   files       {relative path: sha256}
   tolerances  {fp32|fp16: {atol, rtol}}: max abs error <= atol + rtol * max |reference|
-  parity      [{check, graph, case, max_abs, max_rel, bound, passed, detail}] measured at export
+  parity      [{check, graph, case, max_abs, max_rel, bound, passed, detail}] of every published graph, at export
+  fp16_parity {encoder: {published, reason, measured_on, criteria, checks, end_to_end: {data, articles, max_abs,
+              bound, min_cosine, windows, same_book, agreement, max_weight_diff}}, fusion: {published: false,
+              reason}}: the fp16 encoder's verdict; a variant that failed is not published and `reason` says why
   metrics     the run's metrics.json (training history, best validation Sharpe)
 """
 
@@ -80,7 +84,8 @@ FORMAT = "nfc-package/1"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_DIGEST_FILE = "manifest.sha256"
 GRAPHS = ("encoder", "fusion")
-# fp32: the exported graph; cpu: ORT-optimised offline (extended level) for the CPU provider; fp16: for GPUs
+# fp32: the exported graph; cpu: ORT-optimised offline (extended level) for the CPU provider; fp16: the encoder's
+# float16 graph for CUDA (the fusion graph is always float32)
 VARIANTS = ("fp32", "cpu", "fp16")
 REQUIRED_FIELDS = ("format", "version", "created", "git_commit", "source", "universe", "bar_spec", "window",
                    "portfolio", "features", "model", "encoder", "onnx", "graphs", "runtime", "files", "tolerances",

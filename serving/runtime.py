@@ -9,14 +9,15 @@ is opened, features and windows come from the same `neuralfusion` functions trai
     runtime = PortfolioRuntime.load("runs/demo/package")
     [record] = runtime.predict_requests([PredictRequest.model_validate(payload)])
 
-Execution providers: `device="auto"` asks for CUDA when this onnxruntime build has it, else the CPU.
-On CUDA the package's fp16 graphs run; on the CPU its ORT-optimised fp32 ("cpu") graphs when this
-onnxruntime version wrote them, else the exported fp32 graphs. ONNX Runtime
-silently falls back to the CPU when CUDA cannot start, so the provider reported is the one the session
-actually uses (`session.get_providers()`), and an fp16 graph that landed on the CPU is reopened as the
-CPU variant. Batch invariance: every sample is computed from its own window only; batching changes the
-floating-point summation order, not the inputs (measured differences ~1e-7, far below the fp32 parity
-tolerance of 1e-5).
+Execution providers: the device is decided once per process before any graph opens (serving.providers: CUDA
+only when a CUDA session on a one-node graph really runs on CUDA). On CUDA the encoder runs its fp16 graph when
+the package has one (published only when its end-to-end parity held at export) and the fusion graph its fp32
+graph; on the CPU both run the ORT-optimised fp32 ("cpu") graphs when this onnxruntime version wrote them, else
+the exported fp32 graphs. The fusion graph always runs in float32. Each graph reports the provider its session
+uses and why (`GraphSession.info`, /model_info).
+
+Batch invariance: every sample is computed from its own window only; batching changes the floating-point
+summation order, not the inputs (measured differences ~1e-7, far below the fp32 parity tolerance of 1e-5).
 """
 
 from __future__ import annotations
@@ -42,25 +43,24 @@ from neuralfusion.features import FEATURE_NAMES
 from neuralfusion.inputs import INPUT_NAMES, grid_inputs
 from neuralfusion.manifest import PackageError, PackageManifest
 from serving.model_store import load_verified_manifest
+from serving.providers import CPU, CUDA, DeviceError, ExecutionChoice, choose_device
 from serving.schemas import PredictRequest, RequestError, check_request_against_model
 from serving.store import PredictionRecord
 
 __all__ = [
-    "DEVICES",
     "FUSION_OUTPUTS",
     "BatchStats",
     "EncodedTexts",
+    "GraphSession",
     "NewsEncoder",
     "PortfolioRuntime",
     "PreparedRequest",
+    "graph_variant",
     "open_session",
 ]
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
-_CUDA = "CUDAExecutionProvider"
-_CPU = "CPUExecutionProvider"
 FUSION_OUTPUTS = ("logits", "weights")
 
 
@@ -83,41 +83,68 @@ class BatchStats:
                 "max_rows": max(sizes, default=0), "sizes": {str(n): c for n, c in sizes.items()}}
 
 
-def _resolve_device(device: str) -> str:
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "auto":
-        return "cuda" if _CUDA in ort.get_available_providers() else "cpu"
-    return device
+@dataclass(frozen=True)
+class GraphSession:
+    """An open package graph: its session, the variant it runs, and why it runs where it runs."""
+
+    graph: str  # "encoder" or "fusion"
+    variant: str  # "fp32", "cpu" or "fp16" (encoder only)
+    session: ort.InferenceSession
+    reason: str  # why this provider: the device decision (serving.providers) and anything after it
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def info(self) -> dict[str, str]:
+        """{provider, variant, reason}: what /model_info reports per graph."""
+        return {"provider": self.provider, "variant": self.variant, "reason": self.reason}
 
 
-def open_session(manifest: PackageManifest, graph: str, device: str = "auto", variant: str | None = None,
-                 threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime session for `graph` ("encoder" or "fusion") of the package.
+def graph_variant(manifest: PackageManifest, graph: str, choice: ExecutionChoice, variant: str | None = None) -> str:
+    """The variant of `graph` to run on `choice.device`, or the one NFC_ORT_VARIANT names (`variant`).
 
-    cuda: the fp16 variant (unless `variant`) with CUDA first and the CPU as fallback; cpu: the "cpu"
-    variant (fp32 when another onnxruntime version optimised it). A session that asked for CUDA but did not
-    get it is reopened with the CPU variant, so an fp16 graph never runs on the CPU by accident. The inputs
-    and outputs must be those the manifest declares.
+    The fusion graph always runs in float32 (a float16 fusion graph flips top-k selections), so "fp16" means the
+    encoder's fp16 graph, on CUDA only. CUDA runs the exported fp32 graphs otherwise; the CPU the ORT-optimised
+    "cpu" graphs when this onnxruntime version wrote them, else the exported fp32 graphs.
     """
-    resolved = _resolve_device(device)
-    chosen = variant or ("fp16" if resolved == "cuda" else _cpu_variant(manifest))
-    # a CPU-only onnxruntime build warns about providers it lacks: ask only for those it has
-    providers = [p for p in ([_CUDA, _CPU] if resolved == "cuda" else [_CPU]) if p in ort.get_available_providers()]
-    session = _session(manifest.graph_path(graph, chosen), providers, chosen, threads)
-    if resolved == "cuda" and session.get_providers()[0] != _CUDA:
-        fallback = _cpu_variant(manifest) if variant is None else chosen
-        log.warning("CUDA was requested for %s but ONNX Runtime could not use it (providers %s); running the %s "
-                    "variant on the CPU", graph, session.get_providers(), fallback)
-        session = _session(manifest.graph_path(graph, fallback), [_CPU], fallback, threads)
+    if variant == "fp16" and choice.device != "cuda":
+        raise DeviceError(f"NFC_ORT_VARIANT=fp16 runs only on CUDA; this process runs on the CPU ({choice.reason}): "
+                          "unset NFC_ORT_VARIANT or use fp32/cpu")
+    if variant is not None and not (variant == "fp16" and graph == "fusion"):
+        return variant
+    if choice.device == "cpu":
+        return _cpu_variant(manifest)
+    if graph == "encoder" and "fp16" in manifest.data["graphs"]["encoder"]["variants"]:
+        return "fp16"
+    return "fp32"
+
+
+def open_session(manifest: PackageManifest, graph: str, choice: ExecutionChoice, variant: str | None = None,
+                 threads: int | None = None) -> GraphSession:
+    """A session for `graph` ("encoder" or "fusion") of the package on the device `choice` decided.
+
+    The variant is `graph_variant`'s. A float16 graph is opened only when CUDA ran the probe graph; if a CUDA
+    session still does not run on CUDA, the graph is reopened as the CPU variant on the CPU alone (a float16
+    graph never runs on the CPU provider). The inputs and outputs must be those the manifest declares.
+    """
+    chosen = graph_variant(manifest, graph, choice, variant)
+    session = _session(manifest.graph_path(graph, chosen), list(choice.providers), chosen, threads)
+    reason = choice.reason
+    if choice.device == "cuda" and session.get_providers()[0] != CUDA:
+        fallback = _cpu_variant(manifest)
+        reason = (f"CUDA ran the probe graph but ONNX Runtime did not use it for {graph} (providers "
+                  f"{session.get_providers()}): running the {fallback} variant on the CPU")
+        log.warning("%s", reason)
+        session = _session(manifest.graph_path(graph, fallback), [CPU], fallback, threads)
         chosen = fallback
     declared = manifest.data["graphs"][graph]
     for kind, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
         expected = [entry["name"] for entry in declared[kind]]
         if [value.name for value in actual] != expected:
             raise PackageError(f"{graph} graph has {kind} {[v.name for v in actual]}, the manifest declares {expected}")
-    log.info("%s graph: %s variant on %s", graph, chosen, session.get_providers()[0])
-    return session
+    log.info("%s graph: %s variant on %s (%s)", graph, chosen, session.get_providers()[0], reason)
+    return GraphSession(graph=graph, variant=chosen, session=session, reason=reason)
 
 
 def _cpu_variant(manifest: PackageManifest) -> str:
@@ -133,17 +160,18 @@ def _cpu_variant(manifest: PackageManifest) -> str:
 
 def _session(path: Path, providers: list[str], variant: str, threads: int | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # a failed CUDA start is reported by the provider check, not ORT's log
-    # ORT 1.32 crashes in a CPU layout optimisation on fp16 graphs (manifest "runtime" notes)
-    cpu_fp16 = variant == "fp16" and providers == [_CPU]
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if cpu_fp16
+    options.log_severity_level = 3  # CUDA's start was checked by the probe (serving.providers), which logs
+    # float16 graphs stop at the extended level: ORT's CPU layout optimisations (ORT_ENABLE_ALL) crashed the
+    # process on a float16 graph (manifest "runtime" notes); on CUDA they have nothing to do
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if variant == "fp16"
                                         else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     if threads:
         options.intra_op_num_threads = threads
     # idle intra-op threads otherwise busy-wait after every run, taking the cores from the request handling
     # (validation, features) that runs between graph calls in the same process (docs/BENCHMARKS.md)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=providers)
+    # no retry on the CPU when CUDA fails at creation or in a run: ONNX Runtime would rerun this graph there
+    return ort.InferenceSession(str(path), options, providers=providers, enable_fallback=0)
 
 
 @dataclass(frozen=True)
@@ -178,7 +206,8 @@ class NewsEncoder:
         self._counter = Tokenizer.from_file(str(tokenizer_path))
         self._counter.no_padding()
         self._counter.no_truncation()
-        self.session = open_session(manifest, "encoder", device, variant, threads)
+        self.graph = open_session(manifest, "encoder", choose_device(device), variant, threads)
+        self.session = self.graph.session
         self._inputs = [value.name for value in self.session.get_inputs()]
         self.stats = BatchStats()
         self._truncated = 0
@@ -186,7 +215,7 @@ class NewsEncoder:
 
     @property
     def provider(self) -> str:
-        return self.session.get_providers()[0]
+        return self.graph.provider
 
     @property
     def truncated_texts(self) -> int:
@@ -260,8 +289,7 @@ class PortfolioRuntime:
     for the whole batch.
     """
 
-    def __init__(self, manifest: PackageManifest, fusion: ort.InferenceSession,
-                 encoder: NewsEncoder | None = None) -> None:
+    def __init__(self, manifest: PackageManifest, fusion: GraphSession, encoder: NewsEncoder | None = None) -> None:
         declared = manifest.data["graphs"]["fusion"]
         names = tuple(e["name"] for e in declared["inputs"]), tuple(e["name"] for e in declared["outputs"])
         if names != (INPUT_NAMES, FUSION_OUTPUTS):
@@ -272,7 +300,8 @@ class PortfolioRuntime:
                                f"server computes {list(FEATURE_NAMES)}: serve it with the code version it was "
                                "trained with")
         self.manifest = manifest
-        self.session = fusion
+        self.graph = fusion
+        self.session = fusion.session
         self.encoder = encoder
         self.universe = manifest.universe
         self.bar_spec = manifest.bar_spec
@@ -287,9 +316,11 @@ class PortfolioRuntime:
     @classmethod
     def load(cls, pkg_dir: Path | str, device: str = "auto", variant: str | None = None, threads: int | None = None,
              with_encoder: bool = True) -> PortfolioRuntime:
-        """Verify the package's hashes, then open its graphs; PackageError names what is wrong."""
-        manifest = load_verified_manifest(pkg_dir)  # hashes, paths; signature with NFC_PACKAGE_PUBLIC_KEY
-        fusion = open_session(manifest, "fusion", device, variant, threads)
+        """Verify the package (hashes, paths; signature with NFC_PACKAGE_PUBLIC_KEY), decide the device
+        (serving.providers), then open its graphs; PackageError names what is wrong with the package, DeviceError
+        what is wrong with NFC_DEVICE/NFC_ORT_VARIANT here."""
+        manifest = load_verified_manifest(pkg_dir)
+        fusion = open_session(manifest, "fusion", choose_device(device), variant, threads)
         encoder = NewsEncoder(manifest, device, variant, threads) if with_encoder else None
         return cls(manifest, fusion, encoder)
 
@@ -299,7 +330,7 @@ class PortfolioRuntime:
 
     @property
     def provider(self) -> str:
-        return self.session.get_providers()[0]
+        return self.graph.provider
 
     def prepare(self, request: PredictRequest) -> PreparedRequest:
         """Check `request` against the model and put it on the grid; a RequestError says what to fix."""

@@ -122,6 +122,9 @@ class ModelInfo(BaseModel):
     encoder_max_length: int = Field(description="Tokens per article read by the encoder; longer ones are cut.")
     parity_passed: bool = Field(description="Whether every ONNX-vs-PyTorch parity check passed at export.")
     providers: dict[str, str] = Field(description="ONNX Runtime execution provider in use per graph.")
+    execution: dict[str, dict[str, str]] = Field(
+        description="Per graph: the provider in use, the graph variant (fp32, cpu, fp16) and why that device, "
+                    "e.g. 'cuda unavailable, fell back to the CPU: ...'.")
     batches: dict[str, dict[str, Any]] = Field(description="Batches run per graph in this worker, by size.")
     truncated_texts: int = Field(description="Articles cut to encoder_max_length in the encoder's worker.")
     refused_model: str | None = Field(None, description="The last model swap refused in this worker, and why.")
@@ -218,7 +221,8 @@ class EncoderService:
         """Provider, batch statistics and truncation count of this encoder worker."""
         if self.encoder is None:
             raise ServiceUnavailable(_not_loaded(self.model_error))
-        return {"provider": self.encoder.provider, "batches": self.encoder.stats.snapshot(),
+        return {"provider": self.encoder.provider, "execution": self.encoder.graph.info(),
+                "batches": self.encoder.stats.snapshot(),
                 "truncated_texts": self.encoder.truncated_texts, "fingerprint": self.fingerprint}
 
 
@@ -319,6 +323,7 @@ class PortfolioService:
             encoder_max_length=data["encoder"]["max_length"],
             parity_passed=all(row["passed"] for row in data["parity"]),
             providers={"fusion": runtime.provider, "encoder": encoder["provider"]},
+            execution={"fusion": runtime.graph.info(), "encoder": encoder["execution"]},
             batches={"fusion": runtime.stats.snapshot(), "encoder": encoder["batches"]},
             truncated_texts=encoder["truncated_texts"], refused_model=self.refused_model)
 
