@@ -319,24 +319,27 @@ class EndToEnd:
     max_abs: float  # largest |fp16 - fp32| over all vector components
     bound: float  # the fp16 tolerance's bound on max_abs
     min_cosine: float  # smallest per-article cosine
-    windows: int
-    same_book: int  # windows whose top-k assets and signs are identical
+    windows: int  # real windows checked
+    news_windows: int  # of those, windows that read at least one article (the others cannot differ)
+    same_book: int  # news windows whose top-k assets and signs are identical
     max_weight_diff: float  # largest |weight difference| over all windows and assets
 
     @property
     def agreement(self) -> float:
-        return self.same_book / self.windows if self.windows else 0.0
+        """Fraction of the windows with news whose book is unchanged."""
+        return self.same_book / self.news_windows if self.news_windows else 0.0
 
     def failures(self, criteria: Fp16Criteria) -> list[str]:
         """Why the fp16 encoder fails `criteria`; empty when it passes."""
-        if not self.windows or not self.articles:
-            return [f"no real data to measure on ({self.windows} windows, {self.articles} articles)"]
+        if not self.news_windows or not self.articles:
+            return [f"no real data to measure on ({self.news_windows} of {self.windows} windows read news, "
+                    f"{self.articles} articles)"]
         reasons = []
         if self.agreement < criteria.min_agreement:
-            reasons.append(f"top-k agreement {self.agreement:.4f} ({self.same_book}/{self.windows} windows) < "
-                           f"{criteria.min_agreement}")
+            reasons.append(f"top-k agreement {self.agreement:.4f} ({self.same_book}/{self.news_windows} windows with "
+                           f"news) < {criteria.min_agreement}")
         if self.min_cosine < criteria.min_cosine:
-            reasons.append(f"article vector cosine {self.min_cosine:.6f} < {criteria.min_cosine}")
+            reasons.append(f"article vector cosine {self.min_cosine:.7f} < {criteria.min_cosine}")
         if self.max_abs > self.bound:
             reasons.append(f"article vector max abs error {self.max_abs:.3g} > {self.bound:.3g}")
         return reasons
@@ -345,14 +348,17 @@ class EndToEnd:
         return {**asdict(self), "agreement": self.agreement}
 
 
-def _window_rows(data: MarketData, anchors: np.ndarray, lookback: int) -> np.ndarray:
-    """Rows of data.news on a bar that some window ending at `anchors` reads."""
+def _window_news(data: MarketData, anchors: np.ndarray, lookback: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of data.news on a bar that some window ending at `anchors` reads, and per window its article count."""
+    bars = np.asarray(data.aligned.bar)
+    on_grid = bars >= 0
     edges = np.zeros(data.n_bars + 1, dtype=np.int64)
     np.add.at(edges, anchors - lookback + 1, 1)
     np.add.at(edges, anchors + 1, -1)
     read = np.cumsum(edges)[:-1] > 0
-    bars = np.asarray(data.aligned.bar)
-    return np.flatnonzero((bars >= 0) & read[np.maximum(bars, 0)])
+    rows = np.flatnonzero(on_grid & read[np.where(on_grid, bars, 0)])
+    before = np.concatenate([[0], np.cumsum(np.bincount(bars[on_grid], minlength=data.n_bars))])  # articles < bar
+    return rows, before[anchors + 1] - before[anchors - lookback + 1]
 
 
 def _encode(encoder: NfcEncoder, sessions: Sequence[ort.InferenceSession], texts: Sequence[str],
@@ -384,10 +390,11 @@ def encoder_end_to_end(encoder: NfcEncoder, reference: ort.InferenceSession, can
                        window: WindowSpec, warmup_bars: int, criteria: Fp16Criteria = FP16_CRITERIA) -> EndToEnd:
     """`candidate` (the fp16 encoder graph) vs `reference` (the fp32 one) on the articles that real windows of
     `data` read, and the portfolios the fp32 `fusion` graph makes of each; at most `criteria.max_windows`
-    windows, evenly spaced over the usable anchors."""
+    windows, evenly spaced over the usable anchors. Agreement counts the windows that read news only: the others
+    get identical inputs either way."""
     anchors = usable_anchors(data.n_bars, warmup_bars, window)
     anchors = anchors[np.unique(np.linspace(0, len(anchors) - 1, min(len(anchors), criteria.max_windows)).astype(int))]
-    rows = _window_rows(data, anchors, window.lookback)
+    rows, per_window = _window_news(data, anchors, window.lookback)
     texts = [article_text(data.news["title"].iat[i], data.news["body"].iat[i]) for i in rows]
     expected, got = _encode(encoder, (reference, candidate), texts)
     error = np.abs(got.astype(np.float64) - expected.astype(np.float64))
@@ -398,8 +405,8 @@ def encoder_end_to_end(encoder: NfcEncoder, reference: ort.InferenceSession, can
         all_vectors = np.zeros((len(data.news), encoder.dim), dtype=np.float32)
         all_vectors[rows] = vectors
         books.append(_fused_weights(fusion, data, all_vectors, normaliser, anchors, window.lookback))
-    same = np.all(np.sign(books[0]) == np.sign(books[1]), axis=1)
+    same = np.all(np.sign(books[0]) == np.sign(books[1]), axis=1)[per_window > 0]
     return EndToEnd(articles=len(rows), max_abs=float(error.max(initial=0.0)),
                     bound=criteria.tolerance.bound(expected), min_cosine=float(cosine.min(initial=1.0)),
-                    windows=len(anchors), same_book=int(same.sum()),
+                    windows=len(anchors), news_windows=len(same), same_book=int(same.sum()),
                     max_weight_diff=float(np.abs(books[0] - books[1]).max(initial=0.0)))

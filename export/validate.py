@@ -152,15 +152,17 @@ def _fp16_checks(manifest: PackageManifest, encoder: NfcEncoder, graphs: dict[st
                                   variant_session(path, "fp16"), variant_session(graphs["fusion"]["fp32"], "fp32"),
                                   data, manifest.normaliser, manifest.window,
                                   int(manifest.data["features"]["warmup_bars"]), FP16_CRITERIA)
+    agreed = measured.news_windows > 0 and measured.agreement >= FP16_CRITERIA.min_agreement
     vectors_ok = measured.articles > 0 and measured.max_abs <= measured.bound and \
         measured.min_cosine >= FP16_CRITERIA.min_cosine
     return [Check("fp16 article vectors", vectors_ok, f"min cosine {measured.min_cosine:.6f} (>= "
                   f"{FP16_CRITERIA.min_cosine}) vs the fp32 encoder graph", graph=path.name,
                   case=f"{measured.articles} real articles", max_abs=measured.max_abs, bound=measured.bound),
-            Check("fp16 top-k agreement", measured.windows > 0 and measured.agreement >= FP16_CRITERIA.min_agreement,
-                  f"{measured.same_book}/{measured.windows} real windows pick the same top-k book with fp16 vectors "
-                  f"(>= {FP16_CRITERIA.min_agreement} needed); max weight difference {measured.max_weight_diff:.3g}",
-                  graph=path.name, case=f"agreement {measured.agreement:.4f} on {measured.windows} real windows")]
+            Check("fp16 top-k agreement", agreed,
+                  f"{measured.same_book}/{measured.news_windows} real windows with news ({measured.windows} checked) "
+                  f"pick the same top-k book with fp16 vectors (>= {FP16_CRITERIA.min_agreement} needed); max weight "
+                  f"difference {measured.max_weight_diff:.3g}",
+                  graph=path.name, case=f"agreement {measured.agreement:.4f} on {measured.news_windows} windows")]
 
 
 def _structure_checks(manifest: PackageManifest) -> Iterator[Check]:

@@ -34,20 +34,29 @@ def rows(report: dict, check: str) -> list[dict]:
 def test_validate_passes_on_the_exported_package(report):
     assert report["passed"] is True and report["version"] == "0.1.0-test"
     assert all(c["passed"] is not False for c in report["checks"])
-    assert rows(report, "hashes")[0]["passed"] and len(rows(report, "onnx checker")) == 6
+    assert rows(report, "hashes")[0]["passed"] and len(rows(report, "onnx checker")) == 5
     assert all(c["passed"] for c in rows(report, "signature") + rows(report, "tokenizer"))
 
 
 def test_validate_compares_every_graph_on_generated_and_real_inputs(report):
     parity = [c for c in report["checks"] if c["max_abs"] is not None]
     graphs = {c["graph"] for c in parity}
-    assert graphs == {f"{g}{s}" for g in ("encoder", "fusion") for s in (".onnx", ".cpu.onnx", ".fp16.onnx")}
+    assert graphs == {"encoder.onnx", "encoder.cpu.onnx", "encoder.fp16.onnx", "fusion.onnx", "fusion.cpu.onnx"}
     cases = {c["case"] for c in parity}
     assert {"generated batch 1", "generated batch 7", "generated batch 64", "real windows batch 1",
             "real windows batch 7", "real windows batch 64", "real articles batch 7",
             "batch 7, market periods unlike the model's", "generated batch 3, 705-800 tokens"} <= cases
     fp32 = [c for c in parity if "fp16" not in c["graph"]]
     assert max(c["max_abs"] for c in fp32) <= FP32_ATOL
+
+
+def test_validate_reports_the_fp16_encoder_end_to_end_on_real_windows(report):
+    [vectors] = rows(report, "fp16 article vectors")
+    [agreement] = rows(report, "fp16 top-k agreement")
+    assert vectors["passed"] and vectors["graph"] == "encoder.fp16.onnx" and vectors["max_abs"] <= vectors["bound"]
+    assert agreement["passed"] and agreement["case"].startswith("agreement 1.0000 on ")
+    windows = int(agreement["case"].split()[3])
+    assert windows > 500 and agreement["detail"].startswith(f"{windows}/{windows} real windows with news (")
 
 
 def test_validate_checks_batch_invariance_in_onnx_runtime(report):

@@ -268,6 +268,11 @@ def test_model_info_and_probes(app):
     info = app.client.post("/model_info").json()
     assert info["version"] == "0.1.0-test" and info["bars_needed"] == 80 + info["lookback"]
     assert info["providers"] == {"fusion": "CPUExecutionProvider", "encoder": "CPUExecutionProvider"}
+    # a CPU build of onnxruntime: the CPU graphs (fp32, never fp16), and the reason the device was chosen
+    for graph in ("fusion", "encoder"):
+        execution = info["execution"][graph]
+        assert execution["provider"] == "CPUExecutionProvider" and execution["variant"] in ("cpu", "fp32")
+        assert execution["reason"].startswith("cuda unavailable, fell back to the CPU: onnxruntime")
     assert app.client.get("/livez").status_code == app.client.get("/readyz").status_code == 200
     assert "/predict" in app.client.get("/docs.json").json()["paths"]
 
