@@ -18,8 +18,10 @@ session use the same number of intra-op threads. ORT columns on the CPU:
            all optimisations, idle threads not spinning (on a CPU shared with other work, spinning
            threads steal the cores; on a dedicated machine leave spinning on).
 With --device cuda (needs a CUDA torch and onnxruntime-gpu, the `gpu` extra) torch runs fp32 eager on the GPU
-with its inputs already there, and ORT runs the fp32 graph (default) and the fp16 graph (tuned, what the
-server runs on CUDA) on the CUDAExecutionProvider from host numpy inputs, so ORT's times include the copies.
+with its inputs already there, and ORT runs the fp32 graph (default) and what the server runs on CUDA (tuned:
+the encoder's fp16 graph, the fusion graph's fp32 one, which is never float16) on the CUDAExecutionProvider from
+host numpy inputs, so ORT's times include the copies. CUDA is checked first the way the server checks it
+(serving.providers: a probe graph), so no graph meant for the GPU is opened on the CPU.
 The three paths are timed in interleaved rounds, so load from other processes hits them alike.
 """
 
@@ -57,6 +59,7 @@ from neuralfusion.data.news import article_text
 from neuralfusion.manifest import load_manifest
 from neuralfusion.model_config import CgaConfig
 from neuralfusion.synth import SynthConfig, generate_market
+from serving.providers import CPU, CUDA, DeviceError, choose_device
 from training.encoder import NfcEncoder
 from training.encoder_init import init_encoder
 from training.model import CgaModel, cga_example_inputs
@@ -84,7 +87,8 @@ def synthetic_articles(seed: int) -> list[str]:
 
 
 def build_models(workdir: Path, texts: list[str], device: str) -> tuple[NfcEncoder, CgaModel, dict[str, Path]]:
-    """The default-size encoder and CGA model, exported and CPU-optimised (fp16 for CUDA) into `workdir`."""
+    """The default-size encoder and CGA model, exported and CPU-optimised (the encoder in fp16 for CUDA) into
+    `workdir`."""
     encoder = NfcEncoder.load(init_encoder(texts, workdir / "encoder"), device=device, dtype="float32")
     torch.manual_seed(0)
     model = CgaModel(CgaConfig(n_assets=12, embed_dim=encoder.dim)).eval()
@@ -92,7 +96,8 @@ def build_models(workdir: Path, texts: list[str], device: str) -> tuple[NfcEncod
              "fusion": export_fusion(model, workdir / "fusion.onnx")}
     variant, make = ("fp16", convert_fp16) if device == "cuda" else ("cpu", optimize_for_cpu)
     for graph in ("encoder", "fusion"):
-        paths[f"{graph}.{variant}"] = make(paths[graph], workdir / graph_files(graph)[variant])
+        if variant in graph_files(graph):
+            paths[f"{graph}.{variant}"] = make(paths[graph], workdir / graph_files(graph)[variant])
     return encoder, model.to(device), paths
 
 
@@ -103,15 +108,15 @@ def load_package(package: Path, run_dir: Path, device: str) -> tuple[NfcEncoder,
                               pooling=spec["pooling"], max_length=spec["max_length"], device=device, dtype="float32")
     model = CgaModel.from_checkpoint(load_run(run_dir).weights_path).to(device)
     paths = {graph: manifest.graph_path(graph) for graph in ("encoder", "fusion")}
-    paths.update({f"{graph}.{variant}": manifest.graph_path(graph, variant)
-                  for graph in ("encoder", "fusion") for variant in ("cpu", "fp16")})
+    paths.update({f"{graph}.{variant}": manifest.graph_path(graph, variant) for graph in ("encoder", "fusion")
+                  for variant in ("cpu", "fp16") if variant in manifest.data["graphs"][graph]["variants"]})
     return encoder, model, paths
 
 
 def cuda_session(path: Path) -> ort.InferenceSession:
-    """A CUDA session; onnxruntime silently falls back to the CPU, so the provider in use is checked."""
-    session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    if session.get_providers()[0] != "CUDAExecutionProvider":
+    """A CUDA session (CUDA was probed in `main`); ORT's retry on the CPU is off, and the provider is checked."""
+    session = ort.InferenceSession(str(path), providers=[CUDA, CPU], enable_fallback=0)
+    if session.get_providers()[0] != CUDA:
         sys.exit(f"onnxruntime {ort.__version__} cannot run on CUDA here (providers {session.get_providers()}): "
                  "install onnxruntime-gpu (the `gpu` extra) for a CUDA build matching the driver")
     return session
@@ -120,8 +125,8 @@ def cuda_session(path: Path) -> ort.InferenceSession:
 def sessions(paths: dict[str, Path], graph: str, threads: int,
              device: str) -> tuple[ort.InferenceSession, ort.InferenceSession]:
     """(default, tuned) sessions for one graph (module docstring)."""
-    if device == "cuda":
-        return cuda_session(paths[graph]), cuda_session(paths[f"{graph}.fp16"])
+    if device == "cuda":  # the fusion graph has no fp16 variant: the server runs its fp32 graph on CUDA too
+        return cuda_session(paths[graph]), cuda_session(paths.get(f"{graph}.fp16", paths[graph]))
     default = ort.InferenceSession(str(paths[graph]), providers=["CPUExecutionProvider"])
     return default, open_session(paths[f"{graph}.cpu"], threads=threads, spinning=False)
 
@@ -190,6 +195,11 @@ def main() -> None:
         parser.error("--package needs --model RUN (the PyTorch side of the comparison)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device (CPU build or no GPU)")
+    if args.device == "cuda":
+        try:
+            choose_device("cuda")
+        except DeviceError as err:
+            parser.error(f"--device cuda: {err}")
     if min(args.encoder_batches + args.fusion_batches, default=1) < 1:
         parser.error("batch sizes must be >= 1")
     logging.basicConfig(level=logging.WARNING)
@@ -206,7 +216,7 @@ def main() -> None:
         print(f"{machine_line(machine())}; torch {torch.__version__} eager vs onnxruntime {ort.__version__} on "
               f"{args.device}, {threads} intra-op threads; median ms. Articles: median {np.median(n_tokens):.0f} "
               f"tokens, 90th percentile {np.percentile(n_tokens, 90):.0f}, longest {n_tokens.max()}\n")
-        tuned = "ort fp16" if args.device == "cuda" else "ort tuned"
+        tuned = "ort served" if args.device == "cuda" else "ort tuned"
         print(markdown_table(["model", "batch", "shape", "runs", "torch", "ort default", tuned,
                               "speed-up", f"{tuned} speed-up"], []), flush=True)
         bench_encoder(encoder, paths, ids, threads, args.repeats, args.encoder_batches, args.device)

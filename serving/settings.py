@@ -9,8 +9,8 @@
 | NFC_API_KEY                 | (unset: open)        | key required on /predict and gRPC Predict                    |
 | NFC_GRPC_PORT               | (unset: no gRPC)     | port of the gRPC server each worker starts                   |
 | NFC_GRPC_HOST               | 0.0.0.0              | address it binds                                             |
-| NFC_DEVICE                  | auto                 | auto (CUDA when onnxruntime has it), cpu or cuda             |
-| NFC_ORT_VARIANT             | (per device)         | fp32, cpu or fp16 graphs instead of the device's default     |
+| NFC_DEVICE                  | auto                 | auto (CUDA when it runs a probe graph, else CPU), cpu, cuda  |
+| NFC_ORT_VARIANT             | (per device)         | fp32, cpu or fp16 (the encoder's, CUDA only) graphs          |
 | NFC_ORT_THREADS             | (ORT default)        | intra-op threads per ONNX Runtime session                    |
 | NFC_WORKERS                 | 1                    | worker processes of the portfolio service                    |
 | NFC_ENCODER_WORKERS         | 1                    | worker processes of the encoder service                      |

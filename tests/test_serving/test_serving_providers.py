@@ -40,8 +40,8 @@ def test_probe_graph_is_the_one_node_graph_onnx_builds():
     np.testing.assert_array_equal(session.run(None, {"x": np.array([1.5], np.float32)})[0], [3.0])
 
 
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="onnxruntime-gpu installed: not a CPU build")
 def test_a_cpu_build_serves_on_the_cpu_and_says_why():
-    assert CUDA not in ort.get_available_providers()  # this machine's onnxruntime is the CPU build
     choice = choose_device("auto")
     assert choice.device == "cpu" and choice.providers == (CPU,)
     assert choice.reason == (f"cuda unavailable, fell back to the CPU: onnxruntime {ort.__version__} has no "
@@ -57,7 +57,9 @@ def test_a_build_offering_cuda_that_cannot_start_falls_back_to_the_cpu(caplog):
     assert choice.device == "cpu" and choice.providers == (CPU,)
     assert choice.reason.startswith(f"cuda unavailable, fell back to the CPU: ONNX Runtime could not start {CUDA} "
                                     f"(session providers ['{CPU}']")
-    assert "opening the CUDA probe" in caplog.text and "serving on the CPU because" in caplog.text
+    assert "serving on the CPU because" in caplog.text
+    if CUDA not in ort.get_available_providers():  # the CPU build warns that it lacks CUDA; the probe logs that
+        assert "opening the CUDA probe" in caplog.text
     assert probe_cuda([CPU]) is not None and "CPU build" in probe_cuda([CPU])
 
 
@@ -115,7 +117,8 @@ def test_the_encoder_service_with_nfc_device_cuda_stays_up_not_ready_and_says_wh
 
 # A fresh process loads the package and serves one request; every ONNX Runtime session it creates is recorded
 # (the real class, subclassed only to note the path). "gpu-build": onnxruntime reports CUDA among its providers,
-# as onnxruntime-gpu does on a host where CUDA cannot start.
+# as onnxruntime-gpu does on a host where CUDA cannot start; "as-installed": the onnxruntime installed (this test
+# also passes under onnxruntime-gpu on a host without a usable GPU, where it is the real thing).
 LOAD_AND_SERVE = textwrap.dedent("""
     import json, sys
     import onnxruntime as ort
@@ -150,7 +153,7 @@ LOAD_AND_SERVE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("build", ["cpu-build", "gpu-build"])
+@pytest.mark.parametrize("build", ["as-installed", "gpu-build"])
 def test_a_fresh_process_serves_on_the_cpu_and_never_opens_a_float16_graph(tiny, build):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     env.pop("NFC_DEVICE", None)
@@ -158,7 +161,8 @@ def test_a_fresh_process_serves_on_the_cpu_and_never_opens_a_float16_graph(tiny,
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     assert done.returncode == 0, f"exit {done.returncode} (negative: killed by that signal): {done.stderr[-2000:]}"
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["opened"][0] == ("<probe graph>" if build == "gpu-build" else str(tiny.package / "fusion.cpu.onnx"))
+    probed = build == "gpu-build" or CUDA in ort.get_available_providers()
+    assert result["opened"][0] == ("<probe graph>" if probed else str(tiny.package / "fusion.cpu.onnx"))
     assert not [path for path in result["opened"] if path.endswith(".fp16.onnx")]
     assert {Path(path).name for path in result["opened"][-2:]} == {"fusion.cpu.onnx", "encoder.cpu.onnx"}
     for graph in ("fusion", "encoder"):
