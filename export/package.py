@@ -159,6 +159,7 @@ def _write_graphs(encoder: NfcEncoder, model: CgaModel, root: Path, external_dat
                 check_graph(convert_fp16(source, root / files["fp16"]))
             except Exception as err:  # the converter and the checker raise several types; the variant is optional
                 fp16_error = f"conversion failed: {type(err).__name__}: {err}"[:300]
+                _drop_file(root, files["fp16"])
         steps.update(1)
     return fp16_error
 
