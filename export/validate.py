@@ -14,7 +14,7 @@ Checks, in order (a failed hash check stops there: a tampered package is refused
 5. the same on real data: articles of the data folder's news and windows of its test split; and, when the
    package has an fp16 encoder, that encoder end to end on the data's real windows (article vector error,
    and the fraction of windows whose top-k book the fp32 fusion graph picks the same as with fp32 vectors,
-   against export.parity.FP16_CRITERIA); without one, a skipped row says why the export dropped it;
+   against export.parity.FP16_CRITERIA); without one, a row says why the export dropped it;
 6. the tokenizer file in the package, read with `tokenizers` alone (as serving reads it), gives the
    ids the encoder was fed.
 The report passes only if no check failed and every check ran: a check that could not run (no data
@@ -144,9 +144,12 @@ def _graph_paths(manifest: PackageManifest) -> dict[str, dict[str, Path]]:
 def _fp16_checks(manifest: PackageManifest, encoder: NfcEncoder, graphs: dict[str, dict[str, Path]],
                  data: MarketData) -> list[Check]:
     """The fp16 encoder end to end on the real windows of `data` (export.parity.encoder_end_to_end)."""
-    if "fp16" not in graphs["encoder"]:
-        why = manifest.data.get("fp16_parity", {}).get("encoder", {}).get("reason", "the manifest does not say why")
-        return [Check("fp16 encoder", None, f"not in the package: {why}", graph=graph_files("encoder")["fp16"])]
+    if "fp16" not in graphs["encoder"]:  # a valid package: the export dropped it, and serving runs the fp32 encoder
+        verdict = manifest.data.get("fp16_parity", {}).get("encoder", {})
+        consistent = not verdict.get("published", False)
+        detail = (f"not published by the export: {verdict.get('reason', 'the manifest does not say why')}"
+                  if consistent else "the manifest says it was published, but it lists no fp16 encoder")
+        return [Check("fp16 encoder", consistent, detail, graph=graph_files("encoder")["fp16"])]
     path = graphs["encoder"]["fp16"]
     measured = encoder_end_to_end(encoder, variant_session(graphs["encoder"]["fp32"], "fp32"),
                                   variant_session(path, "fp16"), variant_session(graphs["fusion"]["fp32"], "fp32"),
