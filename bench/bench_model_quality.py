@@ -58,7 +58,7 @@ def main() -> None:
         prepared = prepare_run(run, data, args.embeddings, "model")
         horizon, cost = run.window.horizon, args.cost_bps if args.cost_bps is not None else run.portfolio.cost_bps
         anchors = offset_rebalance_anchors(prepared.splits.test, horizon, data.n_bars, args.offsets)
-        per_year = data.bar_spec.bars_per_year
+        per_year = data.bars_per_year
         model = sharpes(lambda a, r=run, p=prepared: run_weights(r, p.grid, a, progress=False), anchors,
                         data.returns, horizon, cost, per_year)
         equal = sharpes(lambda a, n=data.universe.n_assets: equal_weights(len(a), n), anchors, data.returns, horizon,

@@ -1,8 +1,9 @@
 """Put news on the bar grid: which bar each item belongs to and which assets it covers.
 
-Rule (docs/DESIGN.md, data contracts): an item belongs to the first bar whose close time is >= published_at.
-Items published before the grid's first bar opened, or after its last bar closed, belong to no bar
-(index -1) and are counted, never pulled onto the grid.
+Rule (docs/DESIGN.md, data contracts): an item belongs to the first bar whose close time is >= published_at. On an
+exchange's grid that is the next session bar: news after Friday's close belongs to Monday's first bar.
+Items published at or before the close of the calendar's bar before the grid, or after its last bar
+closed, belong to no bar (index -1) and are counted, never pulled onto the grid.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ __all__ = ["AlignedNews", "align_news", "bar_index", "resolve_symbols"]
 log = logging.getLogger(__name__)
 
 
-def bar_index(published_at: pd.Series, times: pd.DatetimeIndex, interval: pd.Timedelta) -> np.ndarray:
-    """Index of the first bar with close time >= published_at; -1 outside the grid."""
+def bar_index(published_at: pd.Series, times: pd.DatetimeIndex, previous_close: pd.Timestamp) -> np.ndarray:
+    """Index of the first bar with close time >= published_at; -1 outside the grid (at or before
+    `previous_close`, the close of the calendar's bar before times[0], or after the last close)."""
     stamps = pd.DatetimeIndex(published_at)
     index = times.searchsorted(stamps, side="left").astype(np.int64)
-    before = stamps <= times[0] - interval  # published before the first bar opened
+    before = stamps <= previous_close  # published before the first bar's period began
     after = index >= len(times)
     index[before | after] = -1
     return index
@@ -72,10 +74,10 @@ class AlignedNews:
     n_after: int  # items published after the last bar closed
 
 
-def align_news(news: pd.DataFrame, times: pd.DatetimeIndex, interval: pd.Timedelta, universe: Universe,
+def align_news(news: pd.DataFrame, times: pd.DatetimeIndex, previous_close: pd.Timestamp, universe: Universe,
                unknown: str = "drop", source: str = "news") -> AlignedNews:
-    """Assign each item to its bar and build the (T, N) coverage one-hot."""
-    bars = bar_index(news["published_at"], times, interval)
+    """Assign each item to its bar (see `bar_index`) and build the (T, N) coverage one-hot."""
+    bars = bar_index(news["published_at"], times, previous_close)
     symbols = resolve_symbols(news, universe, unknown=unknown, source=source)
     coverage = np.zeros((len(times), universe.n_assets), dtype=np.float32)
     for bar, item_symbols in zip(bars, symbols, strict=True):

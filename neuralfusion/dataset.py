@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from neuralfusion.align import AlignedNews, align_news
+from neuralfusion.calendar import grid_bars_per_year
 from neuralfusion.data.bars import BarFileSource, BarPanel, resample_bars
 from neuralfusion.data.news import read_news
 from neuralfusion.errors import DataError
@@ -35,6 +36,7 @@ class MarketData:
     aligned: AlignedNews
     features: np.ndarray  # (T, N, F) raw causal features, NaN during warm-up
     returns: np.ndarray  # (T, N) simple returns of each bar; row 0 is 0
+    bars_per_year: float  # of the grid's calendar, for annualising every per-bar statistic
 
     @property
     def n_bars(self) -> int:
@@ -68,9 +70,10 @@ def market_data(bars: pd.DataFrame, news: pd.DataFrame, universe: Universe, bar_
                 source: str = "data") -> MarketData:
     """Grid, features, returns and aligned news from validated bar and news frames."""
     panel = resample_bars(bars, universe, bar_spec, source=source)
-    aligned = align_news(news, panel.times, bar_spec.timedelta, universe, source=source)
+    aligned = align_news(news, panel.times, panel.previous_close, universe, source=source)
     return MarketData(universe=universe, bar_spec=bar_spec, panel=panel, news=news, aligned=aligned,
-                      features=market_features(panel), returns=simple_returns(panel.close))
+                      features=market_features(panel), returns=simple_returns(panel.close),
+                      bars_per_year=grid_bars_per_year(bar_spec.calendar, bar_spec.timedelta, panel.times))
 
 
 def load_data_dir(directory: Path | str, universe: Universe | None = None) -> MarketData:

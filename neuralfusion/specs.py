@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from neuralfusion.calendar import check_calendar
+
 __all__ = ["BarSpec", "PortfolioSpec", "Universe", "WindowSpec"]
 
 
@@ -61,7 +63,8 @@ class BarSpec:
     interval: str = "3min"
     # fraction of an asset's bars that may be missing (forward-filled, marked stale) before it is refused
     max_missing_fraction: float = 0.05
-    # "24/7" for crypto; otherwise a session like "09:30-16:00" (UTC) on weekdays, used to annualise
+    # "24/7" (round the clock, crypto) or an exchange code of exchange_calendars (XNYS, XLON, XTKS, ...): the grid
+    # then holds that exchange's sessions only (neuralfusion.calendar)
     calendar: str = "24/7"
 
     def __post_init__(self) -> None:
@@ -69,6 +72,7 @@ class BarSpec:
             raise ValueError(f"bar interval must be positive, got {self.interval!r}")
         if not 0.0 <= self.max_missing_fraction < 1.0:
             raise ValueError(f"max_missing_fraction must be in [0, 1), got {self.max_missing_fraction}")
+        check_calendar(self.calendar, self.timedelta)
 
     @property
     def timedelta(self) -> pd.Timedelta:
@@ -76,24 +80,6 @@ class BarSpec:
             return pd.Timedelta(self.interval)
         except ValueError:
             raise ValueError(f"bar interval {self.interval!r} is not a pandas offset like '3min'") from None
-
-    @property
-    def trading_days_per_year(self) -> float:
-        return 365.0 if self.calendar == "24/7" else 252.0
-
-    @property
-    def bars_per_day(self) -> float:
-        """Bars in one trading day: 24 hours for "24/7", else the session's length."""
-        minutes = self.timedelta / pd.Timedelta("1min")
-        if self.calendar == "24/7":
-            return 24 * 60 / minutes
-        start, end = (pd.Timedelta(f"{t}:00") for t in self.calendar.split("-"))
-        return ((end - start) / pd.Timedelta("1min")) / minutes
-
-    @property
-    def bars_per_year(self) -> float:
-        """Bars in a calendar year of trading, for annualising per-bar statistics."""
-        return self.trading_days_per_year * self.bars_per_day
 
 
 @dataclass(frozen=True)

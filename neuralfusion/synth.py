@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neuralfusion.backtest import walk_forward
+from neuralfusion.calendar import grid_bars_per_year
 from neuralfusion.errors import DataError
 from neuralfusion.features import WARMUP_BARS, simple_returns
 from neuralfusion.portfolio import topk_weights
@@ -556,7 +557,7 @@ def _plan_shocks(config: SynthConfig, rng: np.random.Generator) -> _Shocks:
 
 
 def _oracle(config: SynthConfig, universe: Universe, events: _DriftEvents, shocks: _Shocks,
-            close: np.ndarray) -> dict[str, Any]:
+            close: np.ndarray, close_times: pd.DatetimeIndex) -> dict[str, Any]:
     """Sharpe of trading the planted signal on the test split, rebalanced every horizon bars.
 
     At anchor t the oracle knows the events observable by bar t's close (news aligned to bars <= t,
@@ -564,6 +565,7 @@ def _oracle(config: SynthConfig, universe: Universe, events: _DriftEvents, shock
     of it for H bars.
     """
     window, book = WindowSpec(), PortfolioSpec()
+    per_year = grid_bars_per_year(config.calendar, config.bar_spec.timedelta, close_times)
     n_bars, n_assets = close.shape
     splits = chronological_split(usable_anchors(n_bars, WARMUP_BARS, window), window)
     horizon = window.horizon
@@ -574,7 +576,7 @@ def _oracle(config: SynthConfig, universe: Universe, events: _DriftEvents, shock
     return {
         "description": "out-of-sample Sharpe of top-k long/short weights on the planted drift (news and flow "
                        "shocks) known at each anchor, rebalanced every horizon bars on the test split, after costs",
-        **run.metrics(config.bar_spec.bars_per_year),  # sharpe, cumulative_return, max_drawdown, ...
+        **run.metrics(per_year),  # sharpe, cumulative_return, max_drawdown, ...
         "splits": splits.to_dict(),
         "first_return_bar": run.first_bar,
         "last_return_bar": run.first_bar + len(run.returns) - 1,
@@ -585,7 +587,7 @@ def _oracle(config: SynthConfig, universe: Universe, events: _DriftEvents, shock
         "warmup_bars": WARMUP_BARS,
         "top_k": book.top_k,
         "cost_bps": book.cost_bps,
-        "bars_per_year": config.bar_spec.bars_per_year,
+        "bars_per_year": per_year,
         "planted": {
             "impact_bps_per_bar": config.impact_bps_per_bar,
             "impact_bars": config.impact_bars,
@@ -632,7 +634,7 @@ def generate_market(config: SynthConfig | None = None) -> SyntheticMarket:
     })
     return SyntheticMarket(config=config, universe=universe, bars=bars,
                            news=_news_records(plan, config, universe, text_rng),
-                           oracle=_oracle(config, universe, events, shocks, arrays["close"]))
+                           oracle=_oracle(config, universe, events, shocks, arrays["close"], close_times))
 
 
 # ----------------------------------------------------------------------------------------------

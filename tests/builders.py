@@ -20,9 +20,26 @@ STEP = pd.Timedelta("3min")
 
 def make_bars(symbols: tuple[str, ...] = ("AAA", "BBB", "CCC"), n_bars: int = 400, seed: int = 0) -> pd.DataFrame:
     """A random walk per symbol in the long bar format, one row per 3-minute bar close."""
+    return walk_bars(START + STEP * np.arange(1, n_bars + 1), symbols, seed)
+
+
+def session_times(calendar: str = "XNYS", interval: str = "1D", start: str = "2024-01-01",
+                  end: str = "2025-12-31") -> pd.DatetimeIndex:
+    """Close times of every bar of an exchange calendar whose session date is in start..end."""
+    from neuralfusion.calendar import calendar_bars
+
+    first, last = pd.Timestamp(start, tz="UTC"), pd.Timestamp(end, tz="UTC")
+    closes = calendar_bars(calendar, pd.Timedelta(interval), first, last).closes
+    sessions = closes.tz_convert("America/New_York" if calendar == "XNYS" else "UTC").tz_localize(None).normalize()
+    return closes[(sessions >= first.tz_localize(None)) & (sessions <= last.tz_localize(None))]
+
+
+def walk_bars(times: pd.DatetimeIndex, symbols: tuple[str, ...] = ("AAA", "BBB", "CCC"),
+              seed: int = 0) -> pd.DataFrame:
+    """A random walk per symbol in the long bar format, one row per bar close in `times`."""
     rng = np.random.default_rng(seed)
     rows = []
-    times = START + STEP * np.arange(1, n_bars + 1)
+    n_bars = len(times)
     for j, symbol in enumerate(symbols):
         close = 100.0 * (j + 1) * np.exp(np.cumsum(rng.normal(0, 0.002, n_bars)))
         open_ = np.concatenate([[close[0]], close[:-1]])
@@ -35,19 +52,20 @@ def make_bars(symbols: tuple[str, ...] = ("AAA", "BBB", "CCC"), n_bars: int = 40
 
 
 def make_news(symbols: tuple[str, ...] = ("AAA", "BBB", "CCC"), n_items: int = 60, n_bars: int = 400,
-              seed: int = 0) -> pd.DataFrame:
-    """News at random seconds across the bar range, each naming one symbol."""
+              seed: int = 0, start: pd.Timestamp = START, span: pd.Timedelta | None = None) -> pd.DataFrame:
+    """News at random seconds (round the clock, weekends too) over `span` from `start` (default: the 3-minute
+    bars of make_bars), each naming one symbol."""
     rng = np.random.default_rng(seed)
-    seconds = np.sort(rng.uniform(0, n_bars * STEP.total_seconds(), n_items)).round()
+    span = STEP * n_bars if span is None else span
+    seconds = np.sort(rng.uniform(0, span.total_seconds(), n_items)).round()
     named = rng.choice(symbols, n_items)
     return pd.DataFrame({
         "id": [f"n{i:04d}" for i in range(n_items)],
-        "published_at": START + pd.to_timedelta(seconds, unit="s"),
+        "published_at": start + pd.to_timedelta(seconds, unit="s"),
         "title": [f"{s} headline {i}" for i, s in enumerate(named)],
         "body": [f"Body text about {s}." for s in named],
         "symbols": [[s] for s in named],
     })
-
 
 
 # the tiny BigBird: full attention up to 1024 tokens, so parity is tested above BigBird's 704-token switch

@@ -210,12 +210,12 @@ def walk_with_baselines(books: list[tuple[str, str, str, np.ndarray]], data: Mar
                   for name, kind, label, weights in books}
     settings = {
         **settings, "universe": list(data.universe.symbols), "interval": data.bar_spec.interval,
-        "calendar": data.bar_spec.calendar, "bars_per_year": data.bar_spec.bars_per_year,
+        "calendar": data.bar_spec.calendar, "bars_per_year": data.bars_per_year,
         "lookback": lookback, "rebalance_every": every, "top_k": top_k, "momentum_lookback": lookback,
         "cost_bps": costs, "git_commit": git_commit(),
     }
     return Backtest(anchors=anchors, strategies=strategies, times=data.panel.times, symbols=data.universe.symbols,
-                    bars_per_year=data.bar_spec.bars_per_year, settings=settings, oracle=None)
+                    bars_per_year=data.bars_per_year, settings=settings, oracle=None)
 
 
 def run_backtest(model_run: Run, data_dir: Path, embeddings: Path, ablations: Sequence[Run] = (),

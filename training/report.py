@@ -22,7 +22,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from neuralfusion.portfolio import annualised_sharpe, compounded_pnl
-from neuralfusion.specs import BarSpec
 from training.backtest import METRIC_KEYS, Backtest
 from training.runs import write_json
 
@@ -32,7 +31,8 @@ PLOTS = {"equity.png": "Equity (compounded, after costs)",
          "rolling_sharpe.png": "Rolling annualised Sharpe",
          "weights.png": "Model weights at each rebalance"}
 REPORT_FILES = ("metrics.json", "report.html", *PLOTS)
-# BarSpec.bars_per_year counts 365 trading days for "24/7" and 252 for a session calendar
+# the rolling Sharpe's shortest window: a month of daily bars
+MIN_ROLLING_BARS = 20
 METRIC_FORMATS = {"sharpe": "{:.2f}", "cumulative_return": "{:+.2%}", "max_drawdown": "{:.2%}",
                   "annual_turnover": "{:,.0f}", "hit_rate": "{:.1%}", "gross_exposure": "{:.2f}",
                   "net_exposure": "{:+.2f}", "bars": "{:d}"}
@@ -44,10 +44,10 @@ def rolling_sharpe(returns: np.ndarray, window: int, bars_per_year: float) -> np
 
 
 def rolling_window(backtest: Backtest) -> int:
-    """One trading day of bars, shortened to a quarter of the evaluated bars so a short test still draws a curve."""
-    settings = backtest.settings
-    per_day = round(BarSpec(interval=settings["interval"], calendar=settings["calendar"]).bars_per_day)
-    return max(2, min(per_day, len(backtest.model.result.returns) // 4))
+    """One trading day of bars and at least a month of daily bars (20), shortened to a quarter of the evaluated
+    bars so a short test still draws a curve."""
+    per_day = round(pd.Timedelta("1D") / pd.Timedelta(backtest.settings["interval"]))
+    return max(2, min(max(per_day, MIN_ROLLING_BARS), len(backtest.model.result.returns) // 4))
 
 
 def bar_times(backtest: Backtest, first: int, count: int) -> np.ndarray:

@@ -131,7 +131,7 @@ def validation_sharpe(model: CgaModel, prepared: Prepared, anchors: np.ndarray, 
             continue
         _, weights = predict(model, prepared.grid, rebalance)
         run = walk_forward(rebalance, weights, prepared.data.returns, horizon, portfolio.cost_bps)
-        sharpes.append(run.metrics(prepared.data.bar_spec.bars_per_year)["sharpe"])
+        sharpes.append(run.metrics(prepared.data.bars_per_year)["sharpe"])
     if not sharpes:
         raise DataError(f"validation split of {len(anchors)} windows is too short to rebalance twice")
     return float(np.mean(sharpes))

@@ -8,17 +8,21 @@ and a stale flag; prices are never zero-filled.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from neuralfusion.calendar import CalendarBars, calendar_bars, is_continuous
 from neuralfusion.errors import DataError
 from neuralfusion.specs import BarSpec, Universe
 from neuralfusion.timeutil import to_utc
 
 __all__ = ["BAR_COLUMNS", "PRICE_COLUMNS", "BarFileSource", "BarPanel", "resample_bars", "validate_bars"]
+
+log = logging.getLogger(__name__)
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 BAR_COLUMNS = ("timestamp", "symbol", *PRICE_COLUMNS, "volume")
@@ -36,6 +40,7 @@ class BarPanel:
     close: np.ndarray
     volume: np.ndarray
     stale: np.ndarray  # True where the bar had no trades and was forward-filled
+    previous_close: pd.Timestamp  # close of the calendar's bar before times[0]: later news belongs to the grid
 
     @property
     def n_bars(self) -> int:
@@ -43,7 +48,7 @@ class BarPanel:
 
     def head(self, n_bars: int) -> BarPanel:
         """The first `n_bars` bars: what was known at the close of bar n_bars-1."""
-        return BarPanel(times=self.times[:n_bars], symbols=self.symbols,
+        return BarPanel(times=self.times[:n_bars], symbols=self.symbols, previous_close=self.previous_close,
                         **{name: getattr(self, name)[:n_bars]
                            for name in ("open", "high", "low", "close", "volume", "stale")})
 
@@ -157,14 +162,17 @@ def resample_bars(frame: pd.DataFrame, universe: Universe, spec: BarSpec, label:
                   source: str = "bars") -> BarPanel:
     """Aggregate validated bars onto one grid of `spec.interval` bars labelled by close time.
 
-    The grid runs from the first bar at which every asset has traded to the last bar seen. An input
-    bar closing at c falls in the grid bar (g - interval, g] with g >= c. Empty grid bars repeat the
-    last close as open/high/low/close, get volume 0 and stale=True. An asset with more than
-    `spec.max_missing_fraction` stale bars is refused, naming it.
+    The grid holds the calendar's bars (every interval for "24/7", the exchange's sessions otherwise) from the
+    first bar at which every asset has traded to the last bar seen. An input bar closing at c falls in the first
+    grid bar closing at or after c; on an exchange's intraday grid, bars closing outside every session (pre- and
+    after-market) are dropped and counted in the log. Empty grid bars repeat the last close as
+    open/high/low/close, get volume 0 and stale=True. An asset with more than `spec.max_missing_fraction` stale
+    bars is refused, naming it.
     """
     if label not in ("close", "open"):
         raise ValueError(f"label must be 'close' or 'open', got {label!r}")
-    step = spec.timedelta
+    slots = _grid_slots(frame, spec, label, source)
+    frame, slot, grid = slots.frame, slots.index, slots.grid
     present = set(frame["symbol"].unique())
     unknown = sorted(present - set(universe.symbols))
     if unknown:
@@ -172,12 +180,16 @@ def resample_bars(frame: pd.DataFrame, universe: Universe, spec: BarSpec, label:
     absent = [s for s in universe.symbols if s not in present]
     if absent:
         raise DataError(f"universe symbols {absent} have no bars", source=source)
-    close_time = frame["timestamp"] + (step if label == "open" else pd.Timedelta(0))
-    slots = close_time.dt.ceil(step)
     symbols = universe.symbols
-    times, arrays = _one_bar_per_slot(frame, slots, symbols, step)
-    if times is None:  # several input bars share a grid bar: aggregate them
-        times, arrays = _aggregated(frame, slots, symbols, step)
+    column = pd.Index(symbols).get_indexer(frame["symbol"])  # every symbol is in the universe (checked)
+    first_seen = np.full(len(symbols), np.iinfo(np.int64).max)
+    np.minimum.at(first_seen, column, slot)
+    first = int(first_seen.max())
+    times = grid.closes[first:int(slot.max()) + 1]
+    row = slot - first  # bars before the first complete grid bar get a negative row and are dropped
+    arrays = _one_bar_per_slot(frame, row, column, len(times), len(symbols))
+    if arrays is None:  # several input bars share a grid bar: aggregate them
+        arrays = _aggregated(frame, row, column, len(times), len(symbols))
     stale = np.isnan(arrays["close"])
     missing_fraction = stale.mean(axis=0)
     too_sparse = [(s, f) for s, f in zip(symbols, missing_fraction, strict=True) if f > spec.max_missing_fraction]
@@ -190,50 +202,81 @@ def resample_bars(frame: pd.DataFrame, universe: Universe, spec: BarSpec, label:
         arrays[name] = np.where(stale, close, arrays[name])
     arrays["close"] = close
     arrays["volume"] = np.where(stale, 0.0, arrays["volume"])
-    return BarPanel(times=times, symbols=symbols, stale=stale, **arrays)
+    previous_close = grid.closes[first - 1] if first > 0 else grid.opens[first]
+    return BarPanel(times=times, symbols=symbols, stale=stale, previous_close=previous_close, **arrays)
 
 
-def _grid(first: pd.Timestamp, last: pd.Timestamp, step: pd.Timedelta) -> pd.DatetimeIndex:
-    return pd.date_range(first, last, freq=step, tz="UTC")
+@dataclass(frozen=True)
+class _Slots:
+    """Input bars (those that belong to a grid bar) with the position of their grid bar in `grid`."""
+
+    frame: pd.DataFrame
+    index: np.ndarray  # (rows,) int64 positions in grid.closes
+    grid: CalendarBars
 
 
-def _aggregated(frame: pd.DataFrame, slots: pd.Series, symbols: tuple[str, ...],
-                step: pd.Timedelta) -> tuple[pd.DatetimeIndex, dict[str, np.ndarray]]:
-    """The grid from the first bar every symbol has traded to the last bar, and (T, N) OHLCV arrays (NaN where
-    no input bar falls) aggregated per grid bar: first open, highest high, lowest low, last close, summed volume."""
-    agg = frame.assign(bar=slots).groupby(["bar", "symbol"], sort=True).agg(
+def _grid_slots(frame: pd.DataFrame, spec: BarSpec, label: str, source: str) -> _Slots:
+    """The grid bar of every input bar. "24/7": the grid bar (g - interval, g] with g >= the bar's close time.
+    An exchange calendar: the first session bar closing at or after the bar's close (after its open time when
+    labelled by open); intraday bars outside that bar's (open, close] are outside the sessions and dropped."""
+    step = spec.timedelta
+    if is_continuous(spec.calendar):
+        close_time = frame["timestamp"] + (step if label == "open" else pd.Timedelta(0))
+        slots = close_time.dt.ceil(step)
+        unit = slots.dt.unit
+        ticks = slots.array.asi8  # grid-bar close times in `unit` since the epoch
+        first = int(ticks.min())
+        index = (ticks - first) // (step // pd.Timedelta(1, unit))  # exact: grid bars are whole steps apart
+        closes = pd.date_range(pd.Timestamp(first, unit=unit, tz="UTC"), pd.Timestamp(int(ticks.max()), unit=unit,
+                               tz="UTC"), freq=step, tz="UTC")
+        return _Slots(frame=frame, index=index, grid=CalendarBars(closes=closes, opens=closes - step))
+    stamps = pd.DatetimeIndex(frame["timestamp"])
+    try:
+        grid = calendar_bars(spec.calendar, step, stamps.min(), stamps.max())
+    except ValueError as err:
+        raise DataError(str(err), source=source) from None
+    index = grid.closes.searchsorted(stamps, side="left" if label == "close" else "right").astype(np.int64)
+    inside = index < len(grid.closes)
+    if step < pd.Timedelta("1D"):
+        opens = grid.opens[np.minimum(index, len(grid.closes) - 1)]
+        inside &= (stamps > opens) if label == "close" else (stamps >= opens)
+    if not inside.all():
+        log.warning("%s: dropped %d of %d bars outside the %s sessions (pre-/after-market or past the calendar)",
+                    source, int((~inside).sum()), len(inside), spec.calendar)
+        if not inside.any():
+            raise DataError(f"no bar falls inside a {spec.calendar} session; check the timestamps' time zone",
+                            source=source)
+    return _Slots(frame=frame[inside].reset_index(drop=True), index=index[inside], grid=grid)
+
+
+def _aggregated(frame: pd.DataFrame, row: np.ndarray, column: np.ndarray, n_times: int,
+                n_symbols: int) -> dict[str, np.ndarray]:
+    """(T, N) OHLCV arrays (NaN where no input bar falls) aggregated per grid bar: first open, highest high,
+    lowest low, last close, summed volume; input rows with a negative `row` are dropped."""
+    keep = row >= 0
+    agg = frame[keep].assign(bar=row[keep], col=column[keep]).groupby(["bar", "col"], sort=True).agg(
         open=("open", "first"), high=("high", "max"), low=("low", "min"),
         close=("close", "last"), volume=("volume", "sum"))
-    first_seen = agg.reset_index().groupby("symbol")["bar"].min()
-    times = _grid(first_seen.max(), agg.index.get_level_values("bar").max(), step)
-    return times, {name: agg[name].unstack("symbol").reindex(index=times, columns=list(symbols)).to_numpy(np.float64)
-                   for name in ("open", "high", "low", "close", "volume")}
+    return {name: agg[name].unstack("col").reindex(index=range(n_times), columns=range(n_symbols))
+            .to_numpy(np.float64) for name in ("open", "high", "low", "close", "volume")}
 
 
-def _one_bar_per_slot(frame: pd.DataFrame, slots: pd.Series, symbols: tuple[str, ...],
-                      step: pd.Timedelta) -> tuple[pd.DatetimeIndex | None, dict[str, np.ndarray]]:
+def _one_bar_per_slot(frame: pd.DataFrame, row: np.ndarray, column: np.ndarray, n_times: int,
+                      n_symbols: int) -> dict[str, np.ndarray] | None:
     """`_aggregated` for the common case (bars already on the grid, e.g. a served request) without pandas'
     groupby: when no two input bars share a (grid bar, symbol), each grid value is its one bar's value, so
     the arrays are scattered directly (the same numbers, bit for bit: the aggregate of one value is that
-    value, -0.0 included). (None, {}) when some bars do share one."""
-    unit = slots.dt.unit
-    ticks = slots.array.asi8  # grid-bar close times in `unit` since the epoch
-    column = pd.Index(symbols).get_indexer(frame["symbol"])  # every symbol is in the universe (checked)
-    first_seen = np.full(len(symbols), np.iinfo(np.int64).max)
-    np.minimum.at(first_seen, column, ticks)
-    start, stop = int(first_seen.max()), int(ticks.max())
-    row = (ticks - start) // (step // pd.Timedelta(1, unit))  # exact: grid bars are whole steps apart
-    key = (row - row.min()) * len(symbols) + column
+    value, -0.0 included). None when some bars do share one."""
+    key = (row - row.min()) * n_symbols + column
     if len(np.unique(key)) != len(key):
-        return None, {}
-    times = _grid(pd.Timestamp(start, unit=unit, tz="UTC"), pd.Timestamp(stop, unit=unit, tz="UTC"), step)
+        return None
     keep = row >= 0  # bars before the first complete grid bar are dropped
     arrays = {}
     for name in ("open", "high", "low", "close", "volume"):
-        grid = np.full((len(times), len(symbols)), np.nan)
+        grid = np.full((n_times, n_symbols), np.nan)
         grid[row[keep], column[keep]] = frame[name].to_numpy(np.float64)[keep]
         arrays[name] = grid
-    return times, arrays
+    return arrays
 
 
 def _forward_filled(values: np.ndarray) -> np.ndarray:

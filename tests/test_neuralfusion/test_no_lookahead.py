@@ -58,13 +58,13 @@ def test_news_one_second_after_a_close_lands_in_the_next_bar():
     times = pd.date_range("2026-01-05 00:03", periods=10, freq=STEP, tz="UTC")
     close = times[4]
     stamps = pd.Series([close - pd.Timedelta("1s"), close, close + pd.Timedelta("1s")])
-    np.testing.assert_array_equal(bar_index(stamps, times, STEP), [4, 4, 5])
+    np.testing.assert_array_equal(bar_index(stamps, times, times[0] - STEP), [4, 4, 5])
 
 
 def test_news_outside_the_grid_belongs_to_no_bar():
     times = pd.date_range("2026-01-05 00:03", periods=10, freq=STEP, tz="UTC")
     stamps = pd.Series([times[0] - STEP, times[0] - STEP + pd.Timedelta("1s"), times[-1] + pd.Timedelta("1s")])
-    np.testing.assert_array_equal(bar_index(stamps, times, STEP), [-1, 0, -1])
+    np.testing.assert_array_equal(bar_index(stamps, times, times[0] - STEP), [-1, 0, -1])
 
 
 def test_coverage_uses_symbols_else_aliases():
@@ -77,6 +77,6 @@ def test_coverage_uses_symbols_else_aliases():
         "body": ["", "", "", ""],
         "symbols": [None, None, None, ["BOLT", "XYZ"]],
     })
-    aligned = align_news(news, times, STEP, universe)
+    aligned = align_news(news, times, times[0] - STEP, universe)
     assert aligned.symbols == [["AURA"], ["BOLT"], [], ["BOLT"]]
     np.testing.assert_array_equal(aligned.coverage, [[1, 0], [0, 1], [0, 0], [0, 1]])

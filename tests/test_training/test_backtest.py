@@ -98,7 +98,7 @@ def test_equal_weight_metrics_equal_a_walk_forward_by_hand(market: Path, report:
     anchors = chronological_split(usable_anchors(data.n_bars, WARMUP_BARS, WINDOW), WINDOW).test[::WINDOW.horizon]
     book = np.full((len(anchors), 4), 0.25)
     expected = walk_forward(anchors, book, data.returns, WINDOW.horizon, PORTFOLIO.cost_bps).metrics(
-        data.bar_spec.bars_per_year)
+        data.bars_per_year)
     reported = json.loads((report / "metrics.json").read_text())["strategies"]["equal_weight"]
     assert {key: reported[key] for key in METRIC_KEYS} == pytest.approx(expected, rel=1e-12)
 

@@ -1,0 +1,122 @@
+"""Trading calendars: which bars a grid holds, and how many of them make a year.
+
+`"24/7"` is a continuous grid (crypto): every `interval` round the clock. Any other calendar is an
+exchange code of `exchange_calendars` (XNYS, XLON, XTKS, ...): the grid holds only that exchange's
+sessions. A 1-day interval gives one bar per session labelled at its close (early closes included);
+a shorter interval gives bars inside the sessions only, the last bar of a session (or of a morning
+session before a lunch break) cut at the close. All times are UTC, so daylight-saving changes move the
+bars' UTC labels with the exchange's local clock.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pandas as pd
+
+__all__ = [
+    "CONTINUOUS",
+    "CalendarBars",
+    "calendar_bars",
+    "check_calendar",
+    "grid_bars_per_year",
+    "is_continuous",
+]
+
+CONTINUOUS = "24/7"
+DAY = pd.Timedelta("1D")
+# the continuous calendar's year: every day trades
+CONTINUOUS_DAYS_PER_YEAR = 365.0
+
+
+def is_continuous(calendar: str) -> bool:
+    """True for the round-the-clock grid, False for an exchange's sessions."""
+    return calendar == CONTINUOUS
+
+
+def check_calendar(calendar: str, interval: pd.Timedelta) -> None:
+    """Refuse an unknown calendar or an interval an exchange calendar cannot hold, naming the fix."""
+    if is_continuous(calendar):
+        return
+    names = _calendar_names()
+    if calendar not in names:
+        raise ValueError(f"calendar {calendar!r} is neither '24/7' nor an exchange code of exchange_calendars "
+                         f"(e.g. XNYS, XLON, XTKS; {len(names)} known)")
+    if interval > DAY:
+        raise ValueError(f"an exchange calendar holds daily or intraday bars; interval {interval} is longer than a day")
+    if interval < DAY and DAY % interval != pd.Timedelta(0):
+        raise ValueError(f"intraday interval {interval} must divide one day evenly (e.g. 1min, 5min, 30min, 1h)")
+
+
+@dataclass(frozen=True)
+class CalendarBars:
+    """Consecutive bars of a calendar: close times (the labels) and open times, both UTC, ascending."""
+
+    closes: pd.DatetimeIndex
+    opens: pd.DatetimeIndex
+
+
+def calendar_bars(calendar: str, interval: pd.Timedelta, first: pd.Timestamp, last: pd.Timestamp) -> CalendarBars:
+    """Every bar of an exchange calendar whose session falls between the dates of `first` and `last` (UTC),
+    with one spare session on each side, so a time just outside still finds the bar it belongs to."""
+    exchange = _exchange(calendar)
+    start = max(exchange.first_session, (pd.Timestamp(first).tz_convert("UTC") - 7 * DAY).tz_localize(None).normalize())
+    end = min(exchange.last_session, (pd.Timestamp(last).tz_convert("UTC") + 10 * DAY).tz_localize(None).normalize())
+    if start > end:
+        raise ValueError(f"calendar {calendar} covers {exchange.first_session.date()} .. "
+                         f"{exchange.last_session.date()}, not {first} .. {last}")
+    with _quiet():
+        if interval >= DAY:
+            sessions = exchange.sessions_in_range(start, end)
+            return CalendarBars(closes=pd.DatetimeIndex(exchange.closes[sessions]),
+                                opens=pd.DatetimeIndex(exchange.opens[sessions]))
+        bars = exchange.trading_index(start, end, interval, intervals=True, closed="right", force=True)
+    return CalendarBars(closes=pd.DatetimeIndex(bars.right), opens=pd.DatetimeIndex(bars.left))
+
+
+def grid_bars_per_year(calendar: str, interval: pd.Timedelta, times: pd.DatetimeIndex) -> float:
+    """Bars a year on the calendar the grid `times` uses: for an exchange, the calendar's bars over the whole
+    calendar years the grid spans, divided by their number (XNYS daily: ~252; 30 minutes: ~3,270); for "24/7"
+    365 days of round-the-clock bars."""
+    if is_continuous(calendar):
+        return CONTINUOUS_DAYS_PER_YEAR * (24 * 60 / (interval / pd.Timedelta("1min")))
+    exchange = _exchange(calendar)
+    first_year, last_year = times[0].tz_convert("UTC").year, times[-1].tz_convert("UTC").year
+    start = max(exchange.first_session, pd.Timestamp(f"{first_year}-01-01"))
+    end = min(exchange.last_session, pd.Timestamp(f"{last_year}-12-31"))
+    with _quiet():
+        if interval >= DAY:
+            count = len(exchange.sessions_in_range(start, end))
+        else:
+            count = len(exchange.trading_index(start, end, interval, intervals=False, closed="right", force=True))
+    days = (end - start + DAY) / DAY
+    return float(count / days * 365.25) if days < 365 else float(count / (last_year - first_year + 1))
+
+
+@functools.cache
+def _calendar_names() -> frozenset[str]:
+    import exchange_calendars
+
+    return frozenset(exchange_calendars.get_calendar_names(include_aliases=True))
+
+
+@functools.cache
+def _exchange(calendar: str):  # -> exchange_calendars.ExchangeCalendar (imported lazily: ~0.3 s)
+    """The exchange's calendar over the library's default range (20 years back, one year ahead)."""
+    import exchange_calendars
+
+    with _quiet():
+        return exchange_calendars.get_calendar(calendar)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """exchange_calendars 4.13 reads tz-aware Series.values, which pandas 3.1 deprecates (Pandas4Warning); the
+    values it reads are UTC nanoseconds either way, so the warning is silenced around its calls only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=getattr(pd.errors, "Pandas4Warning", FutureWarning))
+        yield
