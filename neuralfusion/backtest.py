@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neuralfusion.portfolio import annualised_sharpe, compounded_pnl, max_drawdown, portfolio_returns, turnover
+from neuralfusion.portfolio import (
+    annual_return,
+    annualised_sharpe,
+    compounded_pnl,
+    max_drawdown,
+    portfolio_returns,
+    turnover,
+)
 
 __all__ = ["WalkForward", "rebalance_anchors", "walk_forward"]
 
@@ -25,11 +32,13 @@ class WalkForward:
     turnover: np.ndarray  # (T,) Σ|Δw| charged at each bar
 
     def metrics(self, bars_per_year: float) -> dict[str, float]:
-        """Annualised Sharpe, compounded return, max drawdown, turnover, hit rate and exposure."""
+        """Annualised Sharpe, compounded and annual return, max drawdown, turnover per year, hit rate and exposure,
+        annualised with the grid's `bars_per_year` (MarketData.bars_per_year)."""
         years = len(self.returns) / bars_per_year
         return {
             "sharpe": annualised_sharpe(self.returns, bars_per_year),
             "cumulative_return": float(compounded_pnl(self.returns)[-1] - 1.0),
+            "annual_return": annual_return(self.returns, bars_per_year),
             "max_drawdown": max_drawdown(self.returns),
             "annual_turnover": float(self.turnover.sum() / years) if years > 0 else 0.0,
             "hit_rate": float((self.returns > 0).mean()),

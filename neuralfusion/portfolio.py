@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "annual_return",
     "annualised_sharpe",
     "compounded_pnl",
     "max_drawdown",
@@ -71,6 +72,14 @@ def annualised_sharpe(returns: np.ndarray, bars_per_year: float) -> float:
     if std == 0.0:
         return 0.0
     return float(returns.mean() / std * np.sqrt(bars_per_year))
+
+
+def annual_return(returns: np.ndarray, bars_per_year: float) -> float:
+    """Compound annual growth of the equity curve: final equity ** (bars_per_year / bars) - 1; 0 for no bars."""
+    returns = np.asarray(returns, dtype=np.float64)
+    if returns.size == 0:
+        return 0.0
+    return float(compounded_pnl(returns)[-1] ** (bars_per_year / returns.size) - 1.0)
 
 
 def compounded_pnl(returns: np.ndarray) -> np.ndarray:

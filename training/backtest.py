@@ -50,8 +50,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # what WalkForward.metrics reports, in table order; the oracle records the same keys
-METRIC_KEYS = ("sharpe", "cumulative_return", "max_drawdown", "annual_turnover", "hit_rate", "gross_exposure",
-               "net_exposure", "bars")
+METRIC_KEYS = ("sharpe", "cumulative_return", "annual_return", "max_drawdown", "annual_turnover", "hit_rate",
+               "gross_exposure", "net_exposure", "bars")
 # display names of training.train.VARIANTS
 VARIANT_LABELS = {"cga": "CGA", "concat": "concat fusion", "market": "OHLCV-only", "news": "news-only"}
 BASELINES = ("equal_weight", "momentum")

@@ -33,7 +33,8 @@ PLOTS = {"equity.png": "Equity (compounded, after costs)",
 REPORT_FILES = ("metrics.json", "report.html", *PLOTS)
 # the rolling Sharpe's shortest window: a month of daily bars
 MIN_ROLLING_BARS = 20
-METRIC_FORMATS = {"sharpe": "{:.2f}", "cumulative_return": "{:+.2%}", "max_drawdown": "{:.2%}",
+METRIC_FORMATS = {"sharpe": "{:.2f}", "cumulative_return": "{:+.2%}", "annual_return": "{:+.2%}",
+                  "max_drawdown": "{:.2%}",
                   "annual_turnover": "{:,.0f}", "hit_rate": "{:.1%}", "gross_exposure": "{:.2f}",
                   "net_exposure": "{:+.2f}", "bars": "{:d}"}
 
@@ -116,7 +117,8 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def metric_cells(values: dict[str, Any]) -> list[str]:
-    return [METRIC_FORMATS[key].format(values[key]) for key in METRIC_KEYS]
+    """Formatted metrics in table order; a key an older oracle.json does not record shows as n/a."""
+    return [METRIC_FORMATS[key].format(values[key]) if key in values else "n/a" for key in METRIC_KEYS]
 
 
 def render_html(metrics: dict[str, Any], images: dict[str, bytes]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from neuralfusion.portfolio import (
@@ -64,3 +65,34 @@ def test_walk_forward_holds_each_book_until_the_next_anchor():
     np.testing.assert_allclose(run.turnover, [1, 0, 0, 2, 0, 0, 0])
     with pytest.raises(ValueError, match="runs past"):
         walk_forward(np.array([17]), np.array([[1.0, 0.0]]), asset_returns, hold=4, cost_bps=0)
+
+
+@pytest.mark.parametrize(("interval", "start", "end"), [("1D", "2024-01-01", "2025-12-31"),
+                                                        ("30min", "2024-01-01", "2024-06-28")])
+def test_metrics_agree_with_empyrical_on_an_xnys_walk_forward(interval, start, end):
+    """Sharpe, max drawdown and annual return of a momentum walk-forward on an XNYS grid, annualised with the
+    grid's own bars per year, equal empyrical's on the same per-bar returns."""
+    import empyrical
+    from builders import make_news, session_times, walk_bars
+
+    from neuralfusion.backtest import rebalance_anchors, walk_forward
+    from neuralfusion.dataset import market_data
+    from neuralfusion.specs import BarSpec, Universe
+
+    times = session_times("XNYS", interval, start, end)
+    symbols = ("AAA", "BBB", "CCC", "DDD")
+    data = market_data(walk_bars(times, symbols, seed=3), make_news(symbols, n_items=5, start=times[0],
+                                                                  span=pd.Timedelta("1D")),
+                       Universe(symbols=symbols), BarSpec(interval=interval, calendar="XNYS"))
+    assert data.bars_per_year == pytest.approx(252.0 if interval == "1D" else 252 * 13 - 3 * 6, abs=7)
+    anchors = rebalance_anchors(np.arange(20, data.n_bars), 5, data.n_bars)
+    close = data.panel.close
+    walk = walk_forward(anchors, topk_weights(close[anchors] / close[anchors - 20] - 1.0, 2), data.returns, 5, 2.0)
+    metrics = walk.metrics(data.bars_per_year)
+    per_year = data.bars_per_year
+    assert metrics["sharpe"] == pytest.approx(empyrical.sharpe_ratio(walk.returns, annualization=per_year),
+                                              rel=1e-9, abs=1e-12)
+    assert metrics["max_drawdown"] == pytest.approx(-empyrical.max_drawdown(walk.returns), rel=1e-9)
+    assert metrics["annual_return"] == pytest.approx(empyrical.annual_return(walk.returns, annualization=per_year),
+                                                     rel=1e-9)
+    assert metrics["annual_turnover"] == pytest.approx(walk.turnover.sum() / (len(walk.returns) / per_year))
