@@ -18,9 +18,17 @@ import pandas as pd
 from neuralfusion.errors import DataError
 from neuralfusion.specs import Universe
 
-__all__ = ["AlignedNews", "align_news", "bar_index", "resolve_symbols"]
+__all__ = ["COMMON_WORD_TICKERS", "AlignedNews", "align_news", "bar_index", "is_common_word", "resolve_symbols"]
 
 log = logging.getLogger(__name__)
+
+# listed tickers that are also everyday English words (single letters count too, see is_common_word)
+COMMON_WORD_TICKERS = frozenset({
+    "ALL", "AN", "ARE", "AT", "BE", "BIG", "BOX", "BUY", "CAN", "CAR", "CASH", "CAT", "DO", "EAT", "EYE", "FAST",
+    "FIVE", "FOR", "FUN", "GO", "GOOD", "HAS", "HE", "HOME", "IT", "KEY", "LIFE", "LOVE", "LOW", "MAN", "MAIN",
+    "NEW", "NICE", "NOW", "OK", "ON", "ONE", "OPEN", "OR", "OUT", "PLAY", "REAL", "RUN", "SAVE", "SEE", "SO",
+    "TEN", "TRUE", "TWO", "UP", "WELL", "WIN", "YOU",
+})
 
 
 def bar_index(published_at: pd.Series, times: pd.DatetimeIndex, previous_close: pd.Timestamp) -> np.ndarray:
@@ -35,22 +43,32 @@ def bar_index(published_at: pd.Series, times: pd.DatetimeIndex, previous_close: 
 
 
 def resolve_symbols(news: pd.DataFrame, universe: Universe, unknown: str = "drop",
-                    source: str = "news") -> list[list[str]]:
-    """Universe tickers each item is about: its `symbols`, else tickers/aliases named in its text.
+                    source: str = "news") -> tuple[list[list[str]], dict[str, int]]:
+    """Universe tickers each item is about (its `symbols`, else the tickers named in its text), and per
+    common-word ticker the number of items that named it only as a bare word (refused).
 
-    `unknown="drop"` ignores tickers outside the universe (logged with a count); `"error"` refuses them.
+    In text, a cashtag (`$ON`) always names its ticker, and so does an alias (whole words, any case). A bare
+    ticker (whole word, any case) names it too unless the ticker is also a common word (`is_common_word`: ON,
+    A, IT, ALL, T, ...): "Markets turn on rate-cut hopes" is not about ON Semiconductor. Those bare matches
+    are refused and counted in a warning, so the fix (an alias such as the company's name) is visible.
+    `unknown="drop"` ignores listed tickers outside the universe (logged with a count); `"error"` refuses them.
     """
     if unknown not in ("drop", "error"):
         raise ValueError(f"unknown must be 'drop' or 'error', got {unknown!r}")
     known = set(universe.symbols)
-    names = {s: (s, *universe.aliases.get(s, ())) for s in universe.symbols}
-    patterns = {s: re.compile(r"\b(?:" + "|".join(re.escape(n) for n in ns) + r")\b", re.IGNORECASE)
-                for s, ns in names.items()}
+    matchers = {s: _TickerMatcher.build(s, universe.aliases.get(s, ())) for s in universe.symbols}
     resolved, dropped = [], 0
+    refused = dict.fromkeys(universe.symbols, 0)
     for row, (symbols, title, body) in enumerate(zip(news["symbols"], news["title"], news["body"], strict=True)):
         if symbols is None:
             text = f"{title} {body}"
-            resolved.append([s for s in universe.symbols if patterns[s].search(text)])
+            named = []
+            for symbol, matcher in matchers.items():
+                if matcher.names(text):
+                    named.append(symbol)
+                elif matcher.bare_word_only(text):
+                    refused[symbol] += 1
+            resolved.append(named)
             continue
         outside = [s for s in symbols if s not in known]
         if outside and unknown == "error":
@@ -60,7 +78,45 @@ def resolve_symbols(news: pd.DataFrame, universe: Universe, unknown: str = "drop
         resolved.append([s for s in universe.symbols if s in symbols])
     if dropped:
         log.warning("%s: ignored %d mentions of symbols outside the universe", source, dropped)
-    return resolved
+    for symbol, count in refused.items():
+        if count:
+            log.warning("%s: ticker %s is also a common word; %d items name it only as the bare word %r and are "
+                        "not counted as its news (a cashtag $%s always counts; add an alias, e.g. the company's "
+                        "name, to match more)", source, symbol, count, symbol, symbol)
+    return resolved, {symbol: count for symbol, count in refused.items() if count}
+
+
+def is_common_word(ticker: str) -> bool:
+    """True for tickers that are also everyday words or single letters, whose bare mention proves nothing."""
+    return len(ticker) == 1 or ticker.upper() in COMMON_WORD_TICKERS
+
+
+@dataclass(frozen=True)
+class _TickerMatcher:
+    """How text names one ticker: cashtag, aliases, and the bare ticker unless it is a common word."""
+
+    cashtag: re.Pattern[str]
+    names_pattern: re.Pattern[str] | None  # aliases (+ the bare ticker when it is not a common word)
+    bare: re.Pattern[str] | None  # the bare ticker of a common-word ticker: counted, never matched
+
+    @classmethod
+    def build(cls, symbol: str, aliases: tuple[str, ...]) -> _TickerMatcher:
+        common = is_common_word(symbol)
+        words = [*([] if common else [symbol]), *aliases]
+        return cls(cashtag=re.compile(r"(?<!\w)\$" + re.escape(symbol) + r"\b"),
+                   names_pattern=_words(words), bare=_words([symbol]) if common else None)
+
+    def names(self, text: str) -> bool:
+        return bool(self.cashtag.search(text) or (self.names_pattern and self.names_pattern.search(text)))
+
+    def bare_word_only(self, text: str) -> bool:
+        return bool(self.bare and self.bare.search(text))
+
+
+def _words(names: list[str]) -> re.Pattern[str] | None:
+    if not names:
+        return None
+    return re.compile(r"\b(?:" + "|".join(re.escape(n) for n in names) + r")\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -72,13 +128,14 @@ class AlignedNews:
     coverage: np.ndarray  # (T, N) float32: 1 where a bar's news mention the asset
     n_before: int  # items published before the grid
     n_after: int  # items published after the last bar closed
+    bare_word_refused: dict[str, int]  # common-word ticker -> items naming it only as a bare word (not counted)
 
 
 def align_news(news: pd.DataFrame, times: pd.DatetimeIndex, previous_close: pd.Timestamp, universe: Universe,
                unknown: str = "drop", source: str = "news") -> AlignedNews:
     """Assign each item to its bar (see `bar_index`) and build the (T, N) coverage one-hot."""
     bars = bar_index(news["published_at"], times, previous_close)
-    symbols = resolve_symbols(news, universe, unknown=unknown, source=source)
+    symbols, refused = resolve_symbols(news, universe, unknown=unknown, source=source)
     coverage = np.zeros((len(times), universe.n_assets), dtype=np.float32)
     for bar, item_symbols in zip(bars, symbols, strict=True):
         if bar >= 0:
@@ -87,4 +144,4 @@ def align_news(news: pd.DataFrame, times: pd.DatetimeIndex, previous_close: pd.T
     stamps = pd.DatetimeIndex(news["published_at"])
     n_after = int(((bars < 0) & (stamps > times[-1])).sum())
     return AlignedNews(bar=bars, symbols=symbols, coverage=coverage,
-                       n_before=int((bars < 0).sum()) - n_after, n_after=n_after)
+                       n_before=int((bars < 0).sum()) - n_after, n_after=n_after, bare_word_refused=refused)

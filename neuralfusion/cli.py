@@ -48,12 +48,19 @@ def summary(directory: Path, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
         return
     grid, news = report["grid"], report["news"]
-    click.echo(f"grid: {grid['bars']} bars of {grid['interval']} ({grid['calendar']}), "
-               f"{grid['start']} .. {grid['end']}, {grid['assets']} assets")
+    click.echo(f"grid: {grid['bars']} bars of {grid['interval']} ({grid['calendar']}, "
+               f"{grid['bars_per_year']:,.1f} bars a year), {grid['start']} .. {grid['end']}, {grid['assets']} assets, "
+               f"{grid['stale_fraction']:.2%} stale")
+    if grid["widened_bars"] or grid["bars_outside_sessions"]:
+        click.echo(f"repairs: {grid['widened_bars']} bars with high/low widened by a rounding error; "
+                   f"{grid['bars_outside_sessions']} bars outside the sessions dropped")
     click.echo(f"news: {news['items']} items, {news['on_grid']} on the grid "
                f"({news['before_grid']} before, {news['after_grid']} after), "
                f"{news['matched_by_alias']} matched by alias, {news['naming_no_asset']} naming no asset, "
                f"{news['bars_with_news']} bars with news")
+    for symbol, count in news["bare_word_refused"].items():
+        click.echo(f"news: {count} items name {symbol} only as the common word {symbol!r}: not counted "
+                   f"(${symbol} and aliases are)")
     header = f"{'symbol':<8}{'stale':>8}{'stale%':>8}{'max gap':>9}{'news':>7}{'first':>12}{'last':>12}"
     click.echo(header)
     for row in report["assets"]:
@@ -61,3 +68,59 @@ def summary(directory: Path, as_json: bool) -> None:
                    f"{row['longest_gap_bars']:>9}{row['news_items']:>7}"
                    f"{row['first_close']:>12.4f}{row['last_close']:>12.4f}")
 
+
+
+@data.command(name="import")
+@click.option("--bars", "bars_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The vendor's bar file (CSV, CSV.gz or parquet), long format: one row per symbol and bar.")
+@click.option("--news", "news_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The vendor's news file (CSV, JSONL or parquet).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Clean data folder to write (bars.parquet, news.jsonl, universe.json).")
+@click.option("--calendar", default="24/7", show_default=True, help="'24/7' or an exchange code (XNYS, XLON, ...).")
+@click.option("--interval", default="3min", show_default=True, help="Bar interval: 1D (one bar a session), 30min...")
+@click.option("--timezone", help="Zone of naive timestamps, e.g. America/New_York (naive times are refused without).")
+@click.option("--bar-column", "bar_columns", multiple=True, metavar="VENDOR=NAME",
+              help="Map a vendor bar column to timestamp/symbol/open/high/low/close/volume (names also match "
+                   "ignoring case).")
+@click.option("--news-column", "news_columns", multiple=True, metavar="VENDOR=NAME",
+              help="Map a vendor news column to id/published_at/title/body/symbols.")
+@click.option("--symbols", help="Comma-separated universe, in model order.  [default: every symbol, sorted]")
+@click.option("--alias", "aliases", multiple=True, metavar="SYMBOL=NAME",
+              help="A name that means SYMBOL in news text (repeatable), e.g. ON=onsemi.")
+@click.option("--label", type=click.Choice(["close", "open"]), default="close", show_default=True,
+              help="Whether a bar's timestamp is its close or its open time.")
+@click.option("--max-missing-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.05,
+              show_default=True, help="Share of an asset's bars that may be missing before it is refused.")
+@click.option("--force", is_flag=True, help="Replace an existing --out folder (only once the new one is whole).")
+def import_command(bars_path: Path, news_path: Path, out_dir: Path, calendar: str, interval: str,
+                   timezone: str | None, bar_columns: tuple[str, ...], news_columns: tuple[str, ...],
+                   symbols: str | None, aliases: tuple[str, ...], label: str, max_missing_fraction: float,
+                   force: bool) -> None:
+    """A vendor's files -> a clean data folder, saying what was repaired and dropped:
+
+    \b
+    nfc data import --bars raw/prices.csv --news raw/news.csv --calendar XNYS --interval 1D \\
+        --timezone America/New_York --bar-column Date=timestamp --bar-column Ticker=symbol --out data/us
+    """
+    from neuralfusion.data.columns import parse_column_map
+    from neuralfusion.data.vendor import VendorFiles, import_data
+    from neuralfusion.errors import DataError
+    from neuralfusion.specs import BarSpec
+
+    try:
+        files = VendorFiles(bars=bars_path, news=news_path, bar_columns=parse_column_map(bar_columns),
+                            news_columns=parse_column_map(news_columns), timezone=timezone, label=label)
+        alias_map: dict[str, tuple[str, ...]] = {}
+        for pair in aliases:  # one symbol may have several names
+            ((symbol, name),) = parse_column_map([pair]).items()
+            alias_map[symbol] = (*alias_map.get(symbol, ()), name)
+        spec = BarSpec(interval=interval, calendar=calendar, max_missing_fraction=max_missing_fraction)
+        universe = tuple(s.strip() for s in symbols.split(",") if s.strip()) if symbols else None
+        report = import_data(files, spec, out_dir, symbols=universe, aliases=alias_map, force=force)
+    except (DataError, ValueError, FileExistsError) as err:
+        raise click.ClickException(str(err)) from None
+    for heading, lines in (("repaired", report.repaired), ("dropped", report.dropped), ("kept", report.kept)):
+        for line in lines or ["nothing"]:
+            click.echo(f"{heading}: {line}")
+    click.echo(f"wrote {out_dir}")

@@ -13,7 +13,8 @@ __all__ = ["summarise"]
 
 
 def summarise(data: MarketData) -> dict[str, Any]:
-    """Grid, news and per-asset counts: bars, stale (forward-filled) bars, longest gap, news coverage."""
+    """Grid, news and per-asset counts: bars, stale (forward-filled) bars, longest gap, news per symbol (an
+    outlier count is how a ticker that is also a word shows), repairs made while reading."""
     panel, aligned = data.panel, data.aligned
     on_grid = aligned.bar >= 0
     per_asset = []
@@ -33,12 +34,15 @@ def summarise(data: MarketData) -> dict[str, Any]:
     return {
         "grid": {"start": str(panel.times[0]), "end": str(panel.times[-1]), "bars": int(panel.n_bars),
                  "interval": data.bar_spec.interval, "calendar": data.bar_spec.calendar,
-                 "assets": len(panel.symbols)},
+                 "bars_per_year": data.bars_per_year, "assets": len(panel.symbols),
+                 "stale_fraction": float(panel.stale.mean()), "widened_bars": data.widened_bars,
+                 "bars_outside_sessions": panel.outside_sessions},
         "news": {"items": len(data.news), "on_grid": int(on_grid.sum()),
                  "before_grid": aligned.n_before, "after_grid": aligned.n_after,
                  "matched_by_alias": int(data.news["symbols"].isna().sum()),
                  "naming_no_asset": int(sum(not s for s in aligned.symbols)),
-                 "bars_with_news": int((aligned.coverage.sum(axis=1) > 0).sum())},
+                 "bars_with_news": int((aligned.coverage.sum(axis=1) > 0).sum()),
+                 "bare_word_refused": aligned.bare_word_refused},
         "assets": per_asset,
     }
 

@@ -25,20 +25,17 @@ Bar i closes at ``start + (i + 1) * interval``; bar 0 opens at the asset's initi
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from neuralfusion.backtest import walk_forward
 from neuralfusion.calendar import grid_bars_per_year
+from neuralfusion.datafolder import json_bytes, write_bars, write_files_atomic, write_news
 from neuralfusion.errors import DataError
 from neuralfusion.features import WARMUP_BARS, simple_returns
 from neuralfusion.portfolio import topk_weights
@@ -640,14 +637,6 @@ def generate_market(config: SynthConfig | None = None) -> SyntheticMarket:
 # ----------------------------------------------------------------------------------------------
 # Writing
 
-_BAR_SCHEMA = pa.schema([("timestamp", pa.timestamp("ns", tz="UTC")), ("symbol", pa.string())]
-                        + [(c, pa.float64()) for c in ("open", "high", "low", "close", "volume")])
-
-
-def _json_bytes(data: Any) -> bytes:
-    return (json.dumps(data, sort_keys=True, indent=2) + "\n").encode()
-
-
 def write_market(market: SyntheticMarket, out_dir: Path | str) -> Path:
     """Write bars.parquet, news.jsonl, oracle.json and universe.json into `out_dir`; returns its path.
 
@@ -655,27 +644,11 @@ def write_market(market: SyntheticMarket, out_dir: Path | str) -> Path:
     all renames after all writes succeeded, so a crash never leaves a half-written file. The same
     market always gives byte-identical files (fixed parquet writer options, sorted JSON keys).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     universe = {**market.universe.to_dict(), "interval": market.config.interval,
                 "calendar": market.config.calendar}
-    writers = {
-        "bars.parquet": lambda path: pq.write_table(
-            pa.Table.from_pandas(market.bars, schema=_BAR_SCHEMA, preserve_index=False).replace_schema_metadata(),
-            path, compression="zstd", compression_level=3, use_dictionary=["symbol"]),
-        "news.jsonl": lambda path: path.write_bytes(
-            "".join(json.dumps(item, sort_keys=True) + "\n" for item in market.news).encode()),
-        "oracle.json": lambda path: path.write_bytes(_json_bytes(market.oracle)),
-        "universe.json": lambda path: path.write_bytes(_json_bytes(universe)),
-    }
-    staged: dict[str, Path] = {}
-    try:
-        for name, write in writers.items():
-            staged[name] = out / f".{name}.{os.getpid()}.tmp"  # same folder, so os.replace is atomic
-            write(staged[name])
-        for name, tmp in staged.items():
-            os.replace(tmp, out / name)
-    finally:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
-    return out
+    return write_files_atomic(Path(out_dir), {
+        "bars.parquet": lambda path: write_bars(market.bars, path),
+        "news.jsonl": lambda path: write_news(market.news, path),
+        "oracle.json": lambda path: path.write_bytes(json_bytes(market.oracle)),
+        "universe.json": lambda path: path.write_bytes(json_bytes(universe)),
+    })

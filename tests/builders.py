@@ -68,6 +68,67 @@ def make_news(symbols: tuple[str, ...] = ("AAA", "BBB", "CCC"), n_items: int = 6
     })
 
 
+VENDOR_TICKERS = ("AAPL", "MSFT", "NVDA", "ON", "JPM", "XOM", "KO", "PFE")
+VENDOR_NAMES = {"AAPL": "Apple", "MSFT": "Microsoft", "NVDA": "Nvidia", "ON": "onsemi", "JPM": "JPMorgan",
+                "XOM": "Exxon", "KO": "Coca-Cola", "PFE": "Pfizer"}
+
+
+@dataclass(frozen=True)
+class VendorFiles:
+    prices: Path
+    news: Path
+    sessions: pd.DatetimeIndex  # XNYS session closes (UTC) the prices cover
+    ulp_misses: int  # bars whose high (or low) misses the body by one ULP
+    cashtag_items: dict[str, int]  # per ticker: items whose text names it with a cashtag
+    word_on_items: int  # items using the word "on" with no $ON
+
+
+def write_vendor_files(folder: Path, start: str = "2024-01-01", end: str = "2025-12-31", seed: int = 0,
+                       news_per_day: float = 3.0) -> VendorFiles:
+    """What a US-equity vendor ships: prices.csv with capitalised names (Date, Ticker, Open, High, Low, Close,
+    Adj Close, Volume), naive New York session dates, a few highs/lows one ULP inside the body; news.csv (ID,
+    Published as naive New York times round the clock, Headline, Summary) naming tickers by cashtag only, plus
+    headlines that use the word "on"."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    sessions = session_times("XNYS", "1D", start, end)
+    bars = walk_bars(sessions, VENDOR_TICKERS, seed)
+    misses = rng.choice(len(bars), 6, replace=False)
+    high, low = bars["high"].to_numpy().copy(), bars["low"].to_numpy().copy()
+    body_high = np.maximum(bars["open"], bars["close"]).to_numpy()
+    body_low = np.minimum(bars["open"], bars["close"]).to_numpy()
+    high[misses[:3]] = np.nextafter(body_high[misses[:3]], 0)
+    low[misses[3:]] = np.nextafter(body_low[misses[3:]], np.inf)
+    local_date = bars["timestamp"].dt.tz_convert("America/New_York").dt.strftime("%Y-%m-%d")
+    pd.DataFrame({"Date": local_date, "Ticker": bars["symbol"], "Open": bars["open"], "High": high, "Low": low,
+                  "Close": bars["close"], "Adj Close": bars["close"], "Volume": bars["volume"].round()}
+                 ).to_csv(folder / "prices.csv", index=False, float_format="%.17g")
+    span = (sessions[-1] - sessions[0]) + pd.Timedelta("2D")
+    n_items = int(news_per_day * span / pd.Timedelta("1D"))
+    seconds = np.sort(rng.uniform(0, span.total_seconds(), n_items)).round()
+    published = (sessions[0] - pd.Timedelta("1D") + pd.to_timedelta(seconds, unit="s")).tz_convert("America/New_York")
+    # a naive time in the hour that occurs twice when DST ends is ambiguous (and refused): a vendor would not
+    # know either, so the generated file avoids it
+    fall_back = (published.month == 11) & (published.day_of_week == 6) & (published.day <= 7) & (published.hour == 1)
+    published, n_items = published[~fall_back], int((~fall_back).sum())
+    named = rng.choice(VENDOR_TICKERS, n_items)
+    word_on = rng.random(n_items) < 0.25
+    headlines, summaries = [], []
+    for ticker, on in zip(named, word_on, strict=True):
+        if on:
+            headlines.append("Markets turn on rate-cut hopes")
+            summaries.append("Stocks moved on the Fed minutes; traders focus on jobs data.")
+        else:
+            headlines.append(f"{VENDOR_NAMES[ticker]} shares move after results")
+            summaries.append(f"${ticker} reported quarterly numbers.")
+    pd.DataFrame({"ID": [f"v{i:06d}" for i in range(n_items)],
+                  "Published": published.tz_localize(None).strftime("%Y-%m-%d %H:%M:%S"),
+                  "Headline": headlines, "Summary": summaries}).to_csv(folder / "news.csv", index=False)
+    cashtags = {t: int(((named == t) & ~word_on).sum()) for t in VENDOR_TICKERS}
+    return VendorFiles(prices=folder / "prices.csv", news=folder / "news.csv", sessions=sessions, ulp_misses=6,
+                       cashtag_items=cashtags, word_on_items=int(word_on.sum()))
+
+
 # the tiny BigBird: full attention up to 1024 tokens, so parity is tested above BigBird's 704-token switch
 TINY_ENCODER = {"vocab_size": 400, "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
                 "intermediate_size": 64, "max_position_embeddings": 1024, "block_size": 16, "num_random_blocks": 2}

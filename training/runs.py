@@ -15,10 +15,7 @@ written before that hold them as given, and `Run.resolve` looks for those beside
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from typing import Any
 from neuralfusion.features import FeatureNormalizer
 from neuralfusion.model_config import CgaConfig
 from neuralfusion.specs import BarSpec, PortfolioSpec, Universe, WindowSpec
+from neuralfusion.staging import staged_folder
 from neuralfusion.train_config import TrainConfig
 
 __all__ = ["DECISION_FILE", "RUN_FILES", "Run", "git_commit", "load_run", "promotion", "staged_folder", "write_json"]
@@ -81,29 +79,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
-
-@contextmanager
-def staged_folder(out: Path, force: bool, required: tuple[str, ...]) -> Iterator[Path]:
-    """A fresh `OUT.partial/` to write into, renamed to `OUT/` only when the block succeeds with every
-    `required` file; on any error the partial folder is removed, so nothing half-written looks finished
-    (an old `OUT/` is replaced only by a complete new one, and only with `force`)."""
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        yield partial
-        missing = [name for name in required if not (partial / name).exists()]
-        if missing:
-            raise RuntimeError(f"{partial} is missing {missing}; not publishing an incomplete folder")
-        if out.exists():
-            shutil.rmtree(out)
-        partial.rename(out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 def load_run(path: Path | str) -> Run:

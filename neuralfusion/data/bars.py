@@ -9,6 +9,7 @@ and a stale flag; prices are never zero-filled.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,15 +17,19 @@ import numpy as np
 import pandas as pd
 
 from neuralfusion.calendar import CalendarBars, calendar_bars, is_continuous
+from neuralfusion.data.columns import read_table, standard_columns
 from neuralfusion.errors import DataError
 from neuralfusion.specs import BarSpec, Universe
 from neuralfusion.timeutil import to_utc
 
-__all__ = ["BAR_COLUMNS", "PRICE_COLUMNS", "BarFileSource", "BarPanel", "resample_bars", "validate_bars"]
+__all__ = ["BAR_COLUMNS", "OHLC_TOLERANCE", "PRICE_COLUMNS", "BarFileSource", "BarPanel", "resample_bars",
+           "validate_bars"]
 
 log = logging.getLogger(__name__)
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
+# how far (relative) a high/low may miss open/close and still be widened rather than refused
+OHLC_TOLERANCE = 1e-9
 BAR_COLUMNS = ("timestamp", "symbol", *PRICE_COLUMNS, "volume")
 
 
@@ -41,6 +46,7 @@ class BarPanel:
     volume: np.ndarray
     stale: np.ndarray  # True where the bar had no trades and was forward-filled
     previous_close: pd.Timestamp  # close of the calendar's bar before times[0]: later news belongs to the grid
+    outside_sessions: int = 0  # input bars dropped because they closed outside every session (intraday)
 
     @property
     def n_bars(self) -> int:
@@ -49,23 +55,27 @@ class BarPanel:
     def head(self, n_bars: int) -> BarPanel:
         """The first `n_bars` bars: what was known at the close of bar n_bars-1."""
         return BarPanel(times=self.times[:n_bars], symbols=self.symbols, previous_close=self.previous_close,
+                        outside_sessions=self.outside_sessions,
                         **{name: getattr(self, name)[:n_bars]
                            for name in ("open", "high", "low", "close", "volume", "stale")})
 
 
-def validate_bars(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+def validate_bars(frame: pd.DataFrame, source: str, timezone: str | None = None) -> pd.DataFrame:
     """Check the bar contract and return a clean copy sorted by (timestamp, symbol).
 
     Errors name the source, the row (0-based, in input order) and the symbol: missing columns,
     missing/non-positive prices, high/low that do not bound open/close, negative or missing volume,
-    naive timestamps and duplicate (timestamp, symbol) pairs.
+    naive timestamps (unless `timezone` declares their zone) and duplicate (timestamp, symbol) pairs.
+    A high or low that misses open/close by at most OHLC_TOLERANCE (relative: a vendor's rounding, a few
+    ULPs) is widened to bound them; the count is in the result's attrs["widened_bars"] and the log.
     """
     missing = [c for c in BAR_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"missing columns {missing}; bars need {list(BAR_COLUMNS)}", source=source)
     if frame.empty:
         raise DataError("no bars", source=source)
-    timestamp = to_utc(frame["timestamp"].reset_index(drop=True), column="timestamp", source=source)
+    timestamp = to_utc(frame["timestamp"].reset_index(drop=True), column="timestamp", source=source,
+                       timezone=timezone)
     symbol = frame["symbol"].reset_index(drop=True)
     if symbol.isna().any():
         raise DataError("empty symbol", source=source, row=int(symbol.isna().to_numpy().argmax()))
@@ -85,7 +95,15 @@ def validate_bars(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     rows.check(~np.isfinite(volume) | (volume < 0), "volume is missing, infinite or negative")
     body_high = np.maximum(values["open"], values["close"])
     body_low = np.minimum(values["open"], values["close"])
-    rows.check((values["high"] < body_high) | (values["low"] > body_low), "high/low do not bound open and close")
+    miss = np.maximum((body_high - values["high"]) / body_high, (values["low"] - body_low) / body_low)
+    rows.check(miss > OHLC_TOLERANCE, f"high/low do not bound open and close (by more than {OHLC_TOLERANCE:g} "
+               "relative); fix the bar or drop it")
+    widened = int((miss > 0).sum())
+    if widened:
+        log.warning("%s: widened high/low of %d bars to bound open/close (missed by at most %.1e relative)",
+                    source, widened, float(miss.max()))
+        values["high"] = np.maximum(values["high"], body_high)
+        values["low"] = np.minimum(values["low"], body_low)
     # sorted by (timestamp, symbol); a stable sort keeps equal keys in input order, so of each run of equal keys
     # all but the first row (in input order) are duplicates, as pandas' duplicated(keep="first") marks them
     code = pd.factorize(symbol, sort=True)[0]
@@ -95,8 +113,10 @@ def validate_bars(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     dupes = np.zeros(len(order), dtype=bool)
     dupes[order[1:][repeat]] = True
     rows.check(dupes, "duplicate (timestamp, symbol); keep one bar per symbol and time")
-    return pd.DataFrame({"timestamp": timestamp.array.take(order), "symbol": symbol.array.take(order),
-                         **{column: values[column][order] for column in (*PRICE_COLUMNS, "volume")}})
+    clean = pd.DataFrame({"timestamp": timestamp.array.take(order), "symbol": symbol.array.take(order),
+                          **{column: values[column][order] for column in (*PRICE_COLUMNS, "volume")}})
+    clean.attrs["widened_bars"] = widened
+    return clean
 
 
 @dataclass(frozen=True)
@@ -117,7 +137,8 @@ class _RowNamer:
 
 
 class BarFileSource:
-    """Bars from a parquet or CSV file in the long format.
+    """Bars from a parquet or CSV file in the long format; `columns` maps a vendor's column names to the
+    contract's (the contract names also match ignoring case) and `timezone` declares the zone of naive times.
 
     >>> BarFileSource("data/bars.parquet").load(["AURA"], start, end).head(2)
                       timestamp symbol    open    high     low   close   volume
@@ -126,21 +147,17 @@ class BarFileSource:
     dtypes: timestamp datetime64[ns, UTC], symbol str, prices and volume float64.
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, columns: Mapping[str, str] | None = None,
+                 timezone: str | None = None) -> None:
         self.path = Path(path)
+        self.columns = dict(columns or {})
+        self.timezone = timezone
 
     def read(self) -> pd.DataFrame:
         """The whole file, validated."""
-        if not self.path.exists():
-            raise DataError("file not found", source=str(self.path))
-        suffix = self.path.suffix.lower()
-        if suffix == ".parquet":
-            frame = pd.read_parquet(self.path)
-        elif suffix in (".csv", ".gz"):
-            frame = pd.read_csv(self.path)
-        else:
-            raise DataError("unsupported bar file type; use .parquet or .csv", source=str(self.path))
-        return validate_bars(frame, source=str(self.path))
+        frame = read_table(self.path, ("parquet", "csv"), "bar")
+        frame = standard_columns(frame, BAR_COLUMNS, self.columns, source=str(self.path))
+        return validate_bars(frame, source=str(self.path), timezone=self.timezone)
 
     def load(self, symbols: list[str] | None = None, start: pd.Timestamp | None = None,
              end: pd.Timestamp | None = None) -> pd.DataFrame:
@@ -172,6 +189,7 @@ def resample_bars(frame: pd.DataFrame, universe: Universe, spec: BarSpec, label:
     if label not in ("close", "open"):
         raise ValueError(f"label must be 'close' or 'open', got {label!r}")
     slots = _grid_slots(frame, spec, label, source)
+    outside = len(frame) - len(slots.frame)
     frame, slot, grid = slots.frame, slots.index, slots.grid
     present = set(frame["symbol"].unique())
     unknown = sorted(present - set(universe.symbols))
@@ -203,7 +221,8 @@ def resample_bars(frame: pd.DataFrame, universe: Universe, spec: BarSpec, label:
     arrays["close"] = close
     arrays["volume"] = np.where(stale, 0.0, arrays["volume"])
     previous_close = grid.closes[first - 1] if first > 0 else grid.opens[first]
-    return BarPanel(times=times, symbols=symbols, stale=stale, previous_close=previous_close, **arrays)
+    return BarPanel(times=times, symbols=symbols, stale=stale, previous_close=previous_close,
+                    outside_sessions=outside, **arrays)
 
 
 @dataclass(frozen=True)

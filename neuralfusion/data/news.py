@@ -8,7 +8,8 @@ Extra fields (e.g. the synthetic market's `planted` ground truth) are kept as th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from neuralfusion.data.columns import read_table, standard_columns
 from neuralfusion.errors import DataError
 from neuralfusion.timeutil import to_utc
 
@@ -30,13 +32,14 @@ def article_text(title: str, body: str) -> str:
     return f"{title.strip()}\n\n{body.strip()}".strip()
 
 
-def validate_news(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+def validate_news(frame: pd.DataFrame, source: str, timezone: str | None = None) -> pd.DataFrame:
     """Check the news contract; return a copy sorted by (published_at, id).
 
     Errors name the source and row: missing id/published_at/title columns, empty or non-string
-    text (title and body both empty), naive timestamps, duplicate ids, `symbols` that is not a list
-    of strings. A missing `body` column reads as empty bodies; a missing `symbols` value means
-    "match from aliases" and is kept as None.
+    text (title and body both empty), naive timestamps (unless `timezone` declares their zone), duplicate
+    ids, `symbols` that is not a list of strings. A missing `body` column reads as empty bodies; a missing
+    `symbols` value means "match from the text" and is kept as None. In a CSV, `symbols` is text: tickers
+    separated by ';', ',', '|' or blanks, or a JSON list.
     """
     missing = [c for c in ("id", "published_at", "title") if c not in frame.columns]
     if missing:
@@ -50,7 +53,7 @@ def validate_news(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     if out["id"].isna().any():
         raise DataError("item without id", source=source, row=int(out["id"].isna().to_numpy().argmax()))
     out["id"] = out["id"].astype(str)
-    out["published_at"] = to_utc(out["published_at"], column="published_at", source=source)
+    out["published_at"] = to_utc(out["published_at"], column="published_at", source=source, timezone=timezone)
     for column in ("title", "body"):
         values = out[column].where(out[column].notna(), "")
         bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
@@ -85,8 +88,9 @@ def _symbol_list(value: Any, source: str, row: int) -> list[str] | None:
     return items
 
 
-def read_news(path: Path | str) -> pd.DataFrame:
-    """News from a JSONL or parquet file, validated.
+def read_news(path: Path | str, columns: Mapping[str, str] | None = None, timezone: str | None = None) -> pd.DataFrame:
+    """News from a JSONL, parquet or CSV file, validated; `columns` maps a vendor's field names to the
+    contract's (which also match ignoring case) and `timezone` declares the zone of naive times.
 
     >>> read_news("data/news.jsonl").iloc[0]
     id                                  n000001
@@ -96,11 +100,9 @@ def read_news(path: Path | str) -> pd.DataFrame:
     symbols       ['AURA']                        (list[str] or None)
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError("file not found", source=str(path))
-    if path.suffix.lower() == ".parquet":
-        frame = pd.read_parquet(path)
-    elif path.suffix.lower() in (".jsonl", ".json"):
+    if path.suffix.lower() in (".jsonl", ".json"):
+        if not path.exists():
+            raise DataError("file not found", source=str(path))
         records = []
         with path.open(encoding="utf-8") as handle:
             for line_no, line in enumerate(handle):
@@ -112,10 +114,28 @@ def read_news(path: Path | str) -> pd.DataFrame:
                     raise DataError(f"invalid JSON ({err.msg})", source=str(path), row=line_no) from None
         frame = pd.DataFrame.from_records(records)
     else:
-        raise DataError("unsupported news file type; use .jsonl or .parquet", source=str(path))
+        frame = read_table(path, ("jsonl", "parquet", "csv"), "news")
     if frame.empty:
         raise DataError("no news items", source=str(path))
-    return validate_news(frame, source=str(path))
+    frame = standard_columns(frame, NEWS_COLUMNS, columns, source=str(path))
+    if "symbols" in frame.columns and ".csv" in [s.lower() for s in path.suffixes]:  # CSV cells are text
+        frame = frame.assign(symbols=[_symbols_from_text(v) for v in frame["symbols"]])
+    return validate_news(frame, source=str(path), timezone=timezone)
+
+
+def _symbols_from_text(value: Any) -> Any:
+    """A CSV cell of tickers ('ON;AAPL', 'ON, AAPL', '["ON"]') as a list; blank cells mean none recorded."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return None
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return value  # validate_news names the row
+    return [part for part in re.split(r"[;,|\s]+", text) if part]
 
 
 @dataclass(frozen=True)
