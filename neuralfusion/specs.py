@@ -6,6 +6,7 @@ package can carry them without pickle.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,10 @@ class WindowSpec:
     val_fraction: float = 0.2
     # bars between consecutive training anchors (1 = every bar)
     stride: int = 1
+    # a date split instead of the fractions: anchors whose bar closes at/after val_start are validation, at/after
+    # test_start test (ISO dates or times; without an offset, UTC)
+    val_start: str | None = None
+    test_start: str | None = None
 
     def __post_init__(self) -> None:
         if self.lookback < 2 or self.horizon < 1:
@@ -104,6 +109,27 @@ class WindowSpec:
             )
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if (self.val_start is None) != (self.test_start is None):
+            raise ValueError("a date split needs both val_start and test_start (--split VAL_START,TEST_START)")
+        if self.val_start is not None and not self.split_times[0] < self.split_times[1]:
+            raise ValueError(f"val_start {self.val_start} must come before test_start {self.test_start}")
+
+    @property
+    def split_times(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """val_start and test_start as UTC timestamps (a date split only)."""
+        if self.val_start is None or self.test_start is None:
+            raise ValueError("this window spec splits by fractions, not dates")
+        stamps = []
+        for name, value in (("val_start", self.val_start), ("test_start", self.test_start)):
+            try:
+                stamp = pd.Timestamp(value)
+            except ValueError:
+                raise ValueError(f"{name} {value!r} is not a date like 2025-01-02") from None
+            stamps.append(stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC"))
+        return stamps[0], stamps[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     @property
     def embargo(self) -> int:

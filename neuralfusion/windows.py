@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from neuralfusion.errors import DataError
 from neuralfusion.specs import WindowSpec
@@ -43,24 +44,37 @@ def usable_anchors(n_bars: int, first_valid: int, spec: WindowSpec) -> np.ndarra
     return np.arange(first, last + 1)
 
 
-def chronological_split(anchors: np.ndarray, spec: WindowSpec) -> Splits:
+def chronological_split(anchors: np.ndarray, spec: WindowSpec, times: pd.DatetimeIndex | None = None) -> Splits:
     """Split ascending anchors into train/val/test by time, dropping `spec.embargo` bars between splits.
 
-    The embargo makes the first anchor of a split more than H bars after the last anchor of the
-    previous one, so no target return is shared across splits.
+    By fractions of the anchors (the default), or by dates when `spec` has val_start/test_start: an anchor
+    belongs to the split whose start its bar's close time (`times[anchor]`) has reached. The embargo makes
+    the first anchor of a split more than H bars after the last anchor of the previous one, so no target
+    return is shared across splits.
     """
     anchors = np.asarray(anchors)
     n = len(anchors)
     gap = spec.embargo
-    n_train = int(n * spec.train_fraction)
-    n_val = int(n * spec.val_fraction)
+    if spec.val_start is not None:
+        if times is None:
+            raise ValueError("a date split needs the grid's bar times")
+        val_start, test_start = spec.split_times
+        closes = times[anchors]
+        n_train = int((closes < val_start).sum())
+        n_val = int((closes < test_start).sum()) - n_train
+        what = f"the date split {spec.val_start} / {spec.test_start} ({times[0]} .. {times[-1]})"
+    else:
+        n_train = int(n * spec.train_fraction)
+        n_val = int(n * spec.val_fraction)
+        what = f"{spec.train_fraction:.0%}/{spec.val_fraction:.0%}/rest"
     train = anchors[:n_train]
     val = anchors[n_train + gap: n_train + n_val]
     test = anchors[n_train + n_val + gap:]
-    if len(train) == 0 or len(test) == 0 or (spec.val_fraction > 0 and len(val) == 0):
+    if len(train) == 0 or len(test) == 0 or ((spec.val_fraction > 0 or spec.val_start) and len(val) == 0):
         raise DataError(
-            f"{n} usable windows are too few to split {spec.train_fraction:.0%}/{spec.val_fraction:.0%}/rest "
-            f"with an embargo of {gap} bars between splits; supply more bars or a shorter horizon"
+            f"{n} usable windows are too few to split {what} with an embargo of {gap} bars between splits "
+            f"(train {len(train)}, val {len(val)}, test {len(test)}); supply more bars, a shorter horizon or other "
+            "split dates"
         )
     return Splits(train=train, val=val, test=test)
 

@@ -25,7 +25,8 @@ from neuralfusion.data.news import article_text
 from neuralfusion.dataset import MarketData, load_data_dir
 from neuralfusion.errors import DataError
 from neuralfusion.inputs import GridInputs, grid_inputs
-from neuralfusion.portfolio import topk_weights
+from neuralfusion.portfolio import annualised_sharpe, topk_weights
+from neuralfusion.stats import independent_periods, interval_words, sharpe_statistics
 from neuralfusion.windows import chronological_split, usable_anchors
 from training.model import CgaModel
 from training.runs import Run, git_commit
@@ -92,7 +93,28 @@ class Backtest:
         last = walk.first_bar + len(walk.returns) - 1
         return {"first_anchor": int(self.anchors[0]), "last_anchor": int(self.anchors[-1]),
                 "rebalances": len(self.anchors), "first_return_bar": walk.first_bar, "last_return_bar": last,
-                "bars": len(walk.returns), "start": str(self.times[walk.first_bar]), "end": str(self.times[last])}
+                "bars": len(walk.returns), "start": str(self.times[walk.first_bar]), "end": str(self.times[last]),
+                "independent_rebalances": independent_periods(len(walk.returns), self.settings["rebalance_every"],
+                                                              self.settings["horizon"])}
+
+    def statistics(self) -> dict[str, dict[str, Any]]:
+        """Per strategy: the Sharpe's standard error and 95% interval, the probabilistic Sharpe ratio against 0
+        and against equal weight over the same bars, and a sentence on whether the interval includes 0."""
+        benchmark = self.strategies["equal_weight"].result.returns
+        out = {}
+        for name, strategy in self.strategies.items():
+            returns = strategy.result.returns
+            stats = sharpe_statistics(returns, self.bars_per_year, None if name == "equal_weight" else benchmark)
+            sharpe = annualised_sharpe(returns, self.bars_per_year)
+            out[name] = {**stats, "words": interval_words(strategy.label, sharpe, stats["sharpe_ci95"])}
+        return out
+
+    def returns_frame(self) -> pd.DataFrame:
+        """Per-bar returns (after costs) of every strategy over the evaluated bars, by bar close time."""
+        walk = self.model.result
+        bars = np.arange(walk.first_bar, walk.first_bar + len(walk.returns))
+        return pd.DataFrame({"bar": bars, "close_time": self.times[bars].astype(str),
+                             **{name: s.result.returns for name, s in self.strategies.items()}})
 
     def metrics(self) -> dict[str, Any]:
         """The content of REPORT/metrics.json."""
@@ -104,6 +126,7 @@ class Backtest:
             "oracle": self.oracle,
             "model_to_oracle_sharpe": model_sharpe / oracle_sharpe if oracle_sharpe else None,
             "evaluation": self.evaluation(),
+            "statistics": self.statistics(),
             "costs": {"cost_bps": self.settings["cost_bps"], "source": self.settings["cost_source"],
                       "rule": "cost_bps/1e4 * sum|w_t - w_(t-1)| on every bar the book changes; "
                               "the book starts flat, so the first rebalance pays too"},
@@ -158,6 +181,11 @@ def oracle_comparison(oracle: dict[str, Any], evaluation: dict[str, Any], rebala
         "same_costs": oracle["cost_bps"] == cost_bps,
         "description": oracle.get("description", ""),
     }
+
+
+def with_split(run: Run, split: tuple[str, str]) -> Run:
+    """The run with its window's split replaced by the dates (VAL_START, TEST_START)."""
+    return replace(run, window=replace(run.window, val_start=split[0], test_start=split[1]))
 
 
 def check_run(run: Run, model_run: Run, data: MarketData, role: str) -> None:
@@ -220,12 +248,16 @@ def walk_with_baselines(books: list[tuple[str, str, str, np.ndarray]], data: Mar
 
 def run_backtest(model_run: Run, data_dir: Path, embeddings: Path, ablations: Sequence[Run] = (),
                  rebalance_every: int | None = None, cost_bps: float | None = None,
-                 progress: bool = True) -> Backtest:
+                 progress: bool = True, split: tuple[str, str] | None = None) -> Backtest:
     """Walk the model, its ablations and the baselines forward over the test split of `data_dir`.
 
     Rebalances every `rebalance_every` bars (default: the run's horizon H) and charges `cost_bps`
-    (default: the run's PortfolioSpec) on turnover; annualises with the data's calendar.
+    (default: the run's PortfolioSpec) on turnover; annualises with the data's calendar. The test split is
+    the run's own (fractions or dates) unless `split` gives (VAL_START, TEST_START) dates.
     """
+    if split is not None:
+        model_run = with_split(model_run, split)
+        ablations = [with_split(run, split) for run in ablations]
     data_dir = Path(data_dir)
     data = load_data_dir(data_dir, universe=model_run.universe)
     for role, run in (("model", model_run), *(("ablation", run) for run in ablations)):
@@ -261,6 +293,7 @@ def run_backtest(model_run: Run, data_dir: Path, embeddings: Path, ablations: Se
         "encoder_fingerprint": prepared.encoder["fingerprint"], "same_data_as_training": seen_in_training,
         "horizon": model_run.window.horizon, "cost_source": "run" if cost_bps is None else "--cost-bps",
         "test_split": prepared.splits.to_dict()["test"],
+        "split_dates": [model_run.window.val_start, model_run.window.test_start],
     }
     backtest = walk_with_baselines(books, data, anchors, every, costs, model_run.window.lookback,
                                    model_run.portfolio.top_k, settings)
@@ -296,7 +329,7 @@ def package_weights(runtime: Any, data: MarketData, anchors: np.ndarray) -> tupl
 
 
 def run_package_backtest(package: Path, data_dir: Path, rebalance_every: int | None = None,
-                         cost_bps: float | None = None) -> Backtest:
+                         cost_bps: float | None = None, split: tuple[str, str] | None = None) -> Backtest:
     """The walk-forward of a model package (ONNX, as served) over the test split of `data_dir`, beside the
     baselines: the same anchors and scoring as `run_backtest`, with the package's graphs instead of a run."""
     from serving.runtime import PortfolioRuntime
@@ -307,9 +340,9 @@ def run_package_backtest(package: Path, data_dir: Path, rebalance_every: int | N
     if data.bar_spec.interval != runtime.bar_spec.interval:
         raise DataError(f"data bars are {data.bar_spec.interval}, the package {package} predicts "
                         f"{runtime.bar_spec.interval} bars; backtest on data of the model's interval")
-    window = manifest.window
+    window = manifest.window if split is None else replace(manifest.window, val_start=split[0], test_start=split[1])
     splits = chronological_split(usable_anchors(data.n_bars, int(manifest.data["features"]["warmup_bars"]), window),
-                                 window)
+                                 window, data.panel.times)
     portfolio = manifest.portfolio
     every, costs = rebalance_and_costs(runtime.horizon, portfolio.cost_bps, rebalance_every, cost_bps)
     anchors = split_rebalance_anchors(splits.test, every, data.n_bars)
@@ -320,6 +353,7 @@ def run_package_backtest(package: Path, data_dir: Path, rebalance_every: int | N
         "encoder_fingerprint": manifest.data["encoder"]["fingerprint"], "same_data_as_training": None,
         "horizon": window.horizon, "cost_source": "package" if cost_bps is None else "--cost-bps",
         "test_split": splits.to_dict()["test"],
+        "split_dates": [window.val_start, window.test_start],
     }
     return walk_with_baselines([("model", "model", f"package {runtime.version}", model_weights)], data, anchors,
                                every, costs, window.lookback, portfolio.top_k, settings)

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from training.backtest import run_backtest, run_package_backtest
-from training.cli_train import cli_errors, data_option
+from training.cli_train import cli_errors, data_option, split_option
 from training.report import REPORT_FILES, write_report
 from training.runs import load_run, staged_folder
 
@@ -43,10 +43,12 @@ run_path = click.Path(exists=True, file_okay=False, path_type=Path)
               help="Bars between rebalances.  [default: the run's horizon H]")
 @click.option("--cost-bps", type=click.FloatRange(min=0.0),
               help="Costs in basis points on turnover.  [default: the run's portfolio cost_bps]")
+@split_option
 @click.option("--force", is_flag=True, help="Replace an existing report folder (only once the new one is whole).")
 @cli_errors
 def backtest(model_dir: Path | None, package_dir: Path | None, data_dir: Path, embeddings: Path | None, out: Path,
-             ablation_dirs: tuple[Path, ...], rebalance_every: int | None, cost_bps: float | None, force: bool) -> None:
+             ablation_dirs: tuple[Path, ...], rebalance_every: int | None, cost_bps: float | None,
+             split: tuple[str, str] | None, force: bool) -> None:
     """Walk-forward backtest with costs, baselines, ablations and the oracle.
 
     \b
@@ -63,9 +65,10 @@ def backtest(model_dir: Path | None, package_dir: Path | None, data_dir: Path, e
     ablations = [load_run(path) for path in ablation_dirs]
     with staged_folder(out, force, REPORT_FILES) as folder:
         if package_dir is not None:
-            result = run_package_backtest(package_dir, data_dir, rebalance_every, cost_bps)
+            result = run_package_backtest(package_dir, data_dir, rebalance_every, cost_bps, split=split)
         else:
-            result = run_backtest(load_run(model_dir), data_dir, embeddings, ablations, rebalance_every, cost_bps)
+            result = run_backtest(load_run(model_dir), data_dir, embeddings, ablations, rebalance_every, cost_bps,
+                                  split=split)
         metrics = write_report(result, folder)
     for name, values in metrics["strategies"].items():
         click.echo(f"{name:<14} Sharpe {values['sharpe']:>7.2f}  return {values['cumulative_return']:>+8.2%}  "
@@ -75,4 +78,5 @@ def backtest(model_dir: Path | None, package_dir: Path | None, data_dir: Path, e
         click.echo(f"{'oracle':<14} Sharpe {metrics['oracle']['sharpe']:>7.2f}  model/oracle "
                    f"{'n/a' if ratio is None else f'{ratio:.2f}'}"
                    f"{'' if metrics['oracle']['same_bars'] else '  (scored on other bars)'}")
+    click.echo(metrics["statistics"]["model"]["words"])
     click.echo(f"wrote {out}")

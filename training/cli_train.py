@@ -42,6 +42,21 @@ set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", h
 force_option = click.option("--force", is_flag=True, help="Replace an existing run folder.")
 
 
+def parse_split(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, str] | None:
+    """--split VAL_START,TEST_START -> two date strings (checked by WindowSpec)."""
+    if value is None:
+        return None
+    parts = [part.strip() for part in value.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise click.BadParameter(f"{value!r} is not VAL_START,TEST_START (e.g. 2025-01-02,2025-07-01)")
+    return parts[0], parts[1]
+
+
+split_option = click.option("--split", callback=parse_split, metavar="VAL_START,TEST_START",
+                            help="Split by dates: anchors closing from VAL_START are validation, from TEST_START "
+                                 "test (UTC unless an offset is given).  [default: 60/20/20 of the anchors]")
+
+
 def cli_errors(func):
     """Bad input becomes one clear line (click's error), never a traceback."""
 
@@ -71,10 +86,12 @@ def model_overrides(pairs: tuple[str, ...]) -> dict:
               help="cga = the model; concat / market / news = ablations.")
 @click.option("--lookback", default=WindowSpec.lookback, show_default=True, help="L: bars per input window.")
 @click.option("--horizon", default=WindowSpec.horizon, show_default=True, help="H: bars the weights are held.")
+@split_option
 @force_option
 @cli_errors
 def train(data_dir: Path, embeddings: Path, out: Path, config_path: Path | None, sets: tuple[str, ...],
-          model_sets: tuple[str, ...], variant: str, lookback: int, horizon: int, force: bool) -> None:
+          model_sets: tuple[str, ...], variant: str, lookback: int, horizon: int, split: tuple[str, str] | None,
+          force: bool) -> None:
     """Train the CGA model.
 
     \b
@@ -82,7 +99,9 @@ def train(data_dir: Path, embeddings: Path, out: Path, config_path: Path | None,
     torchrun --standalone --nproc_per_node=2 -m nfc.cli train --data ... --out ...
     """
     train_config = apply_overrides(TrainConfig(), sets, config_path)
-    window, portfolio = WindowSpec(lookback=lookback, horizon=horizon), PortfolioSpec()
+    val_start, test_start = split or (None, None)
+    window = WindowSpec(lookback=lookback, horizon=horizon, val_start=val_start, test_start=test_start)
+    portfolio = PortfolioSpec()
     log.info("train config: %s", train_config.to_dict())
     prepared = prepare(load_data_dir(data_dir), embeddings, window)
     config = model_config_for(prepared, window, portfolio, train_config, variant, model_overrides(model_sets))

@@ -1,8 +1,12 @@
 """The `nfc backtest` report folder: metrics.json, PNG plots and one self-contained report.html.
 
 REPORT/
-  metrics.json        per-strategy metrics, the oracle and the model/oracle Sharpe ratio, bars, costs, settings
+  metrics.json        per-strategy metrics, the Sharpe's standard error, 95% interval and probabilistic Sharpe
+                      ratio (neuralfusion.stats), the oracle and the model/oracle Sharpe ratio, bars, costs, settings
+  returns.csv         per-bar returns (after costs) of every strategy over the evaluated bars
   equity.png          compounded equity of every strategy over the evaluated bars
+  drawdown.png        drawdown from the running peak of every strategy
+  turnover.png        turnover sum|w_t - w_(t-1)| of every strategy at each bar it trades
   rolling_sharpe.png  annualised Sharpe over a trailing day of bars, the model against the others
   weights.png         the model's weights, assets x rebalance time
   report.html         the table, the settings and the plots inlined as data: URIs (opens offline, mails whole)
@@ -28,9 +32,11 @@ from training.runs import write_json
 __all__ = ["PLOTS", "REPORT_FILES", "render_html", "rolling_sharpe", "write_report"]
 
 PLOTS = {"equity.png": "Equity (compounded, after costs)",
+         "drawdown.png": "Drawdown from the running peak",
+         "turnover.png": "Turnover at each rebalance",
          "rolling_sharpe.png": "Rolling annualised Sharpe",
          "weights.png": "Model weights at each rebalance"}
-REPORT_FILES = ("metrics.json", "report.html", *PLOTS)
+REPORT_FILES = ("metrics.json", "returns.csv", "report.html", *PLOTS)
 # the rolling Sharpe's shortest window: a month of daily bars
 MIN_ROLLING_BARS = 20
 METRIC_FORMATS = {"sharpe": "{:.2f}", "cumulative_return": "{:+.2%}", "annual_return": "{:+.2%}",
@@ -79,6 +85,28 @@ def plot_equity(backtest: Backtest, path: Path) -> None:
         axes.scatter(bar_times(backtest, walk.first_bar + len(walk.returns) - 1, 1),
                      [1.0 + backtest.oracle["cumulative_return"]], marker="*", s=120, color="black",
                      label=f"oracle, recorded end ({bars})", zorder=3)
+    axes.legend(loc="upper left", fontsize="small")
+    figure.savefig(path, dpi=100)
+
+
+def plot_drawdown(backtest: Backtest, path: Path) -> None:
+    figure, axes = new_axes(PLOTS["drawdown.png"], "drawdown")
+    for strategy in backtest.strategies.values():
+        walk = strategy.result
+        equity = compounded_pnl(walk.returns)
+        axes.plot(bar_times(backtest, walk.first_bar, len(walk.returns)), equity / np.maximum.accumulate(equity) - 1,
+                  label=strategy.label, linewidth=2.0 if strategy.kind == "model" else 1.0)
+    axes.legend(loc="lower left", fontsize="small")
+    figure.savefig(path, dpi=100)
+
+
+def plot_turnover(backtest: Backtest, path: Path) -> None:
+    figure, axes = new_axes(PLOTS["turnover.png"], "turnover (sum |dw|)")
+    for strategy in backtest.strategies.values():
+        walk = strategy.result
+        traded = walk.turnover > 0
+        axes.plot(bar_times(backtest, walk.first_bar, len(walk.returns))[traded], walk.turnover[traded], marker=".",
+                  label=strategy.label, linewidth=2.0 if strategy.kind == "model" else 1.0)
     axes.legend(loc="upper left", fontsize="small")
     figure.savefig(path, dpi=100)
 
@@ -140,6 +168,16 @@ def render_html(metrics: dict[str, Any], images: dict[str, bytes]) -> str:
         oracle_note = (f"Model Sharpe / oracle Sharpe: {ratio_text}. The oracle was scored on bars "
                        f"{oracle['first_return_bar']}..{oracle['last_return_bar']}, {same} this backtest, "
                        f"rebalancing every {oracle['rebalance_every']} bars at {oracle['cost_bps']} bps.")
+    statistics = metrics["statistics"]
+    stat_rows = [[name, f"{s['sharpe_se']:.2f}", f"[{s['sharpe_ci95'][0]:.2f}, {s['sharpe_ci95'][1]:.2f}]",
+                  f"{s['psr_vs_zero']:.1%}",
+                  "-" if s["psr_vs_equal_weight"] is None else f"{s['psr_vs_equal_weight']:.1%}"]
+                 for name, s in statistics.items()]
+    words = "".join(f"<li>{html.escape(s['words'])}</li>" for s in statistics.values())
+    honesty = (f"{ev['bars']} bars and {ev['independent_rebalances']} independent rebalances (one per holding period "
+               "or forecast horizon, whichever is longer). Standard errors after Lo (2002) for i.i.d. returns; the "
+               "probabilistic Sharpe ratio (Bailey and Lopez de Prado 2012) is the probability that the true Sharpe "
+               "exceeds 0, or equal weight's over the same bars.")
     figures = "".join(
         f"<h2>{html.escape(title)}</h2><img alt=\"{html.escape(title)}\" "
         f"src=\"data:image/png;base64,{base64.b64encode(images[name]).decode('ascii')}\">"
@@ -153,6 +191,8 @@ img{{max-width:100%}}</style></head>
 <body><h1>Backtest of {html.escape(settings['model_run'])}</h1>
 <p>{html.escape(summary)}</p>
 <h2>Metrics</h2>{table(['strategy', 'label', 'kind', *METRIC_KEYS], rows)}
+<h2>How much to trust the Sharpe ratios</h2><p>{html.escape(honesty)}</p><ul>{words}</ul>
+{table(['strategy', 'Sharpe s.e.', '95% interval', 'P(SR > 0)', 'P(SR > equal weight)'], stat_rows)}
 <p>{html.escape(oracle_note)}</p><p>Costs: {html.escape(costs['rule'])}.</p>
 {figures}
 <h2>Settings</h2>{table(['setting', 'value'], settings_rows)}
@@ -164,6 +204,9 @@ def write_report(backtest: Backtest, folder: Path) -> dict[str, Any]:
     """Write metrics.json, the plots and report.html into `folder`; returns the metrics written."""
     window = rolling_window(backtest)
     plot_equity(backtest, folder / "equity.png")
+    plot_drawdown(backtest, folder / "drawdown.png")
+    plot_turnover(backtest, folder / "turnover.png")
+    backtest.returns_frame().to_csv(folder / "returns.csv", index=False, float_format="%.17g")
     plot_rolling_sharpe(backtest, folder / "rolling_sharpe.png", window)
     plot_weights(backtest, folder / "weights.png")
     metrics = {**backtest.metrics(), "report": {"plots": list(PLOTS), "rolling_sharpe_bars": window}}

@@ -91,7 +91,7 @@ def article_vectors(data: MarketData, embeddings_path: Path) -> tuple[np.ndarray
 def prepare(data: MarketData, embeddings_path: Path, window: WindowSpec,
             normaliser: FeatureNormalizer | None = None) -> Prepared:
     """Split the anchors, fit the normaliser on the training bars (unless given), build the inputs."""
-    splits = chronological_split(usable_anchors(data.n_bars, WARMUP_BARS, window), window)
+    splits = chronological_split(usable_anchors(data.n_bars, WARMUP_BARS, window), window, data.panel.times)
     if normaliser is None:
         normaliser = FeatureNormalizer.fit(data.features, WARMUP_BARS, int(splits.train[-1]))
     vectors, meta = article_vectors(data, embeddings_path)
@@ -286,8 +286,7 @@ def write_run(out: Path, result: TrainResult, prepared: Prepared, train: TrainCo
         write_json(partial / "run.json", {
             "model": result.model.config.to_dict(),
             "train": train.to_dict(),
-            "window": {"lookback": window.lookback, "horizon": window.horizon, "train_fraction": window.train_fraction,
-                       "val_fraction": window.val_fraction, "stride": window.stride},
+            "window": window.to_dict(),
             "portfolio": {"top_k": portfolio.top_k, "cost_bps": portfolio.cost_bps},
             "universe": data.universe.to_dict(),
             "bar_spec": {"interval": data.bar_spec.interval, "calendar": data.bar_spec.calendar,
@@ -297,6 +296,8 @@ def write_run(out: Path, result: TrainResult, prepared: Prepared, train: TrainCo
             "normaliser": prepared.normaliser.to_dict(),
             "encoder": prepared.encoder,
             "splits": prepared.splits.to_dict(),
+            "split_times": {name: [str(data.panel.times[a]) for a in bounds]
+                            for name, bounds in prepared.splits.to_dict().items()},
             "data": {"start": str(data.panel.times[0]), "end": str(data.panel.times[-1]), "bars": data.n_bars},
             "git_commit": git_commit(),
             **(extra_meta or {}),

@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 from builders import STEP
 
-from neuralfusion.data.bars import BarFileSource, _aggregated, _one_bar_per_slot, validate_bars
+from neuralfusion.data.bars import BarFileSource, _aggregated, _grid_slots, _one_bar_per_slot, validate_bars
 from neuralfusion.data.news import article_text, read_news
 from neuralfusion.dataset import load_data_dir
 from neuralfusion.embeddings import read_embeddings
 from neuralfusion.inputs import INPUT_NAMES, grid_inputs
 from neuralfusion.manifest import PackageError, load_manifest
+from neuralfusion.specs import BarSpec
 from serving.client import predict_payload
 from serving.errors import ServingError, check_api_key
 from serving.providers import choose_device
@@ -143,13 +144,20 @@ def test_resampling_bars_already_on_the_grid_equals_the_aggregating_path():
             rows.append({"timestamp": stamp, "symbol": symbol, "open": close - 0.1, "high": close + 0.3,
                          "low": close - 0.4, "close": close, "volume": -0.0 if i == 9 else float(rng.integers(100))})
     frame = validate_bars(pd.DataFrame(rows), source="test")
-    slots = frame["timestamp"].dt.ceil(STEP)
-    fast_times, fast = _one_bar_per_slot(frame, slots, ("AAA", "BBB"), STEP)
-    times, slow = _aggregated(frame, slots, ("AAA", "BBB"), STEP)
-    assert fast_times is not None and fast_times.equals(times) and fast_times.dtype == times.dtype
+
+    def rows_and_columns(bars: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, int]:
+        slots = _grid_slots(bars, BarSpec(interval="3min"), "close", "test")
+        column = pd.Index(["AAA", "BBB"]).get_indexer(slots.frame["symbol"])
+        first = max(slots.index[column == j].min() for j in (0, 1))
+        return slots.frame, slots.index - first, column, int(slots.index.max() - first + 1)
+
+    bars, row, column, n_times = rows_and_columns(frame)
+    fast = _one_bar_per_slot(bars, row, column, n_times, 2)
+    slow = _aggregated(bars, row, column, n_times, 2)
+    assert fast is not None
     for name, values in slow.items():
         assert fast[name].tobytes() == values.tobytes(), name
     assert np.isnan(slow["close"]).any() and np.signbit(slow["volume"]).sum() == 1
     doubled = validate_bars(pd.concat([pd.DataFrame(rows[:1]).assign(timestamp=start - pd.Timedelta(seconds=30)),
                                        pd.DataFrame(rows)]), source="test")
-    assert _one_bar_per_slot(doubled, doubled["timestamp"].dt.ceil(STEP), ("AAA", "BBB"), STEP) == (None, {})
+    assert _one_bar_per_slot(*rows_and_columns(doubled), 2) is None

@@ -5,6 +5,7 @@ The runs use the default windows (L = H = 80) so the backtest's test split is th
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -20,7 +21,7 @@ from neuralfusion.backtest import walk_forward
 from neuralfusion.dataset import load_data_dir
 from neuralfusion.embeddings import write_embeddings
 from neuralfusion.features import WARMUP_BARS
-from neuralfusion.portfolio import topk_weights
+from neuralfusion.portfolio import annualised_sharpe, topk_weights
 from neuralfusion.specs import PortfolioSpec, WindowSpec
 from neuralfusion.synth import SynthConfig, generate_market, write_market
 from neuralfusion.train_config import TrainConfig
@@ -150,6 +151,25 @@ def test_oracle_bars_equal_the_backtest_bars_when_settings_match(market: Path, r
                                                                                oracle["last_return_bar"])
     assert evaluation["rebalances"] == oracle["n_rebalances"]
     assert metrics["oracle"]["same_bars"] and metrics["oracle"]["sharpe"] == oracle["sharpe"]
+
+
+def test_report_states_the_sharpes_uncertainty_and_keeps_every_return(report: Path, backtest: Backtest) -> None:
+    metrics = json.loads((report / "metrics.json").read_text())
+    returns = pd.read_csv(report / "returns.csv")
+    assert list(returns.columns) == ["bar", "close_time", *backtest.strategies]
+    assert len(returns) == metrics["evaluation"]["bars"]
+    for name, values in metrics["strategies"].items():
+        stats = metrics["statistics"][name]
+        assert stats["sharpe_ci95"] == pytest.approx([values["sharpe"] - 1.959963984540054 * stats["sharpe_se"],
+                                                      values["sharpe"] + 1.959963984540054 * stats["sharpe_se"]])
+        assert values["sharpe"] == pytest.approx(annualised_sharpe(returns[name].to_numpy(),
+                                                                   metrics["settings"]["bars_per_year"]), rel=1e-12)
+        assert 0.0 <= stats["psr_vs_zero"] <= 1.0
+        assert ("includes 0" in stats["words"]) == (stats["sharpe_ci95"][0] <= 0 <= stats["sharpe_ci95"][1])
+    assert metrics["statistics"]["equal_weight"]["psr_vs_equal_weight"] is None
+    assert metrics["evaluation"]["independent_rebalances"] == metrics["evaluation"]["bars"] // WINDOW.horizon
+    page = (report / "report.html").read_text()
+    assert html.escape(metrics["statistics"]["model"]["words"]) in page
 
 
 def test_report_html_is_self_contained(report: Path) -> None:
