@@ -31,6 +31,8 @@ CONTINUOUS = "24/7"
 DAY = pd.Timedelta("1D")
 # the continuous calendar's year: every day trades
 CONTINUOUS_DAYS_PER_YEAR = 365.0
+# the span exchange calendars are built over (holiday rules are known ahead)
+CALENDAR_START, CALENDAR_END = "1990-01-01", "2035-12-31"
 
 
 def is_continuous(calendar: str) -> bool:
@@ -106,11 +108,15 @@ def _calendar_names() -> frozenset[str]:
 
 @functools.cache
 def _exchange(calendar: str):  # -> exchange_calendars.ExchangeCalendar (imported lazily: ~0.3 s)
-    """The exchange's calendar over the library's default range (20 years back, one year ahead)."""
+    """The exchange's calendar over fixed bounds, so a grid never depends on today's date: CALENDAR_START (or the
+    library's default start where the exchange's history is shorter) to CALENDAR_END."""
     import exchange_calendars
 
     with _quiet():
-        return exchange_calendars.get_calendar(calendar)
+        try:
+            return exchange_calendars.get_calendar(calendar, start=CALENDAR_START, end=CALENDAR_END)
+        except ValueError:  # e.g. XTKS from 1997, XSHG from 1991
+            return exchange_calendars.get_calendar(calendar, end=CALENDAR_END)
 
 
 @contextmanager

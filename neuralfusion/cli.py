@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+import pandas as pd
 
 __all__ = ["data", "synth"]
 
@@ -15,12 +16,28 @@ __all__ = ["data", "synth"]
               help="Folder to write bars.parquet, news.jsonl, oracle.json, universe.json into.")
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed writes the same bytes.")
 @click.option("--assets", default=12, show_default=True, help="Number of assets in the universe.")
-@click.option("--days", default=60, show_default=True, help="Days of 3-minute bars (24/7).")
-def synth(out_dir: Path, seed: int, assets: int, days: int) -> None:
-    """Write the synthetic market: nfc synth --out data/synth --seed 0"""
+@click.option("--days", type=click.IntRange(min=1),
+              help="Calendar days the market spans.  [default: 60; 1100 for daily bars]")
+@click.option("--calendar", default="24/7", show_default=True,
+              help="'24/7' or an exchange code (XNYS, ...): bars only in that exchange's sessions, news round the "
+                   "clock, and leak items after the close that tell the next session's move.")
+@click.option("--interval", default="3min", show_default=True, help="Bar interval (1D = one bar per session).")
+def synth(out_dir: Path, seed: int, assets: int, days: int | None, calendar: str, interval: str) -> None:
+    """Write the synthetic market: nfc synth --out data/synth --seed 0
+
+    \b
+    nfc synth --out data/xnys --calendar XNYS --interval 1D
+    nfc synth --out data/xnys30 --calendar XNYS --interval 30min --days 120
+    """
     from neuralfusion.synth import SynthConfig, generate_market, write_market
 
-    market = generate_market(SynthConfig(seed=seed, n_assets=assets, days=days))
+    if days is None:
+        days = 1100 if pd.Timedelta(interval) >= pd.Timedelta("1D") else 60
+    try:
+        config = SynthConfig(seed=seed, n_assets=assets, days=days, calendar=calendar, interval=interval)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    market = generate_market(config)
     write_market(market, out_dir)
     click.echo(f"wrote {out_dir}: {len(market.bars)} bar rows, {len(market.news)} news items, "
                f"oracle Sharpe {market.oracle['sharpe']:.2f}")

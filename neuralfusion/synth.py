@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from neuralfusion.backtest import walk_forward
-from neuralfusion.calendar import grid_bars_per_year
+from neuralfusion.calendar import calendar_bars, grid_bars_per_year, is_continuous
 from neuralfusion.datafolder import json_bytes, write_bars, write_files_atomic, write_news
 from neuralfusion.errors import DataError
 from neuralfusion.features import WARMUP_BARS, simple_returns
@@ -101,7 +101,9 @@ class SynthConfig:
     n_assets: int = 12
     days: int = 60
     interval: str = "3min"
-    calendar: str = "24/7"  # the only calendar generated: bars round the clock, every day
+    # "24/7" (bars round the clock) or an exchange code (XNYS, ...): the exchange's session bars; news is
+    # published round the clock either way, so on an exchange much of it arrives after the close or on weekends
+    calendar: str = "24/7"
     start: str = "2026-01-05T00:00:00Z"  # open of bar 0; must carry a time zone
     seed: int = 0
     # common factors: per-bar vol of each; asset loadings are drawn (market beta 0.7-1.3, second factor -1..1)
@@ -125,6 +127,11 @@ class SynthConfig:
     shock_jump_bps: float = 40.0
     shock_drift_bps_per_bar: float = 3.0
     shock_bars: int = 60
+    # leak items (exchange calendars only): published between a session's close and the next open, each tells the
+    # next session bar's return (a jump of leak_jump_bps on that bar). Aligned correctly (to that next bar) the news
+    # comes with the move, too late to trade; a pipeline that puts it on an earlier bar profits from look-ahead
+    leak_news_per_day: float = 1.0
+    leak_jump_bps: float = 60.0
     # volume multiplier added by sentiment news, decaying with this time constant in bars
     news_volume_boost: float = 1.5
     news_volume_decay_bars: float = 5.0
@@ -136,8 +143,6 @@ class SynthConfig:
             raise ValueError(f"n_assets must be in 1..{len(COMPANIES)}, got {self.n_assets}")
         if self.days < 1:
             raise ValueError(f"days must be >= 1, got {self.days}")
-        if self.calendar != "24/7":
-            raise ValueError(f"only the '24/7' calendar is generated, got {self.calendar!r}")
         step = BarSpec(interval=self.interval, calendar=self.calendar).timedelta
         if _DAY % step != pd.Timedelta(0):
             raise ValueError(f"interval {self.interval!r} must divide one day evenly")
@@ -160,13 +165,13 @@ class SynthConfig:
             if not getattr(self, name) >= 1.0:
                 raise ValueError(f"{name} must be >= 1 bar, got {getattr(self, name)}")
         for name in ("asset_news_per_day", "distractor_news_per_day", "news_volume_boost", "shocks_per_day",
-                     "shock_volume_boost"):
+                     "shock_volume_boost", "leak_news_per_day"):
             if not 0.0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
         for name in ("neutral_fraction", "negation_fraction", "omit_symbols_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("impact_bps_per_bar", "shock_jump_bps", "shock_drift_bps_per_bar"):
+        for name in ("impact_bps_per_bar", "shock_jump_bps", "shock_drift_bps_per_bar", "leak_jump_bps"):
             if not 0.0 <= getattr(self, name) <= _MAX_VOL_BPS:
                 raise ValueError(f"{name} must be in [0, {_MAX_VOL_BPS}], got {getattr(self, name)}")
         for name in ("impact_bars", "shock_bars"):
@@ -184,7 +189,23 @@ class SynthConfig:
 
     @property
     def n_bars(self) -> int:
-        return int(self.days * (_DAY // self.bar_spec.timedelta))
+        if is_continuous(self.calendar):
+            return int(self.days * (_DAY // self.bar_spec.timedelta))
+        return len(self.session_closes())
+
+    def session_closes(self) -> pd.DatetimeIndex:
+        """Close times of the exchange calendar's bars in (start, start + days]."""
+        start = self.start_time
+        end = start + self.days * _DAY
+        closes = calendar_bars(self.calendar, self.bar_spec.timedelta, start, end).closes
+        return closes[(closes > start) & (closes <= end)].as_unit("ns")
+
+    def close_times(self) -> pd.DatetimeIndex:
+        """Every bar's close time: start + (i + 1) * interval round the clock, or the exchange's session bars."""
+        if is_continuous(self.calendar):
+            return pd.date_range(self.start_time + self.bar_spec.timedelta, periods=self.n_bars,
+                                 freq=self.bar_spec.timedelta).as_unit("ns")
+        return self.session_closes()
 
     @property
     def start_time(self) -> pd.Timestamp:
@@ -390,8 +411,10 @@ def _plan_news(config: SynthConfig, rng: np.random.Generator) -> _NewsPlan:
     n_asset = int(rng.poisson(config.asset_news_per_day * config.days * config.n_assets))
     n_distractor = int(rng.poisson(config.distractor_news_per_day * config.days))
     n = n_asset + n_distractor
-    span = config.days * 86_400
-    seconds = rng.integers(1, span + 1, size=n)  # (start, end of last bar], not on the bar grid
+    closes = None if is_continuous(config.calendar) else config.session_closes()
+    # (start, end of last bar], not on the bar grid
+    span = config.days * 86_400 if closes is None else int((closes[-1] - config.start_time).total_seconds())
+    seconds = rng.integers(1, span + 1, size=n)
     asset = np.concatenate([rng.integers(0, config.n_assets, size=n_asset), np.full(n_distractor, -1)])
     is_sentiment = np.concatenate([rng.random(n_asset) >= config.neutral_fraction, np.zeros(n_distractor, bool)])
     sentiment = np.where(is_sentiment, rng.choice(np.array([-1, 1]), size=n), 0)
@@ -400,8 +423,10 @@ def _plan_news(config: SynthConfig, rng: np.random.Generator) -> _NewsPlan:
     order = np.argsort(seconds, kind="stable")
     step = int(config.bar_spec.timedelta.total_seconds())
     seconds = seconds[order]
+    bar = -(-seconds // step) - 1 if closes is None else closes.searchsorted(
+        config.start_time + pd.to_timedelta(seconds, unit="s"), side="left")
     return _NewsPlan(seconds=seconds, asset=asset[order], sentiment=sentiment[order], negated=negated[order],
-                     omit_symbols=omit[order], bar=-(-seconds // step) - 1)
+                     omit_symbols=omit[order], bar=bar)
 
 
 def _news_records(plan: _NewsPlan, config: SynthConfig, universe: Universe,
@@ -544,6 +569,64 @@ class _Shocks:
                 for b, a, g in zip(self.bar, self.asset, self.sign, strict=True)]
 
 
+@dataclass(frozen=True)
+class _Leaks:
+    """Leak items: published after session a-1's close (before bar a opens), telling bar a's move."""
+
+    bar: np.ndarray
+    asset: np.ndarray
+    sign: np.ndarray
+    published: pd.DatetimeIndex
+    seed: int
+    jump_bps: float
+
+    def records(self, universe: Universe) -> list[dict[str, Any]]:
+        records = []
+        for k, (bar, asset, sign, stamp) in enumerate(zip(self.bar, self.asset, self.sign, self.published,
+                                                          strict=True)):
+            symbol = universe.symbols[int(asset)]
+            company = universe.aliases[symbol][0]
+            way = "jump" if sign > 0 else "slump"
+            records.append({
+                "id": f"syn{self.seed}-leak-{k:05d}",
+                "published_at": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "title": f"{company} shares set to {way} at the next open",
+                "body": f"After the close, people familiar with {company} said its shares will {way} when trading "
+                        "resumes.",
+                "symbols": [symbol],
+                "planted": {"leak": True, "sign": int(sign), "symbol": symbol, "jump_bps": float(self.jump_bps),
+                            "bar": int(bar), "sentiment": 0, "drift_bps_per_bar": 0.0, "bars": 0},
+            })
+        return records
+
+
+def _with_leaks(news: list[dict[str, Any]], leaks: _Leaks, universe: Universe) -> list[dict[str, Any]]:
+    """The news records with the leak items merged in by publication time (unchanged when there are none)."""
+    if not len(leaks.bar):
+        return news
+    return sorted(news + leaks.records(universe), key=lambda item: (item["published_at"], item["id"]))
+
+
+def _plan_leaks(config: SynthConfig, close_times: pd.DatetimeIndex, rng: np.random.Generator) -> _Leaks:
+    """Leak items of an exchange calendar: a bar a whose session opens after a gap (overnight, weekend), a time
+    in that gap after the previous close, an asset and a sign; none on "24/7" (no close to publish after)."""
+    empty = np.zeros(0, dtype=np.int64)
+    if is_continuous(config.calendar) or config.leak_news_per_day == 0:
+        return _Leaks(bar=empty, asset=empty, sign=empty, published=pd.DatetimeIndex([], tz="UTC"),
+                      seed=config.seed, jump_bps=config.leak_jump_bps)
+    opens = calendar_bars(config.calendar, config.bar_spec.timedelta, close_times[0], close_times[-1])
+    open_ns = opens.opens.as_unit("ns").asi8[opens.closes.as_unit("ns").get_indexer(close_times)]
+    close_ns = close_times.as_unit("ns").asi8
+    after_gap = np.flatnonzero(open_ns[1:] > close_ns[:-1]) + 1  # bars opening after a closed gap
+    count = int(rng.poisson(config.leak_news_per_day * config.days))
+    bar = np.sort(rng.choice(after_gap, size=count))
+    gap = (open_ns[bar] - close_ns[bar - 1]) / 1e9
+    offset = rng.uniform(1.0, np.maximum(gap - 1.0, 1.0)).round()
+    published = close_times[bar - 1] + pd.to_timedelta(offset, unit="s")
+    return _Leaks(bar=bar, asset=rng.integers(0, config.n_assets, size=count), sign=rng.choice(np.array([-1, 1]),
+                  size=count), published=published, seed=config.seed, jump_bps=config.leak_jump_bps)
+
+
 def _plan_shocks(config: SynthConfig, rng: np.random.Generator) -> _Shocks:
     count = int(rng.poisson(config.shocks_per_day * config.days * config.n_assets))
     bar = rng.integers(0, config.n_bars, size=count)
@@ -608,8 +691,8 @@ def generate_market(config: SynthConfig | None = None) -> SyntheticMarket:
     config = config or SynthConfig()
     universe = synthetic_universe(config.n_assets)
     # one stream per part, so adding a part never changes the draws of the others
-    news_rng, text_rng, bar_rng, shock_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(4))
+    news_rng, text_rng, bar_rng, shock_rng, leak_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(5))
     plan = _plan_news(config, news_rng)
     shocks = _plan_shocks(config, shock_rng)
     n, m = config.n_bars, config.n_assets
@@ -620,17 +703,18 @@ def generate_market(config: SynthConfig | None = None) -> SyntheticMarket:
     burst = np.zeros((n, m))
     np.add.at(burst, (news.bar, news.asset), config.news_volume_boost)
     np.add.at(burst, (shocks.bar, shocks.asset), config.shock_volume_boost)
-    arrays = _simulate_bars(config, log_drift, burst, bar_rng)
 
-    close_times = pd.date_range(config.start_time + config.bar_spec.timedelta, periods=n,
-                                freq=config.bar_spec.timedelta).as_unit("ns")
+    close_times = config.close_times()
+    leaks = _plan_leaks(config, close_times, leak_rng)
+    np.add.at(log_drift, (leaks.bar, leaks.asset), leaks.sign * config.leak_jump_bps / 1e4)
+    arrays = _simulate_bars(config, log_drift, burst, bar_rng)
     bars = pd.DataFrame({
         "timestamp": close_times.repeat(m),
         "symbol": np.tile(np.array(universe.symbols, dtype=object), n),  # symbols are alphabetical: sorted
         **{name: values.ravel() for name, values in arrays.items()},
     })
     return SyntheticMarket(config=config, universe=universe, bars=bars,
-                           news=_news_records(plan, config, universe, text_rng),
+                           news=_with_leaks(_news_records(plan, config, universe, text_rng), leaks, universe),
                            oracle=_oracle(config, universe, events, shocks, arrays["close"], close_times))
 
 
