@@ -128,10 +128,7 @@ def import_command(bars_path: Path, news_path: Path, out_dir: Path, calendar: st
     try:
         files = VendorFiles(bars=bars_path, news=news_path, bar_columns=parse_column_map(bar_columns),
                             news_columns=parse_column_map(news_columns), timezone=timezone, label=label)
-        alias_map: dict[str, tuple[str, ...]] = {}
-        for pair in aliases:  # one symbol may have several names
-            ((symbol, name),) = parse_column_map([pair]).items()
-            alias_map[symbol] = (*alias_map.get(symbol, ()), name)
+        alias_map = _alias_map(aliases)
         spec = BarSpec(interval=interval, calendar=calendar, max_missing_fraction=max_missing_fraction)
         universe = tuple(s.strip() for s in symbols.split(",") if s.strip()) if symbols else None
         report = import_data(files, spec, out_dir, symbols=universe, aliases=alias_map, force=force)
@@ -141,3 +138,90 @@ def import_command(bars_path: Path, news_path: Path, out_dir: Path, calendar: st
         for line in lines or ["nothing"]:
             click.echo(f"{heading}: {line}")
     click.echo(f"wrote {out_dir}")
+
+
+@data.command(name="export")
+@click.option("--bars", "bars_source", type=click.Choice(["clickhouse"]), required=True,
+              help="Bar store; connection from $NFC_CLICKHOUSE_URL (clickhouse://user:pw@host:9000/db).")
+@click.option("--news", "news_source", type=click.Choice(["mongo"]), required=True,
+              help="News store; $NFC_NEWS_MONGO_URI, else $NFC_MONGO_URI.")
+@click.option("--start", required=True, help="Export bars closing and news published after this time (ISO 8601).")
+@click.option("--end", required=True, help="... up to and including this time.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Data folder to write (bars.parquet, news.jsonl, universe.json).")
+@click.option("--symbols", required=True, help="Comma-separated universe, in model order.")
+@click.option("--alias", "aliases", multiple=True, metavar="SYMBOL=NAME", help="A name that means SYMBOL in news.")
+@click.option("--interval", default="3min", show_default=True, help="Bar interval of the grid.")
+@click.option("--calendar", default="24/7", show_default=True, help="'24/7' or an exchange code (XNYS, ...).")
+@click.option("--clickhouse-table", default="market.candles", show_default=True, envvar="NFC_CLICKHOUSE_TABLE")
+@click.option("--clickhouse-columns", default="", envvar="NFC_CLICKHOUSE_COLUMNS",
+              help="Column mapping as for nfc predict, e.g. 'timestamp=candle_time'. Default: the seed's names.")
+@click.option("--clickhouse-label", type=click.Choice(["open", "close"]), default="open", show_default=True,
+              envvar="NFC_CLICKHOUSE_LABEL", help="Whether a row's time is its candle's open or close time.")
+@click.option("--clickhouse-candle", default="1min", show_default=True, envvar="NFC_CLICKHOUSE_CANDLE",
+              help="Length of one table row's candle.")
+@click.option("--news-db", default="news", show_default=True, envvar="NFC_NEWS_DB")
+@click.option("--news-collection", default="news", show_default=True, envvar="NFC_NEWS_COLLECTION")
+@click.option("--news-fields", default="", envvar="NFC_NEWS_FIELDS",
+              help="Field mapping as for nfc predict, e.g. 'published_at=releasedAt'. Default: the seed's names.")
+@click.option("--force", is_flag=True, help="Replace an existing --out folder (only once the new one is whole).")
+def export_command(bars_source: str, news_source: str, start: str, end: str, out_dir: Path, symbols: str,
+                   aliases: tuple[str, ...], interval: str, calendar: str, clickhouse_table: str,
+                   clickhouse_columns: str, clickhouse_label: str, clickhouse_candle: str, news_db: str,
+                   news_collection: str, news_fields: str, force: bool) -> None:
+    """The live stores' history as a training data folder, read as `nfc predict` reads them:
+
+    \b
+    NFC_CLICKHOUSE_URL=clickhouse://... NFC_MONGO_URI=mongodb://... nfc data export --bars clickhouse \\
+        --news mongo --symbols BTC,ETH,SOL --start 2026-01-01T00:00Z --end 2026-03-01T00:00Z --out data/live
+    """
+    import os
+
+    import pymongo
+
+    from neuralfusion.data.clickhouse import BarColumnMap, ClickHouseBarSource, field_map_from_text
+    from neuralfusion.data.live_export import export_data
+    from neuralfusion.data.news import MongoNewsSource, NewsFieldMap
+    from neuralfusion.errors import DataError
+    from neuralfusion.specs import BarSpec, Universe
+
+    del bars_source, news_source  # one choice each for now; the options name the store as `nfc predict` does
+    clickhouse_url = os.environ.get("NFC_CLICKHOUSE_URL")
+    mongo_uri = os.environ.get("NFC_NEWS_MONGO_URI") or os.environ.get("NFC_MONGO_URI")
+    if not clickhouse_url or not mongo_uri:
+        raise click.ClickException("set NFC_CLICKHOUSE_URL and NFC_NEWS_MONGO_URI (or NFC_MONGO_URI)")
+    try:
+        first, last = (_utc_time(value, name) for value, name in ((start, "--start"), (end, "--end")))
+        universe = Universe(symbols=tuple(s.strip() for s in symbols.split(",") if s.strip()),
+                        aliases=_alias_map(aliases))
+        spec = BarSpec(interval=interval, calendar=calendar)
+        with ClickHouseBarSource.from_url(clickhouse_url, table=clickhouse_table,
+                                          columns=BarColumnMap.parse(clickhouse_columns), label=clickhouse_label,
+                                          candle=pd.Timedelta(clickhouse_candle)) as bars, \
+                pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000, tz_aware=True) as client:
+            news = MongoNewsSource(client[news_db][news_collection], field_map_from_text(NewsFieldMap, news_fields))
+            report = export_data(bars, news, universe, spec, first, last, out_dir, force=force)
+    except (DataError, ValueError, FileExistsError) as err:
+        raise click.ClickException(str(err)) from None
+    grid, news_stats = report["grid"], report["news"]
+    click.echo(f"wrote {out_dir}: {grid['bars']} bars of {grid['interval']} x {grid['assets']} assets "
+               f"({grid['stale_fraction']:.2%} stale), {news_stats['items']} news items "
+               f"({news_stats['on_grid']} on the grid)")
+
+
+def _utc_time(value: str, option: str) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    if stamp.tzinfo is None:
+        raise ValueError(f"{option} {value!r} has no time zone; write it like 2026-03-05T12:00:00Z")
+    return stamp.tz_convert("UTC")
+
+
+def _alias_map(pairs: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """SYMBOL=NAME pairs as the universe's aliases; one symbol may have several names."""
+    from neuralfusion.data.columns import parse_column_map
+
+    aliases: dict[str, tuple[str, ...]] = {}
+    for pair in pairs:
+        ((symbol, name),) = parse_column_map([pair]).items()
+        aliases[symbol] = (*aliases.get(symbol, ()), name)
+    return aliases
