@@ -110,3 +110,13 @@ def test_a_wall_time_that_occurs_twice_is_refused_with_its_row():
         to_utc(values, column="published_at", source="news.csv", timezone="America/New_York")
     assert to_utc(values[:1], column="t", source="s", timezone="America/New_York").iat[0] == pd.Timestamp(
         "2024-11-03 04:30", tz="UTC")
+
+
+def test_csv_news_reads_ticker_lists_and_blank_cells(tmp_path):
+    from neuralfusion.data.news import read_news
+
+    path = tmp_path / "news.csv"
+    pd.DataFrame({"Id": ["a", "b", "c"], "Published": ["2024-01-02T15:00:00Z"] * 3, "Headline": ["x", "y", "z"],
+                  "Tickers": ["ON;AAPL", "", '["MSFT"]']}).to_csv(path, index=False)
+    news = read_news(path, columns={"Published": "published_at", "Headline": "title", "Tickers": "symbols"})
+    assert list(news["symbols"]) == [["ON", "AAPL"], None, ["MSFT"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from neuralfusion.errors import DataError
@@ -73,3 +74,29 @@ def test_features_are_nan_only_during_warm_up():
     assert np.isnan(features[:WARMUP_BARS]).all() and np.isfinite(features[WARMUP_BARS:]).all()
     returns = simple_returns(panel.close)
     np.testing.assert_allclose(returns[5], panel.close[5] / panel.close[4] - 1)
+
+
+def test_a_date_split_starts_validation_and_test_at_the_first_anchor_closing_on_those_dates():
+    from builders import session_times
+
+    times = session_times("XNYS", "1D", "2024-01-01", "2025-12-31")
+    spec = WindowSpec(lookback=20, horizon=5, val_start="2025-01-01", test_start="2025-07-01")
+    anchors = usable_anchors(len(times), 80, spec)
+    splits = chronological_split(anchors, spec, times)
+    first_val = int(np.searchsorted(times, pd.Timestamp("2025-01-01", tz="UTC")))
+    first_test = int(np.searchsorted(times, pd.Timestamp("2025-07-01", tz="UTC")))
+    assert splits.train[-1] == first_val - 1 and times[splits.train[-1]] < pd.Timestamp("2025-01-01", tz="UTC")
+    assert splits.val[0] == first_val + spec.embargo and splits.val[-1] == first_test - 1
+    assert splits.test[0] == first_test + spec.embargo
+    assert str(times[splits.test[0]].date()) == "2025-07-09"  # 1 July + 5 trading bars of embargo (4 July shut)
+
+
+def test_a_date_split_needs_both_dates_in_order_and_room_for_every_split():
+    times = pd.date_range("2026-01-05 00:03", periods=400, freq="3min", tz="UTC")
+    with pytest.raises(ValueError, match="needs both val_start and test_start"):
+        WindowSpec(val_start="2026-01-05")
+    with pytest.raises(ValueError, match="must come before"):
+        WindowSpec(val_start="2026-01-06", test_start="2026-01-05")
+    late = WindowSpec(lookback=10, horizon=5, val_start="2026-01-05T19:00Z", test_start="2026-01-06")
+    with pytest.raises(DataError, match=r"date split 2026-01-05T19:00Z / 2026-01-06 .* \(train \d+, val \d+, test 0\)"):
+        chronological_split(usable_anchors(len(times), 80, late), late, times)

@@ -172,6 +172,18 @@ def test_report_states_the_sharpes_uncertainty_and_keeps_every_return(report: Pa
     assert html.escape(metrics["statistics"]["model"]["words"]) in page
 
 
+def test_split_dates_choose_the_test_bars(market: Path, tmp_path: Path) -> None:
+    result = invoke(market, tmp_path / "report", "--split", "2026-01-07T00:00Z,2026-01-08T00:00Z")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["settings"]["split_dates"] == ["2026-01-07T00:00Z", "2026-01-08T00:00Z"]
+    times = load_data_dir(market / "data").panel.times
+    first = int(np.searchsorted(times, pd.Timestamp("2026-01-08", tz="UTC"))) + WINDOW.horizon  # the embargo
+    assert metrics["settings"]["test_split"][0] == first
+    result = invoke(market, tmp_path / "bad", "--split", "2026-01-08")
+    assert result.exit_code != 0 and "VAL_START,TEST_START" in result.output
+
+
 def test_report_html_is_self_contained(report: Path) -> None:
     page = (report / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == len(PLOTS)
