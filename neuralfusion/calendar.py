@@ -64,7 +64,7 @@ class CalendarBars:
 
 def calendar_bars(calendar: str, interval: pd.Timedelta, first: pd.Timestamp, last: pd.Timestamp) -> CalendarBars:
     """Every bar of an exchange calendar whose session falls between the dates of `first` and `last` (UTC),
-    with one spare session on each side, so a time just outside still finds the bar it belongs to."""
+    with a week's margin on each side, so a time just outside still finds the bar it belongs to."""
     exchange = _exchange(calendar)
     start = max(exchange.first_session, (pd.Timestamp(first).tz_convert("UTC") - 7 * DAY).tz_localize(None).normalize())
     end = min(exchange.last_session, (pd.Timestamp(last).tz_convert("UTC") + 10 * DAY).tz_localize(None).normalize())
