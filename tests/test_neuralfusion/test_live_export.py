@@ -11,6 +11,7 @@ from builders import nfc
 
 from neuralfusion.data.news import read_news
 from neuralfusion.dataset import load_data_dir
+from neuralfusion.redact import encode_userinfo
 from neuralfusion.synth import SynthConfig, generate_market, write_market
 
 NEWS_DB = "export_test"
@@ -25,7 +26,7 @@ def stores(clickhouse_server, mongo_uri, tmp_path_factory):
     folder = tmp_path_factory.mktemp("export") / "data"
     write_market(generate_market(SynthConfig(n_assets=4, days=3, seed=11)), folder)
     bars, news = pd.read_parquet(folder / "bars.parquet"), read_news(folder / "news.jsonl")
-    client = Client.from_url(clickhouse_server.url)
+    client = Client.from_url(encode_userinfo(clickhouse_server.url))
     client.execute("CREATE DATABASE IF NOT EXISTS market")
     client.execute("DROP TABLE IF EXISTS market.export_candles")
     client.execute("CREATE TABLE market.export_candles (symbol String, candle_time DateTime('UTC'), open Float64, "
