@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from machine import machine, machine_line, markdown_table
 
-from neuralfusion.backtest import offset_rebalance_anchors, walk_forward
+from neuralfusion.backtest import equal_weights, offset_rebalance_anchors, walk_forward
 from neuralfusion.dataset import load_data_dir
-from training.backtest import equal_weights, prepare_run, run_weights
+from training.backtest import prepare_run, run_weights
 from training.runs import load_run
 
 

@@ -17,21 +17,33 @@ tokenizer); --allow-skip lets checks that cannot run pass as "skipped".
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
 from export.onnx_export import ExportError
 from export.package import build_package
 from export.validate import validate_package
-from neuralfusion.manifest import PackageError, load_manifest
-from neuralfusion.signing import SignatureError, generate_keypair
+from neuralfusion.cli_common import cli_errors, echo_json, json_option, json_result, log_level_option, needs_extra
+from neuralfusion.manifest import load_manifest
+from neuralfusion.signing import generate_keypair
 
 __all__ = ["export_command", "keygen_command", "validate_command"]
 
 logger = logging.getLogger(__name__)
 
 _existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _exported_lines(result: dict[str, Any]) -> Iterator[str]:
+    worst = max(result["parity"], key=lambda r: r["max_abs"] / r["bound"])
+    yield (f"wrote {result['out']}: version {result['version']}, {len(result['parity'])} parity checks passed "
+           f"(closest to its bound: {worst['graph']} {worst['check']}, max abs {worst['max_abs']:.2e} "
+           f"<= {worst['bound']:.1e})")
+    if result["registered"] is not None:
+        yield f"registered {result['registered']} in the BentoML model store"
 
 
 @click.command("export")
@@ -46,8 +58,11 @@ _existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
               "did not promote (labelled promoted=false: never neuralfusion:latest).")
 @click.option("--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Ed25519 private key PEM (`nfc keygen`): sign the manifest into manifest.sig.")
+@log_level_option
+@json_result(_exported_lines)
+@cli_errors(also=(ExportError,))
 def export_command(run_dir: Path, out: Path, encoder_path: str | None, version: str | None,
-                   external_data: bool, no_bentoml: bool, force: bool, sign_key: Path | None) -> None:
+                   external_data: bool, no_bentoml: bool, force: bool, sign_key: Path | None) -> dict[str, Any]:
     """Export the encoder and the fusion model of RUN to ONNX, with parity, into the package OUT.
 
     \b
@@ -55,44 +70,39 @@ def export_command(run_dir: Path, out: Path, encoder_path: str | None, version: 
     nfc export --model RUN --out PKG --encoder ENCODER_DIR --version v2 --no-bentoml
     nfc export --model RUN --out PKG --sign-key keys/nfc-signing.pem
     """
-    try:
-        build_package(run_dir, out, encoder_path=encoder_path, version=version, external_data=external_data or None,
-                      force=force, progress=True, allow_unpromoted=force, sign_key=sign_key)
-    except (ExportError, ValueError, FileNotFoundError, FileExistsError) as err:  # fingerprint, promotion, key
-        raise click.ClickException(str(err)) from None
+    build_package(run_dir, out, encoder_path=encoder_path, version=version, external_data=external_data or None,
+                  force=force, progress=True, allow_unpromoted=force, sign_key=sign_key)
     manifest = load_manifest(out)
-    worst = max(manifest.data["parity"], key=lambda r: r["max_abs"] / r["bound"])
-    click.echo(f"wrote {out}: version {manifest.version}, {len(manifest.data['parity'])} parity checks passed "
-               f"(closest to its bound: {worst['graph']} {worst['check']}, max abs {worst['max_abs']:.2e} "
-               f"<= {worst['bound']:.1e})")
+    result = {"out": str(out), "version": manifest.version, "parity": manifest.data["parity"], "registered": None}
     if no_bentoml:
-        return
-    try:
+        return result
+    with needs_extra("serve", "the BentoML model store (or pass --no-bentoml)"):
         from export.bento import import_package
 
-        tag = import_package(out)
-    except ModuleNotFoundError as err:
-        raise click.ClickException(f"the BentoML model store needs the 'serve' extra (missing {err.name!r}): "
-                                   "pip install 'neuralfusioncore[serve]', or pass --no-bentoml") from None
-    except PackageError as err:
-        raise click.ClickException(str(err)) from None
-    click.echo(f"registered {tag} in the BentoML model store")
+        result["registered"] = str(import_package(out))
+    return result
+
+
+def _keys_lines(result: dict[str, Any]) -> Iterator[str]:
+    yield (f"wrote {result['private_key']} (private, keep it secret) and {result['public_key']} (public): "
+           f"key id {result['key_id']}")
 
 
 @click.command("keygen")
 @click.option("--out", "private_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Private key PEM to write (mode 0600); the public key goes to OUT.pub.")
-def keygen_command(private_path: Path) -> None:
+@log_level_option
+@json_result(_keys_lines)
+@cli_errors
+def keygen_command(private_path: Path) -> dict[str, Any]:
     """Create an Ed25519 key pair for signing packages: `nfc export --sign-key OUT`, NFC_PACKAGE_PUBLIC_KEY=OUT.pub.
 
     \b
     nfc keygen --out keys/nfc-signing.pem
     """
-    try:
-        kid = generate_keypair(private_path, private_path.with_name(private_path.name + ".pub"))
-    except (SignatureError, OSError) as err:
-        raise click.ClickException(str(err)) from None
-    click.echo(f"wrote {private_path} (private, keep it secret) and {private_path}.pub (public): key id {kid}")
+    public_path = private_path.with_name(private_path.name + ".pub")
+    kid = generate_keypair(private_path, public_path)
+    return {"private_key": str(private_path), "public_key": str(public_path), "key_id": kid}
 
 
 @click.command("validate")
@@ -108,9 +118,12 @@ def keygen_command(private_path: Path) -> None:
               help="Ed25519 public key (PEM file or text) the manifest must be signed by.", show_envvar=True)
 @click.option("--allow-skip", is_flag=True,
               help="Pass even when a check cannot run (no real data, ...); the report lists what was skipped.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
+@log_level_option
+@cli_errors(also=(ExportError,))
 def validate_command(package: Path, run_dir: Path | None, data_dir: Path | None, embeddings: Path | None,
-                     encoder_path: str | None, public_key: str | None, allow_skip: bool, as_json: bool) -> None:
+                     encoder_path: str | None, public_key: str | None, allow_skip: bool,
+                     as_json: bool) -> dict[str, Any]:
     """Check PACKAGE offline: hashes, ONNX checker, parity vs PyTorch, batch invariance; exit 0 only if all hold.
 
     \b
@@ -120,6 +133,10 @@ def validate_command(package: Path, run_dir: Path | None, data_dir: Path | None,
     report = validate_package(package, run_dir=run_dir, data_dir=data_dir, encoder_path=encoder_path,
                               embeddings=embeddings, progress=not as_json, public_key=public_key,
                               allow_skip=allow_skip)
-    click.echo(report.to_json() if as_json else report.table())
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(report.table())
     if not report.passed:
         raise SystemExit(1)
+    return report.to_dict()

@@ -53,13 +53,15 @@ from export.parity import (
     package_parity,
     variant_session,
 )
+from neuralfusion.artifacts import git_commit
 from neuralfusion.dataset import load_data_dir
 from neuralfusion.embeddings import read_embeddings
 from neuralfusion.manifest import FORMAT, GRAPHS, MANIFEST_FILE, check_version, write_manifest
 from neuralfusion.signing import load_private_key, sign_manifest
+from neuralfusion.staging import staged_folder
 from training.encoder import NfcEncoder
 from training.model import CgaModel
-from training.runs import Run, git_commit, load_run, promotion, staged_folder
+from training.runs import Run, load_run, promotion
 
 __all__ = [
     "EncoderSettings",

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import pandas as pd
 
+from neuralfusion.cli_common import cli_errors, json_result, log_level_option
+
 __all__ = ["data", "synth"]
+
+
+def _written_lines(result: dict[str, Any]) -> Iterator[str]:
+    yield (f"wrote {result['out']}: {result['bar_rows']} bar rows, {result['news_items']} news items, "
+           f"oracle Sharpe {result['oracle_sharpe']:.2f}")
 
 
 @click.command()
@@ -22,7 +31,10 @@ __all__ = ["data", "synth"]
               help="'24/7' or an exchange code (XNYS, ...): bars only in that exchange's sessions, news round the "
                    "clock, and leak items after the close that tell the next session's move.")
 @click.option("--interval", default="3min", show_default=True, help="Bar interval (1D = one bar per session).")
-def synth(out_dir: Path, seed: int, assets: int, days: int | None, calendar: str, interval: str) -> None:
+@log_level_option
+@json_result(_written_lines)
+@cli_errors
+def synth(out_dir: Path, seed: int, assets: int, days: int | None, calendar: str, interval: str) -> dict[str, Any]:
     """Write the synthetic market: nfc synth --out data/synth --seed 0
 
     \b
@@ -33,58 +45,67 @@ def synth(out_dir: Path, seed: int, assets: int, days: int | None, calendar: str
 
     if days is None:
         days = 1100 if pd.Timedelta(interval) >= pd.Timedelta("1D") else 60
-    try:
-        config = SynthConfig(seed=seed, n_assets=assets, days=days, calendar=calendar, interval=interval)
-    except ValueError as err:
-        raise click.ClickException(str(err)) from None
+    config = SynthConfig(seed=seed, n_assets=assets, days=days, calendar=calendar, interval=interval)
     market = generate_market(config)
     write_market(market, out_dir)
-    click.echo(f"wrote {out_dir}: {len(market.bars)} bar rows, {len(market.news)} news items, "
-               f"oracle Sharpe {market.oracle['sharpe']:.2f}")
+    return {"out": str(out_dir), "seed": seed, "assets": assets, "days": days, "calendar": calendar,
+            "interval": interval, "bar_rows": len(market.bars), "news_items": len(market.news),
+            "oracle_sharpe": market.oracle["sharpe"]}
 
 
 @click.group()
+@log_level_option
 def data() -> None:
     """Inspect a data folder (bars + news)."""
 
 
+def _summary_lines(report: dict[str, Any]) -> Iterator[str]:
+    grid, news = report["grid"], report["news"]
+    yield (f"grid: {grid['bars']} bars of {grid['interval']} ({grid['calendar']}, "
+           f"{grid['bars_per_year']:,.1f} bars a year), {grid['start']} .. {grid['end']}, {grid['assets']} assets, "
+           f"{grid['stale_fraction']:.2%} stale")
+    if grid["widened_bars"] or grid["bars_outside_sessions"]:
+        yield (f"repairs: {grid['widened_bars']} bars with high/low widened by a rounding error; "
+               f"{grid['bars_outside_sessions']} bars outside the sessions dropped")
+    yield (f"news: {news['items']} items, {news['on_grid']} on the grid "
+           f"({news['before_grid']} before, {news['after_grid']} after), "
+           f"{news['matched_by_alias']} matched by alias, {news['naming_no_asset']} naming no asset, "
+           f"{news['bars_with_news']} bars with news")
+    for symbol, count in news["bare_word_refused"].items():
+        yield (f"news: {count} items name {symbol} only as the common word {symbol!r}: not counted "
+               f"(${symbol} and aliases are)")
+    header = f"{'symbol':<8}{'stale':>8}{'stale%':>8}{'max gap':>9}{'news':>7}{'first':>12}{'last':>12}"
+    yield header
+    for row in report["assets"]:
+        yield (f"{row['symbol']:<8}{row['stale_bars']:>8}{row['stale_fraction']:>8.2%}"
+               f"{row['longest_gap_bars']:>9}{row['news_items']:>7}"
+               f"{row['first_close']:>12.4f}{row['last_close']:>12.4f}")
+
+
 @data.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def summary(directory: Path, as_json: bool) -> None:
+@log_level_option
+@json_result(_summary_lines)
+@cli_errors
+def summary(directory: Path) -> dict[str, Any]:
     """Counts, coverage and gaps per asset: nfc data summary data/synth"""
     from neuralfusion.dataset import load_data_dir
-    from neuralfusion.errors import DataError
     from neuralfusion.summary import summarise
 
-    try:
-        report = summarise(load_data_dir(directory))
-    except DataError as err:
-        raise click.ClickException(str(err)) from None
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    grid, news = report["grid"], report["news"]
-    click.echo(f"grid: {grid['bars']} bars of {grid['interval']} ({grid['calendar']}, "
-               f"{grid['bars_per_year']:,.1f} bars a year), {grid['start']} .. {grid['end']}, {grid['assets']} assets, "
-               f"{grid['stale_fraction']:.2%} stale")
-    if grid["widened_bars"] or grid["bars_outside_sessions"]:
-        click.echo(f"repairs: {grid['widened_bars']} bars with high/low widened by a rounding error; "
-                   f"{grid['bars_outside_sessions']} bars outside the sessions dropped")
-    click.echo(f"news: {news['items']} items, {news['on_grid']} on the grid "
-               f"({news['before_grid']} before, {news['after_grid']} after), "
-               f"{news['matched_by_alias']} matched by alias, {news['naming_no_asset']} naming no asset, "
-               f"{news['bars_with_news']} bars with news")
-    for symbol, count in news["bare_word_refused"].items():
-        click.echo(f"news: {count} items name {symbol} only as the common word {symbol!r}: not counted "
-                   f"(${symbol} and aliases are)")
-    header = f"{'symbol':<8}{'stale':>8}{'stale%':>8}{'max gap':>9}{'news':>7}{'first':>12}{'last':>12}"
-    click.echo(header)
-    for row in report["assets"]:
-        click.echo(f"{row['symbol']:<8}{row['stale_bars']:>8}{row['stale_fraction']:>8.2%}"
-                   f"{row['longest_gap_bars']:>9}{row['news_items']:>7}"
-                   f"{row['first_close']:>12.4f}{row['last_close']:>12.4f}")
+    return summarise(load_data_dir(directory))
 
+
+def _imported_lines(result: dict[str, Any]) -> Iterator[str]:
+    for heading in ("repaired", "dropped", "kept"):
+        for line in result[heading] or ["nothing"]:
+            yield f"{heading}: {line}"
+    yield f"wrote {result['out']}"
+
+
+def _exported_lines(result: dict[str, Any]) -> Iterator[str]:
+    grid, news = result["grid"], result["news"]
+    yield (f"wrote {result['out']}: {grid['bars']} bars of {grid['interval']} x {grid['assets']} assets "
+           f"({grid['stale_fraction']:.2%} stale), {news['items']} news items ({news['on_grid']} on the grid)")
 
 
 @data.command(name="import")
@@ -110,10 +131,13 @@ def summary(directory: Path, as_json: bool) -> None:
 @click.option("--max-missing-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.05,
               show_default=True, help="Share of an asset's bars that may be missing before it is refused.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder (only once the new one is whole).")
+@log_level_option
+@json_result(_imported_lines)
+@cli_errors
 def import_command(bars_path: Path, news_path: Path, out_dir: Path, calendar: str, interval: str,
                    timezone: str | None, bar_columns: tuple[str, ...], news_columns: tuple[str, ...],
                    symbols: str | None, aliases: tuple[str, ...], label: str, max_missing_fraction: float,
-                   force: bool) -> None:
+                   force: bool) -> dict[str, Any]:
     """A vendor's files -> a clean data folder, saying what was repaired and dropped:
 
     \b
@@ -122,22 +146,15 @@ def import_command(bars_path: Path, news_path: Path, out_dir: Path, calendar: st
     """
     from neuralfusion.data.columns import parse_column_map
     from neuralfusion.data.vendor import VendorFiles, import_data
-    from neuralfusion.errors import DataError
     from neuralfusion.specs import BarSpec
 
-    try:
-        files = VendorFiles(bars=bars_path, news=news_path, bar_columns=parse_column_map(bar_columns),
-                            news_columns=parse_column_map(news_columns), timezone=timezone, label=label)
-        alias_map = _alias_map(aliases)
-        spec = BarSpec(interval=interval, calendar=calendar, max_missing_fraction=max_missing_fraction)
-        universe = tuple(s.strip() for s in symbols.split(",") if s.strip()) if symbols else None
-        report = import_data(files, spec, out_dir, symbols=universe, aliases=alias_map, force=force)
-    except (DataError, ValueError, FileExistsError) as err:
-        raise click.ClickException(str(err)) from None
-    for heading, lines in (("repaired", report.repaired), ("dropped", report.dropped), ("kept", report.kept)):
-        for line in lines or ["nothing"]:
-            click.echo(f"{heading}: {line}")
-    click.echo(f"wrote {out_dir}")
+    files = VendorFiles(bars=bars_path, news=news_path, bar_columns=parse_column_map(bar_columns),
+                        news_columns=parse_column_map(news_columns), timezone=timezone, label=label)
+    alias_map = _alias_map(aliases)
+    spec = BarSpec(interval=interval, calendar=calendar, max_missing_fraction=max_missing_fraction)
+    universe = tuple(s.strip() for s in symbols.split(",") if s.strip()) if symbols else None
+    report = import_data(files, spec, out_dir, symbols=universe, aliases=alias_map, force=force)
+    return {"out": str(out_dir), **dataclasses.asdict(report)}
 
 
 @data.command(name="export")
@@ -165,10 +182,13 @@ def import_command(bars_path: Path, news_path: Path, out_dir: Path, calendar: st
 @click.option("--news-fields", default="", envvar="NFC_NEWS_FIELDS",
               help="Field mapping as for nfc predict, e.g. 'published_at=releasedAt'. Default: the seed's names.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder (only once the new one is whole).")
+@log_level_option
+@json_result(_exported_lines)
+@cli_errors
 def export_command(bars_source: str, news_source: str, start: str, end: str, out_dir: Path, symbols: str,
                    aliases: tuple[str, ...], interval: str, calendar: str, clickhouse_table: str,
                    clickhouse_columns: str, clickhouse_label: str, clickhouse_candle: str, news_db: str,
-                   news_collection: str, news_fields: str, force: bool) -> None:
+                   news_collection: str, news_fields: str, force: bool) -> dict[str, Any]:
     """The live stores' history as a training data folder, read as `nfc predict` reads them:
 
     \b
@@ -182,7 +202,6 @@ def export_command(bars_source: str, news_source: str, start: str, end: str, out
     from neuralfusion.data.clickhouse import BarColumnMap, ClickHouseBarSource, field_map_from_text
     from neuralfusion.data.live_export import export_data
     from neuralfusion.data.news import MongoNewsSource, NewsFieldMap
-    from neuralfusion.errors import DataError
     from neuralfusion.specs import BarSpec, Universe
 
     del bars_source, news_source  # one choice each for now; the options name the store as `nfc predict` does
@@ -190,23 +209,17 @@ def export_command(bars_source: str, news_source: str, start: str, end: str, out
     mongo_uri = os.environ.get("NFC_NEWS_MONGO_URI") or os.environ.get("NFC_MONGO_URI")
     if not clickhouse_url or not mongo_uri:
         raise click.ClickException("set NFC_CLICKHOUSE_URL and NFC_NEWS_MONGO_URI (or NFC_MONGO_URI)")
-    try:
-        first, last = (_utc_time(value, name) for value, name in ((start, "--start"), (end, "--end")))
-        universe = Universe(symbols=tuple(s.strip() for s in symbols.split(",") if s.strip()),
+    first, last = (_utc_time(value, name) for value, name in ((start, "--start"), (end, "--end")))
+    universe = Universe(symbols=tuple(s.strip() for s in symbols.split(",") if s.strip()),
                         aliases=_alias_map(aliases))
-        spec = BarSpec(interval=interval, calendar=calendar)
-        with ClickHouseBarSource.from_url(clickhouse_url, table=clickhouse_table,
-                                          columns=BarColumnMap.parse(clickhouse_columns), label=clickhouse_label,
-                                          candle=pd.Timedelta(clickhouse_candle)) as bars, \
-                pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000, tz_aware=True) as client:
-            news = MongoNewsSource(client[news_db][news_collection], field_map_from_text(NewsFieldMap, news_fields))
-            report = export_data(bars, news, universe, spec, first, last, out_dir, force=force)
-    except (DataError, ValueError, FileExistsError) as err:
-        raise click.ClickException(str(err)) from None
-    grid, news_stats = report["grid"], report["news"]
-    click.echo(f"wrote {out_dir}: {grid['bars']} bars of {grid['interval']} x {grid['assets']} assets "
-               f"({grid['stale_fraction']:.2%} stale), {news_stats['items']} news items "
-               f"({news_stats['on_grid']} on the grid)")
+    spec = BarSpec(interval=interval, calendar=calendar)
+    with ClickHouseBarSource.from_url(clickhouse_url, table=clickhouse_table,
+                                      columns=BarColumnMap.parse(clickhouse_columns), label=clickhouse_label,
+                                      candle=pd.Timedelta(clickhouse_candle)) as bars, \
+            pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000, tz_aware=True) as client:
+        news = MongoNewsSource(client[news_db][news_collection], field_map_from_text(NewsFieldMap, news_fields))
+        report = export_data(bars, news, universe, spec, first, last, out_dir, force=force)
+    return {"out": str(out_dir), **report}
 
 
 def _utc_time(value: str, option: str) -> pd.Timestamp:

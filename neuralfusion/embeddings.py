@@ -12,7 +12,8 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ __all__ = [
     "ParquetEmbeddingCache",
     "bar_embeddings",
     "embed_cached",
+    "open_caches",
     "read_embeddings",
     "text_sha256",
     "write_embeddings",
@@ -206,6 +208,25 @@ class MongoEmbeddingCache:
             result = self.collection.bulk_write(ops[start:start + self.chunk], ordered=False)
             inserted += result.upserted_count
         return inserted
+
+
+@contextmanager
+def open_caches(cache_path: Path, mongo_uri: str | None = None, mongo_db: str = "neuralfusion",
+                mongo_collection: str = "news_embeddings") -> Iterator[list[EmbeddingCache]]:
+    """The parquet cache, then the MongoDB one when a URI is given (its client closed on exit)."""
+    caches: list[EmbeddingCache] = [ParquetEmbeddingCache(cache_path)]
+    with ExitStack() as stack:
+        if mongo_uri:
+            from pymongo import MongoClient
+            from pymongo.errors import PyMongoError
+
+            try:
+                client = stack.enter_context(MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000))
+                caches.append(MongoEmbeddingCache(client[mongo_db][mongo_collection]))
+            except PyMongoError as err:  # the URI may hold credentials: never echo it
+                raise ConnectionError(f"MongoDB embedding cache {mongo_db}.{mongo_collection}: {err}") from None
+            logger.info("mongodb cache: %s.%s", mongo_db, mongo_collection)
+        yield caches
 
 
 @dataclass(frozen=True)

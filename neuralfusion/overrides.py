@@ -1,4 +1,4 @@
-"""`--config FILE.json` and `--set key=value` applied to any settings dataclass (TrainConfig, CgaConfig,
+"""`--config FILE.json|.toml` and `--set key=value` applied to any settings dataclass (TrainConfig, CgaConfig,
 the encoder's configs), one parser for every command.
 
 Unknown keys and values that do not parse as the field's type are errors that list what is allowed
@@ -12,17 +12,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+from neuralfusion.config_file import read_config_file
+
 __all__ = ["apply_overrides"]
 
 
-def apply_overrides(base: Any, pairs: list[str] | tuple[str, ...], json_path: Path | None = None) -> Any:
-    """A copy of dataclass `base` updated from a JSON file and then from `key=value` strings.
+def apply_overrides(base: Any, pairs: list[str] | tuple[str, ...], config_path: Path | None = None) -> Any:
+    """A copy of dataclass `base` updated from a config file (JSON or TOML, `read_config_file`) and then from
+    `key=value` strings.
 
     Values are parsed as JSON (so `lr=1e-3`, `periods=[40,16]`, `fusion="concat"` or `fusion=concat`
     work) and must match the field's current type; unknown keys are refused, listing the known ones.
     """
     fields = {f.name: f for f in dataclasses.fields(base)}
-    updates: dict[str, Any] = json.loads(Path(json_path).read_text()) if json_path else {}
+    updates: dict[str, Any] = read_config_file(config_path) if config_path else {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep:

@@ -8,11 +8,11 @@ one line naming the install command.
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 
 import click
 
+from neuralfusion.cli_common import log_level_option, needs_extra, package_version
 from neuralfusion.redact import install_log_redaction
 
 # torch's OpenMP threads spin-wait by default; on a busy 2-core machine that stalled training steps for
@@ -21,23 +21,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = ["main"]
 
-# a missing module of one of these is a bug of ours, not a missing extra
-OWN_PACKAGES = ("neuralfusion", "training", "export", "serving", "nfc")
-
 # name -> (module:attribute, extra that provides its imports, one-line help shown by `nfc --help`)
 LAZY_COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "synth": ("neuralfusion.cli:synth", None, "Write the synthetic market (bars, news, oracle)."),
     "data": ("neuralfusion.cli:data", None, "Inspect a data folder."),
-    "embed": ("training.cli_encoder:embed", "train", "Embed news articles (cached)."),
-    "encoder": ("training.cli_encoder:encoder", "train", "Build or fine-tune the news encoder."),
-    "train": ("training.cli_train:train", "train", "Train the CGA model on a data folder."),
-    "finetune": ("training.cli_train:finetune", "train", "Continue training; keep the incumbent unless beaten."),
-    "backtest": ("training.cli_backtest:backtest", "train", "Walk-forward test with costs, baselines, ablations."),
+    "embed": ("training.cli:embed", "train", "Embed news articles (cached)."),
+    "encoder": ("training.cli:encoder", "train", "Build or fine-tune the news encoder."),
+    "train": ("training.cli:train", "train", "Train the CGA model on a data folder."),
+    "finetune": ("training.cli:finetune", "train", "Continue training; keep the incumbent unless beaten."),
+    "backtest": ("nfc.backtest:backtest", "report", "Walk-forward test of a run or a package, as a report."),
     "export": ("export.cli:export_command", "export", "Export a run to an ONNX model package with parity."),
     "keygen": ("export.cli:keygen_command", "export", "Create an Ed25519 key pair for signing model packages."),
     "validate": ("export.cli:validate_command", "export", "Check a model package: hashes, parity, batch invariance."),
     "serve": ("nfc.serve:serve", "serve", "Serve predictions over HTTP and gRPC (BentoML), stored in MongoDB."),
-    "predict": ("serving.predict_job:predict", "serve", "One run of the scheduled prediction job, stored in MongoDB."),
+    "predict": ("serving.cli:predict", "serve", "One run of the scheduled prediction job, stored in MongoDB."),
     "demo": ("nfc.demo:demo", "train", "Run the whole path on the embedded synthetic default."),
 }
 
@@ -53,14 +50,11 @@ class LazyGroup(click.Group):
             return None
         target, extra, _ = LAZY_COMMANDS[cmd_name]
         module_name, attribute = target.split(":")
-        try:
+        if extra is None:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if extra is None or (err.name or "").split(".")[0] in OWN_PACKAGES:
-                raise
-            raise click.ClickException(
-                f"'nfc {cmd_name}' needs the '{extra}' extra (missing module {err.name!r}): "
-                f"pip install 'neuralfusioncore[{extra}]'") from None
+        else:
+            with needs_extra(extra, f"'nfc {cmd_name}'"):
+                module = importlib.import_module(module_name)
         return getattr(module, attribute)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -71,11 +65,15 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup)
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def main(log_level: str) -> None:
-    """NeuralFusionCore: news + OHLCV bars -> portfolio weights."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+@click.version_option(package_version(), "--version", prog_name="nfc", message="%(prog)s %(version)s")
+@log_level_option
+def main() -> None:
+    """NeuralFusionCore: news + OHLCV bars -> portfolio weights.
+
+    Every command takes --log-level (before or after the command name) and --help; a command that ends in a
+    result takes --json (one JSON object on stdout, logs on stderr). Exit codes: 0 done, 1 failed (the message
+    says what to fix), 2 wrong usage.
+    """
     install_log_redaction()  # passwords of $NFC_*_URI/URL and $NFC_API_KEY never reach a log line
 
 

@@ -16,15 +16,18 @@ Stages and what they write under OUT:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
+from neuralfusion.cli_common import cli_errors, echo_json, json_option, log_level_option
 from nfc.embedded_mongo import EmbeddedMongo, free_port
 
 __all__ = ["demo"]
@@ -34,14 +37,15 @@ log = logging.getLogger(__name__)
 ABLATIONS = ("concat", "market", "news")
 
 
-def run_nfc(args: list[str]) -> None:
-    """Run one `nfc` command in this process, exactly as typed on the command line."""
+def run_nfc(args: list[str]) -> Any:
+    """Run one `nfc` command in this process, exactly as typed on the command line; returns its result."""
     from nfc.cli import main
 
     log.info("$ nfc %s", " ".join(args))
     started = time.perf_counter()
-    main.main(args=args, standalone_mode=False)
+    result = main.main(args=args, standalone_mode=False)
     log.info("done in %.1f s", time.perf_counter() - started)
+    return result
 
 
 @click.command()
@@ -51,40 +55,63 @@ def run_nfc(args: list[str]) -> None:
 @click.option("--ablations/--no-ablations", default=True, show_default=True,
               help="Also train the concat / OHLCV-only / news-only ablations, so the report compares the model with "
                    "each stream alone (about 4 minutes on 2 CPU cores).")
-def demo(out_dir: Path, seed: int, ablations: bool) -> None:
+@json_option
+@log_level_option
+@cli_errors
+def demo(out_dir: Path, seed: int, ablations: bool, as_json: bool) -> dict[str, Any]:
     """Synthetic market -> encoder -> embeddings -> model -> backtest report -> ONNX package -> validation ->
     BentoML service -> one HTTP and one gRPC prediction read back from MongoDB.
 
     \b
     nfc demo --out runs/demo
     nfc demo --out runs/demo --no-ablations   # without the ablation baselines (about 4 minutes less)
+    nfc demo --out runs/demo --json           # every stage's result as one JSON object; stage output on stderr
     """
     started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        stages = run_stages(out_dir, seed, ablations)
+    result = {"out": str(out_dir), "seconds": round(time.perf_counter() - started, 1),
+              "report": str(out_dir / "report" / "report.html"), "stages": stages}
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(f"demo finished in {result['seconds']:.0f} s; report: {result['report']}")
+    return result
+
+
+def run_stages(out_dir: Path, seed: int, ablations: bool) -> dict[str, Any]:
+    """Every stage as the `nfc` command a user would type; returns each command's result by stage."""
     data, embeddings = out_dir / "data", out_dir / "embeddings.parquet"
-    run_nfc(["synth", "--out", str(data), "--seed", str(seed)])
-    run_nfc(["data", "summary", str(data)])
-    run_nfc(["encoder", "init", "--news", str(data / "news.jsonl"), "--out", str(out_dir / "encoder-init")])
+    stages: dict[str, Any] = {}
+    stages["synth"] = run_nfc(["synth", "--out", str(data), "--seed", str(seed)])
+    stages["data summary"] = run_nfc(["data", "summary", str(data)])
+    stages["encoder init"] = run_nfc(["encoder", "init", "--news", str(data / "news.jsonl"),
+                                      "--out", str(out_dir / "encoder-init")])
     # one epoch reaches a held-out probe accuracy of 1.0 on the synthetic headlines (~90 s on 2 cores)
-    run_nfc(["encoder", "train", "--news", str(data / "news.jsonl"), "--encoder", str(out_dir / "encoder-init"),
-             "--out", str(out_dir / "encoder"), "--set", "epochs=1"])
-    run_nfc(["embed", "--news", str(data / "news.jsonl"), "--encoder", str(out_dir / "encoder"),
-             "--out", str(embeddings)])
+    stages["encoder train"] = run_nfc(["encoder", "train", "--news", str(data / "news.jsonl"), "--encoder",
+                                       str(out_dir / "encoder-init"), "--out", str(out_dir / "encoder"),
+                                       "--set", "epochs=1"])
+    stages["embed"] = run_nfc(["embed", "--news", str(data / "news.jsonl"), "--encoder", str(out_dir / "encoder"),
+                               "--out", str(embeddings)])
     common = ["--data", str(data), "--embeddings", str(embeddings), "--set", f"seed={seed}", "--force"]
-    run_nfc(["train", *common, "--out", str(out_dir / "model")])
+    stages["train"] = run_nfc(["train", *common, "--out", str(out_dir / "model")])
     variants = ABLATIONS if ablations else ()
     for variant in variants:
-        run_nfc(["train", *common, "--variant", variant, "--out", str(out_dir / "ablations" / variant)])
+        stages[f"train {variant}"] = run_nfc(["train", *common, "--variant", variant,
+                                              "--out", str(out_dir / "ablations" / variant)])
     ablation_args = [arg for v in variants for arg in ("--ablation", str(out_dir / "ablations" / v))]
-    run_nfc(["backtest", "--model", str(out_dir / "model"), "--data", str(data), "--embeddings", str(embeddings),
-             *ablation_args, "--out", str(out_dir / "report"), "--force"])
-    run_nfc(["export", "--model", str(out_dir / "model"), "--out", str(out_dir / "package"), "--force"])
-    run_nfc(["validate", str(out_dir / "package"), "--model", str(out_dir / "model"), "--data", str(data),
-             "--embeddings", str(embeddings)])
-    serve_and_predict(out_dir, data)
-    click.echo(f"demo finished in {time.perf_counter() - started:.0f} s; report: {out_dir / 'report' / 'report.html'}")
+    stages["backtest"] = run_nfc(["backtest", "--model", str(out_dir / "model"), "--data", str(data),
+                                  "--embeddings", str(embeddings), *ablation_args, "--out", str(out_dir / "report"),
+                                  "--force"])
+    stages["export"] = run_nfc(["export", "--model", str(out_dir / "model"), "--out", str(out_dir / "package"),
+                                "--force"])
+    stages["validate"] = run_nfc(["validate", str(out_dir / "package"), "--model", str(out_dir / "model"),
+                                  "--data", str(data), "--embeddings", str(embeddings)])
+    stages["serve"] = serve_and_predict(out_dir, data)
+    return stages
 
 
-def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.0) -> None:
+def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.0) -> dict[str, Any]:
     """Start `nfc serve` on loopback, send one HTTP and one gRPC prediction, read both back from MongoDB."""
     import httpx
     import pymongo
@@ -102,7 +129,8 @@ def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.
         command = [sys.executable, "-m", "nfc.cli", "serve", "--model-path", str(out_dir / "package"),
                    "--host", "127.0.0.1", "--port", str(http_port), "--grpc-port", str(grpc_port)]
         log.info("$ nfc %s", " ".join(command[3:]))
-        server = subprocess.Popen(command, env=env)  # noqa: S603 - our own command line
+        # its output to our stderr (fd 2), so stdout holds only the result (`--json`)
+        server = subprocess.Popen(command, env=env, stdout=2)  # noqa: S603 - our own command line
         try:
             if not wait_until_ready(url, server, startup_timeout_s):
                 raise click.ClickException("nfc serve did not become ready; see its log above")
@@ -124,6 +152,10 @@ def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.
             if len(stored) != 2:
                 raise click.ClickException(f"expected both demo predictions in MongoDB, found {stored}")
             click.echo(f"MongoDB holds both predictions: {sorted(doc['request_id'] for doc in stored)}")
+            return {"http": {"as_of": over_http["as_of"], "weights": over_http["weights"]},
+                    "grpc": {"as_of": over_grpc.as_of,
+                             "weights": dict(zip(over_grpc.symbols, over_grpc.weights, strict=True))},
+                    "stored_in_mongodb": sorted(doc["request_id"] for doc in stored)}
         finally:
             server.terminate()
             server.wait(timeout=60)

@@ -25,6 +25,7 @@ from types import FrameType
 
 import click
 
+from neuralfusion.cli_common import cli_errors, log_level_option
 from neuralfusion.redact import encode_userinfo, redact_uri, scrub, uri_secrets
 from nfc.embedded_mongo import EmbeddedMongo
 from nfc.processes import stop_process
@@ -50,17 +51,14 @@ def _check_store_model(tag: str) -> None:
     import bentoml
     from bentoml.exceptions import NotFound
 
-    from neuralfusion.manifest import PackageError
     from serving.model_store import resolve_model_tag
 
-    try:
+    try:  # a PackageError (no promoted entry for name:latest) is a failure of its own
         bentoml.models.get(resolve_model_tag(tag))  # name:latest -> the newest entry labelled promoted
-    except PackageError as err:
-        raise click.ClickException(str(err)) from None
     except NotFound:
         home = os.environ.get("BENTOML_HOME", "~/bentoml")
-        raise click.ClickException(f"the BentoML model store ({home}) has no {tag}: export a model with "
-                                   "`nfc export`, or serve a package folder with --model-path") from None
+        raise FileNotFoundError(f"the BentoML model store ({home}) has no {tag}: export a model with "
+                                "`nfc export`, or serve a package folder with --model-path") from None
 
 
 def check_mongo_uri(uri: str) -> None:
@@ -72,8 +70,8 @@ def check_mongo_uri(uri: str) -> None:
     try:
         parse_uri(encode_userinfo(uri))
     except (PyMongoError, ValueError) as err:  # InvalidURI, ConfigurationError, bad ports and options
-        raise click.ClickException(f"NFC_MONGO_URI={redact_uri(uri)} is not a MongoDB URI pymongo accepts: "
-                                   f"{scrub(err, uri_secrets(uri))}") from None
+        raise ValueError(f"NFC_MONGO_URI={redact_uri(uri)} is not a MongoDB URI pymongo accepts: "
+                         f"{scrub(err, uri_secrets(uri))}") from None
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -93,6 +91,8 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
               show_default=True, help="Data folder of the embedded MongoDB (only without NFC_MONGO_URI).")
 @click.option("--mongo-port", type=click.IntRange(1, 65535), default=None,
               help="Port of the embedded MongoDB. Default: a free one.")
+@log_level_option
+@cli_errors
 def serve(model: str | None, model_path: Path | None, host: str, port: int, grpc_port: int, workers: int | None,
           mongo_data: Path, mongo_port: int | None) -> None:
     """Serve predictions over HTTP and gRPC, storing them in MongoDB.

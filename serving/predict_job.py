@@ -1,4 +1,5 @@
-"""`nfc predict`: one run of the live loop (the seed's 4-hourly job), in this process or through the service.
+"""The job behind `nfc predict` (serving/cli.py): one run of the live loop (the seed's 4-hourly job), in this
+process or through the service.
 
     # live: the latest complete bar from ClickHouse + MongoDB news -> weights -> MongoDB -> Redis
     NFC_MONGO_URI=... NFC_CLICKHOUSE_URL=clickhouse://user:pw@ch:9000/market NFC_REDIS_URL=redis://redis:6379/0 \\
@@ -23,7 +24,6 @@ range (or every `--every`-th) through the same windows a live run builds, so the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -33,7 +33,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import click
 import pandas as pd
 import pymongo
 import pymongo.errors
@@ -44,7 +43,6 @@ from neuralfusion.errors import DataError
 from neuralfusion.redact import encode_userinfo, redact_uri, scrub, uri_secrets
 from neuralfusion.specs import BarSpec, Universe
 from serving.client import predict_http, predict_payload
-from serving.live_lock import LockHeld, RunLock
 from serving.live_sources import (
     BarReader,
     FileBars,
@@ -57,9 +55,13 @@ from serving.live_sources import (
 )
 from serving.store import PredictionRecord
 
-__all__ = ["predict"]
+__all__ = ["Job", "JobError", "run_job", "store_path"]
 
 log = logging.getLogger(__name__)
+
+
+class JobError(RuntimeError):
+    """A run that cannot go on (a missing setting, a refused window, a failed publish); the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -71,102 +73,6 @@ class Model:
     bar_spec: BarSpec
     bars_needed: int
     runtime: Any = None  # serving.runtime.PortfolioRuntime in this process; None through the service
-
-
-def _time(value: str | None, option: str) -> pd.Timestamp | None:
-    if value is None:
-        return None
-    try:
-        stamp = pd.Timestamp(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 time", param_hint=option) from None
-    if stamp.tzinfo is None:
-        raise click.BadParameter(f"{value!r} has no time zone; write it like 2026-03-05T12:00:00Z", param_hint=option)
-    return stamp.tz_convert("UTC")
-
-
-def _duration(value: str, option: str) -> pd.Timedelta:
-    try:
-        duration = pd.Timedelta(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a duration like 15min or 1h", param_hint=option) from None
-    if duration <= pd.Timedelta(0):
-        raise click.BadParameter(f"{value!r} must be positive", param_hint=option)
-    return duration
-
-
-@click.command("predict")
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Data folder with bars and news (bars.parquet|csv, news.jsonl|parquet) instead of live sources.")
-@click.option("--bars", "bars_source", type=click.Choice(["clickhouse"]), default=None,
-              help="Live bar source; connection from $NFC_CLICKHOUSE_URL (clickhouse://user:pw@host:9000/db).")
-@click.option("--news", "news_source", type=click.Choice(["mongo"]), default=None,
-              help="Live news source; $NFC_NEWS_MONGO_URI, else $NFC_MONGO_URI.")
-@click.option("--model-path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Model package folder (predict in this process).")
-@click.option("--model", "model_tag", default=None, help="BentoML model-store tag (predict in this process).")
-@click.option("--url", default=None, help="Predict through this running service instead (it stores the results).")
-@click.option("--as-of", default=None, help="Close time of the one bar to predict (ISO 8601 with offset). "
-              "Default: the latest complete bar.")
-@click.option("--start", default=None, help="Back-fill: first as-of bar (rounded up to the grid).")
-@click.option("--end", default=None, help="Back-fill: last as-of bar (inclusive).")
-@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Back-fill: predict every N-th bar of the range.")
-@click.option("--max-staleness", default="15min", show_default=True, envvar="NFC_MAX_STALENESS",
-              help="Refuse a run when an asset's last real bar is older than this before the as-of bar, or (live) "
-              "the as-of bar is older than this before now.")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".nfc-state"),
-              show_default=True, envvar="NFC_STATE_DIR",
-              help="The run lock, the news read so far and the embedding cache live here.")
-@click.option("--lock-file", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar="NFC_LOCK_FILE",
-              help="Lock against overlapping runs.  [default: STATE_DIR/predict.lock]")
-@click.option("--clickhouse-table", default="market.candles", show_default=True, envvar="NFC_CLICKHOUSE_TABLE")
-@click.option("--clickhouse-columns", default="", envvar="NFC_CLICKHOUSE_COLUMNS",
-              help="Column mapping, e.g. 'timestamp=candle_time,symbol=symbol'. Default: the seed's names.")
-@click.option("--clickhouse-label", type=click.Choice(["open", "close"]), default="open", show_default=True,
-              envvar="NFC_CLICKHOUSE_LABEL", help="Whether a row's time is its candle's open or close time.")
-@click.option("--clickhouse-candle", default="1min", show_default=True, envvar="NFC_CLICKHOUSE_CANDLE",
-              help="Length of one table row's candle.")
-@click.option("--news-db", default="news", show_default=True, envvar="NFC_NEWS_DB")
-@click.option("--news-collection", default="news", show_default=True, envvar="NFC_NEWS_COLLECTION")
-@click.option("--news-fields", default="", envvar="NFC_NEWS_FIELDS",
-              help="Field mapping, e.g. 'published_at=releasedAt,body=content'. Default: the seed's names.")
-@click.option("--redis-key", default="nfc:weights:latest", show_default=True, envvar="NFC_REDIS_KEY")
-@click.option("--redis-channel", default="nfc:weights", show_default=True, envvar="NFC_REDIS_CHANNEL")
-@click.option("--request-id", default=None, help="Prefix of the stored request ids.  [default: nfc-predict]")
-def predict(data_dir: Path | None, bars_source: str | None, news_source: str | None, model_path: Path | None,
-            model_tag: str | None, url: str | None, as_of: str | None, start: str | None, end: str | None, every: int,
-            max_staleness: str, state_dir: Path, lock_file: Path | None, clickhouse_table: str,
-            clickhouse_columns: str, clickhouse_label: str, clickhouse_candle: str, news_db: str,
-            news_collection: str, news_fields: str, redis_key: str, redis_channel: str,
-            request_id: str | None) -> None:
-    """Predict the latest (or --as-of, or each --start..--end) bar, store the weights in MongoDB
-    ($NFC_MONGO_URI) and publish the latest to Redis ($NFC_REDIS_URL, when set)."""
-    if sum(x is not None for x in (model_path, model_tag, url)) != 1:
-        raise click.UsageError("give exactly one of --model-path, --model or --url")
-    if (data_dir is None) == (bars_source is None and news_source is None) or (
-            data_dir is None and None in (bars_source, news_source)):
-        raise click.UsageError("give either --data DIR, or --bars clickhouse and --news mongo")
-    if as_of is not None and (start or end):
-        raise click.UsageError("give --as-of or --start/--end, not both")
-    if (start is None) != (end is None):
-        raise click.UsageError("a back-fill needs both --start and --end")
-    if url is None and not os.environ.get("NFC_MONGO_URI"):
-        raise click.ClickException("set NFC_MONGO_URI to the MongoDB that stores predictions")
-    job = Job(data_dir=data_dir, clickhouse=_clickhouse_options(clickhouse_table, clickhouse_columns, clickhouse_label,
-                                                                 clickhouse_candle) if bars_source else None,
-              news=_news_options(news_db, news_collection, news_fields) if news_source else None,
-              package=model_path or (None if model_tag is None else store_path(model_tag)), url=url,
-              as_of=_time(as_of, "--as-of"), start=_time(start, "--start"), end=_time(end, "--end"), every=every,
-              limit=_duration(max_staleness, "--max-staleness"), state_dir=state_dir, redis_key=redis_key or None,
-              redis_channel=redis_channel or None, request_prefix=request_id or "nfc-predict")
-    try:
-        with RunLock(lock_file or state_dir / "predict.lock"):
-            summary = run_job(job)
-    except (LockHeld, DataError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
-    click.echo(json.dumps(summary, indent=2))
-    click.echo(summary["message"], err=True)
 
 
 @dataclass(frozen=True)
@@ -189,28 +95,8 @@ class Job:
     request_prefix: str
 
 
-def _clickhouse_options(table: str, columns: str, label: str, candle: str) -> dict[str, Any]:
-    from neuralfusion.data.clickhouse import BarColumnMap, quote_identifier
-
-    try:
-        quote_identifier(table)
-        return {"table": table, "columns": BarColumnMap.parse(columns), "label": label,
-                "candle": _duration(candle, "--clickhouse-candle")}
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
-
-
-def _news_options(db: str, collection: str, fields: str) -> tuple[str, str, NewsFieldMap]:
-    from neuralfusion.data.clickhouse import field_map_from_text
-
-    try:
-        return db, collection, field_map_from_text(NewsFieldMap, fields)
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
-
-
 def run_job(job: Job) -> dict[str, Any]:
-    """One run under the lock; returns the summary printed as JSON. Raises DataError/ValueError/ClickException."""
+    """One run (the caller holds the lock); returns its summary. Raises DataError, ValueError, JobError, StoreError."""
     model = _load_model(job)
     step = model.bar_spec.timedelta
     with ExitStack() as sources:
@@ -258,8 +144,7 @@ def _bar_reader(job: Job, stack: ExitStack) -> tuple[BarReader, str]:
 
     uri = os.environ.get("NFC_CLICKHOUSE_URL")
     if not uri:
-        raise click.ClickException("set NFC_CLICKHOUSE_URL (clickhouse://user:password@host:9000/database) "
-                                   "for --bars clickhouse")
+        raise JobError("set NFC_CLICKHOUSE_URL (clickhouse://user:password@host:9000/database) for --bars clickhouse")
     source = stack.enter_context(ClickHouseBarSource.from_url(uri, **(job.clickhouse or {})))
     return source, source.source
 
@@ -270,14 +155,13 @@ def _news_reader(job: Job, stack: ExitStack) -> NewsReader:
         return FileNews(find_data_file(job.data_dir, "news", (".jsonl", ".parquet")))
     uri = os.environ.get("NFC_NEWS_MONGO_URI") or os.environ.get("NFC_MONGO_URI")
     if not uri or job.news is None:
-        raise click.ClickException("set NFC_NEWS_MONGO_URI (or NFC_MONGO_URI) for --news mongo")
+        raise JobError("set NFC_NEWS_MONGO_URI (or NFC_MONGO_URI) for --news mongo")
     db, collection, fields = job.news
     try:
         client = stack.enter_context(pymongo.MongoClient(encode_userinfo(uri), serverSelectionTimeoutMS=10_000,
                                                          tz_aware=True))
     except (pymongo.errors.PyMongoError, ValueError) as err:  # InvalidURI repeats the URI, password included
-        raise click.ClickException(f"cannot open the news MongoDB at {redact_uri(uri)}: "
-                                   f"{scrub(err, uri_secrets(uri))}") from None
+        raise JobError(f"cannot open the news MongoDB at {redact_uri(uri)}: {scrub(err, uri_secrets(uri))}") from None
     return IncrementalMongoNews(MongoNewsSource(client[db][collection], fields),
                                 job.state_dir / f"news-{db}-{collection}.parquet")
 
@@ -322,7 +206,7 @@ def _in_process(model: Model, payloads: Sequence[dict[str, Any]], times: Sequenc
         try:
             prepared.append(runtime.prepare(PredictRequest.model_validate(payload)))
         except (ServingError, ValueError) as err:  # RequestError and pydantic's errors are ValueErrors
-            raise click.ClickException(f"cannot predict for {when.isoformat()}: {err}") from None
+            raise JobError(f"cannot predict for {when.isoformat()}: {err}") from None
     texts = [text for item in prepared for text in item.texts]
     encoder = runtime.encoder
     fingerprint = f"{runtime.manifest.data['encoder']['fingerprint']}:onnx:{encoder.provider}"
@@ -349,18 +233,15 @@ def _encode(encoder: Any, texts: list[str]) -> tuple[Any, Any]:
 async def _save(records: list[PredictionRecord]) -> tuple[list[str], PredictionRecord]:
     """Store `records` in $NFC_MONGO_DB (default neuralfusion) of $NFC_MONGO_URI; the outcomes, and the latest
     prediction as MongoDB holds it (the first answer for that bar wins, and that is what Redis gets)."""
-    from serving.store import PredictionStore, StoreError
+    from serving.store import PredictionStore
 
     latest = records[-1]
-    try:
-        async with PredictionStore(os.environ["NFC_MONGO_URI"], database=_mongo_database()) as store:
-            await store.ensure_indexes()
-            outcomes = [result.outcome.value for result in await store.save(records)]
-            held = await store.get(latest.model_version, latest.as_of)
-    except StoreError as err:
-        raise click.ClickException(str(err)) from None
+    async with PredictionStore(os.environ["NFC_MONGO_URI"], database=_mongo_database()) as store:
+        await store.ensure_indexes()
+        outcomes = [result.outcome.value for result in await store.save(records)]
+        held = await store.get(latest.model_version, latest.as_of)
     if held is None:
-        raise click.ClickException(f"MongoDB acknowledged the prediction for {latest.as_of.isoformat()} but does "
+        raise JobError(f"MongoDB acknowledged the prediction for {latest.as_of.isoformat()} but does "
                                    f"not return it from database {_mongo_database()!r}")
     return outcomes, held
 
@@ -386,7 +267,7 @@ def _through_service(url: str, payloads: Sequence[dict[str, Any]], times: Sequen
         try:
             answers.append(predict_http(url, payload, api_key=os.environ.get("NFC_API_KEY")))
         except httpx.HTTPStatusError as err:
-            raise click.ClickException(f"the service refused the window of {when.isoformat()} "
+            raise JobError(f"the service refused the window of {when.isoformat()} "
                                        f"({err.response.status_code}): {err.response.text[:500]}; "
                                        f"{len(answers)} earlier windows were stored") from None
     last = answers[-1]
@@ -412,7 +293,7 @@ def _publish(record: PredictionRecord, key: str | None, channel: str | None) -> 
     try:
         published = publisher.publish(record)
     except PublishError as err:
-        raise click.ClickException(f"{err}; the predictions are stored in MongoDB, rerun to publish") from None
+        raise JobError(f"{err}; the predictions are stored in MongoDB, rerun to publish") from None
     finally:
         publisher.close()
     log.info("Redis %s: %s for %s (the key holds %s)", redact_uri(url), published.status, record.as_of.isoformat(),
@@ -440,4 +321,4 @@ def store_path(tag: str) -> Path:
     try:
         return Path(bentoml.models.get(resolve_model_tag(tag)).path)
     except (PackageError, NotFound) as err:
-        raise click.ClickException(f"--model {tag}: {err}") from None
+        raise JobError(f"--model {tag}: {err}") from None

@@ -15,7 +15,6 @@ written before that hold them as given, and `Run.resolve` looks for those beside
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,9 @@ from typing import Any
 from neuralfusion.features import FeatureNormalizer
 from neuralfusion.model_config import CgaConfig
 from neuralfusion.specs import BarSpec, PortfolioSpec, Universe, WindowSpec
-from neuralfusion.staging import staged_folder
 from neuralfusion.train_config import TrainConfig
 
-__all__ = ["DECISION_FILE", "RUN_FILES", "Run", "git_commit", "load_run", "promotion", "staged_folder", "write_json"]
+__all__ = ["DECISION_FILE", "RUN_FILES", "Run", "load_run", "promotion"]
 
 RUN_FILES = ("model.safetensors", "run.json", "metrics.json")
 DECISION_FILE = "decision.json"
@@ -65,20 +63,6 @@ class Run:
                 return place
         raise FileNotFoundError(f"the {what} of run {self.path} ({recorded!r} in run.json) is missing: looked at "
                                 f"{', '.join(str(p) for p in places)}; pass it explicitly")
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def git_commit() -> str | None:
-    """The commit of the code that made an artifact, when it runs from a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,  # noqa: S607
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def load_run(path: Path | str) -> Run:

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from neuralfusion.artifacts import git_commit, write_json
 from neuralfusion.backtest import offset_rebalance_anchors, walk_forward
 from neuralfusion.dataset import MarketData
 from neuralfusion.embeddings import read_embeddings
@@ -35,17 +36,20 @@ from neuralfusion.errors import DataError
 from neuralfusion.features import FEATURE_NAMES, WARMUP_BARS, FeatureNormalizer
 from neuralfusion.inputs import GridInputs, grid_inputs
 from neuralfusion.model_config import CgaConfig, dominant_periods
+from neuralfusion.overrides import apply_overrides
 from neuralfusion.specs import PortfolioSpec, WindowSpec
+from neuralfusion.staging import staged_folder
 from neuralfusion.train_config import LR_FLOOR, TrainConfig
 from neuralfusion.windows import Splits, chronological_split, target_windows, usable_anchors
 from training.model import CgaModel
-from training.runs import RUN_FILES, git_commit, staged_folder, write_json
+from training.runs import RUN_FILES
 
 __all__ = [
     "VARIANTS",
     "Prepared",
     "TrainResult",
     "flush_subnormals_on_cpu",
+    "model_overrides",
     "predict",
     "prepare",
     "rank_shard",
@@ -153,6 +157,12 @@ def distributed_context() -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def model_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """CgaConfig fields named in `key=value` pairs (`nfc train --model-set`), parsed and type-checked."""
+    parsed = apply_overrides(CgaConfig(n_assets=1), pairs)
+    return {key: getattr(parsed, key) for key in (pair.partition("=")[0].strip() for pair in pairs)}
 
 
 def model_config_for(prepared: Prepared, window: WindowSpec, portfolio: PortfolioSpec, train: TrainConfig,

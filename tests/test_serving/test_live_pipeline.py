@@ -95,8 +95,8 @@ def run_predict(world: LiveWorld, *args: str, state: Path, table: str = "synth",
            "NFC_REDIS_KEY": KEY, "NFC_REDIS_CHANNEL": CHANNEL}
     if redis_url:
         env["NFC_REDIS_URL"] = redis_url
-    result = CliRunner().invoke(main, ["--log-level", "WARNING", "predict", "--bars", "clickhouse", "--news", "mongo",
-                                       "--model-path", str(world.package), *args], env=env)
+    result = CliRunner().invoke(main, ["--log-level", "WARNING", "predict", "--json", "--bars", "clickhouse",
+                                       "--news", "mongo", "--model-path", str(world.package), *args], env=env)
     return result.exit_code, result.stdout, result.output
 
 
@@ -162,8 +162,8 @@ def test_news_is_read_incrementally_from_the_last_run(world, tmp_path):
 
 
 def backtest_and_times(world: LiveWorld):
+    from serving.package_backtest import package_weights, run_package_backtest
     from serving.runtime import PortfolioRuntime
-    from training.backtest import package_weights, run_package_backtest
 
     backtest = run_package_backtest(world.package, world.data)
     runtime = PortfolioRuntime.load(world.package)
@@ -217,8 +217,8 @@ def test_a_failed_source_fails_the_run_and_stores_and_publishes_nothing(world, t
 
 @pytest.mark.slow
 def test_backfill_of_a_whole_day_every_bar_equals_the_package_weights(world, tmp_path):
+    from serving.package_backtest import package_weights
     from serving.runtime import PortfolioRuntime
-    from training.backtest import package_weights
 
     runtime = PortfolioRuntime.load(world.package)
     data = load_data_dir(world.data, universe=runtime.universe)
@@ -246,7 +246,7 @@ def test_a_run_through_the_http_service_stores_there_and_publishes(world, tmp_pa
     with start_nfc_serve(tmp_path, ["--model-path", str(world.package)], env, http_port, grpc_port,
                          ("--mongo-data", str(tmp_path / "mongo"), "--mongo-port", str(mongo_port))) as (_, url, _):
         result = CliRunner().invoke(main, [
-            "--log-level", "WARNING", "predict", "--bars", "clickhouse", "--news", "mongo", "--url", url,
+            "--log-level", "WARNING", "predict", "--json", "--bars", "clickhouse", "--news", "mongo", "--url", url,
             "--as-of", as_of.isoformat(), "--request-id", "via-service"], env={
             "NFC_API_KEY": API_KEY, "NFC_CLICKHOUSE_URL": world.clickhouse_url, "NFC_NEWS_MONGO_URI": world.mongo_uri,
             "NFC_NEWS_DB": NEWS_DB, "NFC_NEWS_COLLECTION": "live", "NFC_CLICKHOUSE_TABLE": "market.live",

@@ -15,7 +15,7 @@ from serving.store import DEFAULT_COLLECTION, DEFAULT_DATABASE
 
 
 def run_predict(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, ["--log-level", "WARNING", "predict", *args], env=env)
+    result = CliRunner().invoke(main, ["--log-level", "WARNING", "predict", "--json", *args], env=env)
     return result.exit_code, result.stdout, result.output  # output: stdout and stderr together
 
 

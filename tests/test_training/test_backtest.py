@@ -17,18 +17,18 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from neuralfusion.backtest import walk_forward
+from neuralfusion.backtest import METRIC_KEYS, Backtest, walk_forward
 from neuralfusion.dataset import load_data_dir
 from neuralfusion.embeddings import write_embeddings
 from neuralfusion.features import WARMUP_BARS
 from neuralfusion.portfolio import annualised_sharpe, topk_weights
+from neuralfusion.report import PLOTS
 from neuralfusion.specs import PortfolioSpec, WindowSpec
 from neuralfusion.synth import SynthConfig, generate_market, write_market
 from neuralfusion.train_config import TrainConfig
 from neuralfusion.windows import chronological_split, usable_anchors
 from nfc.cli import main
-from training.backtest import METRIC_KEYS, Backtest, run_backtest
-from training.report import PLOTS
+from training.backtest import run_backtest
 from training.runs import load_run
 from training.train import model_config_for, prepare, train_model, write_run
 

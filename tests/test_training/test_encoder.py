@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from transformers import AutoModel, AutoTokenizer, BigBirdModel
 
 from neuralfusion.embeddings import read_embeddings
-from training.cli_encoder import embed, encoder
+from training.cli import embed, encoder
 from training.encoder import EncoderNotFoundError, NfcEncoder
 from training.encoder_finetune import SentimentTrainConfig, label_values, probe_accuracy, train_sentiment
 from training.encoder_init import METADATA_FILE, EncoderSetupConfig, init_encoder
@@ -264,7 +264,7 @@ def test_cli_init_train_embed_and_rerun_computes_nothing(tmp_path, caplog):
     assert meta["kind"] == "sentiment" and meta["classes"] == [-1, 0, 1] and 0 <= meta["val_probe_accuracy"] <= 1
     out = tmp_path / "emb" / "news.parquet"
     args = ["--news", str(news), "--out", str(out), "--encoder", str(tmp_path / "tuned"), "--max-length", "64"]
-    with caplog.at_level(logging.INFO, logger="training.cli_encoder"):
+    with caplog.at_level(logging.INFO, logger="training.cli"):
         assert runner.invoke(embed, args).exit_code == 0
         first = read_embeddings(out)
         caplog.clear()
@@ -337,7 +337,7 @@ def test_cli_embed_with_mongo_recomputes_nothing_after_losing_the_parquet_cache(
             "--mongo-uri", mongo_uri, "--mongo-db", "nfc_encoder_test"]
     assert CliRunner().invoke(embed, args).exit_code == 0
     (tmp_path / "embedding_cache.parquet").unlink()
-    with caplog.at_level(logging.INFO, logger="training.cli_encoder"):
+    with caplog.at_level(logging.INFO, logger="training.cli"):
         assert CliRunner().invoke(embed, args).exit_code == 0
     distinct = len({text_of(r) for r in make_articles(9, seed=4)})
     assert f"{distinct} distinct texts from cache, 0 computed" in caplog.text

@@ -144,7 +144,7 @@ def test_unknown_override_is_refused(market, tmp_path):
     data, emb = market
     code, output = nfc("train", "--data", str(data), "--embeddings", str(emb), "--out", str(tmp_path / "r"),
                        "--set", "learning_rate=0.1")
-    assert code == 1 and "unknown keys ['learning_rate']" in output
+    assert code == 2 and "Invalid value for --set" in output and "unknown keys ['learning_rate']" in output
 
 
 def test_torchrun_ddp_with_gloo_on_two_processes(market, tmp_path):

@@ -25,9 +25,9 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from neuralfusion.artifacts import write_json
+from neuralfusion.backtest import METRIC_KEYS, Backtest
 from neuralfusion.portfolio import annualised_sharpe, compounded_pnl
-from training.backtest import METRIC_KEYS, Backtest
-from training.runs import write_json
 
 __all__ = ["PLOTS", "REPORT_FILES", "render_html", "rolling_sharpe", "write_report"]
 
