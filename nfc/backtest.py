@@ -40,7 +40,7 @@ run_path = click.Path(exists=True, file_okay=False, path_type=Path)
 
 def _model_backtest(model_dir: Path, data_dir: Path, embeddings: Path, ablation_dirs: tuple[Path, ...],
                     rebalance_every: int | None, cost_bps: float | None, split: tuple[str, str] | None) -> Backtest:
-    with needs_extra("train", "nfc backtest --model"):
+    with needs_extra("train", "'nfc backtest --model'"):
         from training.backtest import run_backtest
         from training.runs import load_run
 
@@ -51,7 +51,7 @@ def _model_backtest(model_dir: Path, data_dir: Path, embeddings: Path, ablation_
 
 def _package_backtest(package_dir: Path, data_dir: Path, rebalance_every: int | None, cost_bps: float | None,
                       split: tuple[str, str] | None) -> Backtest:
-    with needs_extra("serve", "nfc backtest --package"):
+    with needs_extra("serve", "'nfc backtest --package'"):
         from serving.package_backtest import run_package_backtest
 
     return run_package_backtest(package_dir, data_dir, rebalance_every, cost_bps, split=split)
