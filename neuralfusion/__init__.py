@@ -1,4 +1,9 @@
-"""NeuralFusionCore's torch-free core: data contracts, specs (universe, bar grid, windows), features, portfolio math."""
+"""NeuralFusionCore's torch-free core: data contracts, specs (universe, bar grid, windows), features, portfolio math.
+
+Also what every other package shares: the walk-forward backtest and its report, the model package manifest,
+output folders (`artifacts`) and the click helpers of every package's CLI (`cli_common`). It imports no other
+project package.
+"""
 
 from neuralfusion.dataset import MarketData, load_data_dir
 from neuralfusion.errors import DataError

@@ -1,3 +1,3 @@
-"""PyTorch side: news encoder, CGA model, loss, training, backtest (needs the `train` extra)."""
+"""PyTorch side: news encoder, CGA model, loss, training, backtest of a run (needs the `train` extra; no serving)."""
 
 __all__: list[str] = []
