@@ -70,7 +70,7 @@ logger = logging.getLogger(__name__)
 _DTYPES = click.Choice(["float32", "bfloat16", "float16"])
 _news_option = click.option("--news", "news_path", required=True,
                             type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                            help="News file (JSONL or parquet, DESIGN.md section 2).")
+                            help="News file (JSONL or parquet; see the data contracts in the README).")
 
 
 def _read_texts(news_path: Path) -> tuple[pd.DataFrame, list[str]]:
