@@ -70,7 +70,7 @@ def test_summary_counts_gaps(tmp_path):
 
 # commands that end in a result: each takes --json (nfc serve runs until stopped and has none)
 RESULT_COMMANDS = (["synth"], ["data", "summary"], ["embed"], ["encoder", "init"], ["encoder", "train"], ["train"],
-                   ["finetune"], ["backtest"], ["export"], ["validate"], ["predict"], ["demo"])
+                   ["finetune"], ["backtest"], ["export"], ["keygen"], ["validate"], ["predict"], ["demo"])
 
 
 def test_every_command_takes_log_level_and_every_result_command_json():

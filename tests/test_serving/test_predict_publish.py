@@ -19,9 +19,10 @@ from serving.store import DEFAULT_COLLECTION, DEFAULT_DATABASE, PredictionRecord
 
 
 def run_predict(tiny, as_of: pd.Timestamp, env: dict[str, str], state, key: str, prefix: str) -> dict:
-    result = CliRunner().invoke(main, ["--log-level", "WARNING", "predict", "--data", str(tiny.data), "--model-path",
-                                       str(tiny.package), "--as-of", as_of.isoformat(), "--state-dir", str(state),
-                                       "--redis-key", key, "--redis-channel", "", "--request-id", prefix], env=env)
+    result = CliRunner().invoke(main, ["--log-level", "WARNING", "predict", "--json", "--data", str(tiny.data),
+                                       "--model-path", str(tiny.package), "--as-of", as_of.isoformat(), "--state-dir",
+                                       str(state), "--redis-key", key, "--redis-channel", "", "--request-id", prefix],
+                                env=env)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
