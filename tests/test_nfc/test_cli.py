@@ -69,13 +69,15 @@ def test_summary_counts_gaps(tmp_path):
 
 
 # commands that end in a result: each takes --json (nfc serve runs until stopped and has none)
-RESULT_COMMANDS = (["synth"], ["data", "summary"], ["embed"], ["encoder", "init"], ["encoder", "train"], ["train"],
-                   ["finetune"], ["backtest"], ["export"], ["keygen"], ["validate"], ["predict"], ["demo"])
+RESULT_COMMANDS = (["synth"], ["data", "summary"], ["data", "import"], ["data", "export"], ["embed"],
+                   ["encoder", "init"], ["encoder", "train"], ["train"], ["finetune"], ["backtest"], ["export"],
+                   ["keygen"], ["validate"], ["predict"], ["demo"])
 
 
 def test_every_command_takes_log_level_and_every_result_command_json():
     runner = CliRunner()
-    for path in [[name] for name in LAZY_COMMANDS] + [["data", "summary"], ["encoder", "init"], ["encoder", "train"]]:
+    for path in [[name] for name in LAZY_COMMANDS] + [["data", "summary"], ["data", "import"], ["data", "export"],
+                                                      ["encoder", "init"], ["encoder", "train"]]:
         result = runner.invoke(main, [*path, "--help"])
         assert result.exit_code == 0 and "--log-level" in result.output, (path, result.output)
         assert ("--json" in result.output) == (path in RESULT_COMMANDS), (path, result.output)
@@ -115,8 +117,9 @@ def test_json_prints_one_object_holding_the_result(tmp_path):
     bars = pd.read_parquet(tmp_path / "d" / "bars.parquet")
     oracle = json.loads((tmp_path / "d" / "oracle.json").read_text())
     news = (tmp_path / "d" / "news.jsonl").read_text().splitlines()
-    assert written == {"out": str(tmp_path / "d"), "seed": 1, "assets": 3, "days": 2, "bar_rows": len(bars),
-                       "news_items": len(news), "oracle_sharpe": oracle["sharpe"]}
+    assert written == {"out": str(tmp_path / "d"), "seed": 1, "assets": 3, "days": 2, "calendar": "24/7",
+                       "interval": "3min", "bar_rows": len(bars), "news_items": len(news),
+                       "oracle_sharpe": oracle["sharpe"]}
     text = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "e"), "--seed", "1", "--assets", "3",
                                      "--days", "2"])
     assert text.stdout == (f"wrote {tmp_path / 'e'}: {len(bars)} bar rows, {len(news)} news items, "

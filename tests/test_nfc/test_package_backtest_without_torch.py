@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from neuralfusion.report import REPORT_FILES
+
 # a fresh interpreter in which importing torch or transformers fails as if they were not installed
 WITHOUT_TORCH = """
 import importlib.abc, sys
@@ -34,8 +36,7 @@ def test_package_backtest_needs_no_torch(tiny, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)  # stdout holds the one JSON object and nothing else
     assert result["out"] == str(out)
-    assert sorted(p.name for p in out.iterdir()) == ["equity.png", "metrics.json", "report.html", "rolling_sharpe.png",
-                                                     "weights.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)
     written = json.loads((out / "metrics.json").read_text())
     assert written["settings"]["variant"] == "package"
     assert written["strategies"] == result["metrics"]["strategies"]
