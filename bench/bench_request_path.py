@@ -7,8 +7,8 @@ Runs the serving path in this process on the same distinct requests bench_servin
 news of the model's window ending at distinct bars of the data folder), stage by stage, with the
 functions the service calls:
   parse:    JSON body -> PredictRequest (pydantic, serving.schemas), as BentoML does at /predict;
-  prepare:  PortfolioRuntime.prepare (model checks, frames, grid, features), which the service runs in the
-            request's own thread before the batching queue (only a job id and a token go through it);
+  prepare:  PortfolioRuntime.prepare (model checks, frames, grid, features, the window), which the service runs
+            in the request's own thread before it hands the window's inputs to its inner services;
   encode:   the encoder graph on the window's article texts (one call per batch);
   fusion:   PortfolioRuntime.predict (one fusion run per batch);
   store:    PredictionStore.save into nx-27017 on loopback (one bulk write per batch);

@@ -1,14 +1,18 @@
 """The gRPC front of the portfolio service (serving/proto/neuralfusion.proto), run inside each BentoML worker.
 
 BentoML 1.4 does not serve gRPC for new-style services, so every worker starts its own `grpc.aio` server
-from a startup hook, on the worker's event loop. Predict goes through the same batched API
-as HTTP /predict (`self.to_async.predict_batch`), so both protocols fill one batching queue; GetLatest and
-GetHistory run the same store queries as HTTP /latest and /history. Several workers bind one port with
-SO_REUSEPORT and the kernel spreads connections between them. gRPC health (`grpc.health.v1`, SERVING only
-while the model is loaded and MongoDB answers) and server reflection are on.
+from a startup hook, on the worker's event loop. Predict goes the same way as HTTP /predict
+(`PortfolioService.predict_one`: the same inner encoder and fusion services), so both protocols fill one batching
+queue; GetLatest and GetHistory run the same store queries as HTTP /latest and /history. Several workers bind one
+port with SO_REUSEPORT and the kernel spreads connections between them. gRPC health (`grpc.health.v1`, SERVING
+only while the service is ready) and server reflection are on.
 
-Status codes: bad input INVALID_ARGUMENT, missing or wrong API key UNAUTHENTICATED, nothing stored
-NOT_FOUND, MongoDB or the model unavailable UNAVAILABLE; the details say what to do, as the HTTP body does.
+The API key (NFC_API_KEY) is checked on every RPC of the PortfolioService before its message is decoded (on
+Predict only with NFC_API_KEY_READS=open); health and reflection stay open. Messages over NFC_MAX_BODY_BYTES are
+refused by grpcio (RESOURCE_EXHAUSTED). Status codes are those of the serving.errors classes: bad input
+INVALID_ARGUMENT, missing or wrong API key UNAUTHENTICATED, nothing stored NOT_FOUND, another request's
+prediction stored for that key ALREADY_EXISTS, MongoDB or the model unavailable UNAVAILABLE; the details say
+what to do, as the HTTP body does.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Protocol, TypeVar
 
 import grpc
@@ -26,39 +29,25 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving.errors import ServingError, check_api_key
+from serving.errors import ServingError, Unauthenticated, check_api_key
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
-from serving.schemas import (
-    HistoryOut,
-    HistoryQuery,
-    PredictionOut,
-    PredictRequest,
-    RequestError,
+from serving.proto_convert import (
     history_query_from_proto,
     history_to_proto,
     predict_request_from_proto,
     prediction_to_proto,
 )
+from serving.schemas import HistoryOut, HistoryQuery, PredictionOut, PredictRequest, RequestLimits
+from serving.settings import ServeSettings
 
-__all__ = ["GRPC_CODES", "SERVICE_NAME", "GrpcServer", "PortfolioBackend", "PortfolioServicer"]
+__all__ = ["SERVICE_NAME", "GrpcServer", "PortfolioBackend", "PortfolioServicer"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PortfolioService"].full_name
-# ServingError's HTTP status -> the gRPC status code with the same meaning; anything else is INTERNAL
-GRPC_CODES = {
-    HTTPStatus.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
-    HTTPStatus.UNPROCESSABLE_ENTITY: grpc.StatusCode.INVALID_ARGUMENT,
-    HTTPStatus.UNAUTHORIZED: grpc.StatusCode.UNAUTHENTICATED,
-    HTTPStatus.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
-    HTTPStatus.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    HTTPStatus.TOO_MANY_REQUESTS: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    HTTPStatus.SERVICE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    HTTPStatus.GATEWAY_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
+PREDICT = f"/{SERVICE_NAME}/Predict"
 T = TypeVar("T")
-M = TypeVar("M")
 
 
 class PortfolioBackend(Protocol):
@@ -74,17 +63,15 @@ class PortfolioBackend(Protocol):
 
 
 class PortfolioServicer(pb_grpc.PortfolioServiceServicer):
-    """PortfolioService RPCs forwarded to a backend; `api_key` (None: open) guards Predict."""
+    """PortfolioService RPCs forwarded to a backend (the key is checked by `KeyAndStrictDecoding` first)."""
 
-    def __init__(self, backend: PortfolioBackend, api_key: str | None) -> None:
+    def __init__(self, backend: PortfolioBackend, limits: RequestLimits) -> None:
         self._backend = backend
-        self._api_key = api_key
+        self._limits = limits
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
         async def predict() -> PredictionOut:
-            check_api_key(self._api_key, {k: v for k, v in context.invocation_metadata() or ()
-                                          if isinstance(v, str)})
-            return await self._backend.predict_one(_parsed(predict_request_from_proto, request))
+            return await self._backend.predict_one(predict_request_from_proto(request, self._limits))
 
         return pb.PredictResponse(prediction=prediction_to_proto(await _answer(context, predict())))
 
@@ -94,17 +81,9 @@ class PortfolioServicer(pb_grpc.PortfolioServiceServicer):
 
     async def GetHistory(self, request: pb.HistoryRequest, context: grpc.aio.ServicerContext) -> pb.HistoryResponse:
         async def history() -> HistoryOut:
-            return await self._backend.query_history(_parsed(history_query_from_proto, request))
+            return await self._backend.query_history(history_query_from_proto(request))
 
         return history_to_proto(await _answer(context, history()))
-
-
-def _parsed(parse: Callable[[M], T], message: M) -> T:
-    """A protobuf message through the HTTP models' validators; a violated rule is a 400 (INVALID_ARGUMENT)."""
-    try:
-        return parse(message)
-    except RequestError as err:
-        raise ServingError(400, str(err)) from None
 
 
 async def _answer(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
@@ -112,21 +91,35 @@ async def _answer(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
     try:
         return await call
     except ServingError as err:
-        await context.abort(GRPC_CODES.get(err.status, grpc.StatusCode.INTERNAL), err.message)  # raises
+        await context.abort(grpc.StatusCode[err.grpc_code], err.message)  # raises
 
 
-class StrictDecoding(grpc.aio.ServerInterceptor):
-    """Decode unary requests ourselves, so a malformed message is INVALID_ARGUMENT with a reason (grpcio reports a
-    failing deserializer as UNKNOWN) and never reaches a handler."""
+class KeyAndStrictDecoding(grpc.aio.ServerInterceptor):
+    """On the PortfolioService's RPCs: the API key first (before the message is decoded), then our own decoding,
+    so a malformed message is INVALID_ARGUMENT with a reason (grpcio reports a failing deserializer as UNKNOWN)
+    and never reaches a handler. Health and reflection pass as they are."""
+
+    def __init__(self, api_key: str | None, reads_need_key: bool) -> None:
+        self._api_key = api_key
+        self._reads_need_key = reads_need_key
 
     async def intercept_service(self, continuation: Callable[..., Awaitable[grpc.RpcMethodHandler]],
                                 handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+        method = handler_call_details.method
+        if (handler is None or handler.unary_unary is None or handler.request_deserializer is None
+                or not method.startswith(f"/{SERVICE_NAME}/")):
             return handler
-        decode, behavior, method = handler.request_deserializer, handler.unary_unary, handler_call_details.method
+        decode, behavior = handler.request_deserializer, handler.unary_unary
+        needs_key = method == PREDICT or self._reads_need_key
+        metadata = {k: v for k, v in handler_call_details.invocation_metadata or () if isinstance(v, str)}
 
         async def strict(raw: bytes, context: grpc.aio.ServicerContext) -> object:
+            if needs_key:
+                try:
+                    check_api_key(self._api_key, metadata)
+                except Unauthenticated as err:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, err.message)
             try:
                 request = decode(raw)
             except DecodeError as err:
@@ -143,12 +136,15 @@ class StrictDecoding(grpc.aio.ServerInterceptor):
 class GrpcServer:
     """A grpc.aio server with the PortfolioService, health and reflection; `start` binds, `stop` drains."""
 
-    def __init__(self, backend: PortfolioBackend, api_key: str | None, host: str, port: int,
+    def __init__(self, backend: PortfolioBackend, settings: ServeSettings, max_message_bytes: int,
                  health_interval_s: float = 5.0) -> None:
-        self.address = f"{host}:{port}"
+        self.address = f"{settings.grpc_host}:{settings.grpc_port}"
         self._backend = backend
-        self._server = grpc.aio.server(interceptors=[StrictDecoding()])
-        pb_grpc.add_PortfolioServiceServicer_to_server(PortfolioServicer(backend, api_key), self._server)
+        self._server = grpc.aio.server(
+            interceptors=[KeyAndStrictDecoding(settings.api_key, settings.reads_need_key)],
+            options=[("grpc.max_receive_message_length", max_message_bytes)])
+        pb_grpc.add_PortfolioServiceServicer_to_server(PortfolioServicer(backend, RequestLimits.from_env()),
+                                                       self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -182,4 +178,5 @@ class GrpcServer:
             status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in (health.OVERALL_HEALTH, SERVICE_NAME):
                 await self._health.set(name, status)
-            await asyncio.sleep(self._health_interval_s)
+            # while not ready (e.g. the inner services still starting), look again soon
+            await asyncio.sleep(self._health_interval_s if ready else min(self._health_interval_s, 0.5))

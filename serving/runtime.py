@@ -29,6 +29,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,17 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from neuralfusion.data.news import article_text
-from neuralfusion.dataset import MarketData, market_data
+from neuralfusion.dataset import market_data
+from neuralfusion.embeddings import bar_embeddings
 from neuralfusion.errors import DataError
 from neuralfusion.features import FEATURE_NAMES
 from neuralfusion.inputs import INPUT_NAMES, grid_inputs
 from neuralfusion.manifest import PackageError, PackageManifest
+from serving.errors import RequestError
 from serving.model_store import load_verified_manifest
 from serving.providers import CPU, CUDA, DeviceError, ExecutionChoice, choose_device
-from serving.schemas import PredictRequest, RequestError, check_request_against_model
+from serving.request_checks import check_request_against_model
+from serving.schemas import PredictRequest
 from serving.store import PredictionRecord
 
 __all__ = [
@@ -272,13 +276,15 @@ class NewsEncoder:
 
 @dataclass(frozen=True)
 class PreparedRequest:
-    """A request checked against the model, on the model's grid, with the article texts its window reads."""
+    """A request checked against the model and reduced to the model's window: the market inputs, and the article
+    texts the window reads with the window bar each belongs to (their vectors come from the encoder)."""
 
     request_id: str
-    data: MarketData
-    anchor: int  # the as-of bar: the request's last bar
-    news_rows: np.ndarray  # rows of data.news whose bar lies in the window (the only ones the model reads)
-    texts: list[str] = field(repr=False)  # their article texts, in news_rows order
+    as_of: datetime  # UTC close time of the window's last bar
+    market: np.ndarray = field(repr=False)  # (L, N, F) float32, normalised features
+    coverage: np.ndarray = field(repr=False)  # (L, N) float32
+    text_bars: np.ndarray  # (M,) int64: the window bar (0..L-1) of each text
+    texts: list[str] = field(repr=False)
 
 
 class PortfolioRuntime:
@@ -333,48 +339,63 @@ class PortfolioRuntime:
         return self.graph.provider
 
     def prepare(self, request: PredictRequest) -> PreparedRequest:
-        """Check `request` against the model and put it on the grid; a RequestError says what to fix."""
+        """Check `request` against the model and reduce it to the model's window; a RequestError says what to fix."""
         bars, news = check_request_against_model(request, self.universe.symbols, self.bars_needed,
                                                  self.bar_spec.timedelta)
         try:
             data = market_data(bars, news, self.universe, self.bar_spec, source="request")
             anchor = data.n_bars - 1
-            # the same checks the real inputs get in `predict`; article vectors cannot make a window invalid
-            grid_inputs(data, np.zeros((len(data.news), self.embed_dim), np.float32),
-                        self.normaliser).windows(np.array([anchor]), self.lookback)
+            # article vectors cannot make a window invalid: zeros stand in for them in the window's checks
+            window = grid_inputs(data, np.zeros((len(data.news), self.embed_dim), np.float32),
+                                 self.normaliser).windows(np.array([anchor]), self.lookback)
         except DataError as err:
             raise RequestError(str(err)) from None
-        rows = np.flatnonzero(data.aligned.bar > anchor - self.lookback)
+        first = anchor - self.lookback + 1
+        rows = np.flatnonzero(data.aligned.bar >= first)  # the news of the window's bars, the only ones read
         texts = [article_text(data.news["title"].iat[i], data.news["body"].iat[i]) for i in rows]
-        return PreparedRequest(request_id=request.request_id or uuid.uuid4().hex, data=data, anchor=anchor,
-                               news_rows=rows, texts=texts)
+        return PreparedRequest(request_id=request.request_id or uuid.uuid4().hex,
+                               as_of=data.panel.times[anchor].to_pydatetime(), market=window["market"][0],
+                               coverage=window["coverage"][0],
+                               text_bars=np.asarray(data.aligned.bar[rows] - first, dtype=np.int64), texts=texts)
+
+    def inputs(self, item: PreparedRequest, vectors: np.ndarray) -> dict[str, np.ndarray]:
+        """The fusion graph's inputs for one prepared request (no batch axis), given the vectors of its texts."""
+        if len(vectors) != len(item.texts):
+            raise ValueError(f"{len(vectors)} article vectors for {len(item.texts)} texts")
+        news_emb, news_mask = bar_embeddings(item.text_bars, vectors.reshape(len(vectors), self.embed_dim),
+                                             self.lookback)
+        return {"news_emb": news_emb, "news_mask": news_mask, "coverage": item.coverage, "market": item.market}
+
+    def run(self, inputs: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, weights), each (B, N), of one fusion run over the windows `inputs` (from `inputs()`)."""
+        feed = {name: np.ascontiguousarray(np.stack([item[name] for item in inputs]), dtype=np.float32)
+                for name in INPUT_NAMES}
+        logits, weights = self.session.run(list(FUSION_OUTPUTS), feed)
+        self.stats.record(len(inputs))
+        if not (np.isfinite(logits).all() and np.isfinite(weights).all()):
+            raise RuntimeError("the fusion graph produced NaN/inf; the model package is broken")
+        return logits, weights
+
+    def record(self, item: PreparedRequest, logits: np.ndarray, weights: np.ndarray) -> PredictionRecord:
+        """The prediction of one prepared request from its row of a fusion run."""
+        symbols = self.universe.symbols
+        return PredictionRecord(model_version=self.version, as_of=item.as_of, symbols=symbols,
+                                weights=dict(zip(symbols, weights.tolist(), strict=True)),
+                                logits=dict(zip(symbols, logits.tolist(), strict=True)),
+                                horizon_bars=self.horizon, request_id=item.request_id)
 
     def predict(self, prepared: Sequence[PreparedRequest], vectors: np.ndarray) -> list[PredictionRecord]:
-        """One prediction per prepared request; `vectors` (M, D) are the article vectors of all their texts,
-        in order (the first request's texts first)."""
+        """One prediction per prepared request, in one fusion run; `vectors` (M, D) are the article vectors of
+        all their texts, in order (the first request's texts first)."""
         counts = [len(item.texts) for item in prepared]
         if len(vectors) != sum(counts):
             raise ValueError(f"{len(vectors)} article vectors for {sum(counts)} texts")
         if not prepared:
             return []
-        windows = []
-        for item, (start, stop) in zip(prepared, itertools.pairwise(np.cumsum([0, *counts])), strict=True):
-            all_vectors = np.zeros((len(item.data.news), self.embed_dim), dtype=np.float32)
-            all_vectors[item.news_rows] = vectors[start:stop]
-            inputs = grid_inputs(item.data, all_vectors, self.normaliser)
-            windows.append(inputs.windows(np.array([item.anchor]), self.lookback))
-        feed = {name: np.ascontiguousarray(np.concatenate([w[name] for w in windows]), dtype=np.float32)
-                for name in INPUT_NAMES}
-        logits, weights = self.session.run(list(FUSION_OUTPUTS), feed)
-        self.stats.record(len(prepared))
-        if not (np.isfinite(logits).all() and np.isfinite(weights).all()):
-            raise RuntimeError("the fusion graph produced NaN/inf; the model package is broken")
-        symbols = self.universe.symbols
-        return [PredictionRecord(model_version=self.version, as_of=item.data.panel.times[item.anchor].to_pydatetime(),
-                                 symbols=symbols, weights=dict(zip(symbols, weights[i].tolist(), strict=True)),
-                                 logits=dict(zip(symbols, logits[i].tolist(), strict=True)),
-                                 horizon_bars=self.horizon, request_id=item.request_id)
-                for i, item in enumerate(prepared)]
+        bounds = itertools.pairwise(np.cumsum([0, *counts]))
+        logits, weights = self.run([self.inputs(item, vectors[start:stop])
+                                    for item, (start, stop) in zip(prepared, bounds, strict=True)])
+        return [self.record(item, logits[i], weights[i]) for i, item in enumerate(prepared)]
 
     def predict_requests(self, requests: Sequence[PredictRequest]) -> list[PredictionRecord]:
         """Prepare, encode and predict in this process (needs the encoder): the path without a server."""

@@ -6,7 +6,11 @@
 | NFC_MODEL_PATH              | (unset)              | a package folder instead of the store (then NFC_MODEL unused) |
 | NFC_MONGO_URI               | mongodb://127.0.0.1:27017/ | where predictions are stored                           |
 | NFC_MONGO_DB                | neuralfusion         | database of the `predictions` collection                     |
-| NFC_API_KEY                 | (unset: open)        | key required on /predict and gRPC Predict                    |
+| NFC_API_KEY                 | (unset: open)        | key required on every route but /livez, /readyz, /metrics    |
+| NFC_API_KEY_READS           | key                  | open: /latest, /history, /model_info, /docs.json without key |
+| NFC_MAX_BODY_BYTES          | (request limits)     | larger bodies are answered 413 before they are read          |
+| NFC_BODY_TIMEOUT_S          | 20                   | a body not complete this long after its headers: 408         |
+| NFC_AS_OF_LEAD_BARS         | 1                    | the last bar may close at most this many bars after now      |
 | NFC_GRPC_PORT               | (unset: no gRPC)     | port of the gRPC server each worker starts                   |
 | NFC_GRPC_HOST               | 0.0.0.0              | address it binds                                             |
 | NFC_DEVICE                  | auto                 | auto (CUDA when it runs a probe graph, else CPU), cpu, cuda  |
@@ -14,19 +18,21 @@
 | NFC_ORT_THREADS             | (ORT default)        | intra-op threads per ONNX Runtime session                    |
 | NFC_WORKERS                 | 1                    | worker processes of the portfolio service                    |
 | NFC_ENCODER_WORKERS         | 1                    | worker processes of the encoder service                      |
+| NFC_FUSION_WORKERS          | 1                    | worker processes of the fusion service                       |
 | NFC_PREDICT_MAX_BATCH       | 32                   | most requests merged into one fusion run; 1: no batching     |
 | NFC_PREDICT_MAX_LATENCY_MS  | 30000                | batching deadline; BentoML answers 503 when it cannot be met |
 | NFC_ENCODER_MAX_BATCH       | 256                  | most texts merged into one encoder call; 1: no batching      |
 | NFC_ENCODER_MAX_LATENCY_MS  | 30000                | the encoder's batching deadline                              |
-| NFC_TIMEOUT_S               | 60                   | request timeout of both services                             |
+| NFC_TIMEOUT_S               | 60                   | request timeout of the services                              |
 | NFC_RELOAD_INTERVAL_S       | (unset: never)       | poll NFC_MODEL this often; swap in the version it resolves to |
 | NFC_MONGO_TIMEOUT_MS        | 2000                 | wait for an unreachable MongoDB before answering 503          |
 | NFC_PACKAGE_PUBLIC_KEY      | (unset: no check)    | Ed25519 key (PEM or path): load only packages it signed       |
 
-Request size limits (NFC_MAX_BARS, NFC_MAX_NEWS, NFC_MAX_TEXT_CHARS) live in `serving.schemas.RequestLimits`.
+Request size limits (NFC_MAX_BARS, NFC_MAX_NEWS, NFC_MAX_TEXT_CHARS) live in `serving.schemas.RequestLimits`;
+the default NFC_MAX_BODY_BYTES is the largest body those limits allow (`RequestLimits.max_body_bytes`).
 The deadlines are maxima, not waits: batches are sent as soon as BentoML's dispatcher expects no gain from
 waiting; a deadline that is too short turns load into 503 answers, so set it from the latency target.
-Model swaps (NFC_RELOAD_INTERVAL_S, model-store tags only): see the docstring of serving/service.py.
+Model swaps (NFC_RELOAD_INTERVAL_S, model-store tags only): see the docstring of serving/model_swap.py.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ DEFAULT_MODEL_TAG = "neuralfusion:latest"
 DEFAULT_MONGO_URI = "mongodb://127.0.0.1:27017/"
 _DEVICES = ("auto", "cpu", "cuda")
 _VARIANTS = ("fp32", "cpu", "fp16")
+_KEY_READS = ("key", "open")
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,10 @@ class ServeSettings:
     mongo_uri: str = DEFAULT_MONGO_URI
     mongo_db: str = "neuralfusion"
     api_key: str | None = field(default=None, repr=False)  # a secret: never in logs or reprs
+    api_key_reads: str = "key"
+    max_body_bytes: int | None = None
+    body_timeout_s: int = 20
+    as_of_lead_bars: int = 1
     grpc_port: int | None = None
     grpc_host: str = "0.0.0.0"  # noqa: S104 - a server binds all interfaces unless told otherwise, like BentoML's HTTP
     device: str = "auto"
@@ -59,6 +70,7 @@ class ServeSettings:
     ort_threads: int | None = None
     workers: int = 1
     encoder_workers: int = 1
+    fusion_workers: int = 1
     predict_max_batch: int = 32
     predict_max_latency_ms: int = 30_000
     encoder_max_batch: int = 256
@@ -86,6 +98,8 @@ class ServeSettings:
         settings = cls(**values)  # type: ignore[arg-type]
         if settings.device not in _DEVICES:
             raise ValueError(f"NFC_DEVICE={settings.device!r} must be one of {_DEVICES}")
+        if settings.api_key_reads not in _KEY_READS:
+            raise ValueError(f"NFC_API_KEY_READS={settings.api_key_reads!r} must be one of {_KEY_READS}")
         if settings.ort_variant is not None and settings.ort_variant not in _VARIANTS:
             raise ValueError(f"NFC_ORT_VARIANT={settings.ort_variant!r} must be one of {_VARIANTS}")
         if settings.reload_interval_s is not None and settings.model_path:
@@ -100,3 +114,8 @@ class ServeSettings:
         if settings.grpc_port is not None and settings.grpc_port > 65535:
             raise ValueError(f"NFC_GRPC_PORT={settings.grpc_port} is not a TCP port")
         return settings
+
+    @property
+    def reads_need_key(self) -> bool:
+        """Whether the read routes (/latest, /history, /model_info, the OpenAPI) need the key."""
+        return self.api_key is not None and self.api_key_reads == "key"

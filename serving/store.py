@@ -1,13 +1,16 @@
 """MongoDB prediction store: one document per (model_version, as_of), written idempotently.
 
-A unique index on (model_version, as_of) makes repeats harmless, and a prediction
-is only reported stored once MongoDB acknowledged the write (write concern "majority"). Writes are
-`$setOnInsert` upserts, so a repeat never overwrites the first answer for a bar. `as_of` is the UTC
-close time of the as-of bar, stored as a BSON date (millisecond precision).
+A unique index on (model_version, as_of) makes repeats harmless, and a prediction is only reported stored
+once MongoDB acknowledged the write (write concern "majority"). Writes are `$setOnInsert` upserts, so a
+repeat never overwrites the first answer for a bar; each document carries the request id and the sha256 of
+the request's inputs, so a repeat is told apart from another request for the same key: `save` reports a
+repeat with the same inputs as ALREADY_PRESENT and one with other inputs as CONFLICT, each with the record
+MongoDB holds. `as_of` is the UTC close time of the as-of bar, stored as a BSON date (millisecond precision).
 
-The URI comes from the caller (the service reads `NFC_MONGO_URI`); every log line and error message
-shows it through `neuralfusion.redact`, so passwords never reach logs; pymongo gets the URI with its
-user info percent-encoded, so a password may hold any character (parsing rules: neuralfusion/redact.py).
+The URI comes from the caller (the service reads `NFC_MONGO_URI`); pymongo gets it with its user info
+percent-encoded, so a password may hold any character (parsing rules: neuralfusion/redact.py). Error messages
+name the operation only (they may reach an API caller); the server's log gets the details, with the URI
+redacted and the driver's message scrubbed of the password.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -30,6 +33,7 @@ __all__ = [
     "DEFAULT_COLLECTION",
     "DEFAULT_DATABASE",
     "MAX_HISTORY_LIMIT",
+    "MAX_KEY_CHARS",
     "HistoryPage",
     "PredictionRecord",
     "PredictionStore",
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DATABASE = "neuralfusion"
 DEFAULT_COLLECTION = "predictions"
 MAX_HISTORY_LIMIT = 1000
+MAX_KEY_CHARS = 128  # model versions and request ids: far below MongoDB's 16 MB document limit
 _UNIQUE_INDEX = "model_version_as_of"
 _DUPLICATE_KEY = 11000
 _NEWEST_FIRST = [("as_of", DESCENDING), ("model_version", ASCENDING)]
@@ -63,7 +68,10 @@ def _utc(value: datetime, name: str) -> tuple[datetime, bool]:
     digits, which BSON dates drop; naive times are refused."""
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValueError(f"{name} must be a time-zone aware datetime, got {value!r}")
-    utc = value.astimezone(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{name} {value.isoformat()} is out of range") from None
     plain = datetime(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond, tzinfo=UTC)
     return plain, bool(utc.microsecond % 1000 or getattr(utc, "nanosecond", 0))
 
@@ -82,7 +90,10 @@ def _bound_time(value: datetime | None, name: str) -> datetime | None:
     if value is None:
         return None
     utc, finer = _utc(value, name)
-    return utc.replace(microsecond=utc.microsecond // 1000 * 1000) + timedelta(milliseconds=1) if finer else utc
+    try:
+        return utc.replace(microsecond=utc.microsecond // 1000 * 1000) + timedelta(milliseconds=1) if finer else utc
+    except OverflowError:
+        raise ValueError(f"{name} {value.isoformat()} is out of range") from None
 
 
 @dataclass(frozen=True)
@@ -96,13 +107,15 @@ class PredictionRecord:
     logits: dict[str, float]
     horizon_bars: int
     request_id: str
+    inputs_sha256: str | None = None  # of the request's canonical inputs (serving.request_checks.inputs_sha256)
     created_at: datetime | None = field(default=None, compare=False)  # set by the store; ignored by save
 
     def __post_init__(self) -> None:
         # values may arrive as numpy scalars, which BSON cannot encode: normalise to Python types here
         symbols = tuple(str(s) for s in self.symbols)
-        if not self.model_version:
-            raise ValueError("model_version is empty")
+        for name in ("model_version", "request_id"):
+            if not 0 < len(getattr(self, name)) <= MAX_KEY_CHARS:
+                raise ValueError(f"{name} must have 1 to {MAX_KEY_CHARS} characters")
         bad = [s for s in symbols if not s or "." in s or s.startswith("$")]
         if bad:
             raise ValueError(f"symbols {bad} cannot be MongoDB field names (empty, '.' or leading '$')")
@@ -120,32 +133,39 @@ class PredictionRecord:
                 raise ValueError(f"{name} hold NaN/inf: {floats}")
             object.__setattr__(self, name, floats)
 
+    def with_inputs(self, inputs_sha256: str) -> PredictionRecord:
+        """This prediction, made from the inputs whose canonical hash is `inputs_sha256`."""
+        return replace(self, inputs_sha256=inputs_sha256)
+
     def to_document(self, created_at: datetime) -> dict[str, Any]:
         return {"model_version": self.model_version, "as_of": self.as_of, "symbols": list(self.symbols),
                 "weights": self.weights, "logits": self.logits, "horizon_bars": self.horizon_bars,
-                "request_id": self.request_id, "created_at": created_at}
+                "request_id": self.request_id, "inputs_sha256": self.inputs_sha256, "created_at": created_at}
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> PredictionRecord:
         return cls(model_version=doc["model_version"], as_of=doc["as_of"], symbols=tuple(doc["symbols"]),
                    weights=doc["weights"], logits=doc["logits"], horizon_bars=doc["horizon_bars"],
-                   request_id=doc["request_id"], created_at=doc.get("created_at"))
+                   request_id=doc["request_id"], inputs_sha256=doc.get("inputs_sha256"),
+                   created_at=doc.get("created_at"))
 
 
 class SaveOutcome(StrEnum):
-    """What `save` did with one prediction; both outcomes mean MongoDB holds a prediction for its key."""
+    """What `save` did with one prediction; MongoDB holds a prediction for its key after each of them."""
 
     STORED = "stored"  # newly written and acknowledged
-    ALREADY_PRESENT = "already present"  # an idempotent repeat: the first prediction for this key is kept
+    ALREADY_PRESENT = "already present"  # a repeat with the same inputs (or inputs not hashed): kept as it was
+    CONFLICT = "conflict"  # another request's prediction, from other inputs, holds the key: nothing written
 
 
 @dataclass(frozen=True)
 class SaveResult:
-    """The outcome of saving the prediction of (model_version, as_of)."""
+    """The outcome of saving the prediction of (model_version, as_of), and the record MongoDB holds for it."""
 
     model_version: str
     as_of: datetime
     outcome: SaveOutcome
+    held: PredictionRecord
 
 
 @dataclass(frozen=True)
@@ -193,18 +213,21 @@ class PredictionStore:
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
-        """Turn pymongo errors into StoreError/StoreUnavailable with the redacted URI and no password."""
+        """Turn pymongo errors into StoreError/StoreUnavailable naming only `action`; the log gets the server
+        (URI redacted) and the driver's message (password scrubbed)."""
         try:
             yield
         except ConnectionFailure as err:  # also ServerSelectionTimeoutError, AutoReconnect, NetworkTimeout
-            raise StoreUnavailable(f"MongoDB at {self.uri} is unavailable ({action}): "
-                                   f"{type(err).__name__}: {self._scrub(err)}") from err
+            log.warning("MongoDB at %s is unavailable (%s): %s: %s", self.uri, action, type(err).__name__,
+                        self._scrub(err))
+            raise StoreUnavailable(f"MongoDB is unavailable ({action})") from None
         except PyMongoError as err:
-            raise StoreError(f"MongoDB at {self.uri} failed ({action}): "
-                             f"{type(err).__name__}: {self._scrub(err)}") from err
+            log.error("MongoDB at %s failed (%s): %s: %s", self.uri, action, type(err).__name__, self._scrub(err))
+            raise StoreError(f"MongoDB failed ({action}: {type(err).__name__})") from None
         except (KeyError, TypeError, ValueError) as err:  # pymongo's handshake on a server answering off-spec
-            raise StoreError(f"MongoDB at {self.uri} failed ({action}), the driver raised "
-                             f"{type(err).__name__}: {self._scrub(err)}") from None
+            log.error("MongoDB at %s failed (%s), the driver raised %s: %s", self.uri, action, type(err).__name__,
+                      self._scrub(err))
+            raise StoreError(f"MongoDB failed ({action}: the driver raised {type(err).__name__})") from None
 
     async def ping(self) -> None:
         """Round trip to the server, for readiness checks; raises StoreUnavailable when it is unreachable."""
@@ -220,8 +243,9 @@ class PredictionStore:
         log.info("prediction store ready: %s at %s", self.namespace, self.uri)
 
     async def save(self, predictions: Sequence[PredictionRecord]) -> list[SaveResult]:
-        """Write `predictions` in one unordered bulk write; per prediction, whether it was newly stored
-        or already present. Raises StoreError (nothing is reported stored) unless every write was acknowledged."""
+        """Write `predictions` in one unordered bulk write; per prediction, whether it was newly stored, already
+        present from the same inputs, or in conflict with another request's, and the record MongoDB holds.
+        Raises StoreError (nothing is reported stored) unless every write was acknowledged."""
         if not predictions:
             return []
         now = datetime.now(UTC)
@@ -235,31 +259,46 @@ class PredictionStore:
                 details = err.details
             else:
                 if not result.acknowledged:
-                    raise StoreError(f"MongoDB at {self.uri} did not acknowledge the write of {len(ops)} predictions")
+                    raise StoreError(f"MongoDB did not acknowledge the write of {len(ops)} predictions")
                 details = result.bulk_api_result
         # a duplicate-key error is a concurrent writer inserting the same key first: the prediction is present
         failed = [e for e in details["writeErrors"] if e["code"] != _DUPLICATE_KEY]
         if failed or details["writeConcernErrors"]:
             first = (failed or details["writeConcernErrors"])[0]
-            raise StoreError(f"MongoDB at {self.uri} did not acknowledge {len(failed) or len(ops)} of {len(ops)} "
-                             f"predictions: {self._scrub(first.get('errmsg'))}; "
+            log.error("MongoDB at %s refused writes: %s", self.uri, self._scrub(first.get("errmsg")))
+            raise StoreError(f"MongoDB did not acknowledge {len(failed) or len(ops)} of {len(ops)} predictions; "
                              "saving them again is safe (writes are idempotent)")
         stored = {u["index"] for u in details["upserted"]}
+        held = await self._held([p for i, p in enumerate(predictions) if i not in stored])
         log.debug("saved %d predictions to %s: %d new", len(ops), self.namespace, len(stored))
-        return [SaveResult(p.model_version, p.as_of, SaveOutcome.STORED if i in stored else SaveOutcome.ALREADY_PRESENT)
-                for i, p in enumerate(predictions)]
+        return [SaveResult(p.model_version, p.as_of, SaveOutcome.STORED, p) if i in stored else
+                _repeat(p, held[(p.model_version, p.as_of)]) for i, p in enumerate(predictions)]
+
+    async def _held(self, predictions: Sequence[PredictionRecord]) -> dict[tuple[str, datetime], PredictionRecord]:
+        """The records MongoDB holds for the keys of `predictions`."""
+        if not predictions:
+            return {}
+        keys = [{"model_version": p.model_version, "as_of": p.as_of} for p in predictions]
+        with self._errors(f"reading {len(keys)} stored predictions"):
+            docs = await self._collection.find({"$or": keys}, projection=_NO_ID).to_list()
+        held = {(d["model_version"], _utc(d["as_of"], "as_of")[0]): PredictionRecord.from_document(d) for d in docs}
+        missing = [k for k in keys if (k["model_version"], k["as_of"]) not in held]
+        if missing:  # a key the write reported present is gone: never answer "stored" for it
+            raise StoreError(f"MongoDB lost {len(missing)} predictions between writing and reading them back")
+        return held
 
     async def latest(self, model_version: str | None = None) -> PredictionRecord | None:
         """The prediction with the newest as_of, of `model_version` or of any version; None when there is none."""
+        query = _query(model_version)  # a bad argument is a ValueError, not a store failure
         with self._errors("reading the latest prediction"):
-            doc = await self._collection.find_one(_query(model_version), projection=_NO_ID, sort=_NEWEST_FIRST)
+            doc = await self._collection.find_one(query, projection=_NO_ID, sort=_NEWEST_FIRST)
         return None if doc is None else PredictionRecord.from_document(doc)
 
     async def get(self, model_version: str, as_of: datetime) -> PredictionRecord | None:
         """The stored prediction of `model_version` for the bar `as_of` (the first one written), or None."""
+        query = {"model_version": str(model_version), "as_of": _key_time(as_of, "as_of")}
         with self._errors("reading a prediction"):
-            doc = await self._collection.find_one({"model_version": str(model_version),
-                                                   "as_of": _key_time(as_of, "as_of")}, projection=_NO_ID)
+            doc = await self._collection.find_one(query, projection=_NO_ID)
         return None if doc is None else PredictionRecord.from_document(doc)
 
     async def history(self, start: datetime | None, end: datetime | None, model_version: str | None = None,
@@ -276,8 +315,9 @@ class PredictionStore:
         if lower is not None and end_utc is not None and lower >= end_utc:
             raise ValueError(f"start {lower.isoformat()} must be before end {end_utc.isoformat()}")
         upper = min((t for t in (end_utc, before_utc) if t is not None), default=None)
+        query = _query(model_version, lower, upper)
         with self._errors("reading prediction history"):
-            docs = await self._find(_query(model_version, lower, upper), limit + 1)
+            docs = await self._find(query, limit + 1)
             if len(docs) <= limit:
                 return HistoryPage([PredictionRecord.from_document(d) for d in docs], None)
             boundary = docs[limit]["as_of"]  # the first prediction that does not fit
@@ -296,8 +336,17 @@ class PredictionStore:
         return scrub(message, self._secrets)
 
 
+def _repeat(new: PredictionRecord, held: PredictionRecord) -> SaveResult:
+    """A prediction whose key MongoDB already held: the same inputs (or unhashed ones) or a conflict."""
+    same = new.inputs_sha256 is None or held.inputs_sha256 == new.inputs_sha256
+    return SaveResult(new.model_version, new.as_of, SaveOutcome.ALREADY_PRESENT if same else SaveOutcome.CONFLICT,
+                      held)
+
+
 def _query(model_version: str | None, lower: datetime | None = None, upper: datetime | None = None) -> dict[str, Any]:
     """A filter built from values only (no string interpolation): model version and lower <= as_of < upper."""
+    if model_version is not None and not 0 < len(str(model_version)) <= MAX_KEY_CHARS:
+        raise ValueError(f"model_version must have 1 to {MAX_KEY_CHARS} characters")
     query: dict[str, Any] = {} if model_version is None else {"model_version": str(model_version)}
     bounds = {op: t for op, t in (("$gte", lower), ("$lt", upper)) if t is not None}
     if bounds:

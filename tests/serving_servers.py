@@ -42,7 +42,8 @@ DATABASE = "neuralfusion"
 SECOND_VERSION = "0.2.0-test"
 # as-of bar ranges of the reliability market, one per test, so no test sees another's documents
 AS_OF_BARS = {"load": range(100, 2100), "fault": range(2100, 2600), "swap": range(2600, 3000),
-              "grpc_fuzz": range(3000, 3300)}
+              "grpc_fuzz": range(3000, 3300), "abuse": range(3300, 3360)}
+BODY_TIMEOUT_S = 3  # the reliable server's NFC_BODY_TIMEOUT_S: a stalled body is answered 408 after this
 
 
 class Payloads:
@@ -101,6 +102,9 @@ class Live:
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
+
+    def workers(self) -> dict[str, list[int]]:
+        return service_workers(self.process.pid)
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,29 @@ class Load:
         except ValueError:
             body = response.text
         return Answer(i, response.status_code, body, time.monotonic() - started)
+
+
+def service_workers(root_pid: int) -> dict[str, list[int]]:
+    """Pids of the BentoML workers under `root_pid` by service name (neuralfusion, nfc-encoder, nfc-fusion)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" ", 1)
+        except OSError:
+            continue
+        children.setdefault(int(rest.rsplit(")", 1)[1].split()[1]), []).append(int(pid))
+    out: dict[str, list[int]] = {}
+    todo = [root_pid]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--service-name" in args:
+            out.setdefault(args[args.index(b"--service-name") + 1].decode(), []).append(pid)
+    return out
 
 
 def distinct_free_ports(n: int) -> tuple[int, ...]:
@@ -234,12 +261,12 @@ def reliable(tiny, reliability_market, tmp_path_factory) -> Iterator[Reliable]:
     mongo = EmbeddedMongo(root / "mongo", port=mongo_port).start()
     tag = import_into_store(tiny.package, root / "bentoml")
     env = serve_env(root, NFC_API_KEY=API_KEY, NFC_MONGO_URI=mongo.uri, NFC_RELOAD_INTERVAL_S="1",
-                    NFC_MONGO_TIMEOUT_MS="1000")
+                    NFC_MONGO_TIMEOUT_MS="1000", NFC_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S))
     bars = BarFileSource(reliability_market / "bars.parquet").read()
     try:
         with start_nfc_serve(root, ["--model", "neuralfusion:latest"], env, http_port, grpc_port) as (process, url,
                                                                                                      log):
-            info = httpx.post(f"{url}/model_info", timeout=30).json()
+            info = httpx.post(f"{url}/model_info", headers=KEY, timeout=30).json()
             assert f"neuralfusion:{info['version']}" == tag, info
             yield Reliable(process, log, url, f"127.0.0.1:{grpc_port}", mongo.uri, (http_port, grpc_port, mongo_port),
                            bars, read_news(reliability_market / "news.jsonl"), np.sort(bars["timestamp"].unique()),

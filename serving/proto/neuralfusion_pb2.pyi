@@ -51,7 +51,7 @@ class PredictRequest(_message.Message):
     def __init__(self, bars: _Optional[_Iterable[_Union[Bar, _Mapping]]] = ..., news: _Optional[_Iterable[_Union[NewsItem, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("model_version", "as_of", "symbols", "weights", "logits", "horizon_bars", "request_id", "stored")
+    __slots__ = ("model_version", "as_of", "symbols", "weights", "logits", "horizon_bars", "request_id", "stored", "duplicate")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
     SYMBOLS_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class Prediction(_message.Message):
     HORIZON_BARS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     as_of: str
     symbols: _containers.RepeatedScalarFieldContainer[str]
@@ -68,7 +69,8 @@ class Prediction(_message.Message):
     horizon_bars: int
     request_id: str
     stored: bool
-    def __init__(self, model_version: _Optional[str] = ..., as_of: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., weights: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., horizon_bars: _Optional[int] = ..., request_id: _Optional[str] = ..., stored: _Optional[bool] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, model_version: _Optional[str] = ..., as_of: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., weights: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., horizon_bars: _Optional[int] = ..., request_id: _Optional[str] = ..., stored: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("prediction",)

@@ -1,19 +1,25 @@
 """Artifacts: a package with a tampered ONNX graph, external-data file or manifest is refused when the services
 load it. Both services (constructed and started as BentoML does, with MongoDB open) stay up but never ready, say
 why in the log and on /model_info, answer /predict with 503, and write nothing. (One `to_asgi()` app per process:
-tests/test_serving/test_serving_app.py holds it, so the routes are called on the service objects here.)"""
+tests/test_serving/test_serving_app.py holds it, so the routes are called on the service objects here.)
+Live: an encoder graph altered under a running `nfc serve` whose encoder worker restarts: a /predict without news
+(which needs no article vector) is a 503 naming the file too, never an answer from half a model."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from pymongo import MongoClient
-from serving_servers import Payloads
+from serving_servers import KEY, Payloads, distinct_free_ports, serve_env, service_workers, start_nfc_serve
 
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
@@ -69,7 +75,7 @@ def test_a_tampered_package_is_refused_at_load(name, tiny, mongo_uri, tmp_path, 
         finally:
             await service.stop()
 
-    with caplog.at_level(logging.ERROR, logger="serving.service"):
+    with caplog.at_level(logging.ERROR, logger="serving.model_swap"):
         encoder, portfolio = EncoderService(), PortfolioService()
         ready, status, message, refused = asyncio.run(serve_once(portfolio))
     assert encoder.__is_ready__() is False and reason in (encoder.model_error or "")
@@ -80,3 +86,36 @@ def test_a_tampered_package_is_refused_at_load(name, tiny, mongo_uri, tmp_path, 
     assert len(logged) == 2 and all(reason in line for line in logged)
     with MongoClient(mongo_uri, serverSelectionTimeoutMS=5000) as mongo:
         assert mongo[DATABASE]["predictions"].count_documents({}) == 0
+
+
+@pytest.mark.integration
+def test_an_encoder_graph_altered_under_a_running_server_stops_predictions_without_news(tiny, tmp_path):
+    package = Path(shutil.copytree(tiny.package, tmp_path / "pkg"))
+    http_port, grpc_port, mongo_port = distinct_free_ports(3)
+    bars = BarFileSource(tiny.data / "bars.parquet").read()
+    manifest = load_manifest(tiny.package)
+    payloads = Payloads(bars, read_news(tiny.data / "news.jsonl"),
+                        manifest.data["features"]["warmup_bars"] + manifest.window.lookback)
+
+    def without_news(bar: int, request_id: str) -> dict:
+        return {**payloads(bar, request_id), "news": []}
+
+    with start_nfc_serve(tmp_path, ["--model-path", str(package)], serve_env(tmp_path, NFC_API_KEY=KEY["X-API-Key"]),
+                         http_port, grpc_port, ("--mongo-data", str(tmp_path / "mongo"), "--mongo-port",
+                                                str(mongo_port))) as (process, url, _):
+        answer = httpx.post(f"{url}/predict", json=without_news(300, "whole"), headers=KEY, timeout=60)
+        assert answer.status_code == 200, answer.text
+        flip_a_byte(package / "encoder.cpu.onnx")
+        [encoder_pid] = service_workers(process.pid)["nfc-encoder"]
+        os.kill(encoder_pid, signal.SIGKILL)  # BentoML starts a new encoder worker, which reads the altered file
+        deadline = time.monotonic() + 120
+        while True:  # 503 while the encoder worker restarts, then 503 naming the file; never an answer
+            refused = httpx.post(f"{url}/predict", json=without_news(301, "half"), headers=KEY, timeout=60)
+            assert refused.status_code == 503, refused.text
+            if "encoder.cpu.onnx" in refused.json()["error"] or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert "package file encoder.cpu.onnx was modified" in refused.json()["error"], refused.text
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
+        with MongoClient(f"mongodb://127.0.0.1:{mongo_port}/", serverSelectionTimeoutMS=5000) as mongo:
+            assert mongo["neuralfusion"]["predictions"].count_documents({"request_id": "half"}) == 0

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from serving_servers import AS_OF_BARS, SECOND_VERSION, Answer, Load, import_into_store
+from serving_servers import AS_OF_BARS, KEY, SECOND_VERSION, Answer, Load, import_into_store
 
 from serving.runtime import PortfolioRuntime
 from serving.schemas import PredictRequest
@@ -42,7 +42,7 @@ def expected_answers(package: Path, bodies: list[dict]) -> dict[str, np.ndarray]
 
 
 def test_a_model_swap_under_traffic_never_mixes_versions(reliable, tiny, second_package):
-    info = httpx.post(f"{reliable.url}/model_info", timeout=30).json()
+    info = httpx.post(f"{reliable.url}/model_info", headers=KEY, timeout=30).json()
     if info["version"] != FIRST_VERSION:
         pytest.fail(f"the shared server already serves {info['version']}; this test must see the swap happen")
     new_answers: list[Answer] = []
@@ -89,7 +89,7 @@ def test_a_model_swap_under_traffic_never_mixes_versions(reliable, tiny, second_
     for answer in answers:
         body = answer.body
         assert stored[(body["model_version"], pd.Timestamp(body["as_of"]))]["weights"] == body["weights"]
-    info = httpx.post(f"{reliable.url}/model_info", timeout=30).json()
+    info = httpx.post(f"{reliable.url}/model_info", headers=KEY, timeout=30).json()
     assert info["version"] == SECOND_VERSION and info["refused_model"] is None
 
 
@@ -104,14 +104,14 @@ def test_a_tampered_package_is_refused_as_a_swap_and_the_current_model_keeps_ser
     assert service.runtime is not None and service.runtime.version == FIRST_VERSION
 
     async def swaps() -> tuple[bool, bool, bool]:
-        refused = await service.swap_to(f"neuralfusion:{SECOND_VERSION}", tampered)
-        again = await service.swap_to(f"neuralfusion:{SECOND_VERSION}", tampered)  # not retried every poll
-        same = await service.swap_to(f"neuralfusion:{FIRST_VERSION}", tiny.package)
+        refused = await service.model.swap_to(f"neuralfusion:{SECOND_VERSION}", tampered)
+        again = await service.model.swap_to(f"neuralfusion:{SECOND_VERSION}", tampered)  # not retried every poll
+        same = await service.model.swap_to(f"neuralfusion:{FIRST_VERSION}", tiny.package)
         return refused, again, same
 
     assert asyncio.run(swaps()) == (False, False, False)
     assert service.runtime.version == FIRST_VERSION
-    assert service.refused_model is not None and "package file fusion.onnx was modified" in service.refused_model
+    assert service.model.refused is not None and "package file fusion.onnx was modified" in service.model.refused
 
 
 def test_model_swaps_follow_a_store_tag_only():

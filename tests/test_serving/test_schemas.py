@@ -1,4 +1,5 @@
-"""HTTP request/response models, their protobuf conversions and the checks against the served model."""
+"""HTTP request/response models (serving.schemas), their protobuf conversions (serving.proto_convert) and the
+checks against the served model (serving.request_checks)."""
 
 from __future__ import annotations
 
@@ -14,22 +15,24 @@ import pytest
 from pydantic import ValidationError
 
 from serving.client import request_to_proto
+from serving.errors import RequestError
 from serving.proto import neuralfusion_pb2 as pb
-from serving.schemas import (
-    EXAMPLE_INPUT,
-    HistoryOut,
-    NewsIn,
-    PredictionOut,
-    PredictRequest,
-    RequestError,
-    RequestLimits,
-    check_request_against_model,
+from serving.proto_convert import (
     history_query_from_proto,
     history_to_proto,
     predict_request_from_proto,
     prediction_from_proto,
     prediction_to_proto,
-    request_frames,
+)
+from serving.request_checks import check_as_of, check_request_against_model, inputs_sha256, request_frames
+from serving.schemas import (
+    EXAMPLE_INPUT,
+    HistoryOut,
+    HistoryQuery,
+    NewsIn,
+    PredictionOut,
+    PredictRequest,
+    RequestLimits,
 )
 from serving.store import PredictionRecord
 
@@ -162,6 +165,54 @@ def test_request_limits_from_env_read_each_variable() -> None:
     assert RequestLimits.from_env({}) == RequestLimits()
 
 
+@pytest.mark.parametrize("when", ["2300-01-05T00:03:00Z", "9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00Z",
+                                  "1969-12-31T23:59:59Z", "9999-12-31T23:59:00-14:00"])
+def test_times_outside_1970_to_2200_are_refused_before_pandas_sees_them(when: str) -> None:
+    for payload in (example(bars=[{**EXAMPLE_INPUT["bars"][0], "timestamp": when}]),
+                    example(news=[{**EXAMPLE_INPUT["news"][0], "published_at": when}])):
+        assert "is outside 1970-01-01T00:00:00+00:00 .. 2200-01-01T00:00:00+00:00" in refusal(payload)
+    with pytest.raises(ValidationError, match="is outside"):
+        HistoryQuery.model_validate({"end": when})
+
+
+def test_string_and_list_sizes_are_capped_before_mongodb() -> None:
+    assert "at most 128 characters" in refusal(example(request_id="r" * 129))
+    assert "at least 1 character" in refusal(example(request_id=""))
+    with pytest.raises(ValidationError, match="at most 128 characters"):
+        HistoryQuery.model_validate({"model_version": "v" * 129})
+    many = [{**EXAMPLE_INPUT["news"][0], "symbols": ["AURX"] * 65}]
+    assert "at most 64 items" in refusal(example(news=many))
+
+
+def test_the_default_body_limit_fits_the_largest_request_the_limits_allow() -> None:
+    limits = RequestLimits()
+    largest = example(
+        bars=[{**EXAMPLE_INPUT["bars"][0], "symbol": "S" * 32, "open": 123456.789012, "high": 123456.789012,
+               "low": 123456.789012, "close": 123456.789012, "volume": 1.23456789e15}] * limits.max_bars,
+        news=[{**EXAMPLE_INPUT["news"][0], "id": "i" * 128, "title": "", "body": "\u00e9" * limits.max_text_chars,
+               "symbols": ["S" * 32] * 64}] * limits.max_news, request_id="r" * 128)
+    size = len(json.dumps(largest, ensure_ascii=False).encode())
+    assert size <= limits.max_body_bytes < 2 * size, (size, limits.max_body_bytes)
+
+
+def test_the_as_of_may_be_at_most_lead_bars_after_now() -> None:
+    request = PredictRequest.model_validate(EXAMPLE_INPUT)  # last bar 2026-01-05T00:06Z
+    now = datetime(2026, 1, 5, 0, 3, tzinfo=UTC)
+    check_as_of(request, STEP, 1, now)
+    with pytest.raises(RequestError, match=r"after now plus 1 bar\(s\) \(2026-01-05T00:03:00\+00:00"):
+        check_as_of(request, STEP, 1, now - STEP)
+
+
+def test_the_inputs_hash_ignores_order_time_zones_and_request_id_but_not_values() -> None:
+    base = inputs_sha256(PredictRequest.model_validate(EXAMPLE_INPUT))
+    reordered = example(bars=EXAMPLE_INPUT["bars"][::-1], news=EXAMPLE_INPUT["news"][::-1], request_id="other")
+    reordered["bars"][0]["timestamp"] = "2026-01-05T01:06:00+01:00"  # the same instant
+    assert inputs_sha256(PredictRequest.model_validate(reordered)) == base
+    for changed in (example(bars=[{**EXAMPLE_INPUT["bars"][0], "volume": 5124.0}, *EXAMPLE_INPUT["bars"][1:]]),
+                    example(news=EXAMPLE_INPUT["news"][:1])):
+        assert inputs_sha256(PredictRequest.model_validate(changed)) != base
+
+
 def test_request_frames_follow_the_data_contract() -> None:
     bars, news = request_frames(PredictRequest.model_validate(EXAMPLE_INPUT))
     assert list(bars.columns) == ["timestamp", "symbol", "open", "high", "low", "close", "volume"]
@@ -255,7 +306,7 @@ def prediction() -> PredictionOut:
     record = PredictionRecord(model_version="v1", as_of=T0.to_pydatetime(), symbols=("BLTQ", "AURX"),
                               weights={"AURX": 0.25, "BLTQ": 0.75}, logits={"AURX": -0.5, "BLTQ": 1.5},
                               horizon_bars=80, request_id="r-1")
-    return PredictionOut.from_record(record, stored=True)
+    return PredictionOut.from_record(record)
 
 
 def test_prediction_from_record_keeps_model_order() -> None:
@@ -287,7 +338,8 @@ def test_history_query_from_proto_reads_empty_fields_as_not_given() -> None:
 
 def test_serving_foundations_import_neither_torch_nor_training() -> None:
     code = ("import sys, serving.schemas, serving.store, serving.proto.neuralfusion_pb2_grpc, serving.runtime, "
-            "serving.service, serving.grpc_server, serving.predict_job, serving.settings, serving.errors; "
+            "serving.service, serving.grpc_server, serving.predict_job, serving.settings, serving.errors, "
+            "serving.middleware, serving.model_swap, serving.request_checks, serving.proto_convert; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'transformers')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -32,11 +32,12 @@ from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
 from nfc.embedded_mongo import EmbeddedMongo, free_port
 from serving.client import predict_payload, request_to_proto
-from serving.errors import ServingError
+from serving.errors import ServingError, Unavailable
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
+from serving.runtime import PortfolioRuntime
 from serving.schemas import EXAMPLE_INPUT, PredictRequest
-from serving.service import PortfolioService, PredictJob, batching, retry_once_on_disconnect
+from serving.service import PortfolioService, batching, call_inner
 
 pytestmark = pytest.mark.mongo
 
@@ -82,7 +83,7 @@ def app(tiny, tmp_path_factory) -> Iterator[App]:
     bars = BarFileSource(tiny.data / "bars.parquet").read()
     try:
         yield App(client, mongo, f"127.0.0.1:{grpc_port}", bars, read_news(tiny.data / "news.jsonl"),
-                  np.sort(bars["timestamp"].unique()), client.post("/model_info").json()["bars_needed"])
+                  np.sort(bars["timestamp"].unique()), client.post("/model_info", headers=AUTH).json()["bars_needed"])
     finally:
         client.__exit__(None, None, None)
         mongo.stop()
@@ -105,10 +106,19 @@ def test_predict_returns_weights_that_mongodb_holds(app):
     assert document["weights"] == pytest.approx(body["weights"]) and document["symbols"] == body["symbols"]
 
 
-def test_a_repeated_prediction_keeps_one_document(app):
-    for _ in range(2):
-        assert app.client.post("/predict", json=app.payload(310, "app-repeat"), headers=AUTH).json()["stored"]
-    assert len(app.documents(as_of=pd.Timestamp(app.times[310]).to_pydatetime())) == 1
+def test_a_repeat_answers_the_stored_prediction_and_other_inputs_are_a_409(app):
+    first = app.client.post("/predict", json=app.payload(310, "app-repeat"), headers=AUTH).json()
+    again = app.client.post("/predict", json=app.payload(310, "app-repeat-2"), headers=AUTH).json()
+    assert first["stored"] and not first["duplicate"]
+    assert again["stored"] and again["duplicate"] and again["request_id"] == "app-repeat"  # the stored one
+    assert again["weights"] == first["weights"]
+    other = app.payload(310, "app-other")
+    other["bars"][-1]["volume"] += 1.0
+    conflict = app.client.post("/predict", json=other, headers=AUTH)
+    assert conflict.status_code == 409 and "'app-repeat'" in conflict.json()["error"], conflict.text
+    [document] = app.documents(as_of=pd.Timestamp(app.times[310]).to_pydatetime())
+    assert document["request_id"] == "app-repeat" and document["weights"] == first["weights"]
+    assert len(document["inputs_sha256"]) == 64
 
 
 def _shorter(payload: dict[str, Any]) -> None:
@@ -168,35 +178,34 @@ def test_malformed_json_is_a_400_and_stores_nothing(app):
     assert len(app.documents()) == before
 
 
-def test_predict_needs_the_api_key_and_reads_do_not(app):
-    payload = app.payload(340, "no-key")
-    missing = app.client.post("/predict", json=payload)
-    wrong = app.client.post("/predict", json=payload, headers={"X-API-Key": "guess"})
-    assert missing.status_code == wrong.status_code == 401
+@pytest.mark.parametrize("route", ["/predict", "/latest", "/history", "/model_info", "/docs.json"])
+def test_every_route_but_the_probes_needs_the_key_before_its_body_is_read(app, route):
+    payload = app.payload(340, f"no-key{route}")
+    method = app.client.get if route == "/docs.json" else app.client.post
+    missing = method(route, json=payload) if method == app.client.post else method(route)
+    wrong = method(route, headers={"X-API-Key": "guess"})
+    assert missing.status_code == wrong.status_code == 401, missing.text
     assert "Authorization: Bearer <key>" in missing.json()["error"] and API_KEY not in wrong.text
-    assert app.documents(request_id="no-key") == []
-    assert app.client.post("/latest", json={}).status_code in (200, 404)
+    assert "detail" not in missing.json()  # nothing was parsed: no validation details for a caller without key
+    assert app.documents(request_id=f"no-key{route}") == []
+    assert app.client.get("/livez").status_code == app.client.get("/readyz").status_code == 200
 
 
-def test_the_internal_batch_route_refuses_outside_callers(app):
-    jobs = {"jobs": [{"job": "0" * 32, "token": "guess"}]}
-    [outcome] = app.client.post("/predict_batch", json=jobs).json()
-    assert outcome["status"] == 403 and outcome["prediction"] is None and "call /predict" in outcome["error"]
-
-
-def test_a_job_this_worker_does_not_hold_fails_clearly(tiny, monkeypatch):
-    monkeypatch.setenv("NFC_MODEL_PATH", str(tiny.package))
-    service = PortfolioService()
-    [outcome] = asyncio.run(service.predict_batch([PredictJob(job="gone", token=service._token)]))
-    assert outcome.status == 500 and outcome.prediction is None
-    assert "job 'gone' is not waiting in this worker" in (outcome.error or "")
+def test_only_the_entry_routes_are_published_and_reachable(app):
+    published = app.client.get("/docs.json", headers=AUTH).json()
+    assert {"/predict", "/latest", "/history", "/model_info"} <= set(published["paths"])
+    assert not {"/predict_batch", "/run", "/encode", "/info"} & set(published["paths"])  # inner services' APIs
+    assert published["openapi"] == "3.1.0" and published["info"]["version"] == "1.1"
+    assert "API key" in published["info"]["description"]
+    for route in ("/predict_batch", "/run", "/encode"):
+        assert app.client.post(route, json={"jobs": [{"job": "0" * 32}] * 1000}, headers=AUTH).status_code == 404
 
 
 def test_batch_size_one_serves_unbatched_and_bentoml_batching_from_two():
     assert batching(1, 500) == {}  # BentoML refuses max_batch_size=1 ("must be > 1")
     assert batching(2, 500) == {"batchable": True, "max_batch_size": 2, "max_latency_ms": 500}
-    probe = ("from serving.service import PortfolioService as P, EncoderService as E; "
-             "print(P.apis['predict_batch'].batchable, E.apis['encode'].batchable)")
+    probe = ("from serving.service import FusionService as F, EncoderService as E; "
+             "print(F.apis['run'].batchable, E.apis['encode'].batchable)")
     env = {**os.environ, "NFC_PREDICT_MAX_BATCH": "1", "NFC_ENCODER_MAX_BATCH": "1", "BENTOML_DO_NOT_TRACK": "true"}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
                           check=False)
@@ -229,7 +238,7 @@ def test_a_dropped_encoder_connection_is_retried_once_then_503(drops):
                 async with session.post(url, json=["text"]) as response:
                     return await response.text()
             try:
-                return await retry_once_on_disconnect(call, "the encoder service"), seen
+                return await call_inner(call, "the encoder service"), seen
             except ServingError as err:
                 return err, seen
 
@@ -238,19 +247,19 @@ def test_a_dropped_encoder_connection_is_retried_once_then_503(drops):
     if drops == 1:
         assert result == "ok"
     else:
-        assert isinstance(result, ServingError) and result.status == 503
+        assert isinstance(result, Unavailable) and result.status == 503
         assert "the encoder service dropped the connection twice (ServerDisconnectedError)" in result.message
 
 
 def test_latest_and_history_page_newest_first(app):
     for bar in (400, 401, 402, 403):
         assert app.client.post("/predict", json=app.payload(bar), headers=AUTH).status_code == 200
-    latest = app.client.post("/latest", json={}).json()
+    latest = app.client.post("/latest", json={}, headers=AUTH).json()
     assert pd.Timestamp(latest["as_of"]) == max(pd.Timestamp(d["as_of"]) for d in app.documents())
     start, end = (pd.Timestamp(app.times[i]).isoformat() for i in (400, 404))
-    first = app.client.post("/history", json={"start": start, "end": end, "limit": 3}).json()
+    first = app.client.post("/history", json={"start": start, "end": end, "limit": 3}, headers=AUTH).json()
     second = app.client.post("/history", json={"start": start, "end": end, "limit": 3,
-                                               "before": first["next_before"]}).json()
+                                               "before": first["next_before"]}, headers=AUTH).json()
     got = [pd.Timestamp(p["as_of"]) for p in first["items"] + second["items"]]
     assert got == [pd.Timestamp(app.times[i]) for i in (403, 402, 401, 400)] and second["next_before"] is None
 
@@ -258,14 +267,16 @@ def test_latest_and_history_page_newest_first(app):
 @pytest.mark.parametrize(("query", "message"), [({"limit": 0}, "greater than or equal to 1"),
                                                 ({"start": "2026-01-06T00:00:00Z", "end": "2026-01-05T00:00:00Z"},
                                                  "must be before end"),
-                                                ({"start": "2026-01-05T00:00:00"}, "no time zone")])
+                                                ({"start": "2026-01-05T00:00:00"}, "no time zone"),
+                                                ({"end": "9999-12-31T23:59:59.999999Z"}, "is outside"),
+                                                ({"model_version": "v" * 129}, "at most 128 characters")])
 def test_bad_history_queries_are_400(app, query, message):
-    response = app.client.post("/history", json=query)
+    response = app.client.post("/history", json=query, headers=AUTH)
     assert response.status_code == 400 and message in response.text
 
 
 def test_model_info_and_probes(app):
-    info = app.client.post("/model_info").json()
+    info = app.client.post("/model_info", headers=AUTH).json()
     assert info["version"] == "0.1.0-test" and info["bars_needed"] == 80 + info["lookback"]
     assert info["providers"] == {"fusion": "CPUExecutionProvider", "encoder": "CPUExecutionProvider"}
     # a CPU build of onnxruntime: the CPU graphs (fp32, never fp16), and the reason the device was chosen
@@ -274,15 +285,13 @@ def test_model_info_and_probes(app):
         assert execution["provider"] == "CPUExecutionProvider" and execution["variant"] in ("cpu", "fp32")
         assert execution["reason"].startswith("cuda unavailable, fell back to the CPU: onnxruntime")
     assert app.client.get("/livez").status_code == app.client.get("/readyz").status_code == 200
-    assert "/predict" in app.client.get("/docs.json").json()["paths"]
+    assert "/predict" in app.client.get("/docs.json", headers=AUTH).json()["paths"]
 
 
-def test_concurrent_requests_are_batched_and_each_answer_equals_the_one_served_alone(app):
+def test_concurrent_requests_each_answer_what_the_model_computes_alone(app, tiny):
     bars = list(range(500, 516))
-    alone = {}
-    for bar in bars:  # one at a time: batches of one (these also train BentoML's batching optimiser)
-        alone[bar] = app.client.post("/predict", json=app.payload(bar), headers=AUTH).json()
-    before = app.client.post("/model_info").json()["batches"]["fusion"]
+    runtime = PortfolioRuntime.load(tiny.package, device="cpu")
+    alone = {bar: runtime.predict_requests([PredictRequest.model_validate(app.payload(bar))])[0] for bar in bars}
     together: dict[int, Any] = {}
     barrier = threading.Barrier(len(bars))
 
@@ -295,14 +304,10 @@ def test_concurrent_requests_are_batched_and_each_answer_equals_the_one_served_a
         thread.start()
     for thread in threads:
         thread.join()
-    after = app.client.post("/model_info").json()["batches"]["fusion"]
     assert all(r.status_code == 200 for r in together.values())
-    sizes = {int(n): after["sizes"][n] - before["sizes"].get(n, 0) for n in after["sizes"]}
-    merged = max(n for n, count in sizes.items() if count)
-    assert merged > 1, f"no batch merged concurrent requests: {sizes}"
-    worst = max(abs(together[bar].json()[field][s] - alone[bar][field][s])
-                for bar in bars for field in ("weights", "logits") for s in alone[bar]["symbols"])
-    assert worst <= BATCH_ATOL, f"a batched answer moved by {worst:.2e}"
+    worst = max(abs(together[bar].json()[field][s] - getattr(alone[bar], field)[s])
+                for bar in bars for field in ("weights", "logits") for s in alone[bar].symbols)
+    assert worst <= BATCH_ATOL, f"an answer moved by {worst:.2e}"
 
 
 def test_mongodb_down_answers_503_and_reports_nothing_stored(app, stub):
@@ -311,6 +316,10 @@ def test_mongodb_down_answers_503_and_reports_nothing_stored(app, stub):
         response = app.client.post("/predict", json=app.payload(600, "while-down"), headers=AUTH)
         assert response.status_code == 503
         assert "MongoDB" in response.json()["error"] and "not stored" in response.json()["error"]
+        assert app.mongo.uri.split("//")[1].split("/")[0] not in response.text  # no host:port to callers
+        read = app.client.post("/latest", json={}, headers=AUTH)
+        assert read.status_code == 503 and "MongoDB is unavailable" in read.json()["error"]
+        assert "127.0.0.1" not in read.text and "Topology" not in read.text
         assert app.client.get("/readyz").status_code == 503
         with pytest.raises(grpc.RpcError) as caught:
             stub.Predict(request_to_proto(app.payload(601, "grpc-while-down")), metadata=[("x-api-key", API_KEY)])
@@ -355,7 +364,7 @@ def test_grpc_malformed_message_is_invalid_argument_and_stores_nothing(app):
     with grpc.insecure_channel(app.grpc_target) as channel:
         raw = channel.unary_unary("/neuralfusion.v1.PortfolioService/Predict")
         with pytest.raises(grpc.RpcError) as err:
-            raw(b"\xff\xff\xff\xff not a protobuf", timeout=10)
+            raw(b"\xff\xff\xff\xff not a protobuf", metadata=[("x-api-key", API_KEY)], timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed request for /neuralfusion.v1.PortfolioService/Predict" in err.value.details()
     assert len(app.documents()) == before
@@ -365,17 +374,27 @@ def test_grpc_latest_and_history(app, stub):
     for bar in (800, 801, 802):
         stub.Predict(request_to_proto(app.payload(bar)), metadata=[("x-api-key", API_KEY)])
     start, end = (pd.Timestamp(app.times[i]).isoformat() for i in (800, 803))
-    first = stub.GetHistory(pb.HistoryRequest(start=start, end=end, limit=2))
-    rest = stub.GetHistory(pb.HistoryRequest(start=start, end=end, limit=2, before=first.next_before))
+    key = [("x-api-key", API_KEY)]
+    first = stub.GetHistory(pb.HistoryRequest(start=start, end=end, limit=2), metadata=key)
+    rest = stub.GetHistory(pb.HistoryRequest(start=start, end=end, limit=2, before=first.next_before), metadata=key)
     got = [pd.Timestamp(p.as_of) for p in [*first.items, *rest.items]]
     assert got == [pd.Timestamp(app.times[i]) for i in (802, 801, 800)] and rest.next_before == ""
-    assert pd.Timestamp(stub.GetLatest(pb.LatestRequest()).as_of) >= pd.Timestamp(app.times[802])
+    assert pd.Timestamp(stub.GetLatest(pb.LatestRequest(), metadata=key).as_of) >= pd.Timestamp(app.times[802])
     with pytest.raises(grpc.RpcError) as missing:
-        stub.GetLatest(pb.LatestRequest(model_version="no-such-version"))
+        stub.GetLatest(pb.LatestRequest(model_version="no-such-version"), metadata=key)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-    with pytest.raises(grpc.RpcError) as invalid:
-        stub.GetHistory(pb.HistoryRequest(start="yesterday"))
-    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for request in (pb.HistoryRequest(start="yesterday"), pb.HistoryRequest(end="9999-12-31T23:59:59.999999Z"),
+                    pb.HistoryRequest(model_version="v" * 17_000_000)):
+        with pytest.raises(grpc.RpcError) as invalid:
+            stub.GetHistory(request, metadata=key)
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT, invalid.value.details()
+    with pytest.raises(grpc.RpcError) as too_long:
+        stub.GetLatest(pb.LatestRequest(model_version="v" * 17_000_000), metadata=key)
+    assert too_long.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for call, request in ((stub.GetLatest, pb.LatestRequest()), (stub.GetHistory, pb.HistoryRequest())):
+        with pytest.raises(grpc.RpcError) as unauthenticated:
+            call(request)
+        assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_grpc_health_and_reflection(app):
@@ -399,7 +418,7 @@ def test_an_altered_package_leaves_the_service_up_but_never_ready(tiny, tmp_path
         manifest.write("\n")
     monkeypatch.setenv("NFC_MODEL_PATH", str(package))
     service = PortfolioService()
-    assert service.runtime is None and "manifest.json was modified" in (service.model_error or "")
+    assert service.runtime is None and "manifest.json was modified" in (service.model.error or "")
     assert asyncio.run(service.is_ready()) is False
     with pytest.raises(ServingError) as caught:
         asyncio.run(service.predict_one(PredictRequest.model_validate(EXAMPLE_INPUT)))

@@ -1,6 +1,7 @@
 """`nfc serve` for real: `bentoml serve` in a subprocess on free loopback ports, with the embedded nx-27017
 server that `nfc serve` starts, reached over HTTP (httpx) and gRPC (grpcio); documents checked in MongoDB.
-One server for the module; the last test stops it with SIGTERM and checks that nothing is left listening."""
+One server for the module, with NFC_API_KEY_READS=open (writes need the key, reads do not); the last test stops it
+with SIGTERM and checks that nothing is left listening."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def listening(port: int) -> bool:
 def live(tiny, tmp_path_factory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("live")
     http_port, grpc_port, mongo_port = distinct_free_ports(3)
-    env = serve_env(root, NFC_API_KEY=API_KEY)
+    env = serve_env(root, NFC_API_KEY=API_KEY, NFC_API_KEY_READS="open")
     bars = BarFileSource(tiny.data / "bars.parquet").read()
     with start_nfc_serve(root, ["--model-path", str(tiny.package)], env, http_port, grpc_port,
                          ("--mongo-data", str(root / "mongo"), "--mongo-port", str(mongo_port))) as (process, url,
@@ -67,6 +68,7 @@ def test_bad_input_over_the_wire_is_a_400_and_stores_nothing(live):
     response = httpx.post(f"{live.url}/predict", json=payload, headers=KEY, timeout=60)
     assert response.status_code == 400 and "too few bars" in response.json()["error"]
     assert httpx.post(f"{live.url}/predict", json=live.payload(310), timeout=60).status_code == 401
+    assert httpx.post(f"{live.url}/latest", json={}, timeout=30).status_code in (200, 404)  # reads are open here
     assert live.documents(request_id="live-bad") == []
 
 
@@ -125,7 +127,7 @@ def test_http_and_grpc_requests_share_one_batching_queue(live, stub):
 
 def test_metrics_openapi_and_probes(live):
     metrics = httpx.get(f"{live.url}/metrics", timeout=30).text
-    assert 'bentoml_service_adaptive_batch_size_count{method_name="predict_batch"' in metrics
+    assert 'bentoml_service_adaptive_batch_size_count{method_name="run"' in metrics
     assert "/predict" in httpx.get(f"{live.url}/docs.json", timeout=30).json()["paths"]
     assert httpx.get(f"{live.url}/livez", timeout=10).status_code == 200
     assert httpx.get(f"{live.url}/readyz", timeout=10).status_code == 200

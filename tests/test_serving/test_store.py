@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import time
 import warnings
@@ -22,6 +23,7 @@ from serving.store import (
     PredictionRecord,
     PredictionStore,
     SaveOutcome,
+    SaveResult,
     StoreUnavailable,
     _bound_time,
 )
@@ -81,12 +83,28 @@ def test_repeat_never_overwrites_the_first_prediction(mongo_uri: str) -> None:
 
 
 @pytest.mark.mongo
+def test_a_repeat_is_told_apart_from_other_inputs_by_the_inputs_hash(mongo_uri: str) -> None:
+    first = dataclasses.replace(record(0, weight=0.2, request_id="first"), inputs_sha256="a" * 64)
+    same = dataclasses.replace(record(0, weight=0.2000001, request_id="again"), inputs_sha256="a" * 64)
+    other = dataclasses.replace(record(0, weight=0.5, request_id="other"), inputs_sha256="b" * 64)
+
+    async def body(store: PredictionStore) -> list[SaveResult]:
+        await store.save([first])
+        return await store.save([same, other])
+
+    again, conflict = with_store(mongo_uri, body)
+    assert again.outcome is SaveOutcome.ALREADY_PRESENT and again.held == first
+    assert again.held.request_id == "first" and again.held.weights == first.weights  # what MongoDB holds
+    assert conflict.outcome is SaveOutcome.CONFLICT and conflict.held.request_id == "first"
+
+
+@pytest.mark.mongo
 def test_document_has_the_contract_fields(mongo_uri: str) -> None:
     database = f"t{uuid4().hex[:12]}"
     with_store(mongo_uri, lambda store: store.save([record(0)]), database)
     (doc,) = documents(mongo_uri, database)
     assert set(doc) == {"model_version", "as_of", "symbols", "weights", "logits", "horizon_bars", "request_id",
-                        "created_at"}
+                        "inputs_sha256", "created_at"}
     assert doc["as_of"] == T0 and isinstance(doc["as_of"], datetime)  # a BSON date, not a string
     assert doc["weights"] == {"AAA": 0.2, "BBB": 0.3, "CCC": 0.5} and doc["symbols"] == list(SYMBOLS)
     assert abs(doc["created_at"] - datetime.now(UTC)) < timedelta(minutes=1)
@@ -267,7 +285,7 @@ def test_history_refuses_bad_arguments_before_any_query(kwargs: dict[str, Any]) 
 
 
 @pytest.mark.parametrize("operation", ["ping", "save", "latest", "history"])
-def test_unreachable_server_raises_store_unavailable_quickly(operation: str) -> None:
+def test_unreachable_server_raises_store_unavailable_quickly(operation: str, caplog: pytest.LogCaptureFixture) -> None:
     uri = f"mongodb://nfc:hunter2@127.0.0.1:{free_port()}/?authSource=admin"
     calls = {"ping": lambda s: s.ping(), "save": lambda s: s.save([record(0)]), "latest": lambda s: s.latest(),
              "history": lambda s: s.history(None, None)}
@@ -289,7 +307,10 @@ def test_unreachable_server_raises_store_unavailable_quickly(operation: str) -> 
             pytest.fail(f"{operation} did not raise StoreUnavailable")
         gc.collect()
     assert time.monotonic() - started < 5
-    assert "hunter2" not in message and "mongodb://nfc:***@127.0.0.1" in message and "unavailable" in message
+    # the message may reach an API caller: the operation only; the server's log names the server, redacted
+    assert "hunter2" not in message and "127.0.0.1" not in message and "unavailable" in message
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "mongodb://nfc:***@127.0.0.1" in logged and "hunter2" not in logged
 
 
 @pytest.mark.parametrize("uri", ["mongodb://u:hunter2@", "mongodb://u:hunter2@h:port/"])
@@ -305,7 +326,8 @@ def test_invalid_uri_error_is_redacted(uri: str) -> None:
     ({"weights": {"AAA": 1.0}}, "weights are keyed by"),
     ({"logits": {"AAA": float("nan"), "BBB": 0.0, "CCC": 0.0}}, "NaN/inf"),
     ({"symbols": ("A.B", "BBB", "CCC")}, "field names"),
-    ({"model_version": ""}, "model_version is empty"),
+    ({"model_version": ""}, "model_version must have 1 to 128 characters"),
+    ({"request_id": "r" * 129}, "request_id must have 1 to 128 characters"),
     ({"symbols": ("AAA", "AAA", "BBB", "CCC")}, "symbols repeat"),
 ])
 def test_record_refuses_values_mongo_cannot_key_or_store(changes: dict[str, Any], message: str) -> None:

@@ -1,0 +1,77 @@
+"""Protobuf <-> API models for the gRPC front (serving/proto/neuralfusion.proto).
+
+A protobuf request becomes the HTTP API's pydantic model through the same validators, so both fronts refuse
+the same inputs with the same reasons. proto3 has no "unset" for strings and numbers: an empty string or a
+zero means "not given".
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from serving.errors import RequestError
+from serving.proto import neuralfusion_pb2 as pb
+from serving.request_checks import describe_validation_error
+from serving.schemas import HistoryOut, HistoryQuery, PredictionOut, PredictRequest, RequestLimits
+
+__all__ = ["history_query_from_proto", "history_to_proto", "predict_request_from_proto", "prediction_from_proto",
+           "prediction_to_proto"]
+
+
+def predict_request_from_proto(message: pb.PredictRequest, limits: RequestLimits | None = None) -> PredictRequest:
+    """The gRPC request through the HTTP model's validators; a violated rule is a RequestError.
+
+    Empty strings are proto3's "unset": an empty request_id means none, `has_symbols=false` means match aliases.
+    """
+    payload = {
+        "bars": [{"timestamp": b.timestamp, "symbol": b.symbol, "open": b.open, "high": b.high, "low": b.low,
+                  "close": b.close, "volume": b.volume} for b in message.bars],
+        "news": [{"id": n.id, "published_at": n.published_at, "title": n.title, "body": n.body,
+                  "symbols": list(n.symbols) if n.has_symbols else None} for n in message.news],
+        "request_id": message.request_id or None,
+    }
+    try:
+        return PredictRequest.model_validate(payload, context={"limits": limits} if limits else None)
+    except ValidationError as err:
+        raise RequestError(describe_validation_error(err)) from None
+
+
+def history_query_from_proto(message: pb.HistoryRequest) -> HistoryQuery:
+    """The gRPC query through the HTTP model's validators; proto3's empty strings and zero limit mean "not given"."""
+    given = {"start": message.start, "end": message.end, "model_version": message.model_version,
+             "limit": message.limit, "before": message.before}
+    try:
+        return HistoryQuery.model_validate({name: value for name, value in given.items() if value})
+    except ValidationError as err:
+        raise RequestError(describe_validation_error(err)) from None
+
+
+def prediction_to_proto(prediction: PredictionOut) -> pb.Prediction:
+    """Weights and logits as lists in `symbols` order."""
+    return pb.Prediction(
+        model_version=prediction.model_version, as_of=prediction.as_of.isoformat(), symbols=prediction.symbols,
+        weights=[prediction.weights[s] for s in prediction.symbols],
+        logits=[prediction.logits[s] for s in prediction.symbols], horizon_bars=prediction.horizon_bars,
+        request_id=prediction.request_id, stored=prediction.stored,
+        duplicate=prediction.duplicate)
+
+
+def prediction_from_proto(message: pb.Prediction) -> PredictionOut:
+    """The inverse of `prediction_to_proto`, for gRPC clients."""
+    symbols = list(message.symbols)
+    return PredictionOut(
+        model_version=message.model_version, as_of=datetime.fromisoformat(message.as_of), symbols=symbols,
+        weights=dict(zip(symbols, message.weights, strict=True)),
+        logits=dict(zip(symbols, message.logits, strict=True)), horizon_bars=message.horizon_bars,
+        request_id=message.request_id, stored=message.stored,
+        duplicate=message.duplicate)
+
+
+def history_to_proto(history: HistoryOut) -> pb.HistoryResponse:
+    """An empty `next_before` means no more pages."""
+    return pb.HistoryResponse(items=[prediction_to_proto(p) for p in history.items],
+                              next_before="" if history.next_before is None else history.next_before.isoformat())
+
+
