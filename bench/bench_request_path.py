@@ -59,7 +59,7 @@ async def run_batch(runtime: PortfolioRuntime, store: PredictionStore, bodies: S
     await store.save(records)
     totals["store"] += time.perf_counter() - begin
     for record in records:
-        timed(totals, "answer", lambda r=record: PredictionOut.from_record(r, stored=True).model_dump_json())
+        timed(totals, "answer", lambda r=record: PredictionOut.from_record(r).model_dump_json())
 
 
 async def measure(args: argparse.Namespace, workdir: Path) -> dict[int, dict[str, float]]:

@@ -205,7 +205,7 @@ def _in_process(model: Model, payloads: Sequence[dict[str, Any]], times: Sequenc
     for payload, when in zip(payloads, times, strict=True):
         try:
             prepared.append(runtime.prepare(PredictRequest.model_validate(payload)))
-        except (ServingError, ValueError) as err:  # RequestError and pydantic's errors are ValueErrors
+        except (ServingError, ValueError) as err:  # a RequestError is a ServingError; pydantic's are ValueErrors
             raise JobError(f"cannot predict for {when.isoformat()}: {err}") from None
     texts = [text for item in prepared for text in item.texts]
     encoder = runtime.encoder
