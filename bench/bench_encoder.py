@@ -3,6 +3,8 @@
     python bench/bench_encoder.py                         # articles/s at 128 and 512 tokens, default encoder
     python bench/bench_encoder.py --lengths 128 512 1024 --attention original_full block_sparse
     python bench/bench_encoder.py --probe                 # held-out linear-probe accuracy, before/after tuning
+    python bench/bench_encoder.py --pretrain --days 20 --set hidden_size=64 --set num_hidden_layers=2
+                                                          # MLM without labels: held-out loss and probe
 
 Speed runs the offline default encoder (EncoderSetupConfig: 4 layers, hidden 256, random init) on
 articles truncated to exactly L tokens, fp32 on CPU (bf16/fp16 on CUDA), side by side in one process.
@@ -11,6 +13,10 @@ The probe fine-tunes on 80% of the default synthetic news and fits a logistic re
 embeddings of those articles, scored on the 20% held out (never seen by the tokenizer or the tuning);
 once on all of them, and once on 5 per class (the synthetic news reuses templates, so a full probe can
 memorise them even from a random-init encoder; the few-shot probe shows what tuning added).
+--pretrain splits the synthetic news in time: tokenizer and masked-language-model pretraining see only
+the first 70% (by publication time; the last 10% of those is the held-out MLM set), and the probes are
+fitted on those articles' labels and scored on the later 30%, for the random-init and the pretrained
+encoder. No label is used in pretraining.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ import torch
 
 from training.encoder import ATTENTION_TYPES, NfcEncoder
 from training.encoder_finetune import SentimentTrainConfig, probe_accuracy, train_sentiment
-from training.encoder_init import init_encoder
+from training.encoder_init import EncoderSetupConfig, init_encoder
+from training.encoder_pretrain import PretrainConfig, pretrain_encoder
 
 FEW_SHOT = 5  # labelled embeddings per class for the few-shot probe
+PRETRAIN_SHOTS = (5, 20)  # --pretrain: few-shot probes at these labelled embeddings per class
 WORDS = ("shares", "rally", "after", "the", "company", "beats", "estimates", "while", "analysts", "raise",
          "targets", "guidance", "cut", "warns", "of", "weak", "demand", "in", "europe", "asia", "margins",
          "shrink", "and", "costs", "keep", "rising")
@@ -87,6 +95,41 @@ def bench_probe(seed: int, workdir: Path) -> None:
         print(f"{name:<16}{full:>12.3f}{few:>16.3f}")
 
 
+def bench_pretrain(seed: int, days: int, epochs: int, setup: EncoderSetupConfig, workdir: Path) -> None:
+    from neuralfusion.synth import SynthConfig, generate_market
+
+    news = generate_market(SynthConfig(seed=seed, days=days)).news  # in publication order
+    texts = [f"{r['title']}\n\n{r['body']}".strip() for r in news]
+    labels = np.array([r["planted"]["sentiment"] for r in news])
+    n_fit = int(len(texts) * 0.7)
+    early = np.arange(len(texts)) < n_fit
+    init_dir = init_encoder(texts[:n_fit], workdir / "init", setup)
+    config = PretrainConfig(epochs=epochs, max_length=128, batch_size=32, learning_rate=1e-3, seed=seed)
+
+    def probes(path: Path) -> tuple[float, ...]:
+        vectors = NfcEncoder.load(path, max_length=128).encode(texts, batch_size=32)
+        split = (vectors[early], labels[early], vectors[~early], labels[~early])
+        return (probe_accuracy(*split, seed=seed),
+                *(probe_accuracy(*split, seed=seed, per_class=n, draws=20) for n in PRETRAIN_SHOTS))
+
+    before = probes(init_dir)
+    start = time.perf_counter()
+    result = pretrain_encoder(str(init_dir), texts[:n_fit], workdir / "mlm", config, progress=True)
+    minutes = (time.perf_counter() - start) / 60
+    after = probes(workdir / "mlm")
+    majority = np.unique(labels[~early], return_counts=True)[1].max() / (~early).sum()
+    print(f"MLM pretraining on {result.n_train} synthetic articles ({days} days, seed {seed}), {result.steps} steps "
+          f"in {minutes:.1f} min; encoder {setup.num_hidden_layers} layers x {setup.hidden_size}")
+    print(f"held-out MLM loss on the {result.n_heldout} latest pre-cut-off articles: "
+          f"{result.heldout_loss_before:.3f} -> " + " -> ".join(f"{h['heldout_loss']:.3f}" for h in result.history))
+    print(f"sentiment probes fitted on the first {n_fit} articles, scored on the later {(~early).sum()} "
+          f"(majority class {majority:.3f}; no labels in pretraining)")
+    print(f"{'encoder':<16}{'full probe':>12}" + "".join(f"{f'{n}-shot probe':>16}" for n in PRETRAIN_SHOTS)
+          + "   (n-shot: mean of 20 draws)")
+    for name, scores in (("random-init", before), ("MLM-pretrained", after)):
+        print(f"{name:<16}{scores[0]:>12.3f}" + "".join(f"{score:>16.3f}" for score in scores[1:]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512])
@@ -95,6 +138,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--probe", action="store_true", help="measure sentiment in the embeddings instead")
+    parser.add_argument("--pretrain", action="store_true", help="measure MLM pretraining (held-out loss, probes)")
+    parser.add_argument("--days", type=int, default=20, help="--pretrain: days of synthetic news")
+    parser.add_argument("--epochs", type=int, default=3, help="--pretrain: MLM epochs")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="--pretrain: override an EncoderSetupConfig field")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -102,7 +150,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.probe:
+        if args.pretrain:
+            from neuralfusion.overrides import apply_overrides
+
+            setup = apply_overrides(EncoderSetupConfig(seed=args.seed), args.sets)
+            bench_pretrain(args.seed, args.days, args.epochs, setup, Path(tmp))
+        elif args.probe:
             bench_probe(args.seed, Path(tmp))
         else:
             bench_speed(args.lengths, args.attention, args.n, args.batch_size, Path(tmp))

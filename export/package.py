@@ -221,6 +221,8 @@ def _manifest(run: Run, encoder: NfcEncoder, settings: EncoderSettings, root: Pa
         "model": run.model_config.to_dict(),
         "encoder": {"max_length": encoder.max_length, "pooling": encoder.pooling,
                     "attention_type": encoder.attention_type, "fingerprint": encoder.fingerprint, "dim": encoder.dim,
+                    # when the text it was trained on was published (neuralfusion/encoder_text.py): None if unknown
+                    "text": run.encoder.get("text"), "family": encoder.family,
                     "pad_token_id": tokenizer.pad_token_id, "tokenizer": f"{TOKENIZER_DIR}/tokenizer.json",
                     # what serving's tokenizer must reproduce: special tokens added, then cut to max_length
                     "truncation": "ids incl. [CLS]/[SEP] cut to max_length; batches right-padded with pad_token_id"},

@@ -39,6 +39,7 @@ __all__ = [
     "force_option",
     "json_option",
     "json_result",
+    "leak_option",
     "log_level_option",
     "needs_extra",
     "out_option",
@@ -207,6 +208,9 @@ config_option = click.option("--config", "config_path", type=click.Path(exists=T
                              help="Config file, JSON or TOML (by suffix); --set overrides it.")
 set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config field.")
 force_option = click.option("--force", is_flag=True, help="Replace an existing output folder.")
+leak_option = click.option("--allow-encoder-leak", is_flag=True,
+                           help="Use embeddings whose encoder read news after the training end (validation or test "
+                                "text) or has no record of its text; recorded in the run or report.")
 
 
 def _parse_split(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, str] | None:

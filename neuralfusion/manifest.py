@@ -32,7 +32,8 @@ Manifest keys (format `nfc-package/1`):
   portfolio   {top_k, cost_bps}
   features    {names, warmup_bars, normaliser: FeatureNormalizer.to_dict()}
   model       CgaConfig.to_dict(), incl. the TimesNet `periods`
-  encoder     {max_length, pooling, attention_type, fingerprint, dim, pad_token_id, tokenizer}
+  encoder     {max_length, pooling, attention_type, fingerprint, dim, pad_token_id, tokenizer, family, text}
+              (text: the publication range of the encoder's training text, neuralfusion/encoder_text.py)
   onnx        {opset, exporter, torch, onnx, onnxruntime}
   graphs      {encoder|fusion: {inputs, outputs, variants: {fp32|cpu[|fp16]: file}}}: the published files (fp16:
               the encoder's, only when its parity held); inputs/outputs are

@@ -183,13 +183,16 @@ def render_html(metrics: dict[str, Any], images: dict[str, bytes]) -> str:
         f"src=\"data:image/png;base64,{base64.b64encode(images[name]).decode('ascii')}\">"
         for name, title in PLOTS.items())
     settings_rows = [[key, str(value)] for key, value in sorted(settings.items())]
+    text_check = settings.get("encoder_text") or {}
+    leak_note = "" if text_check.get("status", "clean") == "clean" else (
+        f"<p><strong>Encoder leak allowed (--allow-encoder-leak):</strong> {html.escape(_leak_text(text_check))}</p>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Backtest of {html.escape(settings['model_run'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
 img{{max-width:100%}}</style></head>
 <body><h1>Backtest of {html.escape(settings['model_run'])}</h1>
-<p>{html.escape(summary)}</p>
+<p>{html.escape(summary)}</p>{leak_note}
 <h2>Metrics</h2>{table(['strategy', 'label', 'kind', *METRIC_KEYS], rows)}
 <h2>How much to trust the Sharpe ratios</h2><p>{html.escape(honesty)}</p><ul>{words}</ul>
 {table(['strategy', 'Sharpe s.e.', '95% interval', 'P(SR > 0)', 'P(SR > equal weight)'], stat_rows)}
@@ -198,6 +201,15 @@ img{{max-width:100%}}</style></head>
 <h2>Settings</h2>{table(['setting', 'value'], settings_rows)}
 </body></html>
 """
+
+
+def _leak_text(check: dict[str, Any]) -> str:
+    """Why the embeddings' encoder is not clean, in words (neuralfusion/encoder_text.py)."""
+    if check["status"] == "unrecorded":
+        return "the news encoder has no record of the text it was trained on; it may have read test-period news."
+    return (f"the news encoder was trained on news published {check['text_start']} .. {check['text_end']}, after "
+            f"the training end {check['training_end']}: it read validation or test text, so these numbers are "
+            "optimistic.")
 
 
 def write_report(backtest: Backtest, folder: Path) -> dict[str, Any]:

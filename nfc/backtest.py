@@ -26,6 +26,7 @@ from neuralfusion.cli_common import (
     data_option,
     force_option,
     json_result,
+    leak_option,
     log_level_option,
     needs_extra,
     split_option,
@@ -39,22 +40,24 @@ run_path = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 def _model_backtest(model_dir: Path, data_dir: Path, embeddings: Path, ablation_dirs: tuple[Path, ...],
-                    rebalance_every: int | None, cost_bps: float | None, split: tuple[str, str] | None) -> Backtest:
+                    rebalance_every: int | None, cost_bps: float | None, split: tuple[str, str] | None,
+                    allow_encoder_leak: bool) -> Backtest:
     with needs_extra("train", "'nfc backtest --model'"):
         from training.backtest import run_backtest
         from training.runs import load_run
 
     ablations = [load_run(path) for path in ablation_dirs]
     return run_backtest(load_run(model_dir), data_dir, embeddings, ablations, rebalance_every, cost_bps,
-                        split=split)
+                        split=split, allow_encoder_leak=allow_encoder_leak)
 
 
 def _package_backtest(package_dir: Path, data_dir: Path, rebalance_every: int | None, cost_bps: float | None,
-                      split: tuple[str, str] | None) -> Backtest:
+                      split: tuple[str, str] | None, allow_encoder_leak: bool) -> Backtest:
     with needs_extra("serve", "'nfc backtest --package'"):
         from serving.package_backtest import run_package_backtest
 
-    return run_package_backtest(package_dir, data_dir, rebalance_every, cost_bps, split=split)
+    return run_package_backtest(package_dir, data_dir, rebalance_every, cost_bps, split=split,
+                                allow_encoder_leak=allow_encoder_leak)
 
 
 def _report_lines(result: dict[str, Any]) -> Iterator[str]:
@@ -88,12 +91,13 @@ def _report_lines(result: dict[str, Any]) -> Iterator[str]:
               help="Costs in basis points on turnover.  [default: the run's portfolio cost_bps]")
 @split_option
 @force_option
+@leak_option
 @log_level_option
 @json_result(_report_lines)
 @cli_errors
 def backtest(model_dir: Path | None, package_dir: Path | None, data_dir: Path, embeddings: Path | None, out: Path,
              ablation_dirs: tuple[Path, ...], rebalance_every: int | None, cost_bps: float | None,
-             split: tuple[str, str] | None, force: bool) -> dict[str, Any]:
+             split: tuple[str, str] | None, force: bool, allow_encoder_leak: bool) -> dict[str, Any]:
     """Walk-forward backtest with costs, baselines, ablations and the oracle.
 
     \b
@@ -110,9 +114,9 @@ def backtest(model_dir: Path | None, package_dir: Path | None, data_dir: Path, e
         raise click.UsageError("--model needs --embeddings (the `nfc embed` output the run was trained with)")
     with staged_folder(out, force, REPORT_FILES) as folder:
         if package_dir is not None:
-            result = _package_backtest(package_dir, data_dir, rebalance_every, cost_bps, split)
+            result = _package_backtest(package_dir, data_dir, rebalance_every, cost_bps, split, allow_encoder_leak)
         else:
             result = _model_backtest(model_dir, data_dir, embeddings, ablation_dirs, rebalance_every,  # type: ignore[arg-type]
-                                     cost_bps, split)
+                                     cost_bps, split, allow_encoder_leak)
         metrics = write_report(result, folder)
     return {"out": str(out), "metrics": metrics}

@@ -5,6 +5,9 @@ Stages and what they write under OUT:
   data summary     printed
   encoder init     encoder-init/  (tokenizer trained on the news, small random-init BigBird)
   encoder train    encoder/       (sentiment-tuned on the synthetic labels)
+                   both read only news published before the run's training end (the validation and test
+                   periods start after it), and record that range; `nfc train` checks it
+
   embed            embeddings.parquet (+ embedding_cache.parquet)
   train            model/ and ablations/{concat,market,news}/ (not with --no-ablations)
   backtest         report/ (metrics.json, PNG plots, report.html)
@@ -85,10 +88,12 @@ def run_stages(out_dir: Path, seed: int, ablations: bool) -> dict[str, Any]:
     stages: dict[str, Any] = {}
     stages["synth"] = run_nfc(["synth", "--out", str(data), "--seed", str(seed)])
     stages["data summary"] = run_nfc(["data", "summary", str(data)])
-    stages["encoder init"] = run_nfc(["encoder", "init", "--news", str(data / "news.jsonl"),
+    # --data: the cut-off is the training end of this folder's split (the default window, as `nfc train` below)
+    stages["encoder init"] = run_nfc(["encoder", "init", "--news", str(data / "news.jsonl"), "--data", str(data),
                                       "--out", str(out_dir / "encoder-init")])
     # one epoch reaches a held-out probe accuracy of 1.0 on the synthetic headlines (~90 s on 2 cores)
-    stages["encoder train"] = run_nfc(["encoder", "train", "--news", str(data / "news.jsonl"), "--encoder",
+    stages["encoder train"] = run_nfc(["encoder", "train", "--news", str(data / "news.jsonl"), "--data", str(data),
+                                       "--encoder",
                                        str(out_dir / "encoder-init"), "--out", str(out_dir / "encoder"),
                                        "--set", "epochs=1"])
     stages["embed"] = run_nfc(["embed", "--news", str(data / "news.jsonl"), "--encoder", str(out_dir / "encoder"),

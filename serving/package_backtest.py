@@ -20,6 +20,7 @@ from neuralfusion.backtest import (
 )
 from neuralfusion.data.news import article_text
 from neuralfusion.dataset import MarketData, load_data_dir
+from neuralfusion.encoder_text import check_encoder_text
 from neuralfusion.errors import DataError
 from neuralfusion.inputs import grid_inputs
 from neuralfusion.windows import chronological_split, usable_anchors
@@ -46,9 +47,12 @@ def package_weights(runtime: PortfolioRuntime, data: MarketData, anchors: np.nda
 
 
 def run_package_backtest(package: Path, data_dir: Path, rebalance_every: int | None = None,
-                         cost_bps: float | None = None, split: tuple[str, str] | None = None) -> Backtest:
+                         cost_bps: float | None = None, split: tuple[str, str] | None = None,
+                         allow_encoder_leak: bool = False) -> Backtest:
     """The walk-forward of a model package (ONNX, as served) over the test split of `data_dir`, beside the
-    baselines: the anchors and scoring of `training.backtest.run_backtest`, with the package's graphs for a run."""
+    baselines: the anchors and scoring of `training.backtest.run_backtest`, with the package's graphs for a run.
+    The package's encoder must not have read news after this split's training end (its manifest's text record,
+    neuralfusion/encoder_text.py), unless `allow_encoder_leak`."""
     runtime = PortfolioRuntime.load(package)
     manifest = runtime.manifest
     data = load_data_dir(Path(data_dir), universe=runtime.universe)
@@ -58,6 +62,8 @@ def run_package_backtest(package: Path, data_dir: Path, rebalance_every: int | N
     window = manifest.window if split is None else replace(manifest.window, val_start=split[0], test_start=split[1])
     splits = chronological_split(usable_anchors(data.n_bars, int(manifest.data["features"]["warmup_bars"]), window),
                                  window, data.panel.times)
+    text_check = check_encoder_text(manifest.data["encoder"].get("text"), data.panel.times[int(splits.train[-1])],
+                                    allow_encoder_leak, source=f"package {package}")
     portfolio = manifest.portfolio
     every, costs = rebalance_and_costs(runtime.horizon, portfolio.cost_bps, rebalance_every, cost_bps)
     anchors = split_rebalance_anchors(splits.test, every, data.n_bars)
@@ -66,6 +72,7 @@ def run_package_backtest(package: Path, data_dir: Path, rebalance_every: int | N
         "model_run": f"package {package}", "model_version": runtime.version, "variant": "package",
         "ablation_runs": {}, "data_dir": str(data_dir), "embeddings": "package encoder (ONNX)",
         "encoder_fingerprint": manifest.data["encoder"]["fingerprint"], "same_data_as_training": None,
+        "encoder_text": text_check.to_dict(),
         "horizon": window.horizon, "cost_source": "package" if cost_bps is None else "--cost-bps",
         "test_split": splits.to_dict()["test"],
         "split_dates": [window.val_start, window.test_start],

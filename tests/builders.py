@@ -152,17 +152,28 @@ def nfc(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def tiny_encoder(texts: list[str], out: Path, seed: int = 0) -> Path:
+def tiny_encoder(data: Path, out: Path, seed: int = 0, cutoff: str | None = None) -> Path:
+    """The tiny BigBird, its tokenizer trained on the news of data folder `data` published before `cutoff`
+    (default: the folder's training end, as `nfc encoder init` does), with its text record."""
+    from neuralfusion.data.news import article_text, read_news
+    from neuralfusion.encoder_text import resolve_cutoff, stage_record, texts_before
     from training.encoder_init import EncoderSetupConfig, init_encoder
 
-    return init_encoder(texts, out, EncoderSetupConfig(**TINY_ENCODER, seed=seed))
-
-
-def news_texts(data: Path) -> list[str]:
-    from neuralfusion.data.news import article_text, read_news
-
     news = read_news(data / "news.jsonl")
-    return [article_text(t, b) for t, b in zip(news["title"], news["body"], strict=True)]
+    cutoff_at = resolve_cutoff(cutoff, data / "news.jsonl")
+    news = news[texts_before(news["published_at"], cutoff_at).to_numpy()]
+    texts = [article_text(t, b) for t, b in zip(news["title"], news["body"], strict=True)]
+    return init_encoder(texts, out, EncoderSetupConfig(**TINY_ENCODER, seed=seed),
+                        stage_record("init", news["published_at"], cutoff_at))
+
+
+def no_text_record() -> dict[str, str]:
+    """Embeddings-file metadata saying the vectors' encoder read no text (random test vectors): never a leak."""
+    import json
+
+    from neuralfusion.encoder_text import RECORD_KEY, stage_record
+
+    return {RECORD_KEY: json.dumps(stage_record("init", pd.Series([], dtype="datetime64[ns, UTC]"), None))}
 
 
 def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
@@ -177,7 +188,7 @@ def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
     shutil.rmtree(root, ignore_errors=True)
     # 6 assets and the default top_k=4: the book is a real choice, so top-k parity is not trivial
     write_market(generate_market(SynthConfig(n_assets=6, days=3, seed=5)), artifacts.data)
-    tiny_encoder(news_texts(artifacts.data), artifacts.encoder)
+    tiny_encoder(artifacts.data, artifacts.encoder)
     steps = [("embed", "--news", str(artifacts.data / "news.jsonl"), "--out", str(artifacts.embeddings),
               "--encoder", str(artifacts.encoder), "--max-length", "1024"),
              ("train", "--data", str(artifacts.data), "--embeddings", str(artifacts.embeddings), "--out",

@@ -64,9 +64,10 @@ def check_run(run: Run, model_run: Run, data: MarketData, role: str) -> None:
                         f"{list(model_run.universe.symbols)}; ablations must share the model's universe")
 
 
-def prepare_run(run: Run, data: MarketData, embeddings: Path, role: str) -> Prepared:
-    """The run's inputs on this data: its own normaliser, and the news embeddings it was trained with."""
-    prepared = prepare(data, embeddings, run.window, normaliser=run.normaliser)
+def prepare_run(run: Run, data: MarketData, embeddings: Path, role: str, allow_encoder_leak: bool = False) -> Prepared:
+    """The run's inputs on this data: its own normaliser, and the news embeddings it was trained with (refused
+    when their encoder read validation or test text, unless `allow_encoder_leak`)."""
+    prepared = prepare(data, embeddings, run.window, normaliser=run.normaliser, allow_encoder_leak=allow_encoder_leak)
     trained_with, given = run.encoder.get("fingerprint"), prepared.encoder["fingerprint"]
     if trained_with != given:
         raise DataError(f"embeddings come from encoder {given!r}, the {role} {run.path} was trained on "
@@ -82,7 +83,8 @@ def same_data_as_training(run: Run, data: MarketData) -> bool:
 
 def run_backtest(model_run: Run, data_dir: Path, embeddings: Path, ablations: Sequence[Run] = (),
                  rebalance_every: int | None = None, cost_bps: float | None = None,
-                 progress: bool = True, split: tuple[str, str] | None = None) -> Backtest:
+                 progress: bool = True, split: tuple[str, str] | None = None,
+                 allow_encoder_leak: bool = False) -> Backtest:
     """Walk the model, its ablations and the baselines forward over the test split of `data_dir`.
 
     Rebalances every `rebalance_every` bars (default: the run's horizon H) and charges `cost_bps`
@@ -106,7 +108,7 @@ def run_backtest(model_run: Run, data_dir: Path, embeddings: Path, ablations: Se
         log.warning("%s was trained on other bars (%s); its test split here may overlap its training data",
                     model_run.path, model_run.meta.get("data"))
 
-    prepared = prepare_run(model_run, data, Path(embeddings), "model")
+    prepared = prepare_run(model_run, data, Path(embeddings), "model", allow_encoder_leak)
     anchors = split_rebalance_anchors(prepared.splits.test, every, data.n_bars)
     log.info("backtest: %d rebalances every %d bars from bar %d, %.1f bps costs", len(anchors), every,
              anchors[0], costs)
@@ -114,7 +116,7 @@ def run_backtest(model_run: Run, data_dir: Path, embeddings: Path, ablations: Se
         ("model", "model", f"model ({model_run.meta.get('variant', 'cga')})",
          run_weights(model_run, prepared.grid, anchors, progress))]
     for name, run in zip(names, ablations, strict=True):
-        ablation = prepare_run(run, data, Path(embeddings), "ablation")
+        ablation = prepare_run(run, data, Path(embeddings), "ablation", allow_encoder_leak)
         if ablation.splits.to_dict() != prepared.splits.to_dict():
             raise DataError(f"the ablation {run.path} splits the data as {ablation.splits.to_dict()}, the model as "
                             f"{prepared.splits.to_dict()}; train ablations with the model's lookback and horizon")
@@ -125,6 +127,8 @@ def run_backtest(model_run: Run, data_dir: Path, embeddings: Path, ablations: Se
         "ablation_runs": {name: str(run.path) for name, run in zip(names, ablations, strict=True)},
         "data_dir": str(data_dir), "embeddings": str(embeddings),
         "encoder_fingerprint": prepared.encoder["fingerprint"], "same_data_as_training": seen_in_training,
+        "encoder_text": prepared.encoder["text_check"],
+        "encoder_text_at_training": (model_run.encoder.get("text_check") or {}).get("status", "not recorded"),
         "horizon": model_run.window.horizon, "cost_source": "run" if cost_bps is None else "--cost-bps",
         "test_split": prepared.splits.to_dict()["test"],
         "split_dates": [model_run.window.val_start, model_run.window.test_start],

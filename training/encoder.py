@@ -1,20 +1,23 @@
-"""The news encoder: a Hugging Face BigBird model + tokenizer -> one float32 vector per article.
+"""The news encoder: a Hugging Face encoder model + tokenizer -> one float32 vector per article.
 
-Loads any BigBird checkpoint by local folder or hub id (`NfcEncoder.load`). Articles are tokenized,
-truncated to `max_length` tokens (counted, never silently), sorted by length and run in batches;
-the vector is the masked mean of the last hidden states ("mean", default) or the [CLS] state ("cls").
+Loads a checkpoint of any supported family (BigBird, the default for long texts, BERT, RoBERTa,
+DeBERTa-v2, ModernBERT) by local folder or hub id through the Auto classes (`NfcEncoder.load`).
+Articles are tokenized, truncated to `max_length` tokens (counted, never silently), sorted by length
+and run in batches; the vector is the masked mean of the last hidden states ("mean", default) or the
+first token's state ("cls": [CLS], or <s> for RoBERTa).
 
-Attention type is fixed per encoder (chosen at load, stored in the fingerprint) and never changes:
-HF BigBird permanently switches a module from "block_sparse" to "original_full" after any input of
-<= (5 + 2*num_random_blocks)*block_size tokens (704 with the defaults), with a warning, and stays switched
-for every later call at any length. So:
+BigBird's attention type is fixed per encoder (chosen at load, stored in the fingerprint) and never
+changes: HF BigBird permanently switches a module from "block_sparse" to "original_full" after any input
+of <= (5 + 2*num_random_blocks)*block_size tokens (704 with the defaults), with a warning, and stays
+switched for every later call at any length. So:
 - "original_full" (default): exact full attention; fastest on GPU and exports fully dynamic. Padding
   is masked out, so an article's vector does not depend on its batch-mates (up to float rounding).
 - "block_sparse": each article runs at its own canonical padded length, a multiple of block_size
   and always above the switch threshold; batches only group articles of equal canonical length.
   Block-sparse output depends on the padded length (the last block is global), so this is what
   makes an article's vector independent of what else is in its batch.
-To compare attention types, load the checkpoint twice.
+To compare attention types, load the checkpoint twice. The other families have full attention only
+("original_full" is their one attention type).
 """
 
 from __future__ import annotations
@@ -33,14 +36,31 @@ import numpy as np
 import torch
 from huggingface_hub import is_offline_mode
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoTokenizer, BigBirdConfig, BigBirdModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-__all__ = ["ATTENTION_TYPES", "POOLINGS", "EncoderNotFoundError", "NfcEncoder", "pool_hidden"]
+__all__ = [
+    "ATTENTION_TYPES",
+    "ENCODER_FAMILIES",
+    "POOLINGS",
+    "EncoderNotFoundError",
+    "NfcEncoder",
+    "pool_hidden",
+    "position_limit",
+]
 
 logger = logging.getLogger(__name__)
 
 ATTENTION_TYPES = ("original_full", "block_sparse")
 POOLINGS = ("mean", "cls")
+# model_type of the families that are tested here (loading, pooling, pretraining, ONNX export and parity)
+ENCODER_FAMILIES = ("big_bird", "bert", "roberta", "deberta-v2", "modernbert")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # config entries that name or describe a checkpoint without changing what it computes
 _CONFIG_NOISE = {"transformers_version", "architectures", "dtype", "torch_dtype", "attention_type",
@@ -61,6 +81,14 @@ def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
+def position_limit(config: PretrainedConfig) -> int:
+    """Longest sequence the model's position embeddings take: RoBERTa numbers positions from pad_token_id + 1."""
+    limit = int(config.max_position_embeddings)
+    if config.model_type == "roberta":
+        limit -= int(config.pad_token_id) + 1
+    return limit
+
+
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -79,29 +107,30 @@ def _resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 
 class NfcEncoder:
-    """A BigBird model and its tokenizer, with fixed attention type, max length and pooling."""
+    """An encoder model and its tokenizer, with fixed attention type, max length and pooling."""
 
-    def __init__(self, model: BigBirdModel, tokenizer: PreTrainedTokenizerBase, *, max_length: int = 2048,
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, max_length: int = 2048,
                  pooling: str = "mean", device: str | torch.device | None = None, dtype: str | None = None,
                  source: str = "") -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if tokenizer.pad_token_id is None:
-            raise ValueError(f"tokenizer of {source or 'the encoder'} has no pad token; BigBird needs one")
-        config: BigBirdConfig = model.config
+            raise ValueError(f"tokenizer of {source or 'the encoder'} has no pad token; batches need one")
+        config = model.config
         self.model = model
         self.tokenizer = tokenizer
-        self.attention_type = model.attention_type
+        self.family = config.model_type
+        self.attention_type = getattr(model, "attention_type", "original_full")
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2 (room for the special tokens), got {max_length}")
         self.max_length = int(max_length)
         self.pooling = pooling
         self.source = source
         longest = self.padded_length(self.max_length)
-        if longest > config.max_position_embeddings:
+        if longest > position_limit(config):
             raise ValueError(f"max_length {max_length} needs {longest} positions with attention "
                              f"{self.attention_type!r}, but the model has max_position_embeddings="
-                             f"{config.max_position_embeddings}; lower max_length")
+                             f"{config.max_position_embeddings} ({position_limit(config)} usable); lower max_length")
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
         # the tokenizer's truncation state changes as it is used: digest it once, before any call
@@ -114,7 +143,7 @@ class NfcEncoder:
              dtype: str | None = None) -> NfcEncoder:
         """Load model + tokenizer from a save_pretrained folder or a hub id (offline: the local hub cache).
 
-        attention_type: "original_full" or "block_sparse", fixed for this encoder (module docstring).
+        attention_type: "original_full" or "block_sparse" (BigBird only), fixed for this encoder (module docstring).
         dtype: "float32", "bfloat16", "float16", or None for bf16/fp16 on CUDA and fp32 on CPU.
         """
         if attention_type not in ATTENTION_TYPES:
@@ -131,14 +160,23 @@ class NfcEncoder:
         except (OSError, ValueError) as err:
             raise EncoderNotFoundError(f"encoder {name!r} is neither a local save_pretrained folder nor a "
                                        f"hub model that could be loaded{offline}: {err}") from err
-        if config.model_type != "big_bird":
-            raise ValueError(f"encoder {name!r} is a {config.model_type!r} checkpoint; NfcEncoder needs BigBird")
+        if config.model_type not in ENCODER_FAMILIES:
+            raise ValueError(f"encoder {name!r} is a {config.model_type!r} checkpoint; NfcEncoder takes "
+                             f"{', '.join(ENCODER_FAMILIES)}")
+        if attention_type != "original_full" and config.model_type != "big_bird":
+            raise ValueError(f"attention_type {attention_type!r} is BigBird's; a {config.model_type!r} encoder "
+                             "has full attention only (original_full)")
         try:
             tokenizer = AutoTokenizer.from_pretrained(target)
         except (OSError, ValueError) as err:
             raise EncoderNotFoundError(f"encoder {name!r} has no loadable tokenizer{offline}: {err}") from err
-        config.attention_type = attention_type
-        model = BigBirdModel.from_pretrained(target, config=config)
+        if config.model_type == "big_bird":
+            config.attention_type = attention_type
+        # weights a checkpoint lacks (e.g. a pooler it was saved without) are initialised here: seeded, so
+        # the same folder always gives the same model and fingerprint
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = AutoModel.from_pretrained(target, config=config)
         return cls(model, tokenizer, max_length=max_length, pooling=pooling, device=device, dtype=dtype,
                    source=name)
 
@@ -165,7 +203,7 @@ class NfcEncoder:
 
     def padded_length(self, n_tokens: int) -> int:
         """Sequence length an article of `n_tokens` runs at alone (block_sparse: its canonical length)."""
-        if self.attention_type == "original_full":
+        if self.attention_type != "block_sparse":
             return n_tokens
         config = self.model.config
         block = config.block_size
@@ -202,7 +240,7 @@ class NfcEncoder:
         """(B, T) ids + mask -> (B, C) float32 pooled vectors, under this encoder's compute dtype."""
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, C)
-        if self.model.attention_type != self.attention_type:
+        if getattr(self.model, "attention_type", "original_full") != self.attention_type:
             raise RuntimeError(f"BigBird switched attention from {self.attention_type!r} to "
                                f"{self.model.attention_type!r}; inputs must stay above the block_sparse "
                                "threshold")

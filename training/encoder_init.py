@@ -1,9 +1,11 @@
 """The offline default encoder, made from the news alone: a byte-level BPE tokenizer trained on the news and
-a small random-init BigBird (`nfc encoder init`).
+a small random-init encoder, BigBird by default (`nfc encoder init`; `family` picks BERT, RoBERTa, DeBERTa-v2
+or ModernBERT instead).
 
 Everything is saved with `save_pretrained` (safetensors + tokenizer.json), so the folder loads as any
-Hugging Face checkpoint (`AutoTokenizer`, `BigBirdModel.from_pretrained`) and with `NfcEncoder.load`.
-A file `nfc_encoder.json` next to it records how it was made (config, data size, metrics).
+Hugging Face checkpoint (`AutoTokenizer`, `AutoModel.from_pretrained`) and with `NfcEncoder.load`.
+A file `nfc_encoder.json` next to it records how it was made (config, data size, metrics) and the
+publication time range of the text it was trained on (neuralfusion/encoder_text.py).
 """
 
 from __future__ import annotations
@@ -21,13 +23,18 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import BigBirdConfig, BigBirdModel, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
+
+from neuralfusion.encoder_text import ENCODER_METADATA_FILE
+from training.encoder import ENCODER_FAMILIES
 
 __all__ = [
+    "CHECKPOINTS_DIR",
     "METADATA_FILE",
     "SPECIAL_TOKENS",
     "EncoderSetupConfig",
     "build_config",
+    "check_out_dir",
     "init_encoder",
     "save_encoder",
     "train_tokenizer",
@@ -35,7 +42,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METADATA_FILE = "nfc_encoder.json"
+METADATA_FILE = ENCODER_METADATA_FILE
+CHECKPOINTS_DIR = "checkpoints"  # `nfc encoder pretrain` keeps its resumable states here, inside --out
 # BERT-style specials; [PAD] first so pad_token_id == 0, BigBird's default
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _SPECIAL_ROLES = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
@@ -46,6 +54,7 @@ _SPECIAL_ROLES = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS
 class EncoderSetupConfig:
     """Shape of the default encoder; small enough to train and run on a CPU."""
 
+    family: str = "big_bird"  # a transformers model_type of training.encoder.ENCODER_FAMILIES
     vocab_size: int = 8000  # an upper bound: a small corpus yields fewer tokens
     min_frequency: int = 2
     lowercase: bool = True
@@ -60,6 +69,8 @@ class EncoderSetupConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.family not in ENCODER_FAMILIES:
+            raise ValueError(f"family must be one of {ENCODER_FAMILIES}, got {self.family!r}")
         for name in ("vocab_size", "min_frequency", "num_hidden_layers", "hidden_size", "num_attention_heads",
                      "intermediate_size", "block_size", "num_random_blocks"):
             if getattr(self, name) < 1:
@@ -71,7 +82,7 @@ class EncoderSetupConfig:
             raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_attention_heads "
                              f"{self.num_attention_heads}")
         smallest_sparse = (6 + 2 * self.num_random_blocks) * self.block_size
-        if self.max_position_embeddings < smallest_sparse:
+        if self.family == "big_bird" and self.max_position_embeddings < smallest_sparse:
             raise ValueError(f"max_position_embeddings {self.max_position_embeddings} is below "
                              f"(6 + 2*num_random_blocks)*block_size = {smallest_sparse}, the shortest "
                              "block_sparse input; raise it or shrink block_size")
@@ -102,27 +113,42 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 8000, min_frequency:
     return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=model_max_length, **_SPECIAL_ROLES)
 
 
-def build_config(setup: EncoderSetupConfig, tokenizer: PreTrainedTokenizerFast) -> BigBirdConfig:
-    """The BigBird config for `setup`, with vocabulary and special ids from `tokenizer`."""
-    return BigBirdConfig(
-        vocab_size=len(tokenizer), hidden_size=setup.hidden_size, num_hidden_layers=setup.num_hidden_layers,
-        num_attention_heads=setup.num_attention_heads, intermediate_size=setup.intermediate_size,
-        max_position_embeddings=setup.max_position_embeddings, block_size=setup.block_size,
-        num_random_blocks=setup.num_random_blocks, attention_type="original_full",
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id, sep_token_id=tokenizer.sep_token_id)
+def build_config(setup: EncoderSetupConfig, tokenizer: PreTrainedTokenizerFast) -> PretrainedConfig:
+    """The `setup.family` config for `setup`, with vocabulary and special ids from `tokenizer`."""
+    positions = setup.max_position_embeddings
+    extra: dict[str, Any] = {}
+    if setup.family == "big_bird":
+        extra = {"block_size": setup.block_size, "num_random_blocks": setup.num_random_blocks,
+                 "attention_type": "original_full"}
+    elif setup.family == "roberta":  # RoBERTa numbers positions from pad_token_id + 1
+        positions += tokenizer.pad_token_id + 1
+    return AutoConfig.for_model(
+        setup.family, vocab_size=len(tokenizer), hidden_size=setup.hidden_size,
+        num_hidden_layers=setup.num_hidden_layers, num_attention_heads=setup.num_attention_heads,
+        intermediate_size=setup.intermediate_size, max_position_embeddings=positions,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+        sep_token_id=tokenizer.sep_token_id, cls_token_id=tokenizer.cls_token_id, **extra)
 
 
-def save_encoder(model: BigBirdModel, tokenizer: Any, out_dir: Path | str, metadata: dict[str, Any]) -> Path:
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an --out that holds anything but an encoder folder or pretraining checkpoints: never delete data."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file; choose a folder for --out")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file() \
+            and {p.name for p in out_dir.iterdir()} != {CHECKPOINTS_DIR}:
+        raise FileExistsError(f"{out_dir} exists and is not an encoder folder; choose an empty or new --out")
+
+
+def save_encoder(model: PreTrainedModel, tokenizer: Any, out_dir: Path | str, metadata: dict[str, Any]) -> Path:
     """save_pretrained model + tokenizer and write METADATA_FILE, replacing `out_dir` as a whole.
 
     The folder is written under a temporary name and renamed into place, so a crash never leaves a
     folder that looks complete but is not. An existing folder is replaced only if it is an encoder
-    folder (it has config.json), so a mistyped --out never deletes data.
+    folder (it has config.json) or holds only pretraining checkpoints, so a mistyped --out never deletes
+    data; its CHECKPOINTS_DIR is carried over into the new folder.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
-        raise FileExistsError(f"{out_dir} exists and is not an encoder folder; choose an empty or new --out")
+    check_out_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(8)}.tmp")
     old = tmp.with_name(tmp.name + ".old")
@@ -135,9 +161,13 @@ def save_encoder(model: BigBirdModel, tokenizer: Any, out_dir: Path | str, metad
             raise RuntimeError(f"save_pretrained wrote no model.safetensors into {tmp}")
         if out_dir.exists():
             os.replace(out_dir, old)
+            if (old / CHECKPOINTS_DIR).is_dir():
+                os.replace(old / CHECKPOINTS_DIR, tmp / CHECKPOINTS_DIR)
         os.replace(tmp, out_dir)
     except BaseException:
         if old.exists() and not out_dir.exists():
+            if (tmp / CHECKPOINTS_DIR).is_dir():
+                os.replace(tmp / CHECKPOINTS_DIR, old / CHECKPOINTS_DIR)
             os.replace(old, out_dir)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -145,16 +175,21 @@ def save_encoder(model: BigBirdModel, tokenizer: Any, out_dir: Path | str, metad
     return out_dir
 
 
-def init_encoder(texts: Sequence[str], out_dir: Path | str, setup: EncoderSetupConfig | None = None) -> Path:
-    """Train the tokenizer on `texts`, random-init a BigBird (seeded) and save both to `out_dir`."""
+def init_encoder(texts: Sequence[str], out_dir: Path | str, setup: EncoderSetupConfig | None = None,
+                 text_record: dict[str, Any] | None = None) -> Path:
+    """Train the tokenizer on `texts`, random-init an encoder (seeded) and save both to `out_dir`.
+
+    text_record: when the texts were published (neuralfusion.encoder_text.stage_record); without it the
+    folder has no record and `nfc train` refuses its embeddings.
+    """
     setup = setup or EncoderSetupConfig()
     tokenizer = train_tokenizer(texts, setup.vocab_size, setup.min_frequency, setup.lowercase,
                                 model_max_length=setup.max_position_embeddings)
     config = build_config(setup, tokenizer)
     torch.manual_seed(setup.seed)
-    model = BigBirdModel(config)
-    logger.info("initialised BigBird: %d layers, hidden %d, vocab %d, %.1fM parameters",
+    model = AutoModel.from_config(config)
+    logger.info("initialised %s: %d layers, hidden %d, vocab %d, %.1fM parameters", setup.family,
                 setup.num_hidden_layers, setup.hidden_size, len(tokenizer),
                 sum(p.numel() for p in model.parameters()) / 1e6)
-    metadata = {"kind": "init", "setup": dataclasses.asdict(setup), "n_texts": len(texts)}
+    metadata = {"kind": "init", "setup": dataclasses.asdict(setup), "n_texts": len(texts), "text": text_record}
     return save_encoder(model, tokenizer, out_dir, metadata)

@@ -32,6 +32,7 @@ from neuralfusion.artifacts import git_commit, write_json
 from neuralfusion.backtest import offset_rebalance_anchors, walk_forward
 from neuralfusion.dataset import MarketData
 from neuralfusion.embeddings import read_embeddings
+from neuralfusion.encoder_text import check_encoder_text, record_from_metadata
 from neuralfusion.errors import DataError
 from neuralfusion.features import FEATURE_NAMES, WARMUP_BARS, FeatureNormalizer
 from neuralfusion.inputs import GridInputs, grid_inputs
@@ -93,14 +94,26 @@ def article_vectors(data: MarketData, embeddings_path: Path) -> tuple[np.ndarray
 
 
 def prepare(data: MarketData, embeddings_path: Path, window: WindowSpec,
-            normaliser: FeatureNormalizer | None = None) -> Prepared:
-    """Split the anchors, fit the normaliser on the training bars (unless given), build the inputs."""
+            normaliser: FeatureNormalizer | None = None, allow_encoder_leak: bool = False) -> Prepared:
+    """Split the anchors, fit the normaliser on the training bars (unless given), build the inputs.
+
+    Embeddings whose encoder read news published after the training end (validation or test text), or
+    whose encoder has no record of its text, are refused (EncoderLeakError) unless `allow_encoder_leak`;
+    the verdict is kept in `Prepared.encoder["text_check"]` (neuralfusion/encoder_text.py).
+    """
     splits = chronological_split(usable_anchors(data.n_bars, WARMUP_BARS, window), window, data.panel.times)
+    vectors, meta = article_vectors(data, embeddings_path)
+    record = record_from_metadata(meta)
+    end = data.panel.times[int(splits.train[-1])]
+    text_check = check_encoder_text(record, end, allow_encoder_leak, source=str(embeddings_path))
+    if text_check.status != "clean":
+        log.warning("using embeddings whose encoder %s (--allow-encoder-leak): %s",
+                    "read news after the training end" if text_check.status == "leak" else "has no text record",
+                    text_check.to_dict())
     if normaliser is None:
         normaliser = FeatureNormalizer.fit(data.features, WARMUP_BARS, int(splits.train[-1]))
-    vectors, meta = article_vectors(data, embeddings_path)
     encoder = {"fingerprint": meta.get("nfc.encoder_fingerprint"), "embeddings": str(Path(embeddings_path).resolve()),
-               "embed_dim": int(vectors.shape[1])}
+               "embed_dim": int(vectors.shape[1]), "text": record, "text_check": text_check.to_dict()}
     return Prepared(data=data, grid=grid_inputs(data, vectors, normaliser), splits=splits,
                     normaliser=normaliser, encoder=encoder)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import FP32_ATOL, TinyArtifacts, news_texts, nfc, tiny_encoder
+from builders import FP32_ATOL, TinyArtifacts, nfc, tiny_encoder
 
 
 @pytest.fixture
@@ -320,7 +320,7 @@ def test_manifest_reader_needs_no_torch(tiny):
 
 
 def test_fingerprint_mismatch_is_refused(tiny, tmp_path):
-    other = tiny_encoder(news_texts(tiny.data), tmp_path / "other-encoder", seed=1)  # same shape, other weights
+    other = tiny_encoder(tiny.data, tmp_path / "other-encoder", seed=1)  # same shape, other weights
     out = tmp_path / "pkg"
     code, output = nfc("export", "--model", str(tiny.run), "--out", str(out), "--encoder", str(other), "--no-bentoml")
     assert code == 1 and "fingerprint" in output and "export the encoder that made them" in output

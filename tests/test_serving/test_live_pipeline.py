@@ -187,10 +187,12 @@ def test_backfill_equals_the_offline_backtest_of_the_same_package(world, tmp_pat
     symbols = backtest.symbols
     served_weights = np.array([[d["weights"][s] for s in symbols] for d in documents])
     served_logits = np.array([[d["logits"][s] for s in symbols] for d in documents])
-    # exactly equal, not merely close: the same graphs read the same windows (measured: bit-identical on the CPU)
+    # the same graphs read the same windows: the same book exactly; logits up to float rounding, because the
+    # backfill embeds each bar's articles in other encoder batches than the offline pass (padding is masked, so
+    # a vector depends on its batch-mates only in the last bit: measured 6e-8 on one of 198 logits)
     np.testing.assert_array_equal(weights, backtest.model.anchor_weights)
     np.testing.assert_array_equal(served_weights, backtest.model.anchor_weights)
-    np.testing.assert_array_equal(served_logits, logits)
+    np.testing.assert_allclose(served_logits, logits, rtol=0, atol=1e-6)
 
     code, out, output = run_predict(world, *args, state=tmp_path)
     assert code == 0 and json.loads(out)["stored"] == 0
@@ -276,6 +278,7 @@ def test_backtest_of_a_package_is_an_nfc_command_with_a_report(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["settings"]["model_version"] == "0.1.0-test" and metrics["settings"]["variant"] == "package"
+    assert metrics["settings"]["encoder_text"]["status"] == "clean"  # the manifest's record vs this data's split
     assert set(metrics["strategies"]) == {"model", "equal_weight", "momentum"}
     result = CliRunner().invoke(main, [*args[:-2], "--embeddings", str(tiny.embeddings), "--out",
                                        str(tmp_path / "other")])

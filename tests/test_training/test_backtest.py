@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from builders import no_text_record
 from click.testing import CliRunner, Result
 from PIL import Image
 
@@ -44,7 +45,7 @@ def write_synthetic(out: Path, n_assets: int) -> Path:
     write_market(market, out / "data")
     ids = [item["id"] for item in market.news]
     vectors = np.random.default_rng(0).standard_normal((len(ids), 8)).astype(np.float32)
-    write_embeddings(out / "embeddings.parquet", ids, vectors, np.ones(len(ids)), "test")
+    write_embeddings(out / "embeddings.parquet", ids, vectors, np.ones(len(ids)), "test", no_text_record())
     return out
 
 

@@ -187,9 +187,9 @@ def test_unknown_encoder_is_a_clear_error(tmp_path):
         NfcEncoder.load(tmp_path)
 
 
-def test_non_bigbird_checkpoint_is_refused(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(ValueError, match="'bert' checkpoint; NfcEncoder needs BigBird"):
+def test_checkpoint_of_an_untested_family_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="'gpt2' checkpoint; NfcEncoder takes big_bird, bert, roberta"):
         NfcEncoder.load(tmp_path)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import no_text_record
 from click.testing import CliRunner
 
 from neuralfusion.embeddings import write_embeddings
@@ -28,7 +29,7 @@ def random_embeddings(news_path: Path, out: Path, dim: int = 8, nan_row: int | N
     vectors = np.random.default_rng(0).normal(size=(len(ids), dim)).astype(np.float32)
     if nan_row is not None:
         vectors[nan_row] = np.nan
-    write_embeddings(out, ids, vectors, np.zeros(len(ids)), fingerprint="test")
+    write_embeddings(out, ids, vectors, np.zeros(len(ids)), fingerprint="test", metadata=no_text_record())
     return out
 
 
