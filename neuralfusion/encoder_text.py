@@ -81,21 +81,34 @@ def training_end(data: MarketData, window: WindowSpec) -> pd.Timestamp:
     return pd.Timestamp(data.panel.times[int(_splits(data, window).train[-1])]).tz_convert("UTC")
 
 
-def default_cutoff(data: MarketData | None) -> pd.Timestamp | None:
-    """The training end of `data` (the data folder holding the news) with the default window split; None
-    (no cut-off) without one."""
-    return None if data is None else training_end(data, WindowSpec())
+def default_cutoff(data: MarketData | None, split: tuple[str, str] | None = None) -> pd.Timestamp | None:
+    """The training end of `data` (the data folder holding the news) under the date split `split` (VAL_START,
+    TEST_START, as `nfc train --split`) or else the default fractions; None (no cut-off) without data."""
+    if data is None:
+        return None
+    if split is None:
+        return training_end(data, WindowSpec())
+    # a date split's last training anchor is the last bar closing before VAL_START, whatever the lookback/horizon
+    val_start = WindowSpec(val_start=split[0], test_start=split[1]).split_times[0]
+    before = data.panel.times[data.panel.times < val_start]
+    if not len(before):
+        raise DataError(f"no bar closes before the validation start {val_start}: nothing to train on")
+    return pd.Timestamp(before[-1]).tz_convert("UTC")
 
 
-def resolve_cutoff(option: str | None, news_path: Path, data_dir: Path | None = None) -> pd.Timestamp | None:
+def resolve_cutoff(option: str | None, news_path: Path, data_dir: Path | None = None,
+                   split: tuple[str, str] | None = None) -> pd.Timestamp | None:
     """The cut-off an encoder stage trains under: --cutoff when given, else the training end of --data, else of
-    the data folder holding the news file (when it has bars), else None (all text, recorded as such)."""
+    the data folder holding the news file (when it has bars), under `split` (else the default fractions), else
+    None (all text, recorded as such)."""
     if option is not None:
         return parse_cutoff(option)
     folder = data_dir or news_path.parent
     if data_dir is None and not any((folder / f"bars{suffix}").exists() for suffix in (".parquet", ".csv")):
+        if split is not None:
+            raise ValueError(f"--split needs the data folder: {folder} has no bars file; pass --data DIR")
         return None
-    return default_cutoff(load_data_dir(folder))
+    return default_cutoff(load_data_dir(folder), split)
 
 
 def texts_before(published: pd.Series, cutoff: pd.Timestamp | None) -> pd.Series:
