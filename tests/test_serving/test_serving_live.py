@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -23,6 +24,8 @@ from neuralfusion.data.news import read_news
 from serving.client import request_to_proto
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 pytestmark = pytest.mark.integration
 
@@ -78,9 +81,14 @@ def test_grpc_predict_is_stored_in_mongodb(live, stub):
     assert reply.prediction.stored and pd.Timestamp(reply.prediction.as_of) == pd.Timestamp(live.times[320])
     [document] = live.documents(request_id="live-grpc")
     assert [document["weights"][s] for s in reply.prediction.symbols] == pytest.approx(list(reply.prediction.weights))
+    # each worker has its own gRPC server and health poll (every 0.5 s until ready): a connection may land on a
+    # worker whose first readiness check, which asks both inner services, is still under way on a loaded host
     with grpc.insecure_channel(live.grpc_target) as channel:
-        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
-    assert health.status == health_pb2.HealthCheckResponse.SERVING
+        check = health_pb2_grpc.HealthStub(channel).Check
+        deadline = time.monotonic() + 15
+        while (status := check(health_pb2.HealthCheckRequest(service=""), timeout=10).status) != SERVING:
+            assert time.monotonic() < deadline, f"gRPC health still {status} 15 s after a stored prediction"
+            time.sleep(0.5)
 
 
 def test_history_pages_newest_first_over_http_and_grpc(live, stub):
