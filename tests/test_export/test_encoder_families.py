@@ -27,12 +27,7 @@ TEXTS = [f"{name} {verb} estimates as sales {move} in quarter {i}" for i, (name,
 MAX_LENGTH = 768  # above BigBird's 704-token switch, within every tiny config's positions
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

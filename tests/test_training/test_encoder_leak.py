@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from builders import TINY_ENCODER, TINY_RUN, nfc
 
 from neuralfusion.dataset import load_data_dir
@@ -22,12 +21,7 @@ TINY_SETS = [arg for key, value in TINY_ENCODER.items() for arg in ("--set", f"{
 TINY_WINDOW = WindowSpec(lookback=16, horizon=8)  # TINY_RUN's
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

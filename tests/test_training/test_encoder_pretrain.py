@@ -33,15 +33,11 @@ def headlines(n: int, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def offline_one_thread():
-    """Offline hub, and one thread (fast for tiny models on a busy CPU, and the same float sums in every run):
-    module-scoped, so the module's shared encoders are built under it too."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def offline(one_torch_thread):
+    """Offline hub for the module (its shared encoders are built under it and under one torch thread)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
         yield
-    torch.set_num_threads(before)
 
 
 def tiny_setup(family: str = "big_bird") -> EncoderSetupConfig:
