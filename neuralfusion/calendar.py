@@ -20,6 +20,7 @@ import pandas as pd
 
 __all__ = [
     "CONTINUOUS",
+    "BarClock",
     "CalendarBars",
     "calendar_bars",
     "check_calendar",
@@ -78,6 +79,72 @@ def calendar_bars(calendar: str, interval: pd.Timedelta, first: pd.Timestamp, la
                                 opens=pd.DatetimeIndex(exchange.opens[sessions]))
         bars = exchange.trading_index(start, end, interval, intervals=True, closed="right", force=True)
     return CalendarBars(closes=pd.DatetimeIndex(bars.right), opens=pd.DatetimeIndex(bars.left))
+
+
+@dataclass(frozen=True)
+class BarClock:
+    """The close times of one calendar's bars as a clock that the live job and the service step: which bar
+    closed last by a given time, whether a time is a bar's close, the close n bars earlier. On "24/7" these are
+    whole `interval`s since the epoch; on an exchange they are the sessions' bars of `calendar_bars`, so nights,
+    weekends and holidays are skipped exactly as the training grid skips them."""
+
+    calendar: str
+    interval: pd.Timedelta
+
+    @classmethod
+    def of(cls, grid: BarClock | pd.Timedelta) -> BarClock:
+        """`grid` itself, or the round-the-clock grid of a bare interval (as callers of the 24/7 era pass it)."""
+        return grid if isinstance(grid, BarClock) else cls(CONTINUOUS, pd.Timedelta(grid))
+
+    def closes(self, first: pd.Timestamp, last: pd.Timestamp) -> pd.DatetimeIndex:
+        """Every bar close c with first <= c <= last (UTC), ascending."""
+        if is_continuous(self.calendar):
+            return pd.date_range(first.ceil(self.interval), last, freq=self.interval)
+        closes = calendar_bars(self.calendar, self.interval, first, last).closes
+        return closes[(closes >= first) & (closes <= last)]
+
+    def ceil(self, times: pd.DatetimeIndex) -> pd.DatetimeIndex:
+        """The close of the bar each time falls in: the first close at or after it (a time after the calendar's
+        last known session stays NaT)."""
+        if is_continuous(self.calendar):
+            return times.ceil(self.interval)
+        closes = calendar_bars(self.calendar, self.interval, times.min(), times.max()).closes
+        index = closes.searchsorted(times, side="left")
+        return pd.DatetimeIndex(closes.append(pd.DatetimeIndex([pd.NaT], tz="UTC"))[index])
+
+    def is_close(self, time: pd.Timestamp) -> bool:
+        """Whether `time` is a bar's close."""
+        return bool(self.ceil(pd.DatetimeIndex([time]))[0] == time)
+
+    def last_close(self, time: pd.Timestamp) -> pd.Timestamp:
+        """The close of the last bar complete at `time` (the latest close <= time): over a weekend or holiday
+        the previous session's, never a bar of a shut market."""
+        if is_continuous(self.calendar):
+            return time.floor(self.interval)
+        closes = calendar_bars(self.calendar, self.interval, time, time).closes
+        return closes[closes.searchsorted(time, side="right") - 1]
+
+    def next_close(self, time: pd.Timestamp) -> pd.Timestamp:
+        """The close of the first bar after `time` (the earliest close > time)."""
+        if is_continuous(self.calendar):
+            return time.floor(self.interval) + self.interval
+        closes = calendar_bars(self.calendar, self.interval, time, time).closes
+        return closes[closes.searchsorted(time, side="right")]
+
+    def earlier(self, close: pd.Timestamp, n: int) -> pd.Timestamp:
+        """The close `n` bars before the bar closing at `close` (itself for n=0)."""
+        if is_continuous(self.calendar):
+            return close - n * self.interval
+        # an exchange has at least one bar per session and a session at least every ~5 days: widen until found
+        span = (n + 1) * min(self.interval, DAY) * 2 + 10 * DAY
+        while True:
+            closes = calendar_bars(self.calendar, self.interval, close - span, close).closes
+            position = int(closes.searchsorted(close, side="right")) - 1 - n
+            if position >= 0:
+                return closes[position]
+            if (close - span).tz_localize(None) < _exchange(self.calendar).first_session:
+                raise ValueError(f"calendar {self.calendar} has no bar {n} bars before {close.isoformat()}")
+            span *= 2
 
 
 def grid_bars_per_year(calendar: str, interval: pd.Timedelta, times: pd.DatetimeIndex) -> float:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from neuralfusion.calendar import check_calendar
+from neuralfusion.calendar import BarClock, check_calendar
 
 __all__ = ["BarSpec", "PortfolioSpec", "Universe", "WindowSpec"]
 
@@ -81,6 +81,11 @@ class BarSpec:
             return pd.Timedelta(self.interval)
         except ValueError:
             raise ValueError(f"bar interval {self.interval!r} is not a pandas offset like '3min'") from None
+
+    @property
+    def clock(self) -> BarClock:
+        """The grid's bar closes as a clock (live runs and served requests step it)."""
+        return BarClock(self.calendar, self.timedelta)
 
 
 @dataclass(frozen=True)

@@ -12,19 +12,25 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from neuralfusion.calendar import BarClock
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 
 __all__ = ["predict_grpc", "predict_http", "predict_payload", "request_to_proto", "wait_until_ready"]
 
 
-def predict_payload(bars: pd.DataFrame, news: pd.DataFrame, end: pd.Timestamp, n_bars: int, step: pd.Timedelta,
-                    request_id: str | None = None) -> dict[str, Any]:
-    """A /predict body: every symbol's bars of the `n_bars` grid bars closing at `end`, and the news published
-    during them, as a client would send them (ISO timestamps)."""
-    start = end - (n_bars - 1) * step
+def predict_payload(bars: pd.DataFrame, news: pd.DataFrame, end: pd.Timestamp, n_bars: int,
+                    step: pd.Timedelta | BarClock, request_id: str | None = None,
+                    news_bars: int | None = None) -> dict[str, Any]:
+    """A /predict body: every symbol's bars of the `n_bars` grid bars closing at `end` (bars of `step` round the
+    clock, or of the model's calendar), and the news published during them (during the last `news_bars` only,
+    when given: the model reads the news of its lookback, and a daily window's warm-up spans months of news), as
+    a client would send them (ISO timestamps)."""
+    clock = BarClock.of(step)
+    start = clock.earlier(end, n_bars - 1)
     window = bars[(bars["timestamp"] >= start) & (bars["timestamp"] <= end)]
-    items = news[(news["published_at"] > start - step) & (news["published_at"] <= end)]
+    after = clock.earlier(end, n_bars if news_bars is None else min(news_bars, n_bars))
+    items = news[(news["published_at"] > after) & (news["published_at"] <= end)]
     return {
         "bars": [{**row, "timestamp": row["timestamp"].isoformat()} for row in
                  window[["timestamp", "symbol", "open", "high", "low", "close", "volume"]].to_dict("records")],

@@ -1,9 +1,9 @@
 """The inputs of one `nfc predict` run: bars on the model's grid and the news its windows read.
 
 Bars come from a data folder or ClickHouse, news from a data folder or MongoDB; either way they are cut to
-the time span the run's as-of bars need, resampled by `resample_bars` (the training code), and checked for
-staleness: an asset whose last real bar is older than the limit fails the run, naming the asset and its age,
-rather than being predicted from forward-filled prices.
+the time span the run's as-of bars need, resampled by `resample_bars` (the training code, so on the model's
+calendar), and checked for staleness: an asset whose last real bar is older than the limit fails the run, naming
+the asset and its age, rather than being predicted from forward-filled prices.
 
 MongoDB news is read incrementally: items already read are kept in a local cache file, and each run asks
 MongoDB only for items after the cache's newest one (minus a small overlap that catches late inserts).
@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 from pymongo.errors import PyMongoError
 
+from neuralfusion.calendar import BarClock, is_continuous
 from neuralfusion.data.bars import BAR_COLUMNS, BarFileSource, resample_bars
 from neuralfusion.data.news import NEWS_COLUMNS, MongoNewsSource, read_news, validate_news
 from neuralfusion.embeddings import write_table_atomic
@@ -29,7 +30,7 @@ from neuralfusion.errors import DataError
 from neuralfusion.specs import BarSpec, Universe
 
 __all__ = ["NEWS_OVERLAP", "BarReader", "FileBars", "FileNews", "IncrementalMongoNews", "NewsReader", "check_staleness",
-           "grid_bars", "latest_complete_bar"]
+           "grid_bars", "live_as_of_bar"]
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,20 @@ class IncrementalMongoNews:
             write_table_atomic(pa.Table.from_pandas(frame, preserve_index=False), self.cache_path)
 
 
-def latest_complete_bar(last_close: pd.Timestamp, step: pd.Timedelta) -> pd.Timestamp:
-    """The close time of the last grid bar that `last_close` completes (a bar still filling is not used)."""
-    return last_close.floor(step)
+def live_as_of_bar(clock: BarClock, last_close: pd.Timestamp, now: pd.Timestamp, limit: pd.Timedelta) -> pd.Timestamp:
+    """The as-of bar of a live run: the last grid bar that the newest input bar (closing at `last_close`, NaT when
+    there is none) completes; a bar still filling is not used. The feed is behind, a DataError, when a grid bar
+    that closed more than `limit` before `now` is missing. On an exchange calendar that bar is the last session bar
+    closing by `now - limit`, so a shut market (night, weekend, holiday) is never stale: the last session's bar
+    stays the as-of bar until the next session's first bar is due."""
+    due = clock.last_close(now - limit)
+    latest = None if pd.isna(last_close) else clock.last_close(last_close)
+    if latest is None or latest < due:
+        held = "no bar" if latest is None else f"the latest complete bar closed at {latest.isoformat()}"
+        raise DataError(f"{held}; the bar closing at {due.isoformat()}, {now - due} ago, is missing, over the "
+                        f"staleness limit of {limit} (--max-staleness): the bar feed is behind, nothing was "
+                        "predicted", source="bars")
+    return latest
 
 
 def grid_bars(frame: pd.DataFrame, universe: Universe, spec: BarSpec, source: str) -> pd.DataFrame:
@@ -143,20 +155,32 @@ def grid_bars(frame: pd.DataFrame, universe: Universe, spec: BarSpec, source: st
 
 
 def check_staleness(bars: pd.DataFrame, symbols: tuple[str, ...], as_of_times: Sequence[pd.Timestamp],
-                    limit: pd.Timedelta, source: str) -> None:
+                    limit: pd.Timedelta, clock: BarClock, source: str) -> None:
     """Every asset's last real bar at or before each as-of bar must be within `limit` of it; else a DataError
-    naming the first stale as-of bar, each stale asset and its age. Each asset's close times are sorted once,
-    so a back-fill of many as-of bars costs one search per bar and asset, not a pass over all bars."""
+    naming the first stale as-of bar, each stale asset and its age. Round the clock the age is the time between
+    them; on an exchange calendar it is the grid bars the asset missed times the interval, so a night, weekend or
+    holiday between its last bar and the as-of bar does not age it. Each asset's close times are sorted once, so a
+    back-fill of many as-of bars costs one search per bar and asset, not a pass over all bars."""
     closes = {symbol: np.sort(pd.DatetimeIndex(times).as_unit("ns").asi8)  # Timestamp.value is in ns too
               for symbol, times in bars.groupby("symbol")["timestamp"]}
     empty = np.empty(0, dtype=np.int64)
+    grid = None if is_continuous(clock.calendar) or bars.empty else clock.closes(
+        bars["timestamp"].min(), max(as_of_times)).as_unit("ns").asi8
     for as_of in as_of_times:
         stale: dict[str, pd.Timedelta | None] = {}
         for symbol in symbols:
             known = closes.get(symbol, empty)
             index = int(np.searchsorted(known, as_of.value, side="right"))
-            age = pd.Timedelta(as_of.value - int(known[index - 1]), unit="ns") if index else None
-            if age is None or age > limit:
+            if not index:
+                stale[symbol] = None
+                continue
+            if grid is None:
+                age = pd.Timedelta(as_of.value - int(known[index - 1]), unit="ns")
+            else:  # the grid bars closing after the asset's last bar, up to the as-of bar
+                missed = np.searchsorted(grid, as_of.value, side="right") - np.searchsorted(
+                    grid, int(known[index - 1]), side="right")
+                age = int(missed) * clock.interval
+            if age > limit:
                 stale[symbol] = age
         if stale:
             detail = ", ".join(f"{s} (no bars)" if age is None else f"{s} (last bar {age} before)"

@@ -37,6 +37,7 @@ import pandas as pd
 import pymongo
 import pymongo.errors
 
+from neuralfusion.calendar import CONTINUOUS, is_continuous
 from neuralfusion.data.news import MongoNewsSource, NewsFieldMap
 from neuralfusion.dataset import find_data_file
 from neuralfusion.errors import DataError
@@ -51,7 +52,7 @@ from serving.live_sources import (
     NewsReader,
     check_staleness,
     grid_bars,
-    latest_complete_bar,
+    live_as_of_bar,
 )
 from serving.store import PredictionRecord
 
@@ -72,6 +73,7 @@ class Model:
     universe: Universe
     bar_spec: BarSpec
     bars_needed: int
+    lookback: int  # the bars whose news the model reads
     runtime: Any = None  # serving.runtime.PortfolioRuntime in this process; None through the service
 
 
@@ -98,21 +100,22 @@ class Job:
 def run_job(job: Job) -> dict[str, Any]:
     """One run (the caller holds the lock); returns its summary. Raises DataError, ValueError, JobError, StoreError."""
     model = _load_model(job)
-    step = model.bar_spec.timedelta
+    clock = model.bar_spec.clock
     with ExitStack() as sources:
         bar_reader, source = _bar_reader(job, sources)
         news_reader = _news_reader(job, sources)
         times = _as_of_times(bar_reader, model, job)
-        first = times[0] - (model.bars_needed + 1) * step - job.limit
+        first = clock.earlier(times[0], model.bars_needed + 1) - job.limit
         raw = bar_reader.load(model.universe.symbols, first, times[-1])
         if raw["timestamp"].max() < times[-1]:
             raise DataError(f"the as-of bar {times[-1].isoformat()} is not complete: the newest bar closes at "
                             f"{raw['timestamp'].max().isoformat()}", source=source)
-        check_staleness(raw, model.universe.symbols, times, job.limit, source)
+        check_staleness(raw, model.universe.symbols, times, job.limit, clock, source)
         bars = grid_bars(raw, model.universe, model.bar_spec, source)
         news = news_reader.load(first, times[-1])
-        payloads = [predict_payload(bars, news, when, model.bars_needed, step,
-                                    f"{job.request_prefix}-{when.isoformat()}") for when in times]
+        payloads = [predict_payload(bars, news, when, model.bars_needed, clock,
+                                    f"{job.request_prefix}-{when.isoformat()}", news_bars=model.lookback)
+                    for when in times]
         if model.runtime is None:
             summary = _through_service(job.url or "", payloads, times)
         else:
@@ -128,12 +131,13 @@ def _load_model(job: Job) -> Model:
     if job.url is not None:
         info = predict_http_info(job.url)
         return Model(version=info["version"], universe=Universe(symbols=tuple(info["symbols"])),
-                     bar_spec=BarSpec(interval=info["interval"]), bars_needed=int(info["bars_needed"]))
+                     bar_spec=BarSpec(interval=info["interval"], calendar=info.get("calendar", CONTINUOUS)),
+                     bars_needed=int(info["bars_needed"]), lookback=int(info["lookback"]))
     from serving.runtime import PortfolioRuntime
 
     runtime = PortfolioRuntime.load(job.package or Path())
     return Model(version=runtime.version, universe=runtime.universe, bar_spec=runtime.bar_spec,
-                 bars_needed=runtime.bars_needed, runtime=runtime)
+                 bars_needed=runtime.bars_needed, lookback=runtime.lookback, runtime=runtime)
 
 
 def _bar_reader(job: Job, stack: ExitStack) -> tuple[BarReader, str]:
@@ -167,30 +171,31 @@ def _news_reader(job: Job, stack: ExitStack) -> NewsReader:
 
 
 def _as_of_times(bars: BarReader, model: Model, job: Job) -> list[pd.Timestamp]:
-    """The as-of bars of this run: a back-fill range, one bar, or (live) the latest complete bar, which must
-    be within the staleness limit of the wall clock."""
-    step = model.bar_spec.timedelta
+    """The as-of bars of this run, on the model's grid: a back-fill range, one bar, or (live) the latest
+    complete bar (`live_as_of_bar`: on an exchange calendar a shut market is not a stale feed)."""
+    clock = model.bar_spec.clock
     if job.start is not None and job.end is not None:
-        times = list(pd.date_range(job.start.ceil(step), job.end, freq=step)[::job.every])
+        times = list(clock.closes(job.start, job.end)[::job.every])
         if not times:
             raise ValueError(f"the back-fill range {job.start.isoformat()}..{job.end.isoformat()} holds no "
-                             f"{model.bar_spec.interval} bar")
+                             f"{_grid_name(model.bar_spec)} bar")
         return times
     if job.as_of is not None:
-        if job.as_of.ceil(step) != job.as_of:
-            raise ValueError(f"--as-of {job.as_of.isoformat()} is not on the {model.bar_spec.interval} bar grid")
+        if not clock.is_close(job.as_of):
+            raise ValueError(f"--as-of {job.as_of.isoformat()} is not on the {_grid_name(model.bar_spec)} bar grid: "
+                             f"the last bar closing before it closed at {clock.last_close(job.as_of).isoformat()}")
         return [job.as_of]
     now = pd.Timestamp.now(tz="UTC")
     if isinstance(bars, FileBars):
         last = bars.latest()
-    else:
-        last = bars.load(model.universe.symbols, now - job.limit - step, now)["timestamp"].max()
-    latest = latest_complete_bar(last, step)
-    if now - latest > job.limit:
-        raise DataError(f"the latest complete bar closed at {latest.isoformat()}, {now - latest} ago, over the "
-                        f"staleness limit of {job.limit} (--max-staleness): the bar feed is behind, nothing was "
-                        "predicted", source="bars")
-    return [latest]
+    else:  # from the grid bar before the one due: enough to tell whether the due bar is there
+        last = bars.load(model.universe.symbols, clock.earlier(clock.last_close(now - job.limit), 1),
+                         now)["timestamp"].max()
+    return [live_as_of_bar(clock, last, now, job.limit)]
+
+
+def _grid_name(spec: BarSpec) -> str:
+    return spec.interval if is_continuous(spec.calendar) else f"{spec.interval} {spec.calendar}"
 
 
 def _in_process(model: Model, payloads: Sequence[dict[str, Any]], times: Sequence[pd.Timestamp],

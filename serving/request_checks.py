@@ -16,6 +16,7 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from pydantic import TypeAdapter, ValidationError
 
+from neuralfusion.calendar import BarClock, is_continuous
 from neuralfusion.data.bars import BAR_COLUMNS, validate_bars
 from neuralfusion.data.news import NEWS_COLUMNS, validate_news
 from neuralfusion.errors import DataError
@@ -54,13 +55,15 @@ def request_frames(request: PredictRequest) -> tuple[pd.DataFrame, pd.DataFrame]
 
 
 def check_request_against_model(request: PredictRequest, symbols: tuple[str, ...], bars_needed: int,
-                                interval: pd.Timedelta) -> tuple[pd.DataFrame, pd.DataFrame]:
+                                interval: pd.Timedelta | BarClock) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Refuse a request the model cannot answer, naming the problem; return its validated frames.
 
-    The model trades exactly `symbols` and reads the `bars_needed` grid bars of `interval` that end with
-    the request's last bar (its as-of bar), so every symbol needs bars from the window's first bar on and
-    the last bar must close on the grid (else the as-of bar would be incomplete).
+    The model trades exactly `symbols` and reads the `bars_needed` grid bars (of `interval` round the clock, or
+    the BarClock of the model's calendar) that end with the request's last bar (its as-of bar), so every
+    symbol needs bars from the window's first bar on and the last bar must close on the grid (else the as-of
+    bar would be incomplete).
     """
+    clock = BarClock.of(interval)
     bars, news = request_frames(request)
     sent = set(bars["symbol"])
     unknown = sorted(sent - set(symbols))
@@ -71,12 +74,12 @@ def check_request_against_model(request: PredictRequest, symbols: tuple[str, ...
     if missing:
         raise RequestError(f"no bars for symbols {missing}; this model needs bars for every one of {list(symbols)}")
     last = bars["timestamp"].max()
-    if last.ceil(interval) != last:
-        raise RequestError(f"the last bar closes at {last.isoformat()}, not on the {_interval_text(interval)} bar "
+    if not clock.is_close(last):
+        raise RequestError(f"the last bar closes at {last.isoformat()}, not on the {_grid_text(clock)} bar "
                            "grid, so the as-of bar would be incomplete: end the bars at "
-                           f"{last.floor(interval).isoformat()}")
-    window_start = last - (bars_needed - 1) * interval
-    slot = bars["timestamp"].dt.ceil(interval)
+                           f"{clock.last_close(last).isoformat()}")
+    window_start = clock.earlier(last, bars_needed - 1)
+    slot = pd.Series(clock.ceil(pd.DatetimeIndex(bars["timestamp"])), index=bars.index)
     column = pd.Index(symbols).get_indexer(bars["symbol"])
     first = np.full(len(symbols), np.iinfo(np.int64).max)
     np.minimum.at(first, column, slot.array.asi8)  # each symbol's first grid bar, without a groupby
@@ -84,10 +87,15 @@ def check_request_against_model(request: PredictRequest, symbols: tuple[str, ...
     short = {s: int(slot[column == i].nunique()) for i, s in enumerate(symbols) if first_slot[i] > window_start}
     if short:
         detail = ", ".join(f"{s} has {n} from {first_slot[symbols.index(s)].isoformat()}" for s, n in short.items())
-        raise RequestError(f"too few bars: the model reads {bars_needed} bars of {_interval_text(interval)} per "
+        raise RequestError(f"too few bars: the model reads {bars_needed} bars of {_grid_text(clock)} per "
                            f"symbol, from {window_start.isoformat()} to {last.isoformat()}; {detail}: "
                            f"send bars from {window_start.isoformat()} on")
     return bars, news
+
+
+def _grid_text(clock: BarClock) -> str:
+    text = _interval_text(clock.interval)
+    return text if is_continuous(clock.calendar) else f"{text} {clock.calendar}"
 
 
 def _interval_text(interval: pd.Timedelta) -> str:

@@ -341,7 +341,7 @@ class PortfolioRuntime:
     def prepare(self, request: PredictRequest) -> PreparedRequest:
         """Check `request` against the model and reduce it to the model's window; a RequestError says what to fix."""
         bars, news = check_request_against_model(request, self.universe.symbols, self.bars_needed,
-                                                 self.bar_spec.timedelta)
+                                                 self.bar_spec.clock)
         try:
             data = market_data(bars, news, self.universe, self.bar_spec, source="request")
             anchor = data.n_bars - 1

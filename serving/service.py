@@ -96,6 +96,7 @@ class ModelInfo(BaseModel):
     created: str = Field(description="When the package was exported (UTC).")
     symbols: list[str] = Field(description="The universe, in the order of weights and logits.")
     interval: str = Field(description="Bar interval, e.g. 3min.")
+    calendar: str = Field(description="The bars' calendar: 24/7 or an exchange code such as XNYS.")
     lookback: int = Field(description="Bars the model reads.")
     horizon: int = Field(description="Bars the weights are meant to be held.")
     bars_needed: int = Field(description="Bars per symbol a request must cover: feature warm-up + lookback.")
@@ -316,7 +317,8 @@ class PortfolioService:
         data = runtime.manifest.data
         return ModelInfo(
             version=runtime.version, created=data["created"], symbols=list(runtime.universe.symbols),
-            interval=runtime.bar_spec.interval, lookback=runtime.lookback, horizon=runtime.horizon,
+            interval=runtime.bar_spec.interval, calendar=runtime.bar_spec.calendar, lookback=runtime.lookback,
+            horizon=runtime.horizon,
             bars_needed=runtime.bars_needed, top_k=data["portfolio"]["top_k"], features=data["features"]["names"],
             encoder_max_length=data["encoder"]["max_length"],
             parity_passed=all(row["passed"] for row in data["parity"]),

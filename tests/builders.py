@@ -179,20 +179,40 @@ def no_text_record() -> dict[str, str]:
 def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
     """Synthetic data, tiny encoder, its embeddings, a 1-epoch run and its package; built once per session
     (cached under the session's base temp folder, which both test modules share)."""
-    from neuralfusion.synth import SynthConfig, generate_market, write_market
+    from neuralfusion.synth import SynthConfig
 
-    root = tmp_path_factory.getbasetemp() / "export-tiny"
+    # 6 assets and the default top_k=4: the book is a real choice, so top-k parity is not trivial
+    return tiny_package(tmp_path_factory.getbasetemp() / "export-tiny", SynthConfig(n_assets=6, days=3, seed=5))
+
+
+def package_backtest(package: Path, data: Path):
+    """`nfc backtest --package` of `package` on the data folder `data`, and the package's logits and weights at
+    the backtest's anchors computed again through the runtime: what a back-fill of those bars must equal."""
+    from neuralfusion.dataset import load_data_dir
+    from serving.package_backtest import package_weights, run_package_backtest
+    from serving.runtime import PortfolioRuntime
+
+    backtest = run_package_backtest(package, data)
+    runtime = PortfolioRuntime.load(package)
+    logits, weights = package_weights(runtime, load_data_dir(data, universe=runtime.universe), backtest.anchors)
+    return backtest, logits, weights
+
+
+def tiny_package(root: Path, config, train_args: tuple[str, ...] = ()) -> TinyArtifacts:
+    """`config`'s synthetic market (a neuralfusion.synth.SynthConfig), the tiny encoder, its embeddings, a tiny
+    run (TINY_RUN plus `train_args`) and its package under `root`; reused when `root` already holds them."""
+    from neuralfusion.synth import generate_market, write_market
+
     artifacts = TinyArtifacts(root / "data", root / "encoder", root / "emb.parquet", root / "run", root / "pkg")
     if artifacts.package.is_dir():
         return artifacts
     shutil.rmtree(root, ignore_errors=True)
-    # 6 assets and the default top_k=4: the book is a real choice, so top-k parity is not trivial
-    write_market(generate_market(SynthConfig(n_assets=6, days=3, seed=5)), artifacts.data)
+    write_market(generate_market(config), artifacts.data)
     tiny_encoder(artifacts.data, artifacts.encoder)
     steps = [("embed", "--news", str(artifacts.data / "news.jsonl"), "--out", str(artifacts.embeddings),
               "--encoder", str(artifacts.encoder), "--max-length", "1024"),
              ("train", "--data", str(artifacts.data), "--embeddings", str(artifacts.embeddings), "--out",
-              str(artifacts.run), *TINY_RUN),
+              str(artifacts.run), *TINY_RUN, *train_args),
              ("export", "--model", str(artifacts.run), "--out", str(artifacts.package), "--version", "0.1.0-test",
               "--external-data", "--no-bentoml")]
     for args in steps:

@@ -15,6 +15,7 @@ import pandas as pd
 import pymongo
 import pytest
 import redis
+from builders import package_backtest
 from click.testing import CliRunner
 from live_servers import CLICKHOUSE_PASSWORD
 
@@ -161,19 +162,8 @@ def test_news_is_read_incrementally_from_the_last_run(world, tmp_path):
             mongo[NEWS_DB]["live"].delete_one({"_id": "late-item"})
 
 
-def backtest_and_times(world: LiveWorld):
-    from serving.package_backtest import package_weights, run_package_backtest
-    from serving.runtime import PortfolioRuntime
-
-    backtest = run_package_backtest(world.package, world.data)
-    runtime = PortfolioRuntime.load(world.package)
-    logits, weights = package_weights(runtime, load_data_dir(world.data, universe=runtime.universe),
-                                      backtest.anchors)
-    return backtest, logits, weights
-
-
 def test_backfill_equals_the_offline_backtest_of_the_same_package(world, tmp_path):
-    backtest, logits, weights = backtest_and_times(world)
+    backtest, logits, weights = package_backtest(world.package, world.data)
     times = backtest.times[backtest.anchors]
     every = int(np.diff(backtest.anchors)[0])
     args = ("--start", times[0].isoformat(), "--end", times[-1].isoformat(), "--every", str(every),
