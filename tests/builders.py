@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from nfc.cli import main
 
 START = pd.Timestamp("2026-01-05 00:00", tz="UTC")
+NO_SHIFT = pd.Timedelta(0)
 STEP = pd.Timedelta("3min")
 
 
@@ -199,15 +200,21 @@ def package_backtest(package: Path, data: Path):
 
 
 def tiny_package(root: Path, config, train_args: tuple[str, ...] = ()) -> TinyArtifacts:
-    """`config`'s synthetic market (a neuralfusion.synth.SynthConfig), the tiny encoder, its embeddings, a tiny
-    run (TINY_RUN plus `train_args`) and its package under `root`; reused when `root` already holds them."""
+    """`config`'s synthetic market (a neuralfusion.synth.SynthConfig) and the tiny model trained on it
+    (`tiny_model`) under `root`; reused when `root` already holds them."""
     from neuralfusion.synth import generate_market, write_market
 
-    artifacts = TinyArtifacts(root / "data", root / "encoder", root / "emb.parquet", root / "run", root / "pkg")
-    if artifacts.package.is_dir():
-        return artifacts
+    if (root / "pkg").is_dir():
+        return TinyArtifacts(root / "data", root / "encoder", root / "emb.parquet", root / "run", root / "pkg")
     shutil.rmtree(root, ignore_errors=True)
-    write_market(generate_market(config), artifacts.data)
+    write_market(generate_market(config), root / "data")
+    return tiny_model(root, root / "data", train_args)
+
+
+def tiny_model(root: Path, data: Path, train_args: tuple[str, ...] = ()) -> TinyArtifacts:
+    """The tiny encoder fitted to `data`'s news, its embeddings, a tiny run (TINY_RUN plus `train_args`) and its
+    package, written under `root`, as a user makes them from a data folder with nfc commands."""
+    artifacts = TinyArtifacts(data, root / "encoder", root / "emb.parquet", root / "run", root / "pkg")
     tiny_encoder(artifacts.data, artifacts.encoder)
     steps = [("embed", "--news", str(artifacts.data / "news.jsonl"), "--out", str(artifacts.embeddings),
               "--encoder", str(artifacts.encoder), "--max-length", "1024"),
@@ -219,3 +226,39 @@ def tiny_package(root: Path, config, train_args: tuple[str, ...] = ()) -> TinyAr
         code, output = nfc(*args)
         assert code == 0, output
     return artifacts
+
+
+def seed_news_documents(news: pd.DataFrame, shift: pd.Timedelta = NO_SHIFT) -> list[dict]:
+    """News in the seed's MongoDB shape (_id, releasedAt, title, content, assets[].symbol), `shift` later."""
+    documents = []
+    for item in news.itertuples():
+        doc = {"_id": item.id, "releasedAt": (item.published_at + shift).to_pydatetime(), "title": item.title,
+               "content": item.body}
+        if item.symbols is not None:
+            doc["assets"] = [{"symbol": s} for s in item.symbols]
+        documents.append(doc)
+    return documents
+
+
+def fill_candle_table(clickhouse_url: str, table: str, bars: pd.DataFrame, step: pd.Timedelta,
+                      shift: pd.Timedelta = NO_SHIFT, label: str = "close") -> None:
+    """A seed-shaped ClickHouse candle table `market.<table>` (symbol, candle_time, OHLCV), made afresh from
+    `bars` moved `shift` later, each row labelled by its candle's open or close time."""
+    from clickhouse_driver import Client
+
+    from neuralfusion.redact import encode_userinfo
+
+    opened = step if label == "open" else pd.Timedelta(0)
+    rows = [(r.symbol, (r.timestamp + shift - opened).to_pydatetime(), r.open, r.high, r.low, r.close, r.volume)
+            for r in bars.itertuples()]
+    client = Client.from_url(encode_userinfo(clickhouse_url))
+    try:
+        client.execute("CREATE DATABASE IF NOT EXISTS market")
+        client.execute(f"DROP TABLE IF EXISTS market.{table}")
+        client.execute(f"CREATE TABLE market.{table} (symbol String, candle_time DateTime('UTC'), open Float64, "
+                       "high Float64, low Float64, close Float64, volume Float64) ENGINE = MergeTree() "
+                       "ORDER BY (symbol, candle_time)")
+        client.execute(f"INSERT INTO market.{table} (symbol, candle_time, open, high, low, close, volume) VALUES",
+                       rows)
+    finally:
+        client.disconnect()

@@ -15,13 +15,12 @@ import pandas as pd
 import pymongo
 import pytest
 import redis
-from builders import package_backtest
+from builders import fill_candle_table, package_backtest, seed_news_documents
 from click.testing import CliRunner
 from live_servers import CLICKHOUSE_PASSWORD
 
 from neuralfusion.data.news import read_news
 from neuralfusion.dataset import load_data_dir
-from neuralfusion.redact import encode_userinfo
 from nfc.cli import main
 from serving.store import DEFAULT_COLLECTION, DEFAULT_DATABASE
 
@@ -45,41 +44,13 @@ class LiveWorld:
     live_end: pd.Timestamp  # close time of the last shifted bar
 
 
-def seed_news_documents(news: pd.DataFrame, shift: pd.Timedelta) -> list[dict]:
-    """News in the seed's MongoDB shape: _id, releasedAt, title, content, assets[].symbol."""
-    documents = []
-    for item in news.itertuples():
-        doc = {"_id": item.id, "releasedAt": (item.published_at + shift).to_pydatetime(), "title": item.title,
-               "content": item.body}
-        if item.symbols is not None:
-            doc["assets"] = [{"symbol": s} for s in item.symbols]
-        documents.append(doc)
-    return documents
-
-
-def candle_rows(bars: pd.DataFrame, shift: pd.Timedelta, label: str) -> list[tuple]:
-    opened = STEP if label == "open" else pd.Timedelta(0)
-    return [(r.symbol, (r.timestamp + shift - opened).to_pydatetime(), r.open, r.high, r.low, r.close, r.volume)
-            for r in bars.itertuples()]
-
-
 @pytest.fixture(scope="module")
 def world(tiny, clickhouse_server, mongo_uri, redis_url) -> Iterator[LiveWorld]:
-    from clickhouse_driver import Client
-
     bars = pd.read_parquet(tiny.data / "bars.parquet")
     news = read_news(tiny.data / "news.jsonl")
     shift = pd.Timestamp.now(tz="UTC").floor(STEP) - bars["timestamp"].max()
-    client = Client.from_url(encode_userinfo(clickhouse_server.url))
-    client.execute("CREATE DATABASE IF NOT EXISTS market")
-    for table, table_shift, label in (("synth", pd.Timedelta(0), "close"), ("live", shift, "open")):
-        client.execute(f"DROP TABLE IF EXISTS market.{table}")
-        client.execute(f"CREATE TABLE market.{table} (symbol String, candle_time DateTime('UTC'), open Float64, "
-                       "high Float64, low Float64, close Float64, volume Float64) ENGINE = MergeTree() "
-                       "ORDER BY (symbol, candle_time)")
-        client.execute(f"INSERT INTO market.{table} (symbol, candle_time, open, high, low, close, volume) VALUES",
-                       candle_rows(bars, table_shift, label))
-    client.disconnect()
+    fill_candle_table(clickhouse_server.url, "synth", bars, STEP)
+    fill_candle_table(clickhouse_server.url, "live", bars, STEP, shift, label="open")
     with pymongo.MongoClient(mongo_uri) as mongo:
         mongo.drop_database(NEWS_DB)
         mongo[NEWS_DB]["synth"].insert_many(seed_news_documents(news, pd.Timedelta(0)))

@@ -27,7 +27,9 @@ def ny(text: str) -> pd.Timestamp:
     return pd.Timestamp(text, tz=NY).tz_convert("UTC")
 
 
-@pytest.fixture(scope="module", params=[("1D", 1100), ("30min", 150)], ids=["XNYS-1D", "XNYS-30min"])
+# the daily package is built from 1,100 days (the synthetic market's own splits need them): ~50 s, so slow
+@pytest.fixture(scope="module", params=[pytest.param(("1D", 1100), marks=pytest.mark.slow), ("30min", 150)],
+                ids=["XNYS-1D", "XNYS-30min"])
 def xnys(request, tmp_path_factory):
     """A tiny package trained on the synthetic equity market's XNYS sessions, with its data folder."""
     interval, days = request.param
