@@ -10,7 +10,7 @@ from typing import Any
 import click
 import pandas as pd
 
-from neuralfusion.cli_common import cli_errors, json_result, log_level_option
+from neuralfusion.cli_common import cli_errors, json_result, live_source_options, log_level_option
 
 __all__ = ["data", "synth"]
 
@@ -170,17 +170,7 @@ def import_command(bars_path: Path, news_path: Path, out_dir: Path, calendar: st
 @click.option("--alias", "aliases", multiple=True, metavar="SYMBOL=NAME", help="A name that means SYMBOL in news.")
 @click.option("--interval", default="3min", show_default=True, help="Bar interval of the grid.")
 @click.option("--calendar", default="24/7", show_default=True, help="'24/7' or an exchange code (XNYS, ...).")
-@click.option("--clickhouse-table", default="market.candles", show_default=True, envvar="NFC_CLICKHOUSE_TABLE")
-@click.option("--clickhouse-columns", default="", envvar="NFC_CLICKHOUSE_COLUMNS",
-              help="Column mapping as for nfc predict, e.g. 'timestamp=candle_time'. Default: the seed's names.")
-@click.option("--clickhouse-label", type=click.Choice(["open", "close"]), default="open", show_default=True,
-              envvar="NFC_CLICKHOUSE_LABEL", help="Whether a row's time is its candle's open or close time.")
-@click.option("--clickhouse-candle", default="1min", show_default=True, envvar="NFC_CLICKHOUSE_CANDLE",
-              help="Length of one table row's candle.")
-@click.option("--news-db", default="news", show_default=True, envvar="NFC_NEWS_DB")
-@click.option("--news-collection", default="news", show_default=True, envvar="NFC_NEWS_COLLECTION")
-@click.option("--news-fields", default="", envvar="NFC_NEWS_FIELDS",
-              help="Field mapping as for nfc predict, e.g. 'published_at=releasedAt'. Default: the seed's names.")
+@live_source_options
 @click.option("--force", is_flag=True, help="Replace an existing --out folder (only once the new one is whole).")
 @log_level_option
 @json_result(_exported_lines)

@@ -40,6 +40,7 @@ __all__ = [
     "json_option",
     "json_result",
     "leak_option",
+    "live_source_options",
     "log_level_option",
     "needs_extra",
     "out_option",
@@ -226,3 +227,29 @@ def _parse_split(ctx: click.Context, param: click.Parameter, value: str | None) 
 split_option = click.option("--split", callback=_parse_split, metavar="VAL_START,TEST_START",
                             help="Split by dates: anchors closing from VAL_START are validation, from TEST_START "
                                  "test (UTC unless an offset is given).  [default: 60/20/20 of the anchors]")
+
+
+# how the live stores are read, shared by `nfc predict` (serving) and `nfc data export` (core), so a model is
+# trained on exactly what the live job reads: table, column map, candle labels and length; news database,
+# collection and field map; each with its NFC_* environment variable
+_LIVE_SOURCE_OPTIONS = (
+    click.option("--clickhouse-table", default="market.candles", show_default=True, envvar="NFC_CLICKHOUSE_TABLE"),
+    click.option("--clickhouse-columns", default="", envvar="NFC_CLICKHOUSE_COLUMNS",
+                 help="Column mapping, e.g. 'timestamp=candle_time,symbol=symbol'. Default: the seed's names."),
+    click.option("--clickhouse-label", type=click.Choice(["open", "close"]), default="open", show_default=True,
+                 envvar="NFC_CLICKHOUSE_LABEL", help="Whether a row's time is its candle's open or close time."),
+    click.option("--clickhouse-candle", default="1min", show_default=True, envvar="NFC_CLICKHOUSE_CANDLE",
+                 help="Length of one table row's candle."),
+    click.option("--news-db", default="news", show_default=True, envvar="NFC_NEWS_DB"),
+    click.option("--news-collection", default="news", show_default=True, envvar="NFC_NEWS_COLLECTION"),
+    click.option("--news-fields", default="", envvar="NFC_NEWS_FIELDS",
+                 help="Field mapping, e.g. 'published_at=releasedAt,body=content'. Default: the seed's names."),
+)
+
+
+def live_source_options(func: F) -> F:
+    """The ClickHouse and MongoDB read options (clickhouse_table, clickhouse_columns, clickhouse_label,
+    clickhouse_candle, news_db, news_collection, news_fields)."""
+    for option in reversed(_LIVE_SOURCE_OPTIONS):
+        func = option(func)
+    return func

@@ -22,7 +22,7 @@ from typing import Any
 import click
 import pandas as pd
 
-from neuralfusion.cli_common import cli_errors, json_result, log_level_option
+from neuralfusion.cli_common import cli_errors, json_result, live_source_options, log_level_option
 from neuralfusion.data.news import NewsFieldMap
 from serving.live_lock import LockHeld, RunLock
 from serving.predict_job import Job, JobError, run_job, store_path
@@ -80,24 +80,15 @@ def _predicted_lines(summary: dict[str, Any]) -> Iterator[str]:
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Back-fill: predict every N-th bar of the range.")
 @click.option("--max-staleness", default="15min", show_default=True, envvar="NFC_MAX_STALENESS",
-              help="Refuse a run when an asset's last real bar is older than this before the as-of bar, or (live) "
-              "the as-of bar is older than this before now.")
+              help="Refuse a run when an asset's last real bar is older than this before the as-of bar (on an "
+              "exchange: its missed session bars times the interval), or (live) a bar that closed more than this "
+              "ago is missing (on an exchange: a session bar, so a shut market is not stale).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".nfc-state"),
               show_default=True, envvar="NFC_STATE_DIR",
               help="The run lock, the news read so far and the embedding cache live here.")
 @click.option("--lock-file", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar="NFC_LOCK_FILE",
               help="Lock against overlapping runs.  [default: STATE_DIR/predict.lock]")
-@click.option("--clickhouse-table", default="market.candles", show_default=True, envvar="NFC_CLICKHOUSE_TABLE")
-@click.option("--clickhouse-columns", default="", envvar="NFC_CLICKHOUSE_COLUMNS",
-              help="Column mapping, e.g. 'timestamp=candle_time,symbol=symbol'. Default: the seed's names.")
-@click.option("--clickhouse-label", type=click.Choice(["open", "close"]), default="open", show_default=True,
-              envvar="NFC_CLICKHOUSE_LABEL", help="Whether a row's time is its candle's open or close time.")
-@click.option("--clickhouse-candle", default="1min", show_default=True, envvar="NFC_CLICKHOUSE_CANDLE",
-              help="Length of one table row's candle.")
-@click.option("--news-db", default="news", show_default=True, envvar="NFC_NEWS_DB")
-@click.option("--news-collection", default="news", show_default=True, envvar="NFC_NEWS_COLLECTION")
-@click.option("--news-fields", default="", envvar="NFC_NEWS_FIELDS",
-              help="Field mapping, e.g. 'published_at=releasedAt,body=content'. Default: the seed's names.")
+@live_source_options
 @click.option("--redis-key", default="nfc:weights:latest", show_default=True, envvar="NFC_REDIS_KEY")
 @click.option("--redis-channel", default="nfc:weights", show_default=True, envvar="NFC_REDIS_CHANNEL")
 @click.option("--request-id", default=None, help="Prefix of the stored request ids.  [default: nfc-predict]")

@@ -49,11 +49,11 @@ def test_a_model_trained_on_the_exported_folder_predicts_live_what_its_backtest_
     assert code == 0, output
     artifacts = tiny_model(tmp_path, tmp_path / "exported")
 
-    backtest, logits, weights = package_backtest(artifacts.package, artifacts.data)
+    backtest, _, weights = package_backtest(artifacts.package, artifacts.data)
     times = backtest.times[backtest.anchors]
     [every] = np.unique(np.diff(backtest.anchors))
     result = CliRunner().invoke(main, [
-        "--log-level", "WARNING", "predict", "--bars", "clickhouse", "--news", "mongo",
+        "--log-level", "WARNING", "predict", "--json", "--bars", "clickhouse", "--news", "mongo",
         "--model-path", str(artifacts.package), "--start", times[0].isoformat(), "--end", times[-1].isoformat(),
         "--every", str(every), "--request-id", "exported"], env=env)
     assert result.exit_code == 0, result.output

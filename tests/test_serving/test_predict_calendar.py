@@ -45,7 +45,8 @@ def test_a_backfill_on_the_sessions_equals_the_package_backtest_bit_for_bit(xnys
     times = backtest.times[backtest.anchors]
     [every] = np.unique(np.diff(backtest.anchors))
     result = CliRunner().invoke(main, [
-        "--log-level", "WARNING", "predict", "--data", str(artifacts.data), "--model-path", str(artifacts.package),
+        "--log-level", "WARNING", "predict", "--json", "--data", str(artifacts.data),
+        "--model-path", str(artifacts.package),
         "--start", times[0].isoformat(), "--end", times[-1].isoformat(), "--every", str(every),
         "--request-id", f"xnys-{interval}", "--state-dir", str(tmp_path)], env={"NFC_MONGO_URI": mongo_uri})
     assert result.exit_code == 0, result.output
@@ -75,7 +76,8 @@ def test_an_as_of_time_off_the_sessions_is_refused_naming_the_last_close(xnys, m
         saturday -= pd.Timedelta("1D")
     as_of = saturday + pd.Timedelta("15h")
     result = CliRunner().invoke(main, [
-        "--log-level", "WARNING", "predict", "--data", str(artifacts.data), "--model-path", str(artifacts.package),
+        "--log-level", "WARNING", "predict", "--json", "--data", str(artifacts.data),
+        "--model-path", str(artifacts.package),
         "--as-of", as_of.isoformat(), "--state-dir", str(tmp_path)], env={"NFC_MONGO_URI": mongo_uri})
     last_close = BarSpec(interval=interval, calendar="XNYS").clock.last_close(as_of)
     assert last_close.tz_convert(NY).day_of_week < 5 and as_of - last_close >= pd.Timedelta("18h")
