@@ -35,7 +35,8 @@ def test_a_model_trained_on_the_exported_folder_predicts_live_what_its_backtest_
         mongo[NEWS_DB]["news"].insert_many(seed_news_documents(news))
     env = {"NFC_CLICKHOUSE_URL": clickhouse_server.url, "NFC_MONGO_URI": mongo_uri, "NFC_NEWS_DB": NEWS_DB,
            "NFC_CLICKHOUSE_TABLE": "market.export_train", "NFC_CLICKHOUSE_CANDLE": "3min",
-           "NFC_CLICKHOUSE_LABEL": "open", "NFC_STATE_DIR": str(tmp_path / "state")}
+           "NFC_CLICKHOUSE_LABEL": "open", "NFC_STATE_DIR": str(tmp_path / "state"),
+           "NFC_MONGO_DB": "export_train_predictions"}  # the tiny package's version and bar times: a database apart
     universe = json.loads((market / "universe.json").read_text())
     aliases = [arg for symbol, names in universe.get("aliases", {}).items() for name in names
                for arg in ("--alias", f"{symbol}={name}")]

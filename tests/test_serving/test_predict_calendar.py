@@ -18,9 +18,11 @@ from neuralfusion.specs import BarSpec
 from neuralfusion.synth import SynthConfig
 from nfc.cli import main
 from serving.live_sources import check_staleness, live_as_of_bar
-from serving.store import DEFAULT_COLLECTION, DEFAULT_DATABASE
+from serving.store import DEFAULT_COLLECTION
 
 NY = "America/New_York"
+# the packages share the tiny package's version: their predictions go to a database of their own
+PREDICTIONS_DB = "calendar_predictions"
 
 
 def ny(text: str) -> pd.Timestamp:
@@ -48,7 +50,8 @@ def test_a_backfill_on_the_sessions_equals_the_package_backtest_bit_for_bit(xnys
         "--log-level", "WARNING", "predict", "--json", "--data", str(artifacts.data),
         "--model-path", str(artifacts.package),
         "--start", times[0].isoformat(), "--end", times[-1].isoformat(), "--every", str(every),
-        "--request-id", f"xnys-{interval}", "--state-dir", str(tmp_path)], env={"NFC_MONGO_URI": mongo_uri})
+        "--request-id", f"xnys-{interval}", "--state-dir", str(tmp_path)],
+        env={"NFC_MONGO_URI": mongo_uri, "NFC_MONGO_DB": PREDICTIONS_DB})
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["stored"] == len(times) > 3
@@ -58,7 +61,7 @@ def test_a_backfill_on_the_sessions_equals_the_package_backtest_bit_for_bit(xnys
     served_weights = np.array([[p["weights"][s] for s in symbols] for p in served])
     np.testing.assert_array_equal(weights, backtest.model.anchor_weights)
     with pymongo.MongoClient(mongo_uri) as client:
-        documents = list(client[DEFAULT_DATABASE][DEFAULT_COLLECTION].find(
+        documents = list(client[PREDICTIONS_DB][DEFAULT_COLLECTION].find(
             {"request_id": {"$regex": f"^xnys-{interval}-"}}).sort("as_of", 1))
     served_logits = np.array([[d["logits"][s] for s in symbols] for d in documents])
     # the same windows, normaliser and graphs; the one rounding left is the encoder's: it runs length-sorted
