@@ -31,7 +31,7 @@ __all__ = [
     "LOG_LEVELS",
     "OWN_PACKAGES",
     "cli_errors",
-    "config_option",
+    "config_options",
     "configure_logging",
     "data_option",
     "echo_json",
@@ -46,7 +46,6 @@ __all__ = [
     "out_option",
     "package_version",
     "resolve_config",
-    "set_option",
     "split_option",
 ]
 
@@ -195,6 +194,17 @@ def resolve_config(base: T, config_path: Path | None, pairs: tuple[str, ...]) ->
         raise click.BadParameter(str(err), param_hint="--set") from None
 
 
+def config_options(config_name: str) -> Callable[[F], F]:
+    """`--config FILE` (JSON or TOML) and `--set KEY=VALUE` for the command's `config_name` dataclass, read together
+    by `resolve_config(base, config_path, sets)`."""
+    def apply(func: F) -> F:
+        func = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                            help=f"Override a {config_name} field.")(func)
+        return click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                            help=f"{config_name} fields, JSON or TOML (by suffix); --set overrides them.")(func)
+    return apply
+
+
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print the result as one JSON object on stdout (logs stay on stderr).")
 data_option = click.option("--data", "data_dir", required=True,
@@ -205,9 +215,6 @@ embeddings_option = click.option("--embeddings", required=True,
                                  help="`nfc embed` output for the folder's news.")
 out_option = click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
                           help="Run folder to write.")
-config_option = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                             help="Config file, JSON or TOML (by suffix); --set overrides it.")
-set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config field.")
 force_option = click.option("--force", is_flag=True, help="Replace an existing output folder.")
 leak_option = click.option("--allow-encoder-leak", is_flag=True,
                            help="Use embeddings whose encoder read news after the training end (validation or test "

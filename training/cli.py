@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from neuralfusion.cli_common import (
     cli_errors,
-    config_option,
+    config_options,
     data_option,
     embeddings_option,
     force_option,
@@ -46,7 +46,6 @@ from neuralfusion.cli_common import (
     log_level_option,
     out_option,
     resolve_config,
-    set_option,
     split_option,
 )
 from neuralfusion.data.news import article_text, read_news
@@ -196,16 +195,14 @@ def encoder() -> None:
 @_news_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the save_pretrained model + tokenizer.")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="EncoderSetupConfig fields, JSON or TOML.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override an EncoderSetupConfig field.")
+@config_options("EncoderSetupConfig")
 @_cutoff_option
 @_encoder_data_option
 @split_option
 @log_level_option
 @json_result()
 @cli_errors
-def init_command(news_path: Path, out_dir: Path, config_path: Path | None, overrides: tuple[str, ...],
+def init_command(news_path: Path, out_dir: Path, config_path: Path | None, sets: tuple[str, ...],
                  cutoff: str | None, data_dir: Path | None, split: tuple[str, str] | None) -> dict[str, Any]:
     """Train a tokenizer on the news before the cut-off and save a random-init small encoder (BigBird) with it.
 
@@ -213,7 +210,7 @@ def init_command(news_path: Path, out_dir: Path, config_path: Path | None, overr
     nfc encoder init --news data/synth/news.jsonl --out runs/encoder-init --set num_hidden_layers=4
     nfc encoder init --news news.jsonl --out runs/encoder-init --cutoff 2026-01-07 --set family=roberta
     """
-    setup = resolve_config(EncoderSetupConfig(), config_path, overrides)
+    setup = resolve_config(EncoderSetupConfig(), config_path, sets)
     logger.info("encoder setup: %s", dataclasses.asdict(setup))
     news, texts, cutoff_at = _news_before_cutoff(news_path, cutoff, data_dir, split)
     record = stage_record("init", news["published_at"], cutoff_at)
@@ -229,12 +226,9 @@ def init_command(news_path: Path, out_dir: Path, config_path: Path | None, overr
               help="Folder for the tuned save_pretrained model + tokenizer.")
 @click.option("--label-field", default="planted.sentiment", show_default=True,
               help="News column, or dotted path into one, holding the label; rows without one are skipped.")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="SentimentTrainConfig fields, JSON or TOML.")
+@config_options("SentimentTrainConfig")
 @click.option("--device", default=None, help="cuda, cpu, ... Default: cuda when available.")
 @click.option("--dtype", type=_DTYPES, default=None, help="Default: bfloat16/float16 on CUDA, float32 on CPU.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a SentimentTrainConfig field.")
 @_cutoff_option
 @_encoder_data_option
 @split_option
@@ -242,14 +236,14 @@ def init_command(news_path: Path, out_dir: Path, config_path: Path | None, overr
 @json_result()
 @cli_errors
 def train_command(news_path: Path, encoder_name: str, out_dir: Path, label_field: str, config_path: Path | None,
-                  device: str | None, dtype: str | None, overrides: tuple[str, ...], cutoff: str | None,
+                  device: str | None, dtype: str | None, sets: tuple[str, ...], cutoff: str | None,
                   data_dir: Path | None, split: tuple[str, str] | None) -> dict[str, Any]:
     """Fine-tune the encoder on labelled news before the cut-off so its pooled embedding carries the label.
 
     \b
     nfc encoder train --news data/synth/news.jsonl --encoder runs/encoder-init --out runs/encoder --set epochs=4
     """
-    config = resolve_config(SentimentTrainConfig(), config_path, overrides)
+    config = resolve_config(SentimentTrainConfig(), config_path, sets)
     logger.info("sentiment fine-tune: %s", dataclasses.asdict(config))
     news, texts, cutoff_at = _news_before_cutoff(news_path, cutoff, data_dir, split)
     try:
@@ -289,9 +283,7 @@ def train_command(news_path: Path, encoder_name: str, out_dir: Path, label_field
 @click.option("--encoder", "encoder_name", required=True, help="Encoder to start from (folder or hub id).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the pretrained encoder; its checkpoints/ subfolder holds the resumable states.")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="PretrainConfig fields, JSON or TOML.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a PretrainConfig field.")
+@config_options("PretrainConfig")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in OUT/checkpoints.")
 @click.option("--device", default=None, help="cuda, cpu, ... Default: cuda when available.")
 @_cutoff_option
@@ -301,7 +293,7 @@ def train_command(news_path: Path, encoder_name: str, out_dir: Path, label_field
 @json_result()
 @cli_errors
 def pretrain_command(news_path: Path, encoder_name: str, out_dir: Path, config_path: Path | None,
-                     overrides: tuple[str, ...], resume: bool, device: str | None, cutoff: str | None,
+                     sets: tuple[str, ...], resume: bool, device: str | None, cutoff: str | None,
                      data_dir: Path | None, split: tuple[str, str] | None) -> dict[str, Any]:
     """Masked language modelling on the news before the cut-off: an encoder that learns without labels.
 
@@ -309,7 +301,7 @@ def pretrain_command(news_path: Path, encoder_name: str, out_dir: Path, config_p
     nfc encoder pretrain --news data/synth/news.jsonl --encoder runs/encoder-init --out runs/encoder-mlm
     nfc encoder pretrain ... --set epochs=5 --set checkpoint_every=200 --resume
     """
-    config = resolve_config(PretrainConfig(), config_path, overrides)
+    config = resolve_config(PretrainConfig(), config_path, sets)
     logger.info("MLM pretraining: %s", dataclasses.asdict(config))
     news, texts, cutoff_at = _news_before_cutoff(news_path, cutoff, data_dir, split)
     record = stage_record("pretrain", news["published_at"], cutoff_at, encoder_name, _source_record(encoder_name),
@@ -330,8 +322,7 @@ def _trained_lines(result: dict[str, Any]) -> Iterator[str]:
 @data_option
 @embeddings_option
 @out_option
-@config_option
-@set_option
+@config_options("TrainConfig")
 @click.option("--model-set", "model_sets", multiple=True, metavar="KEY=VALUE", help="Override a CgaConfig field.")
 @click.option("--variant", type=click.Choice(sorted(VARIANTS)), default="cga", show_default=True,
               help="cga = the model; concat / market / news = ablations.")
@@ -387,8 +378,7 @@ def _finetuned_lines(result: dict[str, Any]) -> Iterator[str]:
 @data_option
 @embeddings_option
 @out_option
-@config_option
-@set_option
+@config_options("TrainConfig")
 @force_option
 @leak_option
 @log_level_option
