@@ -1,7 +1,8 @@
 """Checks that need a whole request or the served model: the request's frames, its window and its as-of bar,
 and the hash that identifies its inputs. A violated rule is a RequestError (HTTP 400, gRPC INVALID_ARGUMENT)
-naming the problem; frame-level rules come from `neuralfusion.data` (`validate_bars`, `validate_news`), so
-nothing is re-implemented.
+naming the problem. Every function takes a /predict body (PredictRequest) or the RequestFrames of any body
+format (serving/column_checks.py, where the per-item rules are checked over whole arrays); frame-level rules
+come from `neuralfusion.data` (`validate_bars`, `validate_news`), so nothing is re-implemented.
 """
 
 from __future__ import annotations
@@ -9,24 +10,23 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime
-from operator import attrgetter
 
 import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from neuralfusion.calendar import BarClock, is_continuous
-from neuralfusion.data.bars import BAR_COLUMNS, validate_bars
-from neuralfusion.data.news import NEWS_COLUMNS, validate_news
-from neuralfusion.errors import DataError
+from neuralfusion.data.bars import BAR_COLUMNS
+from serving.column_checks import RequestFrames, check_columns
+from serving.columns import columns_from_rows
 from serving.errors import RequestError
-from serving.schemas import BarIn, PredictRequest
+from serving.schemas import PredictRequest, RequestLimits
 
-__all__ = ["check_as_of", "check_request_against_model", "describe_validation_error", "inputs_sha256",
+__all__ = ["as_frames", "check_as_of", "check_request_against_model", "describe_validation_error", "inputs_sha256",
            "request_frames"]
 
-_BARS = TypeAdapter(list[BarIn])  # serialises validated bars in Rust: the canonical bytes of the hash
+_HASH_VERSION = b"nfc-inputs-2\0"  # the canonical form below; a change of form changes this prefix
 
 
 def describe_validation_error(err: ValidationError) -> str:
@@ -36,25 +36,22 @@ def describe_validation_error(err: ValidationError) -> str:
     return "; ".join(f"{place(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors())
 
 
-def request_frames(request: PredictRequest) -> tuple[pd.DataFrame, pd.DataFrame]:
+def as_frames(request: PredictRequest | RequestFrames, limits: RequestLimits | None = None) -> RequestFrames:
+    """The frames of a request: a /predict body (already checked row by row by its models) goes through the same
+    array checks as the columnar bodies, so every format meets one rule set."""
+    if isinstance(request, RequestFrames):
+        return request
+    return check_columns(columns_from_rows(request), limits or RequestLimits.from_env())
+
+
+def request_frames(request: PredictRequest | RequestFrames) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The request as the long bar and news frames of the data contracts (docs/DESIGN.md), checked by
     `validate_bars` and `validate_news` (duplicates, ordering); a violated rule is a RequestError."""
-    # column by column from the validated models (their timestamps are aware UTC datetimes): a frame built
-    # row-wise infers every column's type from Python objects, several times slower for ~2,000 bars
-    rows = request.bars
-    bars = pd.DataFrame({"timestamp": pd.DatetimeIndex([bar.timestamp for bar in rows], tz="UTC"),
-                         "symbol": [bar.symbol for bar in rows],
-                         **{c: np.fromiter([getattr(bar, c) for bar in rows], np.float64, len(rows))
-                            for c in BAR_COLUMNS[2:]}})
-    news = pd.DataFrame({c: [getattr(item, c) for item in request.news] for c in NEWS_COLUMNS})
-    news["published_at"] = pd.to_datetime(news["published_at"], utc=True)
-    try:
-        return validate_bars(bars, source="request bars"), validate_news(news, source="request news")
-    except DataError as err:
-        raise RequestError(str(err)) from None
+    frames = as_frames(request)
+    return frames.bars, frames.news
 
 
-def check_request_against_model(request: PredictRequest, symbols: tuple[str, ...], bars_needed: int,
+def check_request_against_model(request: PredictRequest | RequestFrames, symbols: tuple[str, ...], bars_needed: int,
                                 interval: pd.Timedelta | BarClock) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Refuse a request the model cannot answer, naming the problem; return its validated frames.
 
@@ -65,7 +62,7 @@ def check_request_against_model(request: PredictRequest, symbols: tuple[str, ...
     """
     clock = BarClock.of(interval)
     bars, news = request_frames(request)
-    sent = set(bars["symbol"])
+    sent = set(bars["symbol"].unique())
     unknown = sorted(sent - set(symbols))
     if unknown:
         raise RequestError(f"bars for symbols {unknown} that this model does not trade; it trades {list(symbols)}: "
@@ -103,21 +100,30 @@ def _interval_text(interval: pd.Timedelta) -> str:
     return to_offset(interval).freqstr
 
 
-def check_as_of(request: PredictRequest, interval: pd.Timedelta, lead_bars: int, now: datetime | None = None) -> None:
+def check_as_of(request: PredictRequest | RequestFrames, interval: pd.Timedelta, lead_bars: int,
+                now: datetime | None = None) -> None:
     """Refuse a request whose last bar closes after now plus `lead_bars` bars (NFC_AS_OF_LEAD_BARS): a bar from
     the future would become the newest stored prediction for good."""
-    last = max(bar.timestamp for bar in request.bars)
+    last = as_frames(request).bars["timestamp"].iat[-1]  # the frames are sorted by time
     latest = (now or datetime.now(UTC)) + lead_bars * interval
     if last > latest:
         raise RequestError(f"the last bar closes at {last.isoformat()}, after now plus {lead_bars} bar(s) "
                            f"({latest.isoformat()}, NFC_AS_OF_LEAD_BARS): send bars that have closed")
 
 
-def inputs_sha256(request: PredictRequest) -> str:
-    """sha256 of the request's inputs in a canonical form (bars by time and symbol, news by time and id, UTC
-    times, the caller's request id left out): the same inputs in any order or time zone give the same hash."""
-    digest = hashlib.sha256(_BARS.dump_json(sorted(request.bars, key=attrgetter("timestamp", "symbol"))))
-    news = sorted((n.published_at.isoformat(), n.id, n.title, n.body, None if n.symbols is None else sorted(n.symbols))
-                  for n in request.news)
-    digest.update(json.dumps(news, ensure_ascii=False).encode())
+def inputs_sha256(request: PredictRequest | RequestFrames) -> str:
+    """sha256 of the request's inputs in a canonical form, read from its frames (bars by time and symbol, news by
+    time and id, times as UTC nanoseconds, the caller's request id left out): the same inputs in any order, time
+    zone or body format (JSON rows, JSON columns, Arrow) give the same hash."""
+    frames = as_frames(request)
+    bars, news = frames.bars, frames.news
+    digest = hashlib.sha256(_HASH_VERSION)
+    digest.update(np.ascontiguousarray(pd.DatetimeIndex(bars["timestamp"]).as_unit("ns").asi8, "<i8").tobytes())
+    digest.update(json.dumps(bars["symbol"].tolist()).encode())
+    for column in BAR_COLUMNS[2:]:
+        digest.update(np.ascontiguousarray(bars[column].to_numpy(np.float64), "<f8").tobytes())
+    times = pd.DatetimeIndex(news["published_at"]).as_unit("ns").asi8.tolist()
+    items = [[t, i, title, body, None if symbols is None else sorted(symbols)] for t, i, title, body, symbols in
+             zip(times, news["id"], news["title"], news["body"], news["symbols"], strict=True)]
+    digest.update(json.dumps(items, ensure_ascii=False).encode())
     return digest.hexdigest()

@@ -44,6 +44,7 @@ from neuralfusion.errors import DataError
 from neuralfusion.features import FEATURE_NAMES
 from neuralfusion.inputs import INPUT_NAMES, grid_inputs
 from neuralfusion.manifest import PackageError, PackageManifest
+from serving.column_checks import RequestFrames
 from serving.errors import RequestError
 from serving.model_store import load_verified_manifest
 from serving.providers import CPU, CUDA, DeviceError, ExecutionChoice, choose_device
@@ -338,8 +339,9 @@ class PortfolioRuntime:
     def provider(self) -> str:
         return self.graph.provider
 
-    def prepare(self, request: PredictRequest) -> PreparedRequest:
-        """Check `request` against the model and reduce it to the model's window; a RequestError says what to fix."""
+    def prepare(self, request: PredictRequest | RequestFrames) -> PreparedRequest:
+        """Check `request` (a /predict body, or the frames of any body format) against the model and reduce it to
+        the model's window; a RequestError says what to fix."""
         bars, news = check_request_against_model(request, self.universe.symbols, self.bars_needed,
                                                  self.bar_spec.clock)
         try:

@@ -23,6 +23,9 @@ __all__ = [
     "EARLIEST_TIME",
     "EXAMPLE_INPUT",
     "LATEST_TIME",
+    "MAX_ID_CHARS",
+    "MAX_SYMBOLS_PER_ITEM",
+    "MAX_SYMBOL_CHARS",
     "AwareTime",
     "BarIn",
     "HistoryOut",
@@ -39,6 +42,8 @@ __all__ = [
 EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 MAX_SYMBOLS_PER_ITEM = 64
+MAX_SYMBOL_CHARS = 32
+MAX_ID_CHARS = 128  # of a news item's id
 
 # a complete request for a two-symbol model whose window is two bars: shown in the OpenAPI docs, used by tests
 EXAMPLE_INPUT: dict[str, Any] = {
@@ -117,7 +122,8 @@ class BarIn(BaseModel):
 
     timestamp: AwareTime = Field(description="Close time of the bar, ISO 8601 with an offset.",
                                  examples=["2026-01-05T00:03:00Z"])
-    symbol: str = Field(min_length=1, max_length=32, description="Ticker of the asset.", examples=["AURX"])
+    symbol: str = Field(min_length=1, max_length=MAX_SYMBOL_CHARS, description="Ticker of the asset.",
+                        examples=["AURX"])
     open: Price
     high: Price
     low: Price
@@ -138,13 +144,13 @@ class NewsIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=128, description="Unique id of the item.", examples=["n000001"])
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="Unique id of the item.", examples=["n000001"])
     published_at: AwareTime = Field(description="Publication time, ISO 8601 with an offset.",
                                     examples=["2026-01-05T00:04:41Z"])
     title: str = Field(default="", description="Headline.", examples=["Aurexa Mining beats forecasts"])
     body: str = Field(default="", description="Article text; title and body must not both be blank.",
                       examples=["Analysts said the quarter was strong."])
-    symbols: list[Annotated[str, Field(min_length=1, max_length=32)]] | None = Field(
+    symbols: list[Annotated[str, Field(min_length=1, max_length=MAX_SYMBOL_CHARS)]] | None = Field(
         default=None, max_length=MAX_SYMBOLS_PER_ITEM,
         description="Tickers the item is about; null: match company names in the text.",
         examples=[["AURX"]])

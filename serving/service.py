@@ -11,6 +11,8 @@ not on the public port; in a `to_asgi()` app (tests) they run in the same proces
 
 HTTP routes (JSON; OpenAPI at /docs.json, Prometheus at /metrics, BentoML's /livez and /readyz):
   POST /predict        a PredictRequest -> PredictionOut, stored in MongoDB before it is returned
+  POST /predict/columns  the same with bars and news as arrays (PredictColumnsRequest, serving/columns.py)
+  POST /predict/arrow  the same as an Arrow IPC stream (application/vnd.apache.arrow.stream, serving/columns.py)
   POST /latest         {"model_version": null} -> the newest stored prediction (404: none yet)
   POST /history        HistoryQuery -> stored predictions in [start, end), newest first, `next_before` pages
   POST /model_info     the served model: version, universe, window, providers, batch statistics
@@ -35,16 +37,25 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import aiohttp
 import anyio.to_thread
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
+from bentoml.validators import ContentType
 from pydantic import BaseModel, Field
 
 from neuralfusion.redact import install_log_redaction
+from serving.column_checks import RequestColumns, check_columns
+from serving.columns import (
+    ARROW_MEDIA_TYPE,
+    PredictColumnsRequest,
+    columns_from_arrow,
+    columns_from_json,
+    columns_from_rows,
+)
 from serving.errors import Conflict, NotFound, RequestError, ServingError, Unavailable, error_for_status, error_response
 from serving.fusion_jobs import FusionJob, FusionOutcome, RuntimeCache
 from serving.middleware import OpenAPILabel, RequestGuard
@@ -295,6 +306,20 @@ class PortfolioService:
         inputs for a stored (model version, as-of) are a 409 naming the stored request id."""
         return await self.predict_one(request)
 
+    @bentoml.api(route="/predict/columns")
+    @_http_errors
+    async def predict_columns(self, request: PredictColumnsRequest, /) -> PredictionOut:
+        """/predict with the bars and news as arrays, one per field: the same checks, weights and inputs hash,
+        without an object per bar. Times are RFC 3339 strings with an offset or epoch nanoseconds."""
+        return await self.predict_inline(lambda: columns_from_json(request))
+
+    @bentoml.api(route="/predict/arrow")
+    @_http_errors
+    async def predict_arrow(self, body: Annotated[bytes, ContentType(ARROW_MEDIA_TYPE)], /) -> PredictionOut:
+        """/predict with the request as an Arrow IPC stream: one record batch of one row whose `bars` and `news`
+        columns are lists of structs and `request_id` a string (layout: serving/columns.py ARROW_SCHEMA)."""
+        return await self.predict_inline(lambda: columns_from_arrow(body))
+
     @bentoml.api(route="/latest")
     @_http_errors
     async def latest(self, model_version: ModelVersion | None = None) -> PredictionOut:
@@ -330,12 +355,17 @@ class PortfolioService:
     # -- shared by the HTTP and gRPC fronts (serving.grpc_server.PortfolioBackend) ---------------------------
 
     async def predict_one(self, request: PredictRequest) -> PredictionOut:
-        """Check and prepare the request in its own thread, encode its texts and run the fusion graph in the
-        inner services (batched with concurrent requests there), store it, and answer what MongoDB holds."""
+        """/predict and gRPC Predict: a PredictRequest through `predict_inline`."""
+        return await self.predict_inline(lambda: columns_from_rows(request))
+
+    async def predict_inline(self, read: Callable[[], RequestColumns]) -> PredictionOut:
+        """Read a body into arrays with `read`, check and prepare it in its own thread, encode its texts and run
+        the fusion graph in the inner services (batched with concurrent requests there), store it, and answer
+        what MongoDB holds."""
         runtime = self._runtime()  # read once: a swap meanwhile does not mix versions in this answer
         await self._check_inner_services(runtime)
-        check_as_of(request, runtime.bar_spec.timedelta, self.settings.as_of_lead_bars)
-        prepared, inputs_hash = await anyio.to_thread.run_sync(_prepare, runtime, request)
+        prepared, inputs_hash = await anyio.to_thread.run_sync(
+            _prepare, runtime, read, self.limits, self.settings.as_of_lead_bars)
         if prepared.texts:
             vectors = np.asarray(await call_inner(lambda: self.encoder.to_async.encode(prepared.texts),
                                                   "the encoder service"), dtype=np.float32)
@@ -435,6 +465,10 @@ PortfolioService.add_asgi_middleware(
                 "'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
 
 
-def _prepare(runtime: PortfolioRuntime, request: PredictRequest) -> tuple[PreparedRequest, str]:
-    """The request's per-request work: checked, reduced to the model's window, and its inputs hashed."""
-    return runtime.prepare(request), inputs_sha256(request)
+def _prepare(runtime: PortfolioRuntime, read: Callable[[], RequestColumns], limits: RequestLimits,
+             lead_bars: int) -> tuple[PreparedRequest, str]:
+    """The request's per-request work: read, checked (one rule set for every body format), reduced to the model's
+    window, and its inputs hashed."""
+    frames = check_columns(read(), limits)
+    check_as_of(frames, runtime.bar_spec.timedelta, lead_bars)
+    return runtime.prepare(frames), inputs_sha256(frames)
