@@ -119,8 +119,8 @@ def build_workload(package: Path, data: Path, n: int, first_bar: int, prefix: st
     news = read_news(data / "news.jsonl")
     news = news[(news["published_at"] > lo - step) & (news["published_at"] <= hi)]
     ids = [f"{prefix}-{i}" for i in range(n)]
-    payloads = [predict_payload(bars, news, pd.Timestamp(times[first_bar + i]), needed, step, ids[i])
-                for i in range(n)]
+    payloads = [predict_payload(bars, news, pd.Timestamp(times[first_bar + i]), needed, step, ids[i],
+                                news_bars=manifest.window.lookback) for i in range(n)]
     return Workload(ids, [json.dumps(p).encode() for p in payloads], [request_to_proto(p) for p in payloads])
 
 

@@ -88,8 +88,10 @@ def main() -> None:
             news = read_news(args.data / "news.jsonl")
             times = np.sort(bars["timestamp"].unique())
             step = pd.Timedelta(times[1] - times[0])
-            needed = httpx.post(f"{servers['this'][1]}/model_info", timeout=60).json()["bars_needed"]
-            bodies = [predict_payload(bars, news, pd.Timestamp(times[bar]), needed, step, f"ab-{bar}")
+            info = httpx.post(f"{servers['this'][1]}/model_info", timeout=60).json()
+            needed = info["bars_needed"]
+            bodies = [predict_payload(bars, news, pd.Timestamp(times[bar]), needed, step, f"ab-{bar}",
+                                      news_bars=info["lookback"])
                       for bar in range(needed, needed + WARMUP + args.requests)]
             for _, url in servers.values():
                 for body in bodies[:WARMUP]:

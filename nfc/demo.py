@@ -144,8 +144,11 @@ def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.
             news = read_news(data / "news.jsonl")
             step = load_universe(data, bars)[1].timedelta
             times = sorted(bars["timestamp"].unique())
-            http_body = predict_payload(bars, news, times[-2], info["bars_needed"], step, "demo-http")
-            grpc_body = predict_payload(bars, news, times[-1], info["bars_needed"], step, "demo-grpc")
+            # only the news of the model's lookback: the bars of its feature warm-up need none
+            http_body = predict_payload(bars, news, times[-2], info["bars_needed"], step, "demo-http",
+                                        news_bars=info["lookback"])
+            grpc_body = predict_payload(bars, news, times[-1], info["bars_needed"], step, "demo-grpc",
+                                        news_bars=info["lookback"])
             over_http = predict_http(url, http_body)
             over_grpc = predict_grpc(f"127.0.0.1:{grpc_port}", grpc_body)
             click.echo(f"HTTP prediction as of {over_http['as_of']}: {_top(over_http['weights'])}")

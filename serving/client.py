@@ -1,6 +1,8 @@
-"""Client helpers: build a /predict body from bars and news, send it over HTTP or gRPC.
+"""Client helpers: build a predict body from bars and news (JSON rows, JSON columns or Arrow), send it over HTTP or
+gRPC.
 
-Used by `nfc demo` and the serving tests, so both speak to the service exactly as a user's client would.
+Used by `nfc demo`, the benchmarks and the serving tests, so they speak to the service exactly as a user's client
+would. Pass `news_bars` = the model's lookback (/model_info `lookback`) to send only the news the model reads.
 """
 
 from __future__ import annotations
@@ -13,24 +15,31 @@ import httpx
 import pandas as pd
 
 from neuralfusion.calendar import BarClock
+from serving.columns import ARROW_MEDIA_TYPE, arrow_body, columns_body
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 
-__all__ = ["predict_grpc", "predict_http", "predict_payload", "request_to_proto", "wait_until_ready"]
+__all__ = ["arrow_payload", "columns_payload", "predict_grpc", "predict_http", "predict_payload", "request_to_proto",
+           "wait_until_ready", "window_frames"]
+
+
+def window_frames(bars: pd.DataFrame, news: pd.DataFrame, end: pd.Timestamp, n_bars: int,
+                  step: pd.Timedelta | BarClock, news_bars: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every symbol's bars of the `n_bars` grid bars closing at `end` (bars of `step` round the clock, or of the
+    model's calendar), and the news published during them, or during the last `news_bars` only: the model reads
+    the news of its lookback, and a window's feature warm-up (a daily window's spans months) adds only bytes."""
+    clock = BarClock.of(step)
+    start = clock.earlier(end, n_bars - 1)
+    window = bars[(bars["timestamp"] >= start) & (bars["timestamp"] <= end)]
+    after = clock.earlier(end, n_bars if news_bars is None else min(news_bars, n_bars))
+    return window, news[(news["published_at"] > after) & (news["published_at"] <= end)]
 
 
 def predict_payload(bars: pd.DataFrame, news: pd.DataFrame, end: pd.Timestamp, n_bars: int,
                     step: pd.Timedelta | BarClock, request_id: str | None = None,
                     news_bars: int | None = None) -> dict[str, Any]:
-    """A /predict body: every symbol's bars of the `n_bars` grid bars closing at `end` (bars of `step` round the
-    clock, or of the model's calendar), and the news published during them (during the last `news_bars` only,
-    when given: the model reads the news of its lookback, and a daily window's warm-up spans months of news), as
-    a client would send them (ISO timestamps)."""
-    clock = BarClock.of(step)
-    start = clock.earlier(end, n_bars - 1)
-    window = bars[(bars["timestamp"] >= start) & (bars["timestamp"] <= end)]
-    after = clock.earlier(end, n_bars if news_bars is None else min(news_bars, n_bars))
-    items = news[(news["published_at"] > after) & (news["published_at"] <= end)]
+    """A /predict body (JSON rows, ISO timestamps) of `window_frames`' bars and news."""
+    window, items = window_frames(bars, news, end, n_bars, step, news_bars)
     return {
         "bars": [{**row, "timestamp": row["timestamp"].isoformat()} for row in
                  window[["timestamp", "symbol", "open", "high", "low", "close", "volume"]].to_dict("records")],
@@ -39,6 +48,19 @@ def predict_payload(bars: pd.DataFrame, news: pd.DataFrame, end: pd.Timestamp, n
                  for row in items[["id", "published_at", "title", "body", "symbols"]].to_dict("records")],
         "request_id": request_id,
     }
+
+
+def columns_payload(bars: pd.DataFrame, news: pd.DataFrame, end: pd.Timestamp, n_bars: int,
+                    step: pd.Timedelta | BarClock, request_id: str | None = None,
+                    news_bars: int | None = None) -> dict[str, Any]:
+    """A /predict/columns body (one array per field) of `window_frames`' bars and news."""
+    return columns_body(*window_frames(bars, news, end, n_bars, step, news_bars), request_id)
+
+
+def arrow_payload(bars: pd.DataFrame, news: pd.DataFrame, end: pd.Timestamp, n_bars: int,
+                  step: pd.Timedelta | BarClock, request_id: str | None = None, news_bars: int | None = None) -> bytes:
+    """A /predict/arrow body (an Arrow IPC stream, serving/columns.py) of `window_frames`' bars and news."""
+    return arrow_body(*window_frames(bars, news, end, n_bars, step, news_bars), request_id)
 
 
 def request_to_proto(payload: dict[str, Any]) -> pb.PredictRequest:
@@ -50,10 +72,16 @@ def request_to_proto(payload: dict[str, Any]) -> pb.PredictRequest:
         request_id=payload["request_id"] or "")
 
 
-def predict_http(url: str, payload: dict[str, Any], api_key: str | None = None, timeout_s: float = 60) -> dict:
-    """POST /predict; raises httpx.HTTPStatusError with the service's message on a 4xx/5xx."""
+def predict_http(url: str, payload: dict[str, Any] | bytes, api_key: str | None = None, timeout_s: float = 60,
+                 route: str = "/predict") -> dict:
+    """POST a body: a JSON body to `route` (/predict for rows, /predict/columns for columns), an Arrow stream
+    (bytes) to /predict/arrow. Raises httpx.HTTPStatusError with the service's message on a 4xx/5xx."""
     headers = {"x-api-key": api_key} if api_key else {}
-    response = httpx.post(f"{url.rstrip('/')}/predict", json=payload, headers=headers, timeout=timeout_s)
+    if isinstance(payload, bytes):
+        response = httpx.post(f"{url.rstrip('/')}/predict/arrow", content=payload, timeout=timeout_s,
+                              headers={**headers, "content-type": ARROW_MEDIA_TYPE})
+    else:
+        response = httpx.post(f"{url.rstrip('/')}{route}", json=payload, headers=headers, timeout=timeout_s)
     response.raise_for_status()
     return response.json()
 
