@@ -132,11 +132,11 @@ class _Rows:
 
 def _checked_bars(bars: Mapping[str, Any], n: int) -> pd.DataFrame:
     symbol = pd.Series(bars["symbol"], dtype="str") if n else pd.Series([], dtype="str")
+    ns = _utc_ns(bars["timestamp"], "timestamp", _Rows("bars", lambda row: str(symbol.iat[row])))
     size = symbol.str.len().to_numpy(dtype=np.float64, na_value=np.nan)
-    _Rows("bars", lambda row: f"at {_time_text(bars['timestamp'], row)}").check(
+    _Rows("bars", lambda row: f"at {utc_text(ns[row])}").check(
         ~((size >= 1) & (size <= MAX_SYMBOL_CHARS)),
         lambda row: f"symbol {symbol.iat[row]!r} must have 1 to {MAX_SYMBOL_CHARS} characters")
-    ns = _utc_ns(bars["timestamp"], "timestamp", _Rows("bars", lambda row: symbol.iat[row]))
     rows = _Rows("bars", lambda row: f"{symbol.iat[row]} at {utc_text(ns[row])}")
     values = {c: np.asarray(bars[c], dtype=np.float64) for c in (*PRICE_COLUMNS, "volume")}
     for column in PRICE_COLUMNS:
@@ -220,11 +220,26 @@ def _utc_ns(values: Any, name: str, rows: _Rows) -> np.ndarray:
     aware = pd.Series(distinct, dtype="str").str.contains(_OFFSET, regex=True).to_numpy(dtype=bool)
     rows.check(~aware[codes], lambda row: f"{name} {text.iat[row]!r} has no time zone; write ISO 8601 with an "
                                           "offset, e.g. 2026-01-05T14:03:00Z")
-    parsed = pd.to_datetime(pd.Series(distinct, dtype="str"), format="ISO8601", utc=True, errors="coerce")
-    stamps = parsed.dt.as_unit("ns").array.asi8  # NaT: not a time, or beyond pandas' range (years 1677..2262)
+    parsed = _parsed(pd.Series(distinct, dtype="str"))
+    stamps = parsed.array.asi8  # NaT: not a time, or beyond pandas' range (years 1677..2262)
     fine = ~parsed.isna().to_numpy() & (stamps >= EARLIEST_NS) & (stamps < LATEST_NS)
     rows.check(~fine[codes], lambda row: _time_problem(name, text.iat[row]))
     return stamps[codes]
+
+
+def _parsed(text: pd.Series) -> pd.Series:
+    """UTC nanosecond times of RFC 3339 strings, NaT where a string is no time or beyond pandas' range."""
+    try:
+        return pd.to_datetime(text, format="ISO8601", utc=True).dt.as_unit("ns")
+    except ValueError:  # a bad value fails the whole parse: only then one at a time
+        return pd.Series([_one_time(value) for value in text], dtype="datetime64[ns, UTC]")
+
+
+def _one_time(value: str) -> pd.Timestamp:
+    try:
+        return pd.Timestamp(value).tz_convert("UTC").as_unit("ns")
+    except (ValueError, TypeError, OverflowError):
+        return pd.NaT
 
 
 def _time_problem(name: str, value: str) -> str:
@@ -234,9 +249,3 @@ def _time_problem(name: str, value: str) -> str:
     except ValueError:
         return f"{name} {value!r} is not an RFC 3339 time with an offset, e.g. 2026-01-05T14:03:00Z"
     return f"{name} {value} is outside {_RANGE}"
-
-
-def _time_text(values: Any, row: int) -> str:
-    """A bar's time as sent, for a message about a row whose other fields are wrong."""
-    value = values[row]
-    return utc_text(int(value)) if isinstance(value, int | np.integer) else str(value)

@@ -151,7 +151,7 @@ def columns_from_arrow(body: bytes) -> RequestColumns:
     try:
         with pa.ipc.open_stream(body) as reader:
             table = reader.read_all()
-    except (pa.ArrowException, ValueError) as err:
+    except (pa.ArrowException, OSError, ValueError) as err:
         raise RequestError(f"the body is not an Arrow IPC stream ({err}); send one record batch in the layout of "
                            "serving.columns.ARROW_SCHEMA, e.g. as serving.columns.arrow_body writes it") from None
     unknown = sorted(set(table.column_names) - set(ARROW_SCHEMA.names))
@@ -188,19 +188,22 @@ def _arrow_table(table: pa.Table, name: str, required: bool) -> dict[str, Any]:
 
 
 def _arrow_values(array: pa.Array, name: str, bars: bool) -> Any:
+    """One field as the checks read it; a field of the wrong kind is a RequestError naming the layout."""
     kind = array.type
-    if pa.types.is_timestamp(kind):
+    field = name.split(".")[1]
+    if field in ("timestamp", "published_at") and pa.types.is_timestamp(kind):
         if kind.tz is None:
             raise RequestError(f"the Arrow field {name} is {kind}, without a time zone; write it as "
                                "timestamp[ns, tz=UTC] (or with the zone the times were recorded in)")
         return array.to_numpy(zero_copy_only=False)  # UTC datetime64 of the field's unit, NaT for nulls
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+    if field in (*PRICE_COLUMNS, "volume") and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
         return array.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls are NaN: refused as not finite
     if pa.types.is_dictionary(kind):
         array = array.cast(kind.value_type)
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+    if field in ("symbol", "id", "title", "body") and (pa.types.is_string(array.type)
+                                                        or pa.types.is_large_string(array.type)):
         return pd.Series(array, dtype="str") if bars else array.to_pylist()
-    if (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)) and not bars:
+    if field == "symbols" and (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
         return array.to_pylist()
     raise RequestError(f"the Arrow field {name} is {kind}; the layout is {ARROW_SCHEMA}")
 

@@ -42,7 +42,7 @@ DATABASE = "neuralfusion"
 SECOND_VERSION = "0.2.0-test"
 # as-of bar ranges of the reliability market, one per test, so no test sees another's documents
 AS_OF_BARS = {"load": range(100, 2100), "fault": range(2100, 2600), "swap": range(2600, 3000),
-              "grpc_fuzz": range(3000, 3300), "abuse": range(3300, 3360)}
+              "grpc_fuzz": range(3000, 3200), "formats": range(3200, 3300), "abuse": range(3300, 3360)}
 BODY_TIMEOUT_S = 3  # the reliable server's NFC_BODY_TIMEOUT_S: a stalled body is answered 408 after this
 
 
