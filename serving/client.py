@@ -15,12 +15,13 @@ import httpx
 import pandas as pd
 
 from neuralfusion.calendar import BarClock
+from neuralfusion.data.bars import PRICE_COLUMNS
 from serving.columns import ARROW_MEDIA_TYPE, arrow_body, columns_body
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 
-__all__ = ["arrow_payload", "columns_payload", "predict_grpc", "predict_http", "predict_payload", "request_to_proto",
-           "wait_until_ready", "window_frames"]
+__all__ = ["arrow_payload", "columns_payload", "columns_to_proto", "predict_grpc", "predict_http", "predict_payload",
+           "request_to_proto", "wait_until_ready", "window_frames"]
 
 
 def window_frames(bars: pd.DataFrame, news: pd.DataFrame, end: pd.Timestamp, n_bars: int,
@@ -72,6 +73,24 @@ def request_to_proto(payload: dict[str, Any]) -> pb.PredictRequest:
         request_id=payload["request_id"] or "")
 
 
+def columns_to_proto(body: dict[str, Any]) -> pb.PredictColumnsRequest:
+    """A /predict/columns body (RFC 3339 or epoch-nanosecond times) as a PredictColumns request."""
+    def nanoseconds(times: list[Any]) -> list[int]:
+        if not times or not isinstance(times[0], str):
+            return list(times)
+        return pd.to_datetime(times, utc=True, format="ISO8601").as_unit("ns").asi8.tolist()
+
+    bars, news = body["bars"], body.get("news") or {}
+    return pb.PredictColumnsRequest(
+        bars=pb.BarColumns(timestamp=nanoseconds(bars["timestamp"]), symbol=bars["symbol"],
+                           **{name: bars[name] for name in (*PRICE_COLUMNS, "volume")}),
+        news=pb.NewsColumns(id=news.get("id", []), published_at=nanoseconds(news.get("published_at", [])),
+                            title=news.get("title") or [], body=news.get("body") or [],
+                            symbols=[pb.SymbolList(symbols=s or [], has_symbols=s is not None)
+                                     for s in news.get("symbols") or []]),
+        request_id=body.get("request_id") or "")
+
+
 def predict_http(url: str, payload: dict[str, Any] | bytes, api_key: str | None = None, timeout_s: float = 60,
                  route: str = "/predict") -> dict:
     """POST a body: a JSON body to `route` (/predict for rows, /predict/columns for columns), an Arrow stream
@@ -88,13 +107,17 @@ def predict_http(url: str, payload: dict[str, Any] | bytes, api_key: str | None 
 
 def predict_grpc(target: str, payload: dict[str, Any], api_key: str | None = None,
                  timeout_s: float = 60) -> pb.Prediction:
-    """PortfolioService.Predict over an insecure channel (loopback or a trusted network)."""
+    """PortfolioService.Predict (a /predict body) or PredictColumns (a /predict/columns body) over an insecure
+    channel (loopback or a trusted network)."""
     import grpc
 
     metadata = [("x-api-key", api_key)] if api_key else []
     with grpc.insecure_channel(target) as channel:
-        reply = pb_grpc.PortfolioServiceStub(channel).Predict(request_to_proto(payload), metadata=metadata,
-                                                             timeout=timeout_s)
+        stub = pb_grpc.PortfolioServiceStub(channel)
+        if isinstance(payload["bars"], dict):  # a /predict/columns body
+            reply = stub.PredictColumns(columns_to_proto(payload), metadata=metadata, timeout=timeout_s)
+        else:
+            reply = stub.Predict(request_to_proto(payload), metadata=metadata, timeout=timeout_s)
     return reply.prediction
 
 

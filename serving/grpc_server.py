@@ -29,10 +29,12 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving.column_checks import RequestColumns
 from serving.errors import ServingError, Unauthenticated, check_api_key
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 from serving.proto_convert import (
+    columns_from_proto,
     history_query_from_proto,
     history_to_proto,
     predict_request_from_proto,
@@ -46,7 +48,7 @@ __all__ = ["SERVICE_NAME", "GrpcServer", "PortfolioBackend", "PortfolioServicer"
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PortfolioService"].full_name
-PREDICT = f"/{SERVICE_NAME}/Predict"
+PREDICTS = (f"/{SERVICE_NAME}/Predict", f"/{SERVICE_NAME}/PredictColumns")
 T = TypeVar("T")
 
 
@@ -54,6 +56,8 @@ class PortfolioBackend(Protocol):
     """What the gRPC front needs from the portfolio service; failures are ServingError."""
 
     async def predict_one(self, request: PredictRequest) -> PredictionOut: ...
+
+    async def predict_inline(self, read: Callable[[], RequestColumns]) -> PredictionOut: ...
 
     async def query_latest(self, model_version: str | None) -> PredictionOut: ...
 
@@ -74,6 +78,11 @@ class PortfolioServicer(pb_grpc.PortfolioServiceServicer):
             return await self._backend.predict_one(predict_request_from_proto(request, self._limits))
 
         return pb.PredictResponse(prediction=prediction_to_proto(await _answer(context, predict())))
+
+    async def PredictColumns(self, request: pb.PredictColumnsRequest,
+                             context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        prediction = await _answer(context, self._backend.predict_inline(lambda: columns_from_proto(request)))
+        return pb.PredictResponse(prediction=prediction_to_proto(prediction))
 
     async def GetLatest(self, request: pb.LatestRequest, context: grpc.aio.ServicerContext) -> pb.Prediction:
         latest = await _answer(context, self._backend.query_latest(request.model_version or None))
@@ -111,7 +120,7 @@ class KeyAndStrictDecoding(grpc.aio.ServerInterceptor):
                 or not method.startswith(f"/{SERVICE_NAME}/")):
             return handler
         decode, behavior = handler.request_deserializer, handler.unary_unary
-        needs_key = method == PREDICT or self._reads_need_key
+        needs_key = method in PREDICTS or self._reads_need_key
         metadata = {k: v for k, v in handler_call_details.invocation_metadata or () if isinstance(v, str)}
 
         async def strict(raw: bytes, context: grpc.aio.ServicerContext) -> object:

@@ -8,16 +8,20 @@ zero means "not given".
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
+from neuralfusion.data.bars import PRICE_COLUMNS
+from serving.column_checks import RequestColumns
 from serving.errors import RequestError
 from serving.proto import neuralfusion_pb2 as pb
 from serving.request_checks import describe_validation_error
 from serving.schemas import HistoryOut, HistoryQuery, PredictionOut, PredictRequest, RequestLimits
 
-__all__ = ["history_query_from_proto", "history_to_proto", "predict_request_from_proto", "prediction_from_proto",
-           "prediction_to_proto"]
+__all__ = ["columns_from_proto", "history_query_from_proto", "history_to_proto",
+           "predict_request_from_proto", "prediction_from_proto", "prediction_to_proto"]
 
 
 def predict_request_from_proto(message: pb.PredictRequest, limits: RequestLimits | None = None) -> PredictRequest:
@@ -36,6 +40,23 @@ def predict_request_from_proto(message: pb.PredictRequest, limits: RequestLimits
         return PredictRequest.model_validate(payload, context={"limits": limits} if limits else None)
     except ValidationError as err:
         raise RequestError(describe_validation_error(err)) from None
+
+
+def columns_from_proto(message: pb.PredictColumnsRequest) -> RequestColumns:
+    """A PredictColumns request as arrays for the array checks (serving/column_checks.py); proto3's empty
+    arrays mean "left out" (blank titles or bodies, alias matching for every item)."""
+    bars, news = message.bars, message.news
+    n_news = len(news.id)
+    columns: dict[str, Any] = {"id": list(news.id), "published_at": np.array(news.published_at, dtype=np.int64)}
+    for name in ("title", "body"):
+        if len(getattr(news, name)):
+            columns[name] = list(getattr(news, name))
+    if len(news.symbols):
+        columns["symbols"] = [list(s.symbols) if s.has_symbols else None for s in news.symbols]
+    return RequestColumns(
+        {"timestamp": np.array(bars.timestamp, dtype=np.int64), "symbol": list(bars.symbol),
+         **{name: np.array(getattr(bars, name), dtype=np.float64) for name in (*PRICE_COLUMNS, "volume")}},
+        columns if n_news or len(news.published_at) else {}, message.request_id or None)
 
 
 def history_query_from_proto(message: pb.HistoryRequest) -> HistoryQuery:

@@ -70,7 +70,10 @@ def validate_news(frame: pd.DataFrame, source: str, timezone: str | None = None)
     if dupes.any():
         row = int(dupes.to_numpy().argmax())
         raise DataError(f"duplicate news id {out['id'].iat[row]!r}", source=source, row=row)
-    return out.sort_values(["published_at", "id"], kind="stable").reset_index(drop=True)
+    # ids are unique by now, so (published_at, id) orders every item; numpy's lexsort costs a fraction of
+    # pandas' two-key sort_values, which a served request pays per call
+    order = np.lexsort((np.asarray(out["id"].tolist(), dtype=str), out["published_at"].array.asi8))
+    return out.take(order).reset_index(drop=True)
 
 
 def _symbol_list(value: Any, source: str, row: int) -> list[str] | None:

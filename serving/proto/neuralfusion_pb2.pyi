@@ -50,6 +50,56 @@ class PredictRequest(_message.Message):
     request_id: str
     def __init__(self, bars: _Optional[_Iterable[_Union[Bar, _Mapping]]] = ..., news: _Optional[_Iterable[_Union[NewsItem, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class BarColumns(_message.Message):
+    __slots__ = ("timestamp", "symbol", "open", "high", "low", "close", "volume")
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    timestamp: _containers.RepeatedScalarFieldContainer[int]
+    symbol: _containers.RepeatedScalarFieldContainer[str]
+    open: _containers.RepeatedScalarFieldContainer[float]
+    high: _containers.RepeatedScalarFieldContainer[float]
+    low: _containers.RepeatedScalarFieldContainer[float]
+    close: _containers.RepeatedScalarFieldContainer[float]
+    volume: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, timestamp: _Optional[_Iterable[int]] = ..., symbol: _Optional[_Iterable[str]] = ..., open: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ..., low: _Optional[_Iterable[float]] = ..., close: _Optional[_Iterable[float]] = ..., volume: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class SymbolList(_message.Message):
+    __slots__ = ("symbols", "has_symbols")
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    HAS_SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    symbols: _containers.RepeatedScalarFieldContainer[str]
+    has_symbols: bool
+    def __init__(self, symbols: _Optional[_Iterable[str]] = ..., has_symbols: _Optional[bool] = ...) -> None: ...
+
+class NewsColumns(_message.Message):
+    __slots__ = ("id", "published_at", "title", "body", "symbols")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    id: _containers.RepeatedScalarFieldContainer[str]
+    published_at: _containers.RepeatedScalarFieldContainer[int]
+    title: _containers.RepeatedScalarFieldContainer[str]
+    body: _containers.RepeatedScalarFieldContainer[str]
+    symbols: _containers.RepeatedCompositeFieldContainer[SymbolList]
+    def __init__(self, id: _Optional[_Iterable[str]] = ..., published_at: _Optional[_Iterable[int]] = ..., title: _Optional[_Iterable[str]] = ..., body: _Optional[_Iterable[str]] = ..., symbols: _Optional[_Iterable[_Union[SymbolList, _Mapping]]] = ...) -> None: ...
+
+class PredictColumnsRequest(_message.Message):
+    __slots__ = ("bars", "news", "request_id")
+    BARS_FIELD_NUMBER: _ClassVar[int]
+    NEWS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    bars: BarColumns
+    news: NewsColumns
+    request_id: str
+    def __init__(self, bars: _Optional[_Union[BarColumns, _Mapping]] = ..., news: _Optional[_Union[NewsColumns, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
 class Prediction(_message.Message):
     __slots__ = ("model_version", "as_of", "symbols", "weights", "logits", "horizon_bars", "request_id", "stored", "duplicate")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ class PortfolioServiceStub:
                 request_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictRequest.SerializeToString,
                 response_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.PredictColumns = channel.unary_unary(
+                '/neuralfusion.v1.PortfolioService/PredictColumns',
+                request_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictColumnsRequest.SerializeToString,
+                response_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
+                _registered_method=True)
         self.GetLatest = channel.unary_unary(
                 '/neuralfusion.v1.PortfolioService/GetLatest',
                 request_serializer=serving_dot_proto_dot_neuralfusion__pb2.LatestRequest.SerializeToString,
@@ -58,6 +63,13 @@ class PortfolioServiceServicer:
 
     def Predict(self, request, context):
         """Weights for the bar after the request's last bar; stored once per (model_version, as_of).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictColumns(self, request, context):
+        """The same with the bars and news as arrays, one per field (the body of HTTP POST /predict/columns).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,6 +95,11 @@ def add_PortfolioServiceServicer_to_server(servicer, server):
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
                     request_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictRequest.FromString,
+                    response_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictColumns': grpc.unary_unary_rpc_method_handler(
+                    servicer.PredictColumns,
+                    request_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictColumnsRequest.FromString,
                     response_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.SerializeToString,
             ),
             'GetLatest': grpc.unary_unary_rpc_method_handler(
@@ -123,6 +140,33 @@ class PortfolioService:
             target,
             '/neuralfusion.v1.PortfolioService/Predict',
             serving_dot_proto_dot_neuralfusion__pb2.PredictRequest.SerializeToString,
+            serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictColumns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuralfusion.v1.PortfolioService/PredictColumns',
+            serving_dot_proto_dot_neuralfusion__pb2.PredictColumnsRequest.SerializeToString,
             serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
             options,
             channel_credentials,

@@ -10,6 +10,7 @@ import copy
 import json
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from serving_servers import AS_OF_BARS, KEY
 
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
-from serving.client import arrow_payload, columns_payload, predict_payload
+from serving.client import arrow_payload, columns_payload, columns_to_proto, predict_grpc, predict_payload
 from serving.column_checks import RequestFrames, check_columns
 from serving.columns import (
     ARROW_MEDIA_TYPE,
@@ -34,6 +35,7 @@ from serving.columns import (
     columns_from_json,
 )
 from serving.errors import RequestError
+from serving.proto_convert import columns_from_proto
 from serving.request_checks import as_frames, inputs_sha256
 from serving.runtime import PortfolioRuntime
 from serving.schemas import EXAMPLE_INPUT, PredictRequest, RequestLimits
@@ -245,6 +247,15 @@ def test_the_example_columns_are_the_example_rows_and_the_schema_documents_them(
     assert undocumented == []
 
 
+def test_grpc_columns_carry_the_same_inputs():
+    frames = check_columns(columns_from_proto(columns_to_proto(EXAMPLE_COLUMNS)), LIMITS)
+    assert inputs_sha256(frames) == inputs_sha256(PredictRequest.model_validate(EXAMPLE_INPUT))
+    assert frames.news["symbols"].tolist() == [["AURX"], None] and frames.request_id == "example-1"
+    body = changed("bars.high", 3, 49.96)
+    with pytest.raises(RequestError, match=r"bars row 3 \(BLTQ at 2026-01-05T00:06:00Z\): high 49.96"):
+        check_columns(columns_from_proto(columns_to_proto(body)), LIMITS)
+
+
 def test_the_arrow_layout_is_the_published_schema():
     assert pa.ipc.open_stream(as_arrow(EXAMPLE_COLUMNS)).schema.equals(ARROW_SCHEMA)
 
@@ -340,6 +351,29 @@ def test_a_repeat_in_another_format_is_a_duplicate_and_other_inputs_a_409(reliab
     conflict = post(reliable, arrow_body(other, frames.news, "formats-other"))
     assert conflict.status_code == 409 and "'formats-first'" in conflict.json()["error"], conflict.text
     assert [d["request_id"] for d in reliable.documents(as_of=reliable.as_of(bar))] == ["formats-first"]
+
+
+@pytest.mark.integration
+def test_grpc_predict_columns_serves_the_offline_weights_and_names_a_bad_row(reliable, tiny):
+    bar = AS_OF_BARS["formats"][30]
+    body = in_formats(reliable, bar, "formats-grpc")["columns"]
+    served = predict_grpc(reliable.grpc_target, body, api_key=KEY["X-API-Key"])
+    runtime = PortfolioRuntime.load(tiny.package, device="cpu")
+    [offline] = runtime.predict_requests([PredictRequest.model_validate(reliable.payload(bar))])
+    assert served.request_id == "formats-grpc" and not served.duplicate
+    assert np.abs(np.array(served.weights) - [offline.weights[s] for s in served.symbols]).max() <= WEIGHTS_ATOL
+    again = predict_grpc(reliable.grpc_target, in_formats(reliable, bar, "formats-grpc-2")["columns"],
+                         api_key=KEY["X-API-Key"])
+    assert again.duplicate and again.request_id == "formats-grpc"
+    body["bars"]["volume"][5] = -2.0
+    with pytest.raises(grpc.RpcError) as caught:
+        predict_grpc(reliable.grpc_target, body, api_key=KEY["X-API-Key"])
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("bars row 5 (") and "volume -2.0 must be a finite number" in (
+        caught.value.details())
+    with pytest.raises(grpc.RpcError) as caught:
+        predict_grpc(reliable.grpc_target, body)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 @pytest.mark.integration
