@@ -1,19 +1,18 @@
 """The gRPC front of the portfolio service (serving/proto/neuralfusion.proto), run inside each BentoML worker.
 
-BentoML 1.4 does not serve gRPC for new-style services, so every worker starts its own `grpc.aio` server
-from a startup hook, on the worker's event loop. Predict goes the same way as HTTP /predict
-(`PortfolioService.predict_one`: the same inner encoder and fusion services), so both protocols fill one batching
-queue; GetLatest and GetHistory run the same store queries as HTTP /latest and /history. Several workers bind one
-port with SO_REUSEPORT and the kernel spreads connections between them. gRPC health (`grpc.health.v1`, SERVING
-only while the service is ready) and server reflection are on.
+BentoML 1.4 does not serve gRPC for new-style services, so every worker starts its own `grpc.aio` server from a
+startup hook, on the worker's event loop. Predict and PredictColumns go the same way as HTTP /predict and
+/predict/columns (`PortfolioService.predict_inline`: the same checks, inner encoder and fusion services), so both
+protocols fill one batching queue; GetLatest and GetHistory run the same store queries as HTTP /latest and
+/history. Several workers bind one port with SO_REUSEPORT and the kernel spreads connections between them. gRPC
+health (`grpc.health.v1`, SERVING only while the service is ready) and server reflection are on.
 
-The API key (NFC_API_KEY) is checked on every RPC of the PortfolioService before its message is decoded (on
-Predict only with NFC_API_KEY_READS=open); health and reflection stay open. Messages over NFC_MAX_BODY_BYTES are
-refused by grpcio (RESOURCE_EXHAUSTED). Status codes are those of the serving.errors classes: bad input
-INVALID_ARGUMENT, missing or wrong API key UNAUTHENTICATED, nothing stored NOT_FOUND, another request's
-prediction stored for that key ALREADY_EXISTS, MongoDB or the model unavailable UNAVAILABLE; the details say
-what to do, as the HTTP body does.
-"""
+The API key (NFC_API_KEY) is checked on every RPC of the PortfolioService before its message is decoded (on Predict
+and PredictColumns only with NFC_API_KEY_READS=open); health and reflection stay open. Messages over
+NFC_MAX_BODY_BYTES are refused by grpcio (RESOURCE_EXHAUSTED). Status codes are those of the serving.errors
+classes: bad input INVALID_ARGUMENT, missing or wrong API key UNAUTHENTICATED, nothing stored NOT_FOUND, another
+request's prediction stored for that key ALREADY_EXISTS, MongoDB or the model unavailable UNAVAILABLE; the details
+say what to do, as the HTTP body does."""
 
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ routes open), checked with the body size and deadline before anything is parsed 
 Refusals are `{"error": "..."}` with the status of their serving.errors class (BentoML's own `{"error",
 "detail"}` for malformed or schema-invalid JSON): 400 input to fix, 401 key, 404 nothing stored, 408 body too
 slow, 409 another request's prediction holds that (model version, as-of), 413 body too large, 503 model,
-encoder or MongoDB unavailable (nothing reported stored). gRPC (NFC_GRPC_PORT): serving/grpc_server.py.
+encoder or MongoDB unavailable (nothing reported stored). gRPC (NFC_GRPC_PORT, Predict and PredictColumns):
+serving/grpc_server.py.
 
 Readiness (/readyz, gRPC health): the model package loaded and verified, the encoder service running the same
 encoder, the fusion service holding the same package, and MongoDB answering a ping. A missing or altered
