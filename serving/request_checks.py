@@ -62,7 +62,8 @@ def check_request_against_model(request: PredictRequest | RequestFrames, symbols
     """
     clock = BarClock.of(interval)
     bars, news = request_frames(request)
-    sent = set(bars["symbol"].unique())
+    codes, distinct = pd.factorize(bars["symbol"])  # a window repeats each symbol at every bar
+    sent = set(distinct)
     unknown = sorted(sent - set(symbols))
     if unknown:
         raise RequestError(f"bars for symbols {unknown} that this model does not trade; it trades {list(symbols)}: "
@@ -77,9 +78,9 @@ def check_request_against_model(request: PredictRequest | RequestFrames, symbols
                            f"{clock.last_close(last).isoformat()}")
     window_start = clock.earlier(last, bars_needed - 1)
     slot = pd.Series(clock.ceil(pd.DatetimeIndex(bars["timestamp"])), index=bars.index)
-    column = pd.Index(symbols).get_indexer(bars["symbol"])
-    first = np.full(len(symbols), np.iinfo(np.int64).max)
-    np.minimum.at(first, column, slot.array.asi8)  # each symbol's first grid bar, without a groupby
+    column = np.array([symbols.index(s) for s in distinct], dtype=np.int64)[codes]
+    # each symbol's first grid bar is at its first row: the frames are sorted by time, and every symbol is sent
+    first = slot.array.asi8[np.unique(column, return_index=True)[1]]
     first_slot = pd.DatetimeIndex(first.astype(f"datetime64[{slot.dt.unit}]")).tz_localize("UTC")
     short = {s: int(slot[column == i].nunique()) for i, s in enumerate(symbols) if first_slot[i] > window_start}
     if short:
