@@ -231,7 +231,7 @@ def _parsed(text: pd.Series) -> pd.Series:
     """UTC nanosecond times of RFC 3339 strings, NaT where a string is no time or beyond pandas' range."""
     try:
         return pd.to_datetime(text, format="ISO8601", utc=True).dt.as_unit("ns")
-    except ValueError:  # a bad value fails the whole parse: only then one at a time
+    except (ValueError, TypeError, OverflowError):  # a bad value fails the whole parse: only then one at a time
         return pd.Series([_one_time(value) for value in text], dtype="datetime64[ns, UTC]")
 
 

@@ -2,8 +2,10 @@
 
 The per-item rules (finite, positive prices, high/low bounding open/close, aware timestamps inside
 [EARLIEST_TIME, LATEST_TIME), non-empty text, string and list sizes) answer with the field at fault. gRPC
-requests go through the same models (serving/proto_convert.py); the rules that need the whole request or the
-model (frames, window, as-of) are in serving/request_checks.py.
+requests go through the same models (serving/proto_convert.py); the columnar bodies (/predict/columns,
+/predict/arrow) meet the same rules checked over whole arrays (serving/column_checks.py), which every body then
+passes; the rules that need the whole request or the model (frames, window, as-of) are in
+serving/request_checks.py.
 """
 
 from __future__ import annotations
