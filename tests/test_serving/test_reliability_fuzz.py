@@ -24,6 +24,7 @@ from schemathesis import GenerationMode
 from serving_servers import API_KEY, AS_OF_BARS, KEY
 
 from serving.client import request_to_proto
+from serving.columns import ARROW_MEDIA_TYPE
 from serving.middleware import OPEN_PATHS
 from serving.proto import neuralfusion_pb2 as pb
 
@@ -32,6 +33,8 @@ pytestmark = pytest.mark.integration
 GRPC_EXAMPLES = 300
 REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS)
 PREDICT = "/neuralfusion.v1.PortfolioService/Predict"
+# /predict/arrow's body is bytes (`format: binary`): fuzz it as schemathesis fuzzes any binary body
+schemathesis.serializer.alias(ARROW_MEDIA_TYPE, "application/octet-stream")
 FUZZ_SETTINGS = settings(derandomize=True, database=None, deadline=None, print_blob=True,
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                 HealthCheck.filter_too_much])

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 from builders import STEP
 from pydantic import ValidationError
-from serving_servers import AS_OF_BARS, KEY
+from serving_servers import AS_OF_BARS, KEY, SECOND_VERSION
 
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
@@ -319,19 +319,27 @@ def in_formats(reliable, bar: int, request_id: str) -> dict[str, dict[str, Any] 
             "arrow": arrow_body(frames.bars, frames.news, request_id)}
 
 
+def offline_weights(request: pytest.FixtureRequest, tiny, version: str, payload: dict[str, Any]) -> dict[str, float]:
+    """The weights of the package the server answered with, in this process: the reliability server swaps in
+    SECOND_VERSION once test_reliability_swap has run."""
+    package = request.getfixturevalue("second_package") if version == SECOND_VERSION else tiny.package
+    runtime = PortfolioRuntime.load(package, device="cpu")
+    assert runtime.version == version
+    return runtime.predict_requests([PredictRequest.model_validate(payload)])[0].weights
+
+
 @pytest.mark.integration
-def test_every_format_is_served_the_offline_weights(reliable, tiny):
-    runtime = PortfolioRuntime.load(tiny.package, device="cpu")
+def test_every_format_is_served_the_offline_weights(reliable, tiny, request):
     for offset, form in enumerate(("rows", "columns", "arrow")):
         bar = AS_OF_BARS["formats"][offset]
         body = in_formats(reliable, bar, f"formats-{form}")[form]
         answer = post(reliable, body, "/predict/columns" if form == "columns" else "/predict")
         assert answer.status_code == 200, answer.text
         served = answer.json()
-        [offline] = runtime.predict_requests([PredictRequest.model_validate(reliable.payload(bar))])
+        offline = offline_weights(request, tiny, served["model_version"], reliable.payload(bar))
         assert served["request_id"] == f"formats-{form}" and not served["duplicate"]
         assert pd.Timestamp(served["as_of"]) == pd.Timestamp(reliable.times[bar])
-        for symbol, weight in offline.weights.items():
+        for symbol, weight in offline.items():
             assert abs(served["weights"][symbol] - weight) <= WEIGHTS_ATOL, (form, symbol)
 
 
@@ -354,14 +362,13 @@ def test_a_repeat_in_another_format_is_a_duplicate_and_other_inputs_a_409(reliab
 
 
 @pytest.mark.integration
-def test_grpc_predict_columns_serves_the_offline_weights_and_names_a_bad_row(reliable, tiny):
+def test_grpc_predict_columns_serves_the_offline_weights_and_names_a_bad_row(reliable, tiny, request):
     bar = AS_OF_BARS["formats"][30]
     body = in_formats(reliable, bar, "formats-grpc")["columns"]
     served = predict_grpc(reliable.grpc_target, body, api_key=KEY["X-API-Key"])
-    runtime = PortfolioRuntime.load(tiny.package, device="cpu")
-    [offline] = runtime.predict_requests([PredictRequest.model_validate(reliable.payload(bar))])
+    offline = offline_weights(request, tiny, served.model_version, reliable.payload(bar))
     assert served.request_id == "formats-grpc" and not served.duplicate
-    assert np.abs(np.array(served.weights) - [offline.weights[s] for s in served.symbols]).max() <= WEIGHTS_ATOL
+    assert np.abs(np.array(served.weights) - [offline[s] for s in served.symbols]).max() <= WEIGHTS_ATOL
     again = predict_grpc(reliable.grpc_target, in_formats(reliable, bar, "formats-grpc-2")["columns"],
                          api_key=KEY["X-API-Key"])
     assert again.duplicate and again.request_id == "formats-grpc"
