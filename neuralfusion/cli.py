@@ -23,34 +23,47 @@ def _written_lines(result: dict[str, Any]) -> Iterator[str]:
 @click.command()
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write bars.parquet, news.jsonl, oracle.json, universe.json into.")
+@click.option("--preset", type=click.Choice(["default", "realistic", "interaction"]), default="default",
+              show_default=True,
+              help="default: the demo market (strong signals, 3-minute bars). realistic: weak news and flow effects, "
+                   "half the news uninformative, heavy tails, volatility regimes, 30-minute XNYS bars with a year of "
+                   "test bars. interaction: news moves an asset its own way only in its active (high-volume) state "
+                   "and against the headline when quiet (docs/SYNTHETIC.md).")
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed writes the same bytes.")
-@click.option("--assets", default=12, show_default=True, help="Number of assets in the universe.")
+@click.option("--assets", type=click.IntRange(min=1), help="Number of assets in the universe.  [default: the preset's]")
 @click.option("--days", type=click.IntRange(min=1),
-              help="Calendar days the market spans.  [default: 60; 1100 for daily bars]")
-@click.option("--calendar", default="24/7", show_default=True,
+              help="Calendar days the market spans.  [default: the preset's; for the default preset 60, 1100 for "
+                   "daily bars]")
+@click.option("--calendar",
               help="'24/7' or an exchange code (XNYS, ...): bars only in that exchange's sessions, news round the "
-                   "clock, and leak items after the close that tell the next session's move.")
-@click.option("--interval", default="3min", show_default=True, help="Bar interval (1D = one bar per session).")
+                   "clock, and leak items after the close that tell the next session's move.  [default: the preset's]")
+@click.option("--interval", help="Bar interval (1D = one bar per session).  [default: the preset's]")
 @log_level_option
 @json_result(_written_lines)
 @cli_errors
-def synth(out_dir: Path, seed: int, assets: int, days: int | None, calendar: str, interval: str) -> dict[str, Any]:
+def synth(out_dir: Path, preset: str, seed: int, assets: int | None, days: int | None, calendar: str | None,
+          interval: str | None) -> dict[str, Any]:
     """Write the synthetic market: nfc synth --out data/synth --seed 0
 
     \b
+    nfc synth --out data/realistic --preset realistic
+    nfc synth --out data/interaction --preset interaction --seed 1
     nfc synth --out data/xnys --calendar XNYS --interval 1D
     nfc synth --out data/xnys30 --calendar XNYS --interval 30min --days 120
     """
-    from neuralfusion.synth import SynthConfig, generate_market, write_market
+    from neuralfusion.synth import SYNTH_PRESETS, generate_market, preset_config, write_market
 
-    if days is None:
-        days = 1100 if pd.Timedelta(interval) >= pd.Timedelta("1D") else 60
-    config = SynthConfig(seed=seed, n_assets=assets, days=days, calendar=calendar, interval=interval)
+    given = {"n_assets": assets, "days": days, "calendar": calendar, "interval": interval}
+    overrides: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+    if days is None and "days" not in SYNTH_PRESETS[preset] and interval is not None \
+            and pd.Timedelta(interval) >= pd.Timedelta("1D"):
+        overrides["days"] = 1100  # 60 days of daily bars are too few for the splits
+    config = preset_config(preset, seed=seed, **overrides)
     market = generate_market(config)
     write_market(market, out_dir)
-    return {"out": str(out_dir), "seed": seed, "assets": assets, "days": days, "calendar": calendar,
-            "interval": interval, "bar_rows": len(market.bars), "news_items": len(market.news),
-            "oracle_sharpe": market.oracle["sharpe"]}
+    return {"out": str(out_dir), "preset": preset, "seed": seed, "assets": config.n_assets, "days": config.days,
+            "calendar": config.calendar, "interval": config.interval, "bar_rows": len(market.bars),
+            "news_items": len(market.news), "oracle_sharpe": market.oracle["sharpe"]}
 
 
 @click.group()

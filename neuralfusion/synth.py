@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neuralfusion.backtest import walk_forward
+from neuralfusion.backtest import WalkForward, walk_forward
 from neuralfusion.calendar import calendar_bars, grid_bars_per_year, is_continuous
 from neuralfusion.datafolder import json_bytes, write_bars, write_files_atomic, write_news
 from neuralfusion.errors import DataError
@@ -44,10 +44,12 @@ from neuralfusion.windows import chronological_split, usable_anchors
 
 __all__ = [
     "COMPANIES",
+    "SYNTH_PRESETS",
     "SynthConfig",
     "SyntheticMarket",
     "generate_market",
     "planted_drift",
+    "preset_config",
     "synthetic_universe",
     "write_market",
 ]
@@ -137,6 +139,18 @@ class SynthConfig:
     news_volume_decay_bars: float = 5.0
     # volume multiplier added by a flow shock, with the same decay
     shock_volume_boost: float = 6.0
+    # Student-t degrees of freedom of every factor and idiosyncratic shock, scaled to the same variance (heavy
+    # tails: 4 has a kurtosis of ~9 beside the normal's 3 when finite); inf: normal shocks
+    tail_df: float = math.inf
+    # per-asset activity regimes (quiet / active, alternating spells of geometric length with this mean, in bars,
+    # each asset starting in a random state); 0: none. An active asset trades active_volume_multiplier times its
+    # volume at active_vol_multiplier times its idiosyncratic vol, so the state shows in the bars
+    activity_mean_bars: float = 0.0
+    active_volume_multiplier: float = 3.0
+    active_vol_multiplier: float = 2.0
+    # what a sentiment item does when its asset is quiet at the item's bar, as a multiple of its drift (the
+    # active state always moves with the headline): 1 the same, 0 nothing, -1 against the headline
+    quiet_news_sign: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_assets <= len(COMPANIES):
@@ -177,11 +191,25 @@ class SynthConfig:
         for name in ("impact_bars", "shock_bars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.tail_df > 2.0:  # also refuses NaN
+            raise ValueError(f"tail_df must be > 2 (finite variance) or inf, got {self.tail_df}")
+        if not (self.activity_mean_bars == 0.0 or 1.0 <= self.activity_mean_bars < math.inf):
+            raise ValueError(f"activity_mean_bars must be 0 (no activity regimes) or >= 1 bar, "
+                             f"got {self.activity_mean_bars}")
+        for name in ("active_volume_multiplier", "active_vol_multiplier"):
+            if not 1.0 <= getattr(self, name) <= 10.0:
+                raise ValueError(f"{name} must be in [1, 10], got {getattr(self, name)}")
+        if not -1.0 <= self.quiet_news_sign <= 1.0:
+            raise ValueError(f"quiet_news_sign must be in [-1, 1], got {self.quiet_news_sign}")
         try:  # the oracle needs a test split under the default windows; say so before generating
             chronological_split(usable_anchors(self.n_bars, WARMUP_BARS, WindowSpec()), WindowSpec())
         except DataError as exc:
             raise ValueError(f"days={self.days} at interval {self.interval!r} gives {self.n_bars} bars, "
                              f"too few for the oracle's splits: {exc}") from None
+
+    @property
+    def activity_regimes(self) -> bool:
+        return self.activity_mean_bars > 0
 
     @property
     def bar_spec(self) -> BarSpec:
@@ -215,6 +243,41 @@ class SynthConfig:
         data = dataclasses.asdict(self)
         data["factor_vol_bps"] = list(self.factor_vol_bps)
         return data
+
+
+# Named configurations of `nfc synth --preset` (docs/SYNTHETIC.md: what each is for, its oracle, how it was tuned).
+SYNTH_PRESETS: dict[str, dict[str, Any]] = {
+    # the embedded demo market: strong planted signals on 3-minute bars round the clock
+    "default": {},
+    # weak effects, half the news uninformative, Student-t shocks and volatility regimes, on 30-minute exchange
+    # bars: about 5.3 years, so the test split is a year (3,360 bars). Daily-scale vols (market 1%, idiosyncratic
+    # 1.5% a day); about one item per asset a week, half of them neutral; a sentiment item moves its asset by
+    # 2.5 bps a bar for 80 bars (200 bps, half the idiosyncratic sigma over those bars), a flow shock by 1.5.
+    # Tuned on the oracle (seeds 0 / 1 / 2): 3.65 / 4.64 / 1.92; impact 2.0: 2.90 / 4.42 / 1.69; 3.0: 3.77 / 5.30 /
+    # 2.10. A year of test bars has a Sharpe sampling noise of about 1, hence the spread over seeds
+    "realistic": {
+        "n_assets": 6, "days": 1950, "calendar": "XNYS", "interval": "30min", "start": "2024-01-02T00:00:00Z",
+        "factor_vol_bps": (28.0, 14.0), "idio_vol_bps": 42.0, "tail_df": 4.0,
+        "stress_vol_multiplier": 2.0, "mean_calm_bars": 780.0, "mean_stress_bars": 195.0,
+        "asset_news_per_day": 0.15, "distractor_news_per_day": 0.5, "neutral_fraction": 0.5, "leak_news_per_day": 0.1,
+        "impact_bps_per_bar": 2.5, "impact_bars": 80,
+        "shocks_per_day": 0.3, "shock_jump_bps": 80.0, "shock_drift_bps_per_bar": 1.5, "shock_bars": 80,
+    },
+    # the news effect depends on the market state: each asset alternates quiet and active spells (~400 bars);
+    # active, a headline moves its asset its own way, quiet, against it. Reading the news alone averages to
+    # nothing; the state shows only in the bars (volume x3, idiosyncratic vol x2)
+    "interaction": {
+        "n_assets": 8, "days": 40, "activity_mean_bars": 400.0, "active_volume_multiplier": 3.0,
+        "active_vol_multiplier": 2.0, "quiet_news_sign": -1.0, "shocks_per_day": 0.75,
+    },
+}
+
+
+def preset_config(name: str, **overrides: Any) -> SynthConfig:
+    """The SynthConfig of preset `name` with `overrides` (SynthConfig fields) on top; an unknown name is an error."""
+    if name not in SYNTH_PRESETS:
+        raise ValueError(f"unknown synthetic preset {name!r}; choose one of {sorted(SYNTH_PRESETS)}")
+    return SynthConfig(**{**SYNTH_PRESETS[name], **overrides})
 
 
 @dataclass(frozen=True)
@@ -429,8 +492,8 @@ def _plan_news(config: SynthConfig, rng: np.random.Generator) -> _NewsPlan:
                      omit_symbols=omit[order], bar=bar)
 
 
-def _news_records(plan: _NewsPlan, config: SynthConfig, universe: Universe,
-                  rng: np.random.Generator) -> list[dict[str, Any]]:
+def _news_records(plan: _NewsPlan, config: SynthConfig, universe: Universe, drift_bps: np.ndarray,
+                  activity: np.ndarray | None, rng: np.random.Generator) -> list[dict[str, Any]]:
     published = (config.start_time + pd.to_timedelta(plan.seconds, unit="s")).strftime("%Y-%m-%dT%H:%M:%SZ")
     records = []
     for k in range(len(plan.seconds)):
@@ -452,10 +515,12 @@ def _news_records(plan: _NewsPlan, config: SynthConfig, universe: Universe,
             "planted": {
                 "sentiment": sentiment,
                 "symbol": symbol,
-                "drift_bps_per_bar": float(sentiment * config.impact_bps_per_bar),
+                "drift_bps_per_bar": float(drift_bps[k]),
                 "bars": config.impact_bars if sentiment else 0,
             },
         }
+        if activity is not None and j >= 0:  # the state the item met, which set its drift
+            record["planted"]["active"] = bool(activity[plan.bar[k], j])
         if j < 0:
             record["symbols"] = []
         elif not plan.omit_symbols[k]:
@@ -464,25 +529,45 @@ def _news_records(plan: _NewsPlan, config: SynthConfig, universe: Universe,
     return records
 
 
-def _regimes(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
-    """Hidden calm(0)/stressed(1) state per bar, alternating spells of geometric length; starts calm."""
-    n = config.n_bars
+def _spells(n: int, mean_first: float, mean_second: float, rng: np.random.Generator) -> np.ndarray:
+    """State 0/1 per bar, alternating spells of geometric length (means in bars); starts in state 0."""
     # enough spells to cover n bars with overwhelming probability; topped up below if not
-    n_pairs = int(n / (config.mean_calm_bars + config.mean_stress_bars) * 2) + 8
+    n_pairs = int(n / (mean_first + mean_second) * 2) + 8
     lengths: list[np.ndarray] = []
     while sum(int(x.sum()) for x in lengths) < n:
-        calm = rng.geometric(1.0 / config.mean_calm_bars, size=n_pairs)
-        stress = rng.geometric(1.0 / config.mean_stress_bars, size=n_pairs)
-        lengths.append(np.column_stack([calm, stress]).ravel())
+        first = rng.geometric(1.0 / mean_first, size=n_pairs)
+        second = rng.geometric(1.0 / mean_second, size=n_pairs)
+        lengths.append(np.column_stack([first, second]).ravel())
     spells = np.concatenate(lengths)
     states = np.resize(np.array([0, 1]), len(spells))
     return np.repeat(states, spells)[:n]
 
 
-def _simulate_bars(config: SynthConfig, drift: np.ndarray, burst: np.ndarray,
+def _regimes(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """Hidden market-wide calm(0)/stressed(1) state per bar; starts calm."""
+    return _spells(config.n_bars, config.mean_calm_bars, config.mean_stress_bars, rng)
+
+
+def _activity(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """Each asset's quiet(False)/active(True) state per bar (T, N), each asset starting in a random state."""
+    start = rng.integers(0, 2, size=config.n_assets)
+    return np.column_stack([
+        _spells(config.n_bars, config.activity_mean_bars, config.activity_mean_bars, rng) ^ first for first in start
+    ]).astype(bool)
+
+
+def _noise(shape: tuple[int, ...], tail_df: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance shocks: standard normal, or Student-t with `tail_df` degrees of freedom scaled to variance 1."""
+    if math.isinf(tail_df):
+        return rng.standard_normal(shape)
+    return rng.standard_t(tail_df, size=shape) * math.sqrt((tail_df - 2.0) / tail_df)
+
+
+def _simulate_bars(config: SynthConfig, drift: np.ndarray, burst: np.ndarray, activity: np.ndarray | None,
                    rng: np.random.Generator) -> dict[str, np.ndarray]:
     """OHLCV arrays (T, N): factor + idiosyncratic log returns scaled by the regime, plus the planted log
-    returns `drift`; `burst` (T, N) is the volume multiplier each event adds at its bar, decaying after it."""
+    returns `drift`; `burst` (T, N) is the volume multiplier each event adds at its bar, decaying after it;
+    `activity` (T, N), when given, raises an active asset's idiosyncratic vol and volume."""
     n, m = drift.shape
     n_factors = len(config.factor_vol_bps)
     # the first factor is the market (every beta positive), the others split assets both ways
@@ -491,10 +576,12 @@ def _simulate_bars(config: SynthConfig, drift: np.ndarray, burst: np.ndarray,
     factor_vol = np.asarray(config.factor_vol_bps, dtype=np.float64) / 1e4  # (K,)
     idio_vol = config.idio_vol_bps / 1e4 * rng.uniform(0.75, 1.25, size=m)  # (N,)
     scale = np.where(_regimes(config, rng) == 1, config.stress_vol_multiplier, 1.0)[:, None]  # (T, 1)
-    factors = rng.standard_normal((n, n_factors)) * factor_vol  # (T, K)
-    noise = (factors @ loadings + rng.standard_normal((n, m)) * idio_vol) * scale  # (T, N)
+    if activity is not None:
+        idio_vol = idio_vol * np.where(activity, config.active_vol_multiplier, 1.0)  # (T, N)
+    factors = _noise((n, n_factors), config.tail_df, rng) * factor_vol  # (T, K)
+    noise = (factors @ loadings + _noise((n, m), config.tail_df, rng) * idio_vol) * scale  # (T, N)
     log_ret = drift + noise
-    calm_vol = np.sqrt((factor_vol[:, None] ** 2 * loadings**2).sum(axis=0) + idio_vol**2)  # (N,)
+    calm_vol = np.sqrt((factor_vol[:, None] ** 2 * loadings**2).sum(axis=0) + idio_vol**2)  # (N,) or (T, N)
 
     first_price = np.exp(rng.uniform(np.log(10.0), np.log(500.0), size=m))
     close = first_price * np.exp(np.cumsum(log_ret, axis=0))
@@ -510,6 +597,8 @@ def _simulate_bars(config: SynthConfig, drift: np.ndarray, burst: np.ndarray,
     surprise = np.minimum(np.abs(log_ret) / np.maximum(calm_vol, 1e-6), 10.0)
     volume = base_volume * np.exp(0.4 * surprise + 0.3 * rng.standard_normal((n, m)))
     volume *= 1.0 + burst_level
+    if activity is not None:
+        volume *= np.where(activity, config.active_volume_multiplier, 1.0)
     return {"open": open_, "high": high, "low": low, "close": close, "volume": np.maximum(np.round(volume), 1.0)}
 
 
@@ -545,10 +634,21 @@ class _DriftEvents:
         return expected
 
 
-def _news_events(config: SynthConfig, plan: _NewsPlan) -> _DriftEvents:
+def _news_drift_bps(config: SynthConfig, plan: _NewsPlan, activity: np.ndarray | None) -> np.ndarray:
+    """Each item's planted drift per bar: sentiment * impact, times quiet_news_sign where its asset is quiet at
+    its bar (activity regimes only); 0 for neutral items and distractors."""
+    drift = plan.sentiment * config.impact_bps_per_bar
+    if activity is None:
+        return drift.astype(np.float64)
+    named = plan.asset >= 0
+    active = np.ones(len(plan.bar), dtype=bool)
+    active[named] = activity[plan.bar[named], plan.asset[named]]
+    return np.where(active, 1.0, config.quiet_news_sign) * drift + 0.0  # + 0.0: no -0.0 in the records
+
+
+def _news_events(config: SynthConfig, plan: _NewsPlan, drift_bps: np.ndarray) -> _DriftEvents:
     live = plan.sentiment != 0
-    return _DriftEvents(bar=plan.bar[live], asset=plan.asset[live],
-                        drift_bps=plan.sentiment[live] * config.impact_bps_per_bar,
+    return _DriftEvents(bar=plan.bar[live], asset=plan.asset[live], drift_bps=drift_bps[live],
                         bars=np.full(int(live.sum()), config.impact_bars))
 
 
@@ -636,13 +736,25 @@ def _plan_shocks(config: SynthConfig, rng: np.random.Generator) -> _Shocks:
     return _Shocks(bar=bar[order], asset=asset[order], sign=sign[order])
 
 
-def _oracle(config: SynthConfig, universe: Universe, events: _DriftEvents, shocks: _Shocks,
-            close: np.ndarray, close_times: pd.DatetimeIndex) -> dict[str, Any]:
+def _active_spells(activity: np.ndarray, universe: Universe) -> list[dict[str, Any]]:
+    """Each asset's active spells as {symbol, first_bar, last_bar}, by asset then bar."""
+    spells = []
+    for j, symbol in enumerate(universe.symbols):
+        edges = np.diff(np.concatenate([[0], activity[:, j].astype(np.int8), [0]]))
+        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
+        spells.extend({"symbol": symbol, "first_bar": int(a), "last_bar": int(b)}
+                      for a, b in zip(starts, stops, strict=True))
+    return spells
+
+
+def _oracle(config: SynthConfig, universe: Universe, signals: dict[str, _DriftEvents], shocks: _Shocks,
+            activity: np.ndarray | None, close: np.ndarray, close_times: pd.DatetimeIndex) -> dict[str, Any]:
     """Sharpe of trading the planted signal on the test split, rebalanced every horizon bars.
 
     At anchor t the oracle knows the events observable by bar t's close (news aligned to bars <= t,
     shocks on bars <= t), sums each asset's planted drift over bars t+1..t+H, and holds topk_weights
-    of it for H bars.
+    of it for H bars. `signals` maps "all" (the oracle) and partial knowledge ("news_only", "shocks_only",
+    "news_ignoring_state") to their events; the partial oracles' Sharpes are recorded beside it.
     """
     window, book = WindowSpec(), PortfolioSpec()
     per_year = grid_bars_per_year(config.calendar, config.bar_spec.timedelta, close_times)
@@ -650,13 +762,44 @@ def _oracle(config: SynthConfig, universe: Universe, events: _DriftEvents, shock
     splits = chronological_split(usable_anchors(n_bars, WARMUP_BARS, window), window)
     horizon = window.horizon
     anchors = splits.test[::horizon]
-    anchor_weights = np.stack([topk_weights(events.expected_bps(int(t), horizon, n_assets), book.top_k)
-                               for t in anchors])
-    run = walk_forward(anchors, anchor_weights, simple_returns(close), horizon, book.cost_bps)
+    returns = simple_returns(close)
+
+    def walk(events: _DriftEvents) -> WalkForward:
+        weights = np.stack([topk_weights(events.expected_bps(int(t), horizon, n_assets), book.top_k)
+                            for t in anchors])
+        return walk_forward(anchors, weights, returns, horizon, book.cost_bps)
+
+    run = walk(signals["all"])
+    planted: dict[str, Any] = {
+        "impact_bps_per_bar": config.impact_bps_per_bar,
+        "impact_bars": config.impact_bars,
+        "rule": "an item aligned to bar a (first bar whose close >= published_at) adds "
+                "sentiment*impact_bps_per_bar to its asset's log-return drift on bars a+1..a+impact_bars",
+        "shock_jump_bps": config.shock_jump_bps,
+        "shock_drift_bps_per_bar": config.shock_drift_bps_per_bar,
+        "shock_bars": config.shock_bars,
+        "shock_rule": "a flow shock on bar s adds sign*shock_jump_bps to its asset's log return on bar s "
+                      "(with a volume burst) and sign*shock_drift_bps_per_bar to the drift on bars "
+                      "s+1..s+shock_bars",
+        "shocks": shocks.to_records(universe),
+    }
+    if activity is not None:
+        planted.update({
+            "activity_rule": "each asset alternates quiet and active spells (mean activity_mean_bars bars); active, "
+                             "its volume is active_volume_multiplier and its idiosyncratic vol active_vol_multiplier "
+                             "times higher; an item whose asset is quiet at its bar a moves the drift by "
+                             "quiet_news_sign*sentiment*impact_bps_per_bar instead",
+            "quiet_news_sign": config.quiet_news_sign,
+            "active_volume_multiplier": config.active_volume_multiplier,
+            "active_vol_multiplier": config.active_vol_multiplier,
+            "active_spells": _active_spells(activity, universe),
+        })
     return {
         "description": "out-of-sample Sharpe of top-k long/short weights on the planted drift (news and flow "
                        "shocks) known at each anchor, rebalanced every horizon bars on the test split, after costs",
         **run.metrics(per_year),  # sharpe, cumulative_return, max_drawdown, ...
+        "partial_sharpe": {name: walk(events).metrics(per_year)["sharpe"]
+                           for name, events in signals.items() if name != "all"},
         "splits": splits.to_dict(),
         "first_return_bar": run.first_bar,
         "last_return_bar": run.first_bar + len(run.returns) - 1,
@@ -668,19 +811,7 @@ def _oracle(config: SynthConfig, universe: Universe, events: _DriftEvents, shock
         "top_k": book.top_k,
         "cost_bps": book.cost_bps,
         "bars_per_year": per_year,
-        "planted": {
-            "impact_bps_per_bar": config.impact_bps_per_bar,
-            "impact_bars": config.impact_bars,
-            "rule": "an item aligned to bar a (first bar whose close >= published_at) adds "
-                    "sentiment*impact_bps_per_bar to its asset's log-return drift on bars a+1..a+impact_bars",
-            "shock_jump_bps": config.shock_jump_bps,
-            "shock_drift_bps_per_bar": config.shock_drift_bps_per_bar,
-            "shock_bars": config.shock_bars,
-            "shock_rule": "a flow shock on bar s adds sign*shock_jump_bps to its asset's log return on bar s "
-                          "(with a volume burst) and sign*shock_drift_bps_per_bar to the drift on bars "
-                          "s+1..s+shock_bars",
-            "shocks": shocks.to_records(universe),
-        },
+        "planted": planted,
         "seed": config.seed,
         "config": config.to_dict(),
     }
@@ -691,13 +822,18 @@ def generate_market(config: SynthConfig | None = None) -> SyntheticMarket:
     config = config or SynthConfig()
     universe = synthetic_universe(config.n_assets)
     # one stream per part, so adding a part never changes the draws of the others
-    news_rng, text_rng, bar_rng, shock_rng, leak_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(5))
+    news_rng, text_rng, bar_rng, shock_rng, leak_rng, activity_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(6))
     plan = _plan_news(config, news_rng)
     shocks = _plan_shocks(config, shock_rng)
+    activity = _activity(config, activity_rng) if config.activity_regimes else None
     n, m = config.n_bars, config.n_assets
-    news = _news_events(config, plan)
+    news_drift = _news_drift_bps(config, plan, activity)
+    news = _news_events(config, plan, news_drift)
     events = _DriftEvents.concat(news, shocks.events(config))
+    signals = {"all": events, "news_only": news, "shocks_only": shocks.events(config)}
+    if activity is not None:  # what a reader of the news alone would trade: every item at its headline's sign
+        signals["news_ignoring_state"] = _news_events(config, plan, _news_drift_bps(config, plan, None))
     log_drift = events.drift(n, m)
     np.add.at(log_drift, (shocks.bar, shocks.asset), shocks.sign * config.shock_jump_bps / 1e4)
     burst = np.zeros((n, m))
@@ -707,15 +843,16 @@ def generate_market(config: SynthConfig | None = None) -> SyntheticMarket:
     close_times = config.close_times()
     leaks = _plan_leaks(config, close_times, leak_rng)
     np.add.at(log_drift, (leaks.bar, leaks.asset), leaks.sign * config.leak_jump_bps / 1e4)
-    arrays = _simulate_bars(config, log_drift, burst, bar_rng)
+    arrays = _simulate_bars(config, log_drift, burst, activity, bar_rng)
     bars = pd.DataFrame({
         "timestamp": close_times.repeat(m),
         "symbol": np.tile(np.array(universe.symbols, dtype=object), n),  # symbols are alphabetical: sorted
         **{name: values.ravel() for name, values in arrays.items()},
     })
     return SyntheticMarket(config=config, universe=universe, bars=bars,
-                           news=_with_leaks(_news_records(plan, config, universe, text_rng), leaks, universe),
-                           oracle=_oracle(config, universe, events, shocks, arrays["close"], close_times))
+                           news=_with_leaks(_news_records(plan, config, universe, news_drift, activity, text_rng),
+                                            leaks, universe),
+                           oracle=_oracle(config, universe, signals, shocks, activity, arrays["close"], close_times))
 
 
 # ----------------------------------------------------------------------------------------------
