@@ -117,7 +117,8 @@ def test_json_prints_one_object_holding_the_result(tmp_path):
     bars = pd.read_parquet(tmp_path / "d" / "bars.parquet")
     oracle = json.loads((tmp_path / "d" / "oracle.json").read_text())
     news = (tmp_path / "d" / "news.jsonl").read_text().splitlines()
-    assert written == {"out": str(tmp_path / "d"), "seed": 1, "assets": 3, "days": 2, "calendar": "24/7",
+    assert written == {"out": str(tmp_path / "d"), "preset": "default", "seed": 1, "assets": 3, "days": 2,
+                       "calendar": "24/7",
                        "interval": "3min", "bar_rows": len(bars), "news_items": len(news),
                        "oracle_sharpe": oracle["sharpe"]}
     text = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "e"), "--seed", "1", "--assets", "3",
