@@ -65,6 +65,8 @@ def parse_args() -> argparse.Namespace:
                         help="TrainConfig override passed to every `nfc train` (repeatable)")
     parser.add_argument("--model-set", dest="model_sets", action="append", default=[], metavar="KEY=VALUE",
                         help="CgaConfig override passed to every `nfc train` (repeatable)")
+    parser.add_argument("--run-suffix", default="", help="appended to each trained run's folder name, e.g. "
+                        "'-long' for runs with other --set values beside the default ones (with --train)")
     parser.add_argument("--offsets", type=int, default=4, help="walk-forward starts inside the first horizon")
     parser.add_argument("--cost-bps", type=float, help="costs on turnover [default: each run's portfolio cost]")
     parser.add_argument("--json", type=Path, help="also write everything here")
@@ -88,7 +90,8 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
 
 
 def build_preset(preset: str, market_seed: int, seeds: list[int], variants: list[str], workdir: Path,
-                 sets: list[str], model_sets: list[str], encoder: Path | None) -> tuple[Path, Path, list[Path]]:
+                 sets: list[str], model_sets: list[str], encoder: Path | None,
+                 suffix: str) -> tuple[Path, Path, list[Path]]:
     """The demo's stages for one preset (synth, encoder init + sentiment train, embed), then `nfc train` of every
     variant and seed; returns the data folder, the embeddings and the run folders. Existing outputs are kept."""
     from nfc.demo import run_nfc
@@ -112,7 +115,7 @@ def build_preset(preset: str, market_seed: int, seeds: list[int], variants: list
         [arg for value in model_sets for arg in ("--model-set", value)]
     for seed in seeds:
         for variant in variants:
-            out = root / "runs" / f"{variant}-seed{seed}"
+            out = root / "runs" / f"{variant}{suffix}-seed{seed}"
             if not all((out / name).is_file() for name in RUN_FILES):
                 run_nfc(["train", "--data", str(data), "--embeddings", str(embeddings), "--variant", variant,
                          "--set", f"seed={seed}", *extra, "--out", str(out), "--force"])
@@ -155,7 +158,7 @@ def score(data_dir: Path, embeddings: Path, run_dirs: list[Path], offsets: int,
                      "mean_of_offsets": float(np.mean(model)), "per_offset": model})
         log.info("%s: offset 0 %.2f, mean of %d %.2f", path, model[0], offsets, np.mean(model))
     variants = {}
-    for variant in sorted({r["variant"] for r in rows}, key=lambda v: VARIANT_ORDER.index(v)):
+    for variant in sorted({r["variant"] for r in rows}, key=VARIANT_ORDER.index):
         chosen = [r for r in rows if r["variant"] == variant]
         first, mean_all = ([r[key] for r in chosen] for key in ("offset0", "mean_of_offsets"))
         variants[variant] = {"seeds": [r["seed"] for r in chosen], "offset0": first,
@@ -198,7 +201,7 @@ def main() -> None:
     if args.train:
         for preset in args.preset:
             data, embeddings, runs = build_preset(preset, args.market_seed, args.seeds, args.variants, args.workdir,
-                                                  args.sets, args.model_sets, args.encoder)
+                                                  args.sets, args.model_sets, args.encoder, args.run_suffix)
             jobs.append((f"{preset} (market seed {args.market_seed})", data, embeddings, runs))
     else:
         jobs.append((str(args.data), args.data, args.embeddings, args.runs))

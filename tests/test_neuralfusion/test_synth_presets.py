@@ -42,7 +42,7 @@ def test_the_default_preset_is_the_default_market() -> None:
 
 
 def test_an_unknown_preset_is_refused_with_the_choices() -> None:
-    with pytest.raises(ValueError, match="unknown synthetic preset 'hard'.*interaction.*realistic"):
+    with pytest.raises(ValueError, match=r"unknown synthetic preset 'hard'.*interaction.*realistic"):
         preset_config("hard")
 
 
