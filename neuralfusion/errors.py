@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError"]
+__all__ = ["DataError", "SourceUnavailable"]
 
 
 class DataError(ValueError):
@@ -22,3 +22,9 @@ class DataError(ValueError):
         super().__init__(prefix + message)
         self.source = source
         self.row = row
+
+
+class SourceUnavailable(DataError):
+    """A data source did not answer (connection refused, timeout, a failed query): nothing is wrong with the data,
+    so a service answers "retry later" rather than "fix your input". The message names the source, never its
+    URI or password."""

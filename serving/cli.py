@@ -4,7 +4,7 @@
         nfc predict --bars clickhouse --news mongo --model-path /models/package --json
     nfc predict --data /data/latest --model-path PKG --as-of 2026-03-05T12:00:00Z    # data folder, one bar
     nfc predict --data DIR --model-path PKG --start 2026-03-05T00:00Z --end 2026-03-06T00:00Z --every 80
-    nfc predict --data DIR --url http://nfc:3000                                     # the service predicts and stores
+    nfc predict --url http://nfc:3000 --as-of 2026-03-05T12:00:00Z    # by reference: the service reads its sources
 
 Prints one line per prediction (as-of bar, request id, outcome) and the run's summary, or with `--json` the
 summary as one JSON object. Exit codes: 0 done (also when nothing new was stored), 1 the run failed and stored
@@ -72,7 +72,10 @@ def _predicted_lines(summary: dict[str, Any]) -> Iterator[str]:
 @click.option("--model-path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Model package folder (predict in this process).")
 @click.option("--model", "model_tag", default=None, help="BentoML model-store tag (predict in this process).")
-@click.option("--url", default=None, help="Predict through this running service instead (it stores the results).")
+@click.option("--url", default=None, help="Predict by reference through this running service instead: it reads its "
+              "own bar and news sources for each as-of bar (POST /predict/at) and stores the results.")
+@click.option("--api-key-env", default="NFC_API_KEY", show_default=True,
+              help="With --url: the environment variable that holds the service's API key.")
 @click.option("--as-of", default=None, help="Close time of the one bar to predict (ISO 8601 with offset). "
               "Default: the latest complete bar.")
 @click.option("--start", default=None, help="Back-fill: first as-of bar (rounded up to the grid).")
@@ -96,17 +99,21 @@ def _predicted_lines(summary: dict[str, Any]) -> Iterator[str]:
 @json_result(_predicted_lines)
 @cli_errors(also=(JobError, LockHeld, StoreError))
 def predict(data_dir: Path | None, bars_source: str | None, news_source: str | None, model_path: Path | None,
-            model_tag: str | None, url: str | None, as_of: str | None, start: str | None, end: str | None, every: int,
-            max_staleness: str, state_dir: Path, lock_file: Path | None, clickhouse_table: str,
-            clickhouse_columns: str, clickhouse_label: str, clickhouse_candle: str, news_db: str,
+            model_tag: str | None, url: str | None, api_key_env: str, as_of: str | None, start: str | None,
+            end: str | None, every: int, max_staleness: str, state_dir: Path, lock_file: Path | None,
+            clickhouse_table: str, clickhouse_columns: str, clickhouse_label: str, clickhouse_candle: str, news_db: str,
             news_collection: str, news_fields: str, redis_key: str, redis_channel: str,
             request_id: str | None) -> dict[str, Any]:
     """Predict the latest (or --as-of, or each --start..--end) bar, store the weights in MongoDB
     ($NFC_MONGO_URI) and publish the latest to Redis ($NFC_REDIS_URL, when set)."""
     if sum(x is not None for x in (model_path, model_tag, url)) != 1:
         raise click.UsageError("give exactly one of --model-path, --model or --url")
-    if (data_dir is None) == (bars_source is None and news_source is None) or (
-            data_dir is None and None in (bars_source, news_source)):
+    sources_given = data_dir is not None or bars_source is not None or news_source is not None
+    if url is not None and sources_given:
+        raise click.UsageError("with --url the service reads its own bars and news (NFC_BARS_DIR or "
+                               "NFC_CLICKHOUSE_URL, NFC_NEWS_* where it runs): drop --data, --bars and --news")
+    if url is None and ((data_dir is None) == (bars_source is None and news_source is None) or (
+            data_dir is None and None in (bars_source, news_source))):
         raise click.UsageError("give either --data DIR, or --bars clickhouse and --news mongo")
     if as_of is not None and (start or end):
         raise click.UsageError("give --as-of or --start/--end, not both")
@@ -120,7 +127,7 @@ def predict(data_dir: Path | None, bars_source: str | None, news_source: str | N
               package=model_path or (None if model_tag is None else store_path(model_tag)), url=url,
               as_of=_time(as_of, "--as-of"), start=_time(start, "--start"), end=_time(end, "--end"), every=every,
               limit=_duration(max_staleness, "--max-staleness"), state_dir=state_dir, redis_key=redis_key or None,
-              redis_channel=redis_channel or None, request_prefix=request_id or "nfc-predict")
+              redis_channel=redis_channel or None, request_prefix=request_id or "nfc-predict", api_key_env=api_key_env)
     with RunLock(lock_file or state_dir / "predict.lock"):
         return run_job(job)
 

@@ -2,16 +2,18 @@
 
 BentoML 1.4 does not serve gRPC for new-style services, so every worker starts its own `grpc.aio` server from a
 startup hook, on the worker's event loop. Predict and PredictColumns go the same way as HTTP /predict and
-/predict/columns (`PortfolioService.predict_inline`: the same checks, inner encoder and fusion services), so both
+/predict/columns (`PortfolioService.predict_inline`: the same checks, inner encoder and fusion services), PredictAt
+as /predict/at (the service reads the bars itself, serving/by_reference.py, then the same path), so both
 protocols fill one batching queue; GetLatest and GetHistory run the same store queries as HTTP /latest and
 /history. Several workers bind one port with SO_REUSEPORT and the kernel spreads connections between them. gRPC
 health (`grpc.health.v1`, SERVING only while the service is ready) and server reflection are on.
 
-The API key (NFC_API_KEY) is checked on every RPC of the PortfolioService before its message is decoded (on Predict
-and PredictColumns only with NFC_API_KEY_READS=open); health and reflection stay open. Messages over
+The API key (NFC_API_KEY) is checked on every RPC of the PortfolioService before its message is decoded (on Predict,
+PredictColumns and PredictAt only with NFC_API_KEY_READS=open); health and reflection stay open. Messages over
 NFC_MAX_BODY_BYTES are refused by grpcio (RESOURCE_EXHAUSTED). Status codes are those of the serving.errors
-classes: bad input INVALID_ARGUMENT, missing or wrong API key UNAUTHENTICATED, nothing stored NOT_FOUND, another
-request's prediction stored for that key ALREADY_EXISTS, MongoDB or the model unavailable UNAVAILABLE; the details
+classes: bad input INVALID_ARGUMENT, missing or wrong API key UNAUTHENTICATED, nothing stored (or no source bars
+for a PredictAt) NOT_FOUND, another request's prediction stored for that key ALREADY_EXISTS, MongoDB, the model or a
+bar or news source unavailable UNAVAILABLE; the details
 say what to do, as the HTTP body does."""
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ from serving.proto_convert import (
     columns_from_proto,
     history_query_from_proto,
     history_to_proto,
+    predict_at_from_proto,
     predict_request_from_proto,
     prediction_to_proto,
 )
-from serving.schemas import HistoryOut, HistoryQuery, PredictionOut, PredictRequest, RequestLimits
+from serving.schemas import HistoryOut, HistoryQuery, PredictAtRequest, PredictionOut, PredictRequest, RequestLimits
 from serving.settings import ServeSettings
 
 __all__ = ["SERVICE_NAME", "GrpcServer", "PortfolioBackend", "PortfolioServicer"]
@@ -47,7 +50,7 @@ __all__ = ["SERVICE_NAME", "GrpcServer", "PortfolioBackend", "PortfolioServicer"
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PortfolioService"].full_name
-PREDICTS = (f"/{SERVICE_NAME}/Predict", f"/{SERVICE_NAME}/PredictColumns")
+PREDICTS = (f"/{SERVICE_NAME}/Predict", f"/{SERVICE_NAME}/PredictColumns", f"/{SERVICE_NAME}/PredictAt")
 T = TypeVar("T")
 
 
@@ -57,6 +60,8 @@ class PortfolioBackend(Protocol):
     async def predict_one(self, request: PredictRequest) -> PredictionOut: ...
 
     async def predict_inline(self, read: Callable[[], RequestColumns]) -> PredictionOut: ...
+
+    async def predict_at_one(self, query: PredictAtRequest) -> PredictionOut: ...
 
     async def query_latest(self, model_version: str | None) -> PredictionOut: ...
 
@@ -82,6 +87,12 @@ class PortfolioServicer(pb_grpc.PortfolioServiceServicer):
                              context: grpc.aio.ServicerContext) -> pb.PredictResponse:
         prediction = await _answer(context, self._backend.predict_inline(lambda: columns_from_proto(request)))
         return pb.PredictResponse(prediction=prediction_to_proto(prediction))
+
+    async def PredictAt(self, request: pb.PredictAtRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        async def predict_at() -> PredictionOut:
+            return await self._backend.predict_at_one(predict_at_from_proto(request))
+
+        return pb.PredictResponse(prediction=prediction_to_proto(await _answer(context, predict_at())))
 
     async def GetLatest(self, request: pb.LatestRequest, context: grpc.aio.ServicerContext) -> pb.Prediction:
         latest = await _answer(context, self._backend.query_latest(request.model_version or None))

@@ -12,8 +12,8 @@ MongoDB only for items after the cache's newest one (minus a small overlap that 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -26,11 +26,11 @@ from neuralfusion.calendar import BarClock, is_continuous
 from neuralfusion.data.bars import BAR_COLUMNS, BarFileSource, resample_bars
 from neuralfusion.data.news import NEWS_COLUMNS, MongoNewsSource, read_news, validate_news
 from neuralfusion.embeddings import write_table_atomic
-from neuralfusion.errors import DataError
+from neuralfusion.errors import DataError, SourceUnavailable
 from neuralfusion.specs import BarSpec, Universe
 
 __all__ = ["NEWS_OVERLAP", "BarReader", "FileBars", "FileNews", "IncrementalMongoNews", "NewsReader", "check_staleness",
-           "grid_bars", "live_as_of_bar"]
+           "grid_bars", "grid_name", "live_as_of_bar"]
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +54,50 @@ class NewsReader(Protocol):
 
 @dataclass(frozen=True)
 class FileBars:
-    """A bar file as a BarReader (the file is read whole: data folders are for modest histories)."""
+    """A bar file as a BarReader. The file is read whole (data folders are for modest histories) and again only
+    when its size or modification time changed, so a service asking for one window after another parses it once."""
 
     path: Path
+    _held: dict[tuple[int, int], pd.DataFrame] = field(default_factory=dict, compare=False, repr=False)
 
     def load(self, symbols: list[str] | tuple[str, ...], start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        frame = BarFileSource(self.path).load(list(symbols), None, end)
-        return frame[frame["timestamp"] > start].reset_index(drop=True)
+        frame = self._frame()
+        unknown = sorted(set(symbols) - set(frame["symbol"].unique()))
+        if unknown:
+            raise DataError(f"symbols {unknown} have no bars in this file", source=str(self.path))
+        times = frame["timestamp"]
+        return frame[frame["symbol"].isin(symbols) & (times > start) & (times <= end)].reset_index(drop=True)
 
     def latest(self) -> pd.Timestamp:
-        return BarFileSource(self.path).read()["timestamp"].max()
+        return self._frame()["timestamp"].max()
+
+    def _frame(self) -> pd.DataFrame:
+        return _read_when_changed(self.path, self._held, lambda path: BarFileSource(path).read())
 
 
 @dataclass(frozen=True)
 class FileNews:
-    """A news file as a NewsReader."""
+    """A news file as a NewsReader, read again only when it changed (as FileBars)."""
 
     path: Path
+    _held: dict[tuple[int, int], pd.DataFrame] = field(default_factory=dict, compare=False, repr=False)
 
     def load(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        news = read_news(self.path)
+        news = _read_when_changed(self.path, self._held, read_news)
         return news[(news["published_at"] > start) & (news["published_at"] <= end)].reset_index(drop=True)
+
+
+def _read_when_changed(path: Path, held: dict[tuple[int, int], pd.DataFrame],
+                       read: Callable[[Path], pd.DataFrame]) -> pd.DataFrame:
+    """`read(path)` as last read, or read again when the file's size or modification time changed. Callers only
+    hand out filtered copies, so the frame held is never changed."""
+    stat = path.stat()
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    if stamp not in held:
+        frame = read(path)
+        held.clear()
+        held[stamp] = frame
+    return held[stamp]
 
 
 class IncrementalMongoNews:
@@ -107,8 +130,8 @@ class IncrementalMongoNews:
             self.source.ensure_index()
             fresh = self.source.load(read_from, end)
         except PyMongoError as err:
-            raise DataError(f"reading news failed ({type(err).__name__}: {str(err)[:300]})",
-                            source=f"mongodb collection {self.source.collection.full_name}") from None
+            raise SourceUnavailable(f"reading news failed ({type(err).__name__}: {str(err)[:300]})",
+                                    source=f"mongodb collection {self.source.collection.full_name}") from None
         self.new_items = int((~fresh["id"].isin(cached["id"])).sum()) if len(fresh) else 0
         log.info("news: %d items from MongoDB after %s, %d of them new; %d from the cache", len(fresh),
                  read_from.isoformat(), self.new_items, len(cached))
@@ -142,6 +165,11 @@ def live_as_of_bar(clock: BarClock, last_close: pd.Timestamp, now: pd.Timestamp,
                         f"staleness limit of {limit} (--max-staleness): the bar feed is behind, nothing was "
                         "predicted", source="bars")
     return latest
+
+
+def grid_name(spec: BarSpec) -> str:
+    """'3min' round the clock, '1h XNYS' on an exchange calendar: how messages name the model's bar grid."""
+    return spec.interval if is_continuous(spec.calendar) else f"{spec.interval} {spec.calendar}"
 
 
 def grid_bars(frame: pd.DataFrame, universe: Universe, spec: BarSpec, source: str) -> pd.DataFrame:

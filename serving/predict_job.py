@@ -1,12 +1,13 @@
 """The job behind `nfc predict` (serving/cli.py): one run of the live loop (the seed's 4-hourly job), in this
-process or through the service.
+process or by reference through the service (`--url`: for each as-of bar it would predict, POST /predict/at; the
+service reads the bars and news from its own sources, predicts and stores, serving/by_reference.py).
 
     # live: the latest complete bar from ClickHouse + MongoDB news -> weights -> MongoDB -> Redis
     NFC_MONGO_URI=... NFC_CLICKHOUSE_URL=clickhouse://user:pw@ch:9000/market NFC_REDIS_URL=redis://redis:6379/0 \\
         nfc predict --bars clickhouse --news mongo --model-path /models/package
     nfc predict --data /data/latest --model-path PKG --as-of 2026-03-05T12:00:00Z    # data folder, one bar
     nfc predict --data DIR --model-path PKG --start 2026-03-05T00:00Z --end 2026-03-06T00:00Z --every 80
-    nfc predict --data DIR --url http://nfc:3000                                     # the service predicts and stores
+    nfc predict --url http://nfc:3000 --as-of 2026-03-05T12:00:00Z    # by reference: the service reads its sources
     cron:  0 */4 * * *  cd /srv/nfc && .venv/bin/nfc predict --bars clickhouse --news mongo \\
                         --model-path /models/package >> /var/log/nfc-predict.log 2>&1     (docs/LIVE.md)
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,13 +38,13 @@ import pandas as pd
 import pymongo
 import pymongo.errors
 
-from neuralfusion.calendar import CONTINUOUS, is_continuous
+from neuralfusion.calendar import CONTINUOUS
 from neuralfusion.data.news import MongoNewsSource, NewsFieldMap
 from neuralfusion.dataset import find_data_file
 from neuralfusion.errors import DataError
 from neuralfusion.redact import encode_userinfo, redact_uri, scrub, uri_secrets
 from neuralfusion.specs import BarSpec, Universe
-from serving.client import predict_http, predict_payload
+from serving.client import model_info_http, predict_at_http, predict_payload
 from serving.live_sources import (
     BarReader,
     FileBars,
@@ -52,6 +53,7 @@ from serving.live_sources import (
     NewsReader,
     check_staleness,
     grid_bars,
+    grid_name,
     live_as_of_bar,
 )
 from serving.store import PredictionRecord
@@ -95,11 +97,19 @@ class Job:
     redis_key: str | None
     redis_channel: str | None
     request_prefix: str
+    api_key_env: str = "NFC_API_KEY"  # with `url`: the variable holding the service's API key
 
 
 def run_job(job: Job) -> dict[str, Any]:
     """One run (the caller holds the lock); returns its summary. Raises DataError, ValueError, JobError, StoreError."""
     model = _load_model(job)
+    summary = _by_reference(job, model) if model.runtime is None else _local(job, model)
+    summary["published"] = _publish(summary.pop("latest_record"), job.redis_key, job.redis_channel)
+    return summary
+
+
+def _local(job: Job, model: Model) -> dict[str, Any]:
+    """Read the sources here, build every window, predict them in this process and store them."""
     clock = model.bar_spec.clock
     with ExitStack() as sources:
         bar_reader, source = _bar_reader(job, sources)
@@ -116,11 +126,7 @@ def run_job(job: Job) -> dict[str, Any]:
         payloads = [predict_payload(bars, news, when, model.bars_needed, clock,
                                     f"{job.request_prefix}-{when.isoformat()}", news_bars=model.lookback)
                     for when in times]
-        if model.runtime is None:
-            summary = _through_service(job.url or "", payloads, times)
-        else:
-            summary = _in_process(model, payloads, times, job.state_dir)
-        summary["published"] = _publish(summary.pop("latest_record"), job.redis_key, job.redis_channel)
+        summary = _in_process(model, payloads, times, job.state_dir)
         if isinstance(news_reader, IncrementalMongoNews):
             news_reader.commit()
             summary["news_new_items"] = news_reader.new_items
@@ -129,7 +135,7 @@ def run_job(job: Job) -> dict[str, Any]:
 
 def _load_model(job: Job) -> Model:
     if job.url is not None:
-        info = predict_http_info(job.url)
+        info = _ask_service(job, "the model's description", lambda: model_info_http(job.url or "", _api_key(job)))
         return Model(version=info["version"], universe=Universe(symbols=tuple(info["symbols"])),
                      bar_spec=BarSpec(interval=info["interval"], calendar=info.get("calendar", CONTINUOUS)),
                      bars_needed=int(info["bars_needed"]), lookback=int(info["lookback"]))
@@ -178,12 +184,10 @@ def _as_of_times(bars: BarReader, model: Model, job: Job) -> list[pd.Timestamp]:
         times = list(clock.closes(job.start, job.end)[::job.every])
         if not times:
             raise ValueError(f"the back-fill range {job.start.isoformat()}..{job.end.isoformat()} holds no "
-                             f"{_grid_name(model.bar_spec)} bar")
+                             f"{grid_name(model.bar_spec)} bar")
         return times
     if job.as_of is not None:
-        if not clock.is_close(job.as_of):
-            raise ValueError(f"--as-of {job.as_of.isoformat()} is not on the {_grid_name(model.bar_spec)} bar grid: "
-                             f"the last bar closing before it closed at {clock.last_close(job.as_of).isoformat()}")
+        _check_on_grid(job.as_of, model)
         return [job.as_of]
     now = pd.Timestamp.now(tz="UTC")
     if isinstance(bars, FileBars):
@@ -194,8 +198,11 @@ def _as_of_times(bars: BarReader, model: Model, job: Job) -> list[pd.Timestamp]:
     return [live_as_of_bar(clock, last, now, job.limit)]
 
 
-def _grid_name(spec: BarSpec) -> str:
-    return spec.interval if is_continuous(spec.calendar) else f"{spec.interval} {spec.calendar}"
+def _check_on_grid(as_of: pd.Timestamp, model: Model) -> None:
+    clock = model.bar_spec.clock
+    if not clock.is_close(as_of):
+        raise ValueError(f"--as-of {as_of.isoformat()} is not on the {grid_name(model.bar_spec)} bar grid: "
+                         f"the last bar closing before it closed at {clock.last_close(as_of).isoformat()}")
 
 
 def _in_process(model: Model, payloads: Sequence[dict[str, Any]], times: Sequence[pd.Timestamp],
@@ -214,8 +221,7 @@ def _in_process(model: Model, payloads: Sequence[dict[str, Any]], times: Sequenc
             raise JobError(f"cannot predict for {when.isoformat()}: {err}") from None
     texts = [text for item in prepared for text in item.texts]
     encoder = runtime.encoder
-    fingerprint = f"{runtime.manifest.data['encoder']['fingerprint']}:onnx:{encoder.provider}"
-    embedded = embed_cached(texts, fingerprint, lambda batch: _encode(encoder, batch),
+    embedded = embed_cached(texts, encoder.vector_key, lambda batch: _encode(encoder, batch),
                             [ParquetEmbeddingCache(state_dir / "embeddings.parquet")])
     vectors = embedded.vectors.reshape(len(texts), runtime.embed_dim)
     records = runtime.predict(prepared, vectors)
@@ -263,28 +269,61 @@ def _prediction(record: PredictionRecord, outcome: str) -> dict[str, Any]:
             "outcome": outcome}
 
 
-def _through_service(url: str, payloads: Sequence[dict[str, Any]], times: Sequence[pd.Timestamp]) -> dict[str, Any]:
-    """Send each window to the service (it predicts and stores); every window was built before the first call."""
-    import httpx
-
-    answers = []
-    for payload, when in zip(payloads, times, strict=True):
-        try:
-            answers.append(predict_http(url, payload, api_key=os.environ.get("NFC_API_KEY")))
-        except httpx.HTTPStatusError as err:
-            raise JobError(f"the service refused the window of {when.isoformat()} "
-                                       f"({err.response.status_code}): {err.response.text[:500]}; "
-                                       f"{len(answers)} earlier windows were stored") from None
+def _by_reference(job: Job, model: Model) -> dict[str, Any]:
+    """Ask the service to predict each as-of bar from its own sources (POST /predict/at); it stores them. Live
+    (no --as-of, --start/--end): the service's newest complete bar, with the request id it assigns; a bar older
+    than a local live run accepts (--max-staleness) fails the run before anything is published: the feed is
+    behind."""
+    clock = model.bar_spec.clock
+    if job.start is not None and job.end is not None:
+        times: list[pd.Timestamp | None] = list(clock.closes(job.start, job.end)[::job.every])
+        if not times:
+            raise ValueError(f"the back-fill range {job.start.isoformat()}..{job.end.isoformat()} holds no "
+                             f"{grid_name(model.bar_spec)} bar")
+    elif job.as_of is not None:
+        _check_on_grid(job.as_of, model)
+        times = [job.as_of]
+    else:
+        times = [None]
+    answers: list[dict[str, Any]] = []
+    for when in times:
+        body = {"as_of": None if when is None else when.isoformat(), "symbols": list(model.universe.symbols),
+                "request_id": None if when is None else f"{job.request_prefix}-{when.isoformat()}"}
+        what = "the newest bar" if when is None else f"the bar of {when.isoformat()}"
+        answers.append(_ask_service(job, what, lambda body=body: predict_at_http(job.url or "", body, _api_key(job)),
+                                    f"; {len(answers)} earlier bars were stored, rerun to go on"))
     last = answers[-1]
+    if times == [None]:  # live: the service's newest bar must be as recent as a local live run requires
+        live_as_of_bar(clock, pd.Timestamp(last["as_of"]), pd.Timestamp.now(tz="UTC"), job.limit)
     record = PredictionRecord(model_version=last["model_version"], as_of=datetime.fromisoformat(last["as_of"]),
                               symbols=tuple(last["symbols"]), weights=last["weights"], logits=last["logits"],
                               horizon_bars=last["horizon_bars"], request_id=last["request_id"])
-    return {"model_version": last["model_version"], "mode": "service", "sent": len(answers),
-            "message": f"the service answered {len(answers)} predictions (stored: "
-                       f"{sum(bool(a['stored']) for a in answers)})",
+    stored = sum(not answer["duplicate"] for answer in answers)
+    return {"model_version": last["model_version"], "mode": "by-reference", "sent": len(answers),
+            "stored": stored, "already_present": len(answers) - stored,
+            "message": (f"the service stored {stored} new predictions of {len(answers)}" if stored else
+                        f"nothing new: the service already held all {len(answers)} predictions"),
             "predictions": [{"as_of": a["as_of"], "request_id": a["request_id"], "weights": a["weights"],
-                             "stored": a["stored"]} for a in answers],
+                             "outcome": "already present" if a["duplicate"] else "stored"} for a in answers],
             "latest_record": record}
+
+
+def _api_key(job: Job) -> str | None:
+    return os.environ.get(job.api_key_env) or None
+
+
+def _ask_service(job: Job, what: str, call: Callable[[], dict[str, Any]], done: str = "") -> dict[str, Any]:
+    """`call()` of the service; a refusal or no answer is a JobError saying which, with `done` (what is stored)."""
+    import httpx
+
+    try:
+        return call()
+    except httpx.HTTPStatusError as err:
+        raise JobError(f"the service refused {what} ({err.response.status_code}): {err.response.text[:500]}"
+                       f"{done}") from None
+    except httpx.TransportError as err:
+        raise JobError(f"the service at {redact_uri(job.url or '')} did not answer for {what} "
+                       f"({type(err).__name__}){done}") from None
 
 
 def _publish(record: PredictionRecord, key: str | None, channel: str | None) -> dict[str, Any] | None:
@@ -307,12 +346,6 @@ def _publish(record: PredictionRecord, key: str | None, channel: str | None) -> 
             "channel": channel, "status": published.status, "receivers": published.receivers,
             "unchanged": published.status == "unchanged",
             "key_as_of": published.key_as_of.isoformat() if published.key_as_of else None}
-
-
-def predict_http_info(url: str) -> dict:
-    import httpx
-
-    return httpx.post(f"{url.rstrip('/')}/model_info", timeout=30).json()
 
 
 def store_path(tag: str) -> Path:

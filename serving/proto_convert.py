@@ -18,9 +18,9 @@ from serving.column_checks import RequestColumns
 from serving.errors import RequestError
 from serving.proto import neuralfusion_pb2 as pb
 from serving.request_checks import describe_validation_error
-from serving.schemas import HistoryOut, HistoryQuery, PredictionOut, PredictRequest, RequestLimits
+from serving.schemas import HistoryOut, HistoryQuery, PredictAtRequest, PredictionOut, PredictRequest, RequestLimits
 
-__all__ = ["columns_from_proto", "history_query_from_proto", "history_to_proto",
+__all__ = ["columns_from_proto", "history_query_from_proto", "history_to_proto", "predict_at_from_proto",
            "predict_request_from_proto", "prediction_from_proto", "prediction_to_proto"]
 
 
@@ -57,6 +57,15 @@ def columns_from_proto(message: pb.PredictColumnsRequest) -> RequestColumns:
         {"timestamp": np.array(bars.timestamp, dtype=np.int64), "symbol": list(bars.symbol),
          **{name: np.array(getattr(bars, name), dtype=np.float64) for name in (*PRICE_COLUMNS, "volume")}},
         columns if n_news or len(news.published_at) else {}, message.request_id or None)
+
+
+def predict_at_from_proto(message: pb.PredictAtRequest) -> PredictAtRequest:
+    """The by-reference request through the HTTP model's validators; empty fields are "not given"."""
+    given = {"as_of": message.as_of, "symbols": list(message.symbols), "request_id": message.request_id}
+    try:
+        return PredictAtRequest.model_validate({name: value for name, value in given.items() if value})
+    except ValidationError as err:
+        raise RequestError(describe_validation_error(err)) from None
 
 
 def history_query_from_proto(message: pb.HistoryRequest) -> HistoryQuery:

@@ -213,6 +213,9 @@ class NewsEncoder:
         self._counter.no_truncation()
         self.graph = open_session(manifest, "encoder", choose_device(device), variant, threads)
         self.session = self.graph.session
+        # what a cached vector of this encoder is keyed by: the same weights run by another provider or graph
+        # variant give other roundings (fp16 quite other ones), so those are part of the key
+        self.vector_key = f"{settings['fingerprint']}:onnx:{self.graph.provider}:{self.graph.variant}"
         self._inputs = [value.name for value in self.session.get_inputs()]
         self.stats = BatchStats()
         self._truncated = 0

@@ -34,6 +34,7 @@ __all__ = [
     "HistoryQuery",
     "ModelVersion",
     "NewsIn",
+    "PredictAtRequest",
     "PredictRequest",
     "PredictionOut",
     "RequestLimits",
@@ -191,6 +192,23 @@ class PredictRequest(BaseModel):
                 raise ValueError(f"news[{i}] (id {item.id!r}) has {size} characters of text, over the limit of "
                                  f"{limits.max_text_chars} (NFC_MAX_TEXT_CHARS): shorten its body")
         return self
+
+
+class PredictAtRequest(BaseModel):
+    """A prediction by reference: the service reads the bars and news of the as-of bar from its own sources."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
+        "as_of": "2026-01-05T12:00:00Z", "symbols": ["AURX", "BLTQ"], "request_id": "job-2026-01-05T12:00Z"}})
+
+    as_of: AwareTime | None = Field(default=None, description="Close time of the as-of bar: a bar close of the "
+                                    "model's calendar, not in the future; null: the newest complete bar of the "
+                                    "service's bar source.", examples=["2026-01-05T12:00:00Z"])
+    symbols: list[Annotated[str, Field(min_length=1, max_length=32)]] | None = Field(
+        default=None, max_length=4096, description="The universe the caller expects, in any order; it must be the "
+                                                   "model's; null: the model's.", examples=[["AURX", "BLTQ"]])
+    request_id: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_CHARS,
+                                   description="Caller's id, stored with the prediction; null: one is assigned.",
+                                   examples=["job-2026-01-05T12:00Z"])
 
 
 class PredictionOut(BaseModel):

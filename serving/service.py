@@ -13,6 +13,8 @@ HTTP routes (JSON; OpenAPI at /docs.json, Prometheus at /metrics, BentoML's /liv
   POST /predict        a PredictRequest -> PredictionOut, stored in MongoDB before it is returned
   POST /predict/columns  the same with bars and news as arrays (PredictColumnsRequest, serving/columns.py)
   POST /predict/arrow  the same as an Arrow IPC stream (application/vnd.apache.arrow.stream, serving/columns.py)
+  POST /predict/at     {"as_of", "symbols", "request_id"} -> the same, from the service's own bar and news
+                       sources (predictions by reference, serving/by_reference.py)
   POST /latest         {"model_version": null} -> the newest stored prediction (404: none yet)
   POST /history        HistoryQuery -> stored predictions in [start, end), newest first, `next_before` pages
   POST /model_info     the served model: version, universe, window, providers, batch statistics
@@ -21,7 +23,7 @@ routes open), checked with the body size and deadline before anything is parsed 
 Refusals are `{"error": "..."}` with the status of their serving.errors class (BentoML's own `{"error",
 "detail"}` for malformed or schema-invalid JSON): 400 input to fix, 401 key, 404 nothing stored, 408 body too
 slow, 409 another request's prediction holds that (model version, as-of), 413 body too large, 503 model,
-encoder or MongoDB unavailable (nothing reported stored). gRPC (NFC_GRPC_PORT, Predict and PredictColumns):
+encoder or MongoDB unavailable (nothing reported stored). gRPC (NFC_GRPC_PORT, Predict, PredictColumns, PredictAt):
 serving/grpc_server.py.
 
 Readiness (/readyz, gRPC health): the model package loaded and verified, the encoder service running the same
@@ -63,13 +65,23 @@ from serving.middleware import OpenAPILabel, RequestGuard
 from serving.model_store import load_verified_manifest
 from serving.model_swap import ServedModel, load_package
 from serving.request_checks import check_as_of, inputs_sha256
-from serving.schemas import HistoryOut, HistoryQuery, ModelVersion, PredictionOut, PredictRequest, RequestLimits
+from serving.schemas import (
+    HistoryOut,
+    HistoryQuery,
+    ModelVersion,
+    PredictAtRequest,
+    PredictionOut,
+    PredictRequest,
+    RequestLimits,
+)
 from serving.settings import ServeSettings
 from serving.store import PredictionRecord, PredictionStore, SaveOutcome, StoreError
 
 with bentoml.importing():  # runtime-only: `bentoml build` works without onnxruntime and grpcio installed
+    from serving.by_reference import ModelWindow, ReferenceSources, predict_by_reference
     from serving.grpc_server import GrpcServer
     from serving.runtime import NewsEncoder, PortfolioRuntime, PreparedRequest
+    from serving.vector_cache import vector_cache
 
 __all__ = ["API_VERSION", "EncoderService", "FusionService", "ModelInfo", "PortfolioService"]
 
@@ -123,6 +135,9 @@ class ModelInfo(BaseModel):
     batches: dict[str, dict[str, Any]] = Field(description="Batches run per graph by the inner services, by size.")
     truncated_texts: int = Field(description="Articles cut to encoder_max_length in the encoder's worker.")
     refused_model: str | None = Field(None, description="The last model swap refused in this worker, and why.")
+    vector_cache: dict[str, Any] = Field(
+        default_factory=dict, description="The encoder worker's article vector cache: capacity, size (vectors "
+                                          "held), hits and misses (distinct texts), mongo (backed by MongoDB).")
 
 
 def _http_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -175,16 +190,22 @@ class EncoderService:
         loaded, self.model_error = load_package(settings, build)
         # the fingerprint lets a portfolio worker check that the package it serves fits this encoder
         self.fingerprint, self.encoder = loaded if loaded is not None else (None, None)
+        self.cached = None if self.encoder is None else vector_cache(self.encoder, settings)
 
     def __is_ready__(self) -> bool:
         return self.encoder is not None
 
+    @bentoml.on_shutdown
+    def stop(self) -> None:
+        if self.cached is not None:
+            self.cached.close()
+
     @bentoml.api(**batching(SETTINGS.encoder_max_batch, SETTINGS.encoder_max_latency_ms))
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), D) float32 vectors; texts longer than the encoder's max_length are cut and counted."""
-        if self.encoder is None:
+        if self.cached is None:
             raise ServiceUnavailable(_not_loaded(self.model_error))
-        return self.encoder.encode(texts).vectors
+        return self.cached.encode(texts)
 
     @bentoml.api
     def info(self) -> dict[str, Any]:
@@ -194,7 +215,8 @@ class EncoderService:
             return {"error": _not_loaded(self.model_error)}
         return {"provider": self.encoder.provider, "execution": self.encoder.graph.info(),
                 "batches": self.encoder.stats.snapshot(),
-                "truncated_texts": self.encoder.truncated_texts, "fingerprint": self.fingerprint}
+                "truncated_texts": self.encoder.truncated_texts, "fingerprint": self.fingerprint,
+                "vector_cache": self.cached.info() if self.cached else {}}
 
 
 @bentoml.service(name="nfc-fusion", workers=SETTINGS.fusion_workers, traffic={"timeout": SETTINGS.timeout_s},
@@ -252,6 +274,7 @@ class PortfolioService:
         self._follower: asyncio.Task[None] | None = None
         self._indexed = False
         self._checked: PortfolioRuntime | None = None  # the runtime both inner services were found to run
+        self.references = ReferenceSources(self.settings, self.limits)  # /predict/at's sources (opened on use)
 
     @bentoml.on_startup
     async def start(self) -> None:
@@ -278,6 +301,7 @@ class PortfolioService:
             await self.grpc.stop()
         if self.store is not None:
             await self.store.close()
+        self.references.close()
 
     async def __is_ready__(self) -> bool:
         return await self.is_ready()
@@ -321,6 +345,15 @@ class PortfolioService:
         columns are lists of structs and `request_id` a string (layout: serving/columns.py ARROW_SCHEMA)."""
         return await self.predict_inline(lambda: columns_from_arrow(body))
 
+    @bentoml.api(route="/predict/at")
+    @_http_errors
+    async def predict_at(self, request: PredictAtRequest, /) -> PredictionOut:
+        """Portfolio weights for an as-of bar whose bars and news the service reads from its own sources
+        (NFC_BARS_DIR or NFC_CLICKHOUSE_URL, NFC_NEWS_*), stored as /predict stores them (the same inputs give
+        the same record and `duplicate: true` the second time). 400: as_of not a bar close of the model's
+        calendar, in the future, or another universe; 404: the source lacks those bars; 503: it does not answer."""
+        return await self.predict_at_one(request)
+
     @bentoml.api(route="/latest")
     @_http_errors
     async def latest(self, model_version: ModelVersion | None = None) -> PredictionOut:
@@ -351,7 +384,8 @@ class PortfolioService:
             providers={"fusion": fusion["provider"], "encoder": encoder["provider"]},
             execution={"fusion": fusion["execution"], "encoder": encoder["execution"]},
             batches={"fusion": fusion["batches"], "encoder": encoder["batches"]},
-            truncated_texts=encoder["truncated_texts"], refused_model=self.model.refused)
+            truncated_texts=encoder["truncated_texts"], refused_model=self.model.refused,
+            vector_cache=encoder["vector_cache"])
 
     # -- shared by the HTTP and gRPC fronts (serving.grpc_server.PortfolioBackend) ---------------------------
 
@@ -379,6 +413,15 @@ class PortfolioService:
             raise error_for_status(outcome.status, outcome.error or "the fusion service failed")
         record = runtime.record(prepared, np.array(outcome.logits), np.array(outcome.weights))
         return await self._save(record.with_inputs(inputs_hash))
+
+    async def predict_at_one(self, query: PredictAtRequest) -> PredictionOut:
+        """Read the as-of bar's bars and news in a thread and `predict_inline` them, unless MongoDB holds that
+        bar's prediction from the same inputs (serving/by_reference.py)."""
+        runtime = self._runtime()
+        return await predict_by_reference(
+            self.references, ModelWindow.of(runtime), query,
+            lambda as_of: self._store_call(lambda store: store.get(runtime.version, as_of)),
+            lambda columns: self.predict_inline(lambda: columns))
 
     async def query_latest(self, model_version: str | None) -> PredictionOut:
         record = await self._store_call(lambda store: store.latest(model_version))

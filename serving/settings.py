@@ -27,12 +27,25 @@
 | NFC_RELOAD_INTERVAL_S       | (unset: never)       | poll NFC_MODEL this often; swap in the version it resolves to |
 | NFC_MONGO_TIMEOUT_MS        | 2000                 | wait for an unreachable MongoDB before answering 503          |
 | NFC_PACKAGE_PUBLIC_KEY      | (unset: no check)    | Ed25519 key (PEM or path): load only packages it signed       |
+| NFC_VECTOR_CACHE_SIZE       | 4096                 | article vectors an encoder worker keeps (LRU); 0: no cache    |
+| NFC_VECTOR_CACHE_MONGO      | 0                    | 1: also keep them in NFC_MONGO_DB.news_embeddings (shared)    |
+| NFC_BARS_DIR                | (unset)              | /predict/at reads bars (and news) from this data folder       |
+| NFC_CLICKHOUSE_URL          | (unset)              | or bars from ClickHouse: clickhouse://user:pw@host:9000/db    |
+| NFC_CLICKHOUSE_TABLE        | market.candles       | its table; NFC_CLICKHOUSE_COLUMNS maps columns (as nfc predict) |
+| NFC_CLICKHOUSE_LABEL        | open                 | a row's time is its candle's open or close time               |
+| NFC_CLICKHOUSE_CANDLE       | 1min                 | length of one table row's candle                              |
+| NFC_NEWS_MONGO_URI          | (unset)              | its news from MongoDB (else the folder's, else NFC_MONGO_URI) |
+| NFC_NEWS_DB                 | news                 | its database; NFC_NEWS_COLLECTION (news), NFC_NEWS_FIELDS map |
+| NFC_MAX_STALENESS           | 15min                | /predict/at refuses an asset whose last bar is older than this |
 
 Request size limits (NFC_MAX_BARS, NFC_MAX_NEWS, NFC_MAX_TEXT_CHARS) live in `serving.schemas.RequestLimits`;
 the default NFC_MAX_BODY_BYTES is the largest body those limits allow (`RequestLimits.max_body_bytes`).
 The deadlines are maxima, not waits: batches are sent as soon as BentoML's dispatcher expects no gain from
 waiting; a deadline that is too short turns load into 503 answers, so set it from the latency target.
 Model swaps (NFC_RELOAD_INTERVAL_S, model-store tags only): see the docstring of serving/model_swap.py.
+The vector cache (NFC_VECTOR_CACHE_*) and its rounding: serving/vector_cache.py. Predictions by reference
+(/predict/at, NFC_BARS_DIR or NFC_CLICKHOUSE_*, NFC_NEWS_*): serving/by_reference.py; the ClickHouse and news
+variables are those of `nfc predict`, so the job and the service read the same sources with one configuration.
 """
 
 from __future__ import annotations
@@ -48,6 +61,8 @@ DEFAULT_MONGO_URI = "mongodb://127.0.0.1:27017/"
 _DEVICES = ("auto", "cpu", "cuda")
 _VARIANTS = ("fp32", "cpu", "fp16")
 _KEY_READS = ("key", "open")
+_ZERO_ALLOWED = frozenset({"vector_cache_size"})  # 0 turns the feature off
+_BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,19 @@ class ServeSettings:
     reload_interval_s: int | None = None
     mongo_timeout_ms: int = 2000
     package_public_key: str | None = field(default=None, repr=False)  # PEM text or path (serving/model_store.py)
+    vector_cache_size: int = 4096
+    vector_cache_mongo: bool = False
+    bars_dir: str | None = None
+    clickhouse_url: str | None = field(default=None, repr=False)  # may hold a password
+    clickhouse_table: str = "market.candles"
+    clickhouse_columns: str = ""
+    clickhouse_label: str = "open"
+    clickhouse_candle: str = "1min"
+    news_mongo_uri: str | None = field(default=None, repr=False)  # may hold a password
+    news_db: str = "news"
+    news_collection: str = "news"
+    news_fields: str = ""
+    max_staleness: str = "15min"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServeSettings:
@@ -90,9 +118,14 @@ class ServeSettings:
             if not raw:
                 continue
             if "int" in str(f.type):  # annotations are strings here: "int" or "int | None"
-                if not raw.isdigit() or int(raw) < 1:
-                    raise ValueError(f"{name}={raw!r} must be a positive integer")
+                least = 0 if f.name in _ZERO_ALLOWED else 1
+                if not raw.isdigit() or int(raw) < least:
+                    raise ValueError(f"{name}={raw!r} must be a {'non-negative' if least == 0 else 'positive'} integer")
                 values[f.name] = int(raw)
+            elif f.type == "bool":
+                if raw.lower() not in _BOOLEANS:
+                    raise ValueError(f"{name}={raw!r} must be 1 or 0")
+                values[f.name] = _BOOLEANS[raw.lower()]
             else:
                 values[f.name] = raw
         settings = cls(**values)  # type: ignore[arg-type]
@@ -113,9 +146,30 @@ class ServeSettings:
                 raise ValueError(f"NFC_PACKAGE_PUBLIC_KEY: {err}") from None
         if settings.grpc_port is not None and settings.grpc_port > 65535:
             raise ValueError(f"NFC_GRPC_PORT={settings.grpc_port} is not a TCP port")
+        if settings.bars_dir and settings.clickhouse_url:
+            raise ValueError("NFC_BARS_DIR and NFC_CLICKHOUSE_URL both name a bar source for /predict/at; set one")
+        if settings.clickhouse_label not in ("open", "close"):
+            raise ValueError(f"NFC_CLICKHOUSE_LABEL={settings.clickhouse_label!r} must be open or close")
+        for name in ("clickhouse_candle", "max_staleness"):
+            if not _positive_duration(getattr(settings, name)):
+                raise ValueError(f"NFC_{name.upper()}={getattr(settings, name)!r} must be a duration like 15min")
         return settings
+
+    @property
+    def bar_source_configured(self) -> bool:
+        """Whether /predict/at has a bar source (NFC_BARS_DIR or NFC_CLICKHOUSE_URL)."""
+        return bool(self.bars_dir or self.clickhouse_url)
 
     @property
     def reads_need_key(self) -> bool:
         """Whether the read routes (/latest, /history, /model_info, the OpenAPI) need the key."""
         return self.api_key is not None and self.api_key_reads == "key"
+
+
+def _positive_duration(text: str) -> bool:
+    import pandas as pd
+
+    try:
+        return pd.Timedelta(text) > pd.Timedelta(0)
+    except ValueError:
+        return False

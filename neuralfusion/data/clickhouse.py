@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from neuralfusion.data.bars import BAR_COLUMNS, validate_bars
-from neuralfusion.errors import DataError
+from neuralfusion.errors import DataError, SourceUnavailable
 from neuralfusion.redact import encode_userinfo, redact_uri, scrub, uri_secrets
 
 __all__ = ["BarColumnMap", "ClickHouseBarSource", "field_map_from_text", "quote_identifier"]
@@ -138,35 +138,54 @@ class ClickHouseBarSource:
                 f"WHERE {symbol_col} IN %(symbols)s AND {time_col} > %(start)s AND {time_col} <= %(end)s "
                 f"ORDER BY {time_col}, {symbol_col}")
 
-    def load(self, symbols: list[str] | tuple[str, ...], start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    def load(self, symbols: list[str] | tuple[str, ...], start: pd.Timestamp, end: pd.Timestamp,
+             every_symbol: bool = True) -> pd.DataFrame:
         """Validated bars of `symbols` whose close time t satisfies start < t <= end.
 
-        A symbol without a single bar in the range is an error naming it, as is a query that fails.
+        A symbol without a single bar in the range is an error naming it (unless `every_symbol` is False: an
+        incremental read of the newest bars may find none yet); a query that fails is a SourceUnavailable.
         """
         start, end = _aware(start, "start"), _aware(end, "end")
         if end <= start:
             raise ValueError(f"end {end.isoformat()} must be after start {start.isoformat()}")
         if not symbols:
             raise ValueError("no symbols to load")
-        shift = self.candle if self.label == "open" else pd.Timedelta(0)
-        params = {"symbols": tuple(symbols), "start": (start - shift).to_pydatetime(),
-                  "end": (end - shift).to_pydatetime()}
-        try:
-            rows = self.client.execute(self._query, params)
-        except Exception as err:  # the driver's network and server errors share no base class
-            first_line = scrub(str(err).splitlines()[0][:300], self._secrets)
-            raise DataError(f"query failed ({type(err).__name__}: {first_line})",
-                            source=self.source) from None
-        frame = pd.DataFrame.from_records(rows, columns=list(BAR_COLUMNS))
+        params = {"symbols": tuple(symbols), "start": (start - self._shift).to_pydatetime(),
+                  "end": (end - self._shift).to_pydatetime()}
+        frame = pd.DataFrame.from_records(self._execute(self._query, params), columns=list(BAR_COLUMNS))
+        if not every_symbol:
+            frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True) + self._shift
+            return validate_bars(frame, source=self.source) if len(frame) else frame
         if frame.empty:
             raise DataError(f"no bars for {list(symbols)} in ({start.isoformat()}, {end.isoformat()}]",
                             source=self.source)
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True) + shift
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True) + self._shift
         absent = sorted(set(symbols) - set(frame["symbol"]))
         if absent:
             raise DataError(f"symbols {absent} have no bars in ({start.isoformat()}, {end.isoformat()}]",
                             source=self.source)
         return validate_bars(frame, source=self.source)
+
+    def latest(self, symbols: list[str] | tuple[str, ...]) -> pd.Timestamp:
+        """Close time of the newest bar of any of `symbols` (NaT when the table has none): one aggregate query."""
+        cols = self.columns
+        table, time_col, symbol_col = (quote_identifier(name) for name in (self.table, cols.timestamp, cols.symbol))
+        query = f"SELECT max({time_col}), count() FROM {table} WHERE {symbol_col} IN %(symbols)s"  # noqa: S608
+        [(newest, count)] = self._execute(query, {"symbols": tuple(symbols)})
+        return pd.to_datetime(newest, utc=True) + self._shift if count else pd.NaT
+
+    @property
+    def _shift(self) -> pd.Timedelta:
+        """What moves a row's time to its candle's close time."""
+        return self.candle if self.label == "open" else pd.Timedelta(0)
+
+    def _execute(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        try:
+            return self.client.execute(query, params)
+        except Exception as err:  # the driver's network and server errors share no base class
+            first_line = scrub(str(err).splitlines()[0][:300], self._secrets)
+            raise SourceUnavailable(f"query failed ({type(err).__name__}: {first_line})",
+                                    source=self.source) from None
 
 
 def _aware(value: pd.Timestamp, name: str) -> pd.Timestamp:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n serving/proto/neuralfusion.proto\x12\x0fneuralfusion.v1\"p\n\x03\x42\x61r\x12\x11\n\ttimestamp\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x0c\n\x04open\x18\x03 \x01(\x01\x12\x0c\n\x04high\x18\x04 \x01(\x01\x12\x0b\n\x03low\x18\x05 \x01(\x01\x12\r\n\x05\x63lose\x18\x06 \x01(\x01\x12\x0e\n\x06volume\x18\x07 \x01(\x01\"o\n\x08NewsItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cpublished_at\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x0f\n\x07symbols\x18\x05 \x03(\t\x12\x13\n\x0bhas_symbols\x18\x06 \x01(\x08\"q\n\x0ePredictRequest\x12\"\n\x04\x62\x61rs\x18\x01 \x03(\x0b\x32\x14.neuralfusion.v1.Bar\x12\'\n\x04news\x18\x02 \x03(\x0b\x32\x19.neuralfusion.v1.NewsItem\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"w\n\nBarColumns\x12\x11\n\ttimestamp\x18\x01 \x03(\x03\x12\x0e\n\x06symbol\x18\x02 \x03(\t\x12\x0c\n\x04open\x18\x03 \x03(\x01\x12\x0c\n\x04high\x18\x04 \x03(\x01\x12\x0b\n\x03low\x18\x05 \x03(\x01\x12\r\n\x05\x63lose\x18\x06 \x03(\x01\x12\x0e\n\x06volume\x18\x07 \x03(\x01\"2\n\nSymbolList\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x13\n\x0bhas_symbols\x18\x02 \x01(\x08\"z\n\x0bNewsColumns\x12\n\n\x02id\x18\x01 \x03(\t\x12\x14\n\x0cpublished_at\x18\x02 \x03(\x03\x12\r\n\x05title\x18\x03 \x03(\t\x12\x0c\n\x04\x62ody\x18\x04 \x03(\t\x12,\n\x07symbols\x18\x05 \x03(\x0b\x32\x1b.neuralfusion.v1.SymbolList\"\x82\x01\n\x15PredictColumnsRequest\x12)\n\x04\x62\x61rs\x18\x01 \x01(\x0b\x32\x1b.neuralfusion.v1.BarColumns\x12*\n\x04news\x18\x02 \x01(\x0b\x32\x1c.neuralfusion.v1.NewsColumns\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xb1\x01\n\nPrediction\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\r\n\x05\x61s_of\x18\x02 \x01(\t\x12\x0f\n\x07symbols\x18\x03 \x03(\t\x12\x0f\n\x07weights\x18\x04 \x03(\x01\x12\x0e\n\x06logits\x18\x05 \x03(\x01\x12\x14\n\x0chorizon_bars\x18\x06 \x01(\x05\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0e\n\x06stored\x18\x08 \x01(\x08\x12\x11\n\tduplicate\x18\t \x01(\x08\"B\n\x0fPredictResponse\x12/\n\nprediction\x18\x01 \x01(\x0b\x32\x1b.neuralfusion.v1.Prediction\"&\n\rLatestRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"b\n\x0eHistoryRequest\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0e\n\x06\x62\x65\x66ore\x18\x05 \x01(\t\"R\n\x0fHistoryResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.neuralfusion.v1.Prediction\x12\x13\n\x0bnext_before\x18\x02 \x01(\t2\xd7\x02\n\x10PortfolioService\x12L\n\x07Predict\x12\x1f.neuralfusion.v1.PredictRequest\x1a .neuralfusion.v1.PredictResponse\x12Z\n\x0ePredictColumns\x12&.neuralfusion.v1.PredictColumnsRequest\x1a .neuralfusion.v1.PredictResponse\x12H\n\tGetLatest\x12\x1e.neuralfusion.v1.LatestRequest\x1a\x1b.neuralfusion.v1.Prediction\x12O\n\nGetHistory\x12\x1f.neuralfusion.v1.HistoryRequest\x1a .neuralfusion.v1.HistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n serving/proto/neuralfusion.proto\x12\x0fneuralfusion.v1\"p\n\x03\x42\x61r\x12\x11\n\ttimestamp\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x0c\n\x04open\x18\x03 \x01(\x01\x12\x0c\n\x04high\x18\x04 \x01(\x01\x12\x0b\n\x03low\x18\x05 \x01(\x01\x12\r\n\x05\x63lose\x18\x06 \x01(\x01\x12\x0e\n\x06volume\x18\x07 \x01(\x01\"o\n\x08NewsItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cpublished_at\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x0f\n\x07symbols\x18\x05 \x03(\t\x12\x13\n\x0bhas_symbols\x18\x06 \x01(\x08\"q\n\x0ePredictRequest\x12\"\n\x04\x62\x61rs\x18\x01 \x03(\x0b\x32\x14.neuralfusion.v1.Bar\x12\'\n\x04news\x18\x02 \x03(\x0b\x32\x19.neuralfusion.v1.NewsItem\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"w\n\nBarColumns\x12\x11\n\ttimestamp\x18\x01 \x03(\x03\x12\x0e\n\x06symbol\x18\x02 \x03(\t\x12\x0c\n\x04open\x18\x03 \x03(\x01\x12\x0c\n\x04high\x18\x04 \x03(\x01\x12\x0b\n\x03low\x18\x05 \x03(\x01\x12\r\n\x05\x63lose\x18\x06 \x03(\x01\x12\x0e\n\x06volume\x18\x07 \x03(\x01\"2\n\nSymbolList\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x13\n\x0bhas_symbols\x18\x02 \x01(\x08\"z\n\x0bNewsColumns\x12\n\n\x02id\x18\x01 \x03(\t\x12\x14\n\x0cpublished_at\x18\x02 \x03(\x03\x12\r\n\x05title\x18\x03 \x03(\t\x12\x0c\n\x04\x62ody\x18\x04 \x03(\t\x12,\n\x07symbols\x18\x05 \x03(\x0b\x32\x1b.neuralfusion.v1.SymbolList\"\x82\x01\n\x15PredictColumnsRequest\x12)\n\x04\x62\x61rs\x18\x01 \x01(\x0b\x32\x1b.neuralfusion.v1.BarColumns\x12*\n\x04news\x18\x02 \x01(\x0b\x32\x1c.neuralfusion.v1.NewsColumns\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"F\n\x10PredictAtRequest\x12\r\n\x05\x61s_of\x18\x01 \x01(\t\x12\x0f\n\x07symbols\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xb1\x01\n\nPrediction\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\r\n\x05\x61s_of\x18\x02 \x01(\t\x12\x0f\n\x07symbols\x18\x03 \x03(\t\x12\x0f\n\x07weights\x18\x04 \x03(\x01\x12\x0e\n\x06logits\x18\x05 \x03(\x01\x12\x14\n\x0chorizon_bars\x18\x06 \x01(\x05\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0e\n\x06stored\x18\x08 \x01(\x08\x12\x11\n\tduplicate\x18\t \x01(\x08\"B\n\x0fPredictResponse\x12/\n\nprediction\x18\x01 \x01(\x0b\x32\x1b.neuralfusion.v1.Prediction\"&\n\rLatestRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"b\n\x0eHistoryRequest\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0e\n\x06\x62\x65\x66ore\x18\x05 \x01(\t\"R\n\x0fHistoryResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.neuralfusion.v1.Prediction\x12\x13\n\x0bnext_before\x18\x02 \x01(\t2\xa9\x03\n\x10PortfolioService\x12L\n\x07Predict\x12\x1f.neuralfusion.v1.PredictRequest\x1a .neuralfusion.v1.PredictResponse\x12Z\n\x0ePredictColumns\x12&.neuralfusion.v1.PredictColumnsRequest\x1a .neuralfusion.v1.PredictResponse\x12P\n\tPredictAt\x12!.neuralfusion.v1.PredictAtRequest\x1a .neuralfusion.v1.PredictResponse\x12H\n\tGetLatest\x12\x1e.neuralfusion.v1.LatestRequest\x1a\x1b.neuralfusion.v1.Prediction\x12O\n\nGetHistory\x12\x1f.neuralfusion.v1.HistoryRequest\x1a .neuralfusion.v1.HistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,16 +45,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NEWSCOLUMNS']._serialized_end=690
   _globals['_PREDICTCOLUMNSREQUEST']._serialized_start=693
   _globals['_PREDICTCOLUMNSREQUEST']._serialized_end=823
-  _globals['_PREDICTION']._serialized_start=826
-  _globals['_PREDICTION']._serialized_end=1003
-  _globals['_PREDICTRESPONSE']._serialized_start=1005
-  _globals['_PREDICTRESPONSE']._serialized_end=1071
-  _globals['_LATESTREQUEST']._serialized_start=1073
-  _globals['_LATESTREQUEST']._serialized_end=1111
-  _globals['_HISTORYREQUEST']._serialized_start=1113
-  _globals['_HISTORYREQUEST']._serialized_end=1211
-  _globals['_HISTORYRESPONSE']._serialized_start=1213
-  _globals['_HISTORYRESPONSE']._serialized_end=1295
-  _globals['_PORTFOLIOSERVICE']._serialized_start=1298
-  _globals['_PORTFOLIOSERVICE']._serialized_end=1641
+  _globals['_PREDICTATREQUEST']._serialized_start=825
+  _globals['_PREDICTATREQUEST']._serialized_end=895
+  _globals['_PREDICTION']._serialized_start=898
+  _globals['_PREDICTION']._serialized_end=1075
+  _globals['_PREDICTRESPONSE']._serialized_start=1077
+  _globals['_PREDICTRESPONSE']._serialized_end=1143
+  _globals['_LATESTREQUEST']._serialized_start=1145
+  _globals['_LATESTREQUEST']._serialized_end=1183
+  _globals['_HISTORYREQUEST']._serialized_start=1185
+  _globals['_HISTORYREQUEST']._serialized_end=1283
+  _globals['_HISTORYRESPONSE']._serialized_start=1285
+  _globals['_HISTORYRESPONSE']._serialized_end=1367
+  _globals['_PORTFOLIOSERVICE']._serialized_start=1370
+  _globals['_PORTFOLIOSERVICE']._serialized_end=1795
 # @@protoc_insertion_point(module_scope)

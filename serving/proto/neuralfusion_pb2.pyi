@@ -100,6 +100,16 @@ class PredictColumnsRequest(_message.Message):
     request_id: str
     def __init__(self, bars: _Optional[_Union[BarColumns, _Mapping]] = ..., news: _Optional[_Union[NewsColumns, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class PredictAtRequest(_message.Message):
+    __slots__ = ("as_of", "symbols", "request_id")
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    as_of: str
+    symbols: _containers.RepeatedScalarFieldContainer[str]
+    request_id: str
+    def __init__(self, as_of: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
 class Prediction(_message.Message):
     __slots__ = ("model_version", "as_of", "symbols", "weights", "logits", "horizon_bars", "request_id", "stored", "duplicate")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]

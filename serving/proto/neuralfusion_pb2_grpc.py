@@ -45,6 +45,11 @@ class PortfolioServiceStub:
                 request_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictColumnsRequest.SerializeToString,
                 response_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.PredictAt = channel.unary_unary(
+                '/neuralfusion.v1.PortfolioService/PredictAt',
+                request_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictAtRequest.SerializeToString,
+                response_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
+                _registered_method=True)
         self.GetLatest = channel.unary_unary(
                 '/neuralfusion.v1.PortfolioService/GetLatest',
                 request_serializer=serving_dot_proto_dot_neuralfusion__pb2.LatestRequest.SerializeToString,
@@ -75,6 +80,13 @@ class PortfolioServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PredictAt(self, request, context):
+        """By reference: weights for an as-of bar whose bars and news the service reads from its own sources.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetLatest(self, request, context):
         """The newest stored prediction, of one model version or of any.
         """
@@ -100,6 +112,11 @@ def add_PortfolioServiceServicer_to_server(servicer, server):
             'PredictColumns': grpc.unary_unary_rpc_method_handler(
                     servicer.PredictColumns,
                     request_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictColumnsRequest.FromString,
+                    response_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictAt': grpc.unary_unary_rpc_method_handler(
+                    servicer.PredictAt,
+                    request_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictAtRequest.FromString,
                     response_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.SerializeToString,
             ),
             'GetLatest': grpc.unary_unary_rpc_method_handler(
@@ -167,6 +184,33 @@ class PortfolioService:
             target,
             '/neuralfusion.v1.PortfolioService/PredictColumns',
             serving_dot_proto_dot_neuralfusion__pb2.PredictColumnsRequest.SerializeToString,
+            serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictAt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuralfusion.v1.PortfolioService/PredictAt',
+            serving_dot_proto_dot_neuralfusion__pb2.PredictAtRequest.SerializeToString,
             serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
             options,
             channel_credentials,

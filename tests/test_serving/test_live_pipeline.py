@@ -200,27 +200,27 @@ def test_backfill_of_a_whole_day_every_bar_equals_the_package_weights(world, tmp
 
 
 @pytest.mark.slow
-def test_a_run_through_the_http_service_stores_there_and_publishes(world, tmp_path):
+def test_a_run_by_reference_through_the_bento_service_stores_there_and_publishes(world, tmp_path):
     from serving_servers import API_KEY, distinct_free_ports, serve_env, start_nfc_serve
 
     http_port, grpc_port, mongo_port = distinct_free_ports(3)
-    env = serve_env(tmp_path, NFC_API_KEY=API_KEY)
+    # the service reads ClickHouse and MongoDB news itself (by reference); the job only names the bar
+    env = serve_env(tmp_path, NFC_API_KEY=API_KEY, NFC_CLICKHOUSE_URL=world.clickhouse_url,
+                    NFC_NEWS_MONGO_URI=world.mongo_uri, NFC_NEWS_DB=NEWS_DB, NFC_NEWS_COLLECTION="live",
+                    NFC_CLICKHOUSE_TABLE="market.live", NFC_CLICKHOUSE_CANDLE="3min")
     as_of = world.live_end - 20 * STEP
     with start_nfc_serve(tmp_path, ["--model-path", str(world.package)], env, http_port, grpc_port,
                          ("--mongo-data", str(tmp_path / "mongo"), "--mongo-port", str(mongo_port))) as (_, url, _):
         result = CliRunner().invoke(main, [
-            "--log-level", "WARNING", "predict", "--json", "--bars", "clickhouse", "--news", "mongo", "--url", url,
+            "--log-level", "WARNING", "predict", "--json", "--url", url,
             "--as-of", as_of.isoformat(), "--request-id", "via-service"], env={
-            "NFC_API_KEY": API_KEY, "NFC_CLICKHOUSE_URL": world.clickhouse_url, "NFC_NEWS_MONGO_URI": world.mongo_uri,
-            "NFC_NEWS_DB": NEWS_DB, "NFC_NEWS_COLLECTION": "live", "NFC_CLICKHOUSE_TABLE": "market.live",
-            "NFC_CLICKHOUSE_CANDLE": "3min",
-            "NFC_STATE_DIR": str(tmp_path / "state"), "NFC_REDIS_URL": world.redis_url,
+            "NFC_API_KEY": API_KEY, "NFC_STATE_DIR": str(tmp_path / "state"), "NFC_REDIS_URL": world.redis_url,
             "NFC_REDIS_KEY": "nfc:test:service"})
         assert result.exit_code == 0, result.output
         summary = json.loads(result.stdout)
-        assert summary["mode"] == "service" and summary["sent"] == 1
+        assert summary["mode"] == "by-reference" and summary["sent"] == 1
         [answer] = summary["predictions"]
-        assert answer["stored"] and pd.Timestamp(answer["as_of"]) == as_of
+        assert answer["outcome"] == "stored" and pd.Timestamp(answer["as_of"]) == as_of
         [document] = stored(f"mongodb://127.0.0.1:{mongo_port}/", [as_of])
         assert document["request_id"] == f"via-service-{as_of.isoformat()}"
     with redis.Redis.from_url(world.redis_url) as client:

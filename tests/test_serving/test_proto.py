@@ -34,11 +34,12 @@ def test_stubs_import_each_other_by_package_path() -> None:
     assert "from serving.proto import neuralfusion_pb2 as" in source
 
 
-def test_service_has_the_four_rpcs() -> None:
+def test_service_has_the_five_rpcs() -> None:
     service = pb.DESCRIPTOR.services_by_name["PortfolioService"]
     assert service.full_name == "neuralfusion.v1.PortfolioService"
     assert {m.name: (m.input_type.name, m.output_type.name) for m in service.methods} == {
         "Predict": ("PredictRequest", "PredictResponse"),
+        "PredictAt": ("PredictAtRequest", "PredictResponse"),
         "PredictColumns": ("PredictColumnsRequest", "PredictResponse"),
         "GetLatest": ("LatestRequest", "Prediction"),
         "GetHistory": ("HistoryRequest", "HistoryResponse"),
