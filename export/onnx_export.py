@@ -9,7 +9,8 @@ symbolic in the saved graph.
   (B, D) float32 `pooled`, batch and sequence dynamic. Only full attention ("original_full") is
   exported: block-sparse exports only at a static length, and its output depends on the padded
   length, so a static graph would not reproduce the embeddings the model was trained on.
-- Fusion: `CgaOnnxWrapper`, four float32 windows -> `logits`, `weights` (B, N), batch dynamic.
+- Fusion: `CgaOnnxWrapper`, the float32 windows of `neuralfusion.inputs.INPUT_NAMES` -> `logits`, `weights`
+  (B, N), batch dynamic.
 
 Variants (all from the fp32 graph): `*.cpu.onnx` is the graph after ONNX Runtime's extended
 optimisations (fusions such as SkipLayerNormalization, FastGelu, FusedMatMul), saved through
@@ -34,6 +35,7 @@ import torch
 from onnxruntime.transformers.float16 import convert_float_to_float16
 from torch import Tensor, nn
 
+from neuralfusion.inputs import INPUT_NAMES
 from training.encoder import NfcEncoder, pool_hidden
 from training.model import CgaModel, cga_example_inputs
 
@@ -94,12 +96,14 @@ class NfcEncoderOnnxWrapper(nn.Module):
 
 
 class CgaOnnxWrapper(nn.Module):
-    """The fusion model with a plain-tensor interface: four float32 windows -> (logits, weights), no loss.
+    """The fusion model with a plain-tensor interface: the float32 windows of INPUT_NAMES -> (logits, weights), no
+    loss: news_emb (B, L, N, D), coverage (B, L, N), market_news_emb (B, L, D), market_news_mask (B, L), market
+    (B, L, N, F).
 
     Wrapping puts the model in eval mode: an export is an inference graph (no dropout).
     """
 
-    input_names = ("news_emb", "news_mask", "coverage", "market")
+    input_names = INPUT_NAMES
     output_names = ("logits", "weights")
 
     def __init__(self, model: CgaModel) -> None:
@@ -107,8 +111,9 @@ class CgaOnnxWrapper(nn.Module):
         self.model = model
         self.eval()
 
-    def forward(self, news_emb: Tensor, news_mask: Tensor, coverage: Tensor, market: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.model(news_emb, news_mask, coverage, market)
+    def forward(self, news_emb: Tensor, coverage: Tensor, market_news_emb: Tensor, market_news_mask: Tensor,
+                market: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(news_emb, coverage, market_news_emb, market_news_mask, market)
         return out.logits, out.weights  # (B, N), (B, N)
 
 

@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 EncoderBatch = tuple[np.ndarray, np.ndarray]  # (B, T) int64 input_ids, (B, T) int64 attention_mask
-FusionBatch = dict[str, np.ndarray]  # news_emb, news_mask, coverage, market: float32 windows
+FusionBatch = dict[str, np.ndarray]  # the float32 windows of INPUT_NAMES
 
 
 @dataclass(frozen=True)

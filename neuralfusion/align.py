@@ -125,6 +125,7 @@ class AlignedNews:
 
     bar: np.ndarray  # (M,) int64
     symbols: list[list[str]]  # (M,) universe tickers per item
+    assets: np.ndarray  # (M, N) bool: the item names asset n (its `symbols` as a mask in universe order)
     coverage: np.ndarray  # (T, N) float32: 1 where a bar's news mention the asset
     n_before: int  # items published before the grid
     n_after: int  # items published after the last bar closed
@@ -133,15 +134,16 @@ class AlignedNews:
 
 def align_news(news: pd.DataFrame, times: pd.DatetimeIndex, previous_close: pd.Timestamp, universe: Universe,
                unknown: str = "drop", source: str = "news") -> AlignedNews:
-    """Assign each item to its bar (see `bar_index`) and build the (T, N) coverage one-hot."""
+    """Assign each item to its bar (see `bar_index`) and its assets, and build the (T, N) coverage one-hot."""
     bars = bar_index(news["published_at"], times, previous_close)
     symbols, refused = resolve_symbols(news, universe, unknown=unknown, source=source)
+    assets = np.zeros((len(symbols), universe.n_assets), dtype=bool)
+    for row, item_symbols in enumerate(symbols):
+        assets[row, [universe.index(symbol) for symbol in item_symbols]] = True
     coverage = np.zeros((len(times), universe.n_assets), dtype=np.float32)
-    for bar, item_symbols in zip(bars, symbols, strict=True):
-        if bar >= 0:
-            for symbol in item_symbols:
-                coverage[bar, universe.index(symbol)] = 1.0
+    on_grid = bars >= 0
+    np.maximum.at(coverage, bars[on_grid], assets[on_grid].astype(np.float32))
     stamps = pd.DatetimeIndex(news["published_at"])
     n_after = int(((bars < 0) & (stamps > times[-1])).sum())
-    return AlignedNews(bar=bars, symbols=symbols, coverage=coverage,
+    return AlignedNews(bar=bars, symbols=symbols, assets=assets, coverage=coverage,
                        n_before=int((bars < 0).sum()) - n_after, n_after=n_after, bare_word_refused=refused)

@@ -1,4 +1,4 @@
-"""News embeddings without torch: the cache (parquet, optionally MongoDB) and per-bar aggregation.
+"""News embeddings without torch: the cache (parquet, optionally MongoDB) and their means per group.
 
 An embedding is keyed by (sha256 of the article text, encoder fingerprint), so the same text read
 by the same encoder (weights, tokenizer, pooling, max length, attention type) is computed once,
@@ -28,8 +28,8 @@ __all__ = [
     "EmbeddingResult",
     "MongoEmbeddingCache",
     "ParquetEmbeddingCache",
-    "bar_embeddings",
     "embed_cached",
+    "mean_embeddings",
     "open_caches",
     "read_embeddings",
     "text_sha256",
@@ -310,32 +310,30 @@ def read_embeddings(path: Path | str) -> tuple[list[str], np.ndarray, dict[str, 
     return table["id"].to_pylist(), _vectors_from_column(table["vector"], str(path)), meta
 
 
-def bar_embeddings(item_bar_index: np.ndarray, vectors: np.ndarray,
-                   n_bars: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean article vector per bar and a mask of bars that have news (the news stream's input, docs/MODEL.md).
+def mean_embeddings(group: np.ndarray, vectors: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean vector of each group and a mask of the groups that have one (how news is pooled, docs/MODEL.md).
 
-    item_bar_index: (M,) int, the bar each article belongs to, -1 for "not on the grid" (ignored).
-    vectors: (M, D). Returns means (T, D) float32 (zeros where a bar has no news; the model puts its
-    learned [NO_NEWS] vector there using the mask) and mask (T,) float32, 1.0 where a bar has news.
+    group: (M,) int, the group of each vector (a bar, or a (bar, asset) pair), -1 for "in no group" (ignored).
+    vectors: (M, D). Returns means (n_groups, D) float32 (zeros where a group has no vector; the model puts
+    its learned [NO_NEWS] vector there using the mask) and mask (n_groups,) float32, 1.0 where it has one.
     """
-    index = np.asarray(item_bar_index)
+    index = np.asarray(group)
     vectors = np.asarray(vectors, dtype=np.float32)
     if index.ndim != 1 or vectors.ndim != 2 or len(index) != len(vectors):
-        raise ValueError("item_bar_index (M,) and vectors (M, D) must match, "
-                         f"got {index.shape} and {vectors.shape}")
-    if n_bars < 0:
-        raise ValueError(f"n_bars must be >= 0, got {n_bars}")
+        raise ValueError(f"group (M,) and vectors (M, D) must match, got {index.shape} and {vectors.shape}")
+    if n_groups < 0:
+        raise ValueError(f"n_groups must be >= 0, got {n_groups}")
     if len(index) and not np.issubdtype(index.dtype, np.integer):
-        raise ValueError(f"item_bar_index must be integers, got dtype {index.dtype}")
-    out_of_range = (index < -1) | (index >= n_bars)
+        raise ValueError(f"group must be integers, got dtype {index.dtype}")
+    out_of_range = (index < -1) | (index >= n_groups)
     if out_of_range.any():
-        raise ValueError(f"item_bar_index {int(index[out_of_range][0])} outside [-1, {n_bars}) "
+        raise ValueError(f"group {int(index[out_of_range][0])} outside [-1, {n_groups}) "
                          f"({int(out_of_range.sum())} such items)")
-    on_grid = index >= 0
-    if not np.isfinite(vectors[on_grid]).all():
+    member = index >= 0
+    if not np.isfinite(vectors[member]).all():
         raise ValueError("vectors contain NaN or inf")
-    sums = np.zeros((n_bars, vectors.shape[1]), dtype=np.float64)
-    np.add.at(sums, index[on_grid], vectors[on_grid])
-    counts = np.bincount(index[on_grid], minlength=n_bars).astype(np.float64)
+    sums = np.zeros((n_groups, vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, index[member], vectors[member])
+    counts = np.bincount(index[member], minlength=n_groups).astype(np.float64)
     means = sums / np.maximum(counts, 1.0)[:, None]
     return means.astype(np.float32), (counts > 0).astype(np.float32)

@@ -14,10 +14,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FUSION_MODES", "STREAMS", "CgaConfig", "dominant_periods"]
+__all__ = ["FUSION_MODES", "NEWS_LAYOUTS", "STREAMS", "CgaConfig", "dominant_periods"]
 
 FUSION_MODES: tuple[str, ...] = ("cga", "concat")
 STREAMS: tuple[str, ...] = ("both", "market", "news")
+# how news reaches the model (neuralfusion/inputs.py): "per-asset", each asset's own items per bar plus a market-wide
+# channel of the items naming no asset. Configs written before the layout was recorded pooled all of a bar's news
+# into one vector (inputs news_emb (B, L, D), news_mask, coverage, market); `from_dict` refuses them
+NEWS_LAYOUTS: tuple[str, ...] = ("per-asset",)
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class CgaConfig:
     lambda_streams: float = 0.5
     # added to the variance of per-bar portfolio returns (units: return²; 3-minute bars have ~1e-6)
     sharpe_eps: float = 1e-12
+    # the input layout the model reads (NEWS_LAYOUTS)
+    news_layout: str = "per-asset"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "periods", tuple(int(p) for p in self.periods))
@@ -110,6 +116,8 @@ class CgaConfig:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.sharpe_eps <= 0:
             problems.append(f"sharpe_eps must be > 0, got {self.sharpe_eps}")
+        if self.news_layout not in NEWS_LAYOUTS:
+            problems.append(f"news_layout must be one of {list(NEWS_LAYOUTS)}, got {self.news_layout!r}")
         if problems:
             raise ValueError("invalid CgaConfig: " + "; ".join(problems))
 
@@ -119,11 +127,17 @@ class CgaConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CgaConfig:
-        """Inverse of `to_dict`; unknown keys are an error so a typo never silently falls back to a default."""
+        """Inverse of `to_dict`; unknown keys are an error so a typo never silently falls back to a default, and so
+        is a config without `news_layout` (a model from before per-asset news, which this code cannot run)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"CgaConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+        if "news_layout" not in data:
+            raise ValueError("CgaConfig: this model is from before per-asset news (its news stream read one vector "
+                             "pooled over all of a bar's news: inputs news_emb (B, L, D), news_mask (B, L), coverage, "
+                             f"market); this version reads the {NEWS_LAYOUTS[0]!r} layout (news_emb (B, L, N, D), "
+                             "coverage, market_news_emb, market_news_mask, market): retrain the run")
         return cls(**data)
 
 

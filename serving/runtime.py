@@ -39,10 +39,9 @@ from tokenizers import Tokenizer
 
 from neuralfusion.data.news import article_text
 from neuralfusion.dataset import market_data
-from neuralfusion.embeddings import bar_embeddings
 from neuralfusion.errors import DataError
 from neuralfusion.features import FEATURE_NAMES
-from neuralfusion.inputs import INPUT_NAMES, grid_inputs
+from neuralfusion.inputs import BAR_POOLED_INPUT_NAMES, INPUT_LAYOUT, INPUT_NAMES, GridInputs, grid_inputs, pool_news
 from neuralfusion.manifest import PackageError, PackageManifest
 from serving.column_checks import RequestFrames
 from serving.errors import RequestError
@@ -60,6 +59,7 @@ __all__ = [
     "NewsEncoder",
     "PortfolioRuntime",
     "PreparedRequest",
+    "check_input_layout",
     "graph_variant",
     "open_session",
 ]
@@ -281,14 +281,28 @@ class NewsEncoder:
 @dataclass(frozen=True)
 class PreparedRequest:
     """A request checked against the model and reduced to the model's window: the market inputs, and the article
-    texts the window reads with the window bar each belongs to (their vectors come from the encoder)."""
+    texts the window reads with the window bar each belongs to and the assets each names (their vectors come from
+    the encoder; `PortfolioRuntime.inputs` pools them per asset as training did)."""
 
     request_id: str
     as_of: datetime  # UTC close time of the window's last bar
     market: np.ndarray = field(repr=False)  # (L, N, F) float32, normalised features
-    coverage: np.ndarray = field(repr=False)  # (L, N) float32
     text_bars: np.ndarray  # (M,) int64: the window bar (0..L-1) of each text
+    text_assets: np.ndarray = field(repr=False)  # (M, N) bool: the text names asset n (none: market-wide news)
     texts: list[str] = field(repr=False)
+
+
+def check_input_layout(manifest: PackageManifest) -> None:
+    """Refuse a package whose fusion graph does not read the inputs this server feeds, naming both layouts."""
+    declared = manifest.data["graphs"]["fusion"]
+    names = tuple(e["name"] for e in declared["inputs"]), tuple(e["name"] for e in declared["outputs"])
+    if names[0] == BAR_POOLED_INPUT_NAMES:
+        raise PackageError(f"model {manifest.version} is from before per-asset news: its fusion graph reads one news "
+                           f"vector pooled over all of a bar's news {BAR_POOLED_INPUT_NAMES} (news_emb (B, L, D)); "
+                           f"this server feeds {INPUT_LAYOUT}. Retrain the run with this version and export it again")
+    if names != (INPUT_NAMES, FUSION_OUTPUTS):
+        raise PackageError(f"fusion graph reads {names[0]} and writes {names[1]}; this server feeds "
+                           f"{INPUT_LAYOUT} and reads {FUSION_OUTPUTS}")
 
 
 class PortfolioRuntime:
@@ -300,11 +314,7 @@ class PortfolioRuntime:
     """
 
     def __init__(self, manifest: PackageManifest, fusion: GraphSession, encoder: NewsEncoder | None = None) -> None:
-        declared = manifest.data["graphs"]["fusion"]
-        names = tuple(e["name"] for e in declared["inputs"]), tuple(e["name"] for e in declared["outputs"])
-        if names != (INPUT_NAMES, FUSION_OUTPUTS):
-            raise PackageError(f"fusion graph reads {names[0]} and writes {names[1]}; this server feeds "
-                               f"{INPUT_NAMES} and reads {FUSION_OUTPUTS}")
+        check_input_layout(manifest)
         if tuple(manifest.data["features"]["names"]) != FEATURE_NAMES:
             raise PackageError(f"the model was trained on features {manifest.data['features']['names']}; this "
                                f"server computes {list(FEATURE_NAMES)}: serve it with the code version it was "
@@ -330,6 +340,7 @@ class PortfolioRuntime:
         (serving.providers), then open its graphs; PackageError names what is wrong with the package, DeviceError
         what is wrong with NFC_DEVICE/NFC_ORT_VARIANT here."""
         manifest = load_verified_manifest(pkg_dir)
+        check_input_layout(manifest)  # before any graph opens
         fusion = open_session(manifest, "fusion", choose_device(device), variant, threads)
         encoder = NewsEncoder(manifest, device, variant, threads) if with_encoder else None
         return cls(manifest, fusion, encoder)
@@ -360,16 +371,18 @@ class PortfolioRuntime:
         texts = [article_text(data.news["title"].iat[i], data.news["body"].iat[i]) for i in rows]
         return PreparedRequest(request_id=request.request_id or uuid.uuid4().hex,
                                as_of=data.panel.times[anchor].to_pydatetime(), market=window["market"][0],
-                               coverage=window["coverage"][0],
-                               text_bars=np.asarray(data.aligned.bar[rows] - first, dtype=np.int64), texts=texts)
+                               text_bars=np.asarray(data.aligned.bar[rows] - first, dtype=np.int64),
+                               text_assets=data.aligned.assets[rows], texts=texts)
 
     def inputs(self, item: PreparedRequest, vectors: np.ndarray) -> dict[str, np.ndarray]:
-        """The fusion graph's inputs for one prepared request (no batch axis), given the vectors of its texts."""
+        """The fusion graph's inputs for one prepared request (no batch axis), given the vectors of its texts:
+        pooled per asset and bar by the same `pool_news` and windowed by the same `GridInputs` as training."""
         if len(vectors) != len(item.texts):
             raise ValueError(f"{len(vectors)} article vectors for {len(item.texts)} texts")
-        news_emb, news_mask = bar_embeddings(item.text_bars, vectors.reshape(len(vectors), self.embed_dim),
-                                             self.lookback)
-        return {"news_emb": news_emb, "news_mask": news_mask, "coverage": item.coverage, "market": item.market}
+        news = pool_news(item.text_bars, item.text_assets, vectors.reshape(len(vectors), self.embed_dim),
+                         self.lookback)
+        window = GridInputs(news=news, market=item.market).windows(np.array([self.lookback - 1]), self.lookback)
+        return {name: values[0] for name, values in window.items()}
 
     def run(self, inputs: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         """(logits, weights), each (B, N), of one fusion run over the windows `inputs` (from `inputs()`)."""

@@ -215,19 +215,21 @@ class CgaMarketEncoder(nn.Module):
 
 
 class CgaNewsEncoder(nn.Module):
-    """News stream, one sequence per asset with shared weights: [NO_NEWS] or the bar's news, its coverage, LSTM -> N.
+    """News stream, one sequence per asset with shared weights: the asset's own news, the market's, LSTM -> N.
 
-    Seen from asset n, the coverage one-hot is n's own bit (does this bar's news name n?) and the count of
-    assets named; the bar's embedding enters twice, once as it is and once gated by n's bit, so "good news
-    about n" is linear in n's LSTM input instead of a product the LSTM must learn. `asset_inputs` builds
-    that input for every asset, (B, L, N, C); `forward` runs one asset's sequence, (B·N, L, C) -> (B·N, L, C).
+    Per bar, asset n reads the mean of the items that name n (or the learned `[NO_NEWS]` vector where none does)
+    and the market-wide channel: the mean of the items that name no asset (or its own learned no-news vector) with
+    the number of assets the bar's news names. Each asset's stream reads only its own headlines: pooled over all
+    assets, a bar naming several stocks gave each the mean of everyone's news. `asset_inputs` builds that input for
+    every asset, (B, L, N, C); `forward` runs one asset's sequence, (B·N, L, C) -> (B·N, L, C).
     """
 
     def __init__(self, config: CgaConfig) -> None:
         super().__init__()
-        self.no_news = nn.Parameter(torch.randn(config.embed_dim) * 0.02)  # the learned [NO_NEWS] embedding
-        self.shared = nn.Linear(config.embed_dim + 1, config.d_model)  # the bar's news and how many assets it names
-        self.covered = nn.Linear(config.embed_dim, config.d_model)  # the same news, where it names this asset
+        self.no_news = nn.Parameter(torch.randn(config.embed_dim) * 0.02)  # [NO_NEWS]: no item names this asset
+        self.no_market_news = nn.Parameter(torch.randn(config.embed_dim) * 0.02)  # no item naming no asset
+        self.asset_news = nn.Linear(config.embed_dim, config.d_model)  # the news naming this asset
+        self.market_news = nn.Linear(config.embed_dim + 1, config.d_model)  # news naming none, how many are named
         self.lstm = nn.LSTM(
             config.d_model,
             config.d_model,
@@ -241,11 +243,14 @@ class CgaNewsEncoder(nn.Module):
                     bias[config.d_model : 2 * config.d_model].fill_(LSTM_FORGET_BIAS)
         self.dropout = nn.Dropout(config.dropout)
 
-    def asset_inputs(self, news_emb: Tensor, news_mask: Tensor, coverage: Tensor) -> Tensor:  # -> (B, L, N, C)
-        # where(), not a blend: whatever sits in news_emb at bars without news never reaches the output
-        emb = torch.where(news_mask.unsqueeze(-1) > 0.5, news_emb, self.no_news)  # (B, L, D)
-        shared = self.shared(torch.cat([emb, coverage.sum(dim=-1, keepdim=True)], dim=-1))  # (B, L, C)
-        return shared.unsqueeze(2) + coverage.unsqueeze(-1) * self.covered(emb).unsqueeze(2)  # (B, L, N, C)
+    def asset_inputs(
+        self, news_emb: Tensor, coverage: Tensor, market_news_emb: Tensor, market_news_mask: Tensor
+    ) -> Tensor:  # (B, L, N, D), (B, L, N), (B, L, D), (B, L) -> (B, L, N, C)
+        # where(), not a blend: whatever sits in the embeddings where there is no news never reaches the output
+        own = torch.where(coverage.unsqueeze(-1) > 0.5, news_emb, self.no_news)  # (B, L, N, D)
+        market = torch.where(market_news_mask.unsqueeze(-1) > 0.5, market_news_emb, self.no_market_news)  # (B, L, D)
+        shared = self.market_news(torch.cat([market, coverage.sum(dim=-1, keepdim=True)], dim=-1))  # (B, L, C)
+        return self.asset_news(own) + shared.unsqueeze(2)  # (B, L, N, C)
 
     def forward(self, x: Tensor) -> Tensor:  # (B·N, L, C) -> (B·N, L, C)
         out, _ = self.lstm(self.dropout(F.gelu(x)))
@@ -337,23 +342,26 @@ class CgaModel(nn.Module):
     def forward(
         self,
         news_emb: Tensor,
-        news_mask: Tensor,
         coverage: Tensor,
+        market_news_emb: Tensor,
+        market_news_mask: Tensor,
         market: Tensor,
         targets: Tensor | None = None,
         prev_weights: Tensor | None = None,
     ) -> CgaOutput:
-        """news_emb (B, L, D), news_mask (B, L), coverage (B, L, N), market (B, L, N, F) -> CgaOutput.
+        """news_emb (B, L, N, D), coverage (B, L, N), market_news_emb (B, L, D), market_news_mask (B, L), market
+        (B, L, N, F) -> CgaOutput (the inputs of `neuralfusion.inputs.INPUT_NAMES`).
 
         With targets (B, H, N) (per-bar simple returns after the window) the loss is computed; in
         training mode it is taken on `surrogate_weights`, in eval mode on the exact top-k weights.
         prev_weights (B, N) are the books of the preceding windows, for the turnover term.
         """
-        self._check_inputs(news_emb, news_mask, coverage, market)
+        self._check_inputs(news_emb, coverage, market_news_emb, market_news_mask, market)
         n_assets = self.config.n_assets
         news_seq = market_seq = None
         if self.news is not None:
-            news_seq = self.news(_asset_sequences(self.news.asset_inputs(news_emb, news_mask, coverage)))  # (B·N, L, C)
+            news_in = self.news.asset_inputs(news_emb, coverage, market_news_emb, market_news_mask)  # (B, L, N, C)
+            news_seq = self.news(_asset_sequences(news_in))  # (B·N, L, C)
         if self.market is not None:
             market_seq = self.market(_asset_sequences(self.market.asset_inputs(market)))  # (B·N, L, C)
         logits = self.head(self.fusion(news_seq, market_seq)).reshape(-1, n_assets)  # (B·N, 1) -> (B, N)
@@ -380,13 +388,16 @@ class CgaModel(nn.Module):
                 terms[f"{name}_stream_sharpe"] = own.detach()
         return CgaOutput(logits=logits, weights=weights, loss=loss, loss_terms=terms)
 
-    def _check_inputs(self, news_emb: Tensor, news_mask: Tensor, coverage: Tensor, market: Tensor) -> None:
+    def _check_inputs(
+        self, news_emb: Tensor, coverage: Tensor, market_news_emb: Tensor, market_news_mask: Tensor, market: Tensor
+    ) -> None:
         """Static trailing shapes only, so the check is free under torch.export."""
         c = self.config
         expected = {
-            "news_emb": (news_emb, (c.lookback, c.embed_dim)),
-            "news_mask": (news_mask, (c.lookback,)),
+            "news_emb": (news_emb, (c.lookback, c.n_assets, c.embed_dim)),
             "coverage": (coverage, (c.lookback, c.n_assets)),
+            "market_news_emb": (market_news_emb, (c.lookback, c.embed_dim)),
+            "market_news_mask": (market_news_mask, (c.lookback,)),
             "market": (market, (c.lookback, c.n_assets, c.n_features)),
         }
         for name, (tensor, trailing) in expected.items():
@@ -447,16 +458,16 @@ class CgaModel(nn.Module):
         return model.eval()
 
 
-def cga_example_inputs(config: CgaConfig, batch_size: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Random float32 inputs of the right shapes (news on ~30% of bars, each covering 1-2 assets).
-
-    For tests and export tracing; returns (news_emb, news_mask, coverage, market).
-    """
+def cga_example_inputs(
+    config: CgaConfig, batch_size: int, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Random float32 inputs of the right shapes, in `neuralfusion.inputs.INPUT_NAMES` order: each asset named on
+    ~15% of bars, market-wide news on ~30%, zeros where there is none. For tests and export tracing."""
     gen = torch.Generator().manual_seed(seed)
     shape = (batch_size, config.lookback)
-    news_mask = (torch.rand(shape, generator=gen) < 0.3).float()  # (B, L)
-    news_emb = torch.randn(*shape, config.embed_dim, generator=gen) * news_mask.unsqueeze(-1)  # (B, L, D)
-    coverage = (torch.rand(*shape, config.n_assets, generator=gen) < 1.5 / config.n_assets).float()
-    coverage = coverage * news_mask.unsqueeze(-1)  # (B, L, N): only bars with news cover assets
+    coverage = (torch.rand(*shape, config.n_assets, generator=gen) < 0.15).float()  # (B, L, N)
+    news_emb = torch.randn(*shape, config.n_assets, config.embed_dim, generator=gen) * coverage.unsqueeze(-1)
+    market_news_mask = (torch.rand(shape, generator=gen) < 0.3).float()  # (B, L)
+    market_news_emb = torch.randn(*shape, config.embed_dim, generator=gen) * market_news_mask.unsqueeze(-1)
     market = torch.randn(*shape, config.n_assets, config.n_features, generator=gen)  # (B, L, N, F)
-    return news_emb, news_mask, coverage, market
+    return news_emb, coverage, market_news_emb, market_news_mask, market

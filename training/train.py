@@ -184,7 +184,7 @@ def model_config_for(prepared: Prepared, window: WindowSpec, portfolio: Portfoli
     train_bars = prepared.grid.market[WARMUP_BARS: int(prepared.splits.train[-1]) + 1]
     periods = dominant_periods(train_bars, train.n_periods, window.lookback)
     config = CgaConfig(n_assets=prepared.data.universe.n_assets, n_features=len(FEATURE_NAMES),
-                       embed_dim=prepared.grid.news_emb.shape[1], lookback=window.lookback, periods=periods,
+                       embed_dim=prepared.grid.embed_dim, lookback=window.lookback, periods=periods,
                        top_k=portfolio.top_k, **VARIANTS[variant])
     return replace(config, **overrides)
 

@@ -64,6 +64,7 @@ def test_manifest_has_every_required_field(tiny):
 
 
 def test_manifest_declares_named_symbolic_dims(tiny):
+    from neuralfusion.inputs import INPUT_NAMES
     from neuralfusion.manifest import load_manifest
 
     graphs = load_manifest(tiny.package).data["graphs"]
@@ -72,8 +73,10 @@ def test_manifest_declares_named_symbolic_dims(tiny):
                               "attention_mask": ("int64", ["batch", "sequence"])}
     assert graphs["encoder"]["outputs"] == [{"name": "pooled", "dtype": "float32", "shape": ["batch", 32]}]
     fusion_inputs = {i["name"]: i["shape"] for i in graphs["fusion"]["inputs"]}
-    assert fusion_inputs == {"news_emb": ["batch", 16, 32], "news_mask": ["batch", 16],
-                             "coverage": ["batch", 16, 6], "market": ["batch", 16, 6, 7]}
+    assert fusion_inputs == {"news_emb": ["batch", 16, 6, 32], "coverage": ["batch", 16, 6],
+                             "market_news_emb": ["batch", 16, 32], "market_news_mask": ["batch", 16],
+                             "market": ["batch", 16, 6, 7]}
+    assert list(fusion_inputs) == list(INPUT_NAMES)
     assert [o["name"] for o in graphs["fusion"]["outputs"]] == ["logits", "weights"]
 
 

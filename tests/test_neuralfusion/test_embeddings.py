@@ -13,8 +13,8 @@ from neuralfusion import embeddings
 from neuralfusion.embeddings import (
     MongoEmbeddingCache,
     ParquetEmbeddingCache,
-    bar_embeddings,
     embed_cached,
+    mean_embeddings,
     read_embeddings,
     text_sha256,
     write_embeddings,
@@ -167,17 +167,17 @@ def _one_row_file(folder, value: str = "first"):
     return source
 
 
-def test_bar_embeddings_means_articles_per_bar_and_masks_empty_bars():
+def test_mean_embeddings_means_articles_per_bar_and_masks_empty_bars():
     index = np.array([0, 2, 2, -1, 4])
     vectors = np.array([[1, 1], [2, 0], [4, 2], [100, 100], [3, 3]], dtype=np.float32)
-    means, mask = bar_embeddings(index, vectors, n_bars=5)
+    means, mask = mean_embeddings(index, vectors, n_groups=5)
     np.testing.assert_array_equal(means, [[1, 1], [0, 0], [3, 1], [0, 0], [3, 3]])
     np.testing.assert_array_equal(mask, [1, 0, 1, 0, 1])
     assert means.dtype == np.float32 and mask.dtype == np.float32
 
 
-def test_bar_embeddings_with_no_news_is_all_masked():
-    means, mask = bar_embeddings(np.zeros(0, dtype=int), np.zeros((0, 3)), n_bars=4)
+def test_mean_embeddings_with_no_news_is_all_masked():
+    means, mask = mean_embeddings(np.zeros(0, dtype=int), np.zeros((0, 3)), n_groups=4)
     assert means.shape == (4, 3) and not mask.any()
 
 
@@ -191,9 +191,9 @@ def test_bar_embeddings_with_no_news_is_all_masked():
         ([0], np.full((1, 2), np.nan), 5, "NaN"),
     ],
 )
-def test_bar_embeddings_rejects_bad_input(index, vectors, n_bars, message):
+def test_mean_embeddings_rejects_bad_input(index, vectors, n_bars, message):
     with pytest.raises(ValueError, match=message):
-        bar_embeddings(np.array(index), vectors, n_bars)
+        mean_embeddings(np.array(index), vectors, n_bars)
 
 
 @pytest.mark.mongo

@@ -66,6 +66,26 @@ def test_an_altered_package_is_refused_naming_the_file(tiny, tmp_path):
         PortfolioRuntime.load(package)
 
 
+def test_a_package_from_before_per_asset_news_is_refused_naming_its_input_layout(tiny, tmp_path):
+    """A package whose fusion graph reads bar-pooled news (news_emb (B, L, D), news_mask) is refused before any
+    graph opens, with both layouts named."""
+    import json
+
+    from neuralfusion.manifest import write_manifest
+
+    package = Path(shutil.copytree(tiny.package, tmp_path / "pkg"))
+    data = json.loads((package / "manifest.json").read_text())
+    lookback, n_assets, dim = data["window"]["lookback"], len(data["universe"]["symbols"]), data["encoder"]["dim"]
+    data["graphs"]["fusion"]["inputs"] = [
+        {"name": "news_emb", "dtype": "float32", "shape": ["batch", lookback, dim]},
+        {"name": "news_mask", "dtype": "float32", "shape": ["batch", lookback]},
+        {"name": "coverage", "dtype": "float32", "shape": ["batch", lookback, n_assets]},
+        {"name": "market", "dtype": "float32", "shape": ["batch", lookback, n_assets, 7]}]
+    write_manifest(package, data)
+    with pytest.raises(PackageError, match=r"before per-asset news.*news_emb \(B, L, D\).*news_emb \(B, L, N, D\)"):
+        PortfolioRuntime.load(package)
+
+
 def test_served_window_equals_the_training_window(runtime, market, tiny):
     """The same bar through the training path (data folder + the run's PyTorch embeddings) and the serving
     path (a request of bars_needed bars, ONNX encoder) gives the same logits, and the served encoder the
@@ -74,8 +94,14 @@ def test_served_window_equals_the_training_window(runtime, market, tiny):
     ids, vectors, _ = read_embeddings(tiny.embeddings)
     by_id = dict(zip(ids, vectors, strict=True))
     item_vectors = np.stack([by_id[i] for i in data.news["id"]])
-    anchor = data.n_bars - 40
-    window = grid_inputs(data, item_vectors, runtime.normaliser).windows(np.array([anchor]), runtime.lookback)
+    grid = grid_inputs(data, item_vectors, runtime.normaliser)
+    # the latest window (40 bars before the end or earlier) that reads news naming assets and news naming none
+    for anchor in range(data.n_bars - 40, runtime.bars_needed, -1):
+        window = grid.windows(np.array([anchor]), runtime.lookback)
+        if window["coverage"].any() and window["market_news_mask"].any():
+            break
+    else:
+        pytest.fail("no window reads both news channels")
     expected = runtime.session.run(["logits"], {name: window[name] for name in INPUT_NAMES})[0][0]
     payload = predict_payload(*market, data.panel.times[anchor], runtime.bars_needed, STEP)
     request = PredictRequest.model_validate(payload)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from neuralfusion import portfolio
 from neuralfusion.features import FEATURE_NAMES
@@ -105,9 +106,16 @@ def test_training_loss_is_taken_on_the_surrogate_weights():
 
 def test_forward_rejects_a_window_of_the_wrong_length():
     model = tiny_model()
-    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 2)
+    *news, market = cga_example_inputs(model.config, 2)
     with pytest.raises(ValueError, match=r"market must have shape \(B, 24, 5, 7\), got \(2, 23, 5, 7\)"):
-        model(news_emb, news_mask, coverage, market[:, 1:])
+        model(*news, market[:, 1:])
+
+
+def test_forward_rejects_news_pooled_per_bar_instead_of_per_asset():
+    model = tiny_model()
+    news_emb, *rest = cga_example_inputs(model.config, 2)
+    with pytest.raises(ValueError, match=r"news_emb must have shape \(B, 24, 5, 16\), got \(2, 24, 16\)"):
+        model(news_emb.mean(dim=2), *rest)
 
 
 def test_each_sample_gives_the_same_logits_alone_as_among_64_others():
@@ -122,29 +130,43 @@ def test_each_sample_gives_the_same_logits_alone_as_among_64_others():
 @pytest.mark.parametrize("fusion", ["cga", "concat"])
 def test_logits_change_when_only_the_news_changes(fusion):
     model = tiny_model(fusion=fusion)
-    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 4)
-    changed = news_emb + news_mask.unsqueeze(-1)  # move the embedding only where there is news
-    before = logits_of(model, (news_emb, news_mask, coverage, market))
-    after = logits_of(model, (changed, news_mask, coverage, market))
+    news_emb, coverage, market_emb, market_mask, market = cga_example_inputs(model.config, 4)
+    before = logits_of(model, (news_emb, coverage, market_emb, market_mask, market))
+    # the market channel reaches every asset
+    changed = market_emb + market_mask.unsqueeze(-1)  # move the embedding only where there is news
+    after = logits_of(model, (news_emb, coverage, changed, market_mask, market))
     assert (before - after).abs().min() > 1e-6  # every sample, every asset
+    # an asset's own news reaches that asset, and only that asset
+    changed = news_emb + coverage.unsqueeze(-1)
+    after = logits_of(model, (changed, coverage, market_emb, market_mask, market))
+    named = coverage.amax(dim=1) > 0  # (B, N): the asset is named somewhere in the window
+    assert named.any() and not named.all()
+    assert (before - after).abs()[named].min() > 1e-6
+    assert torch.equal(before[~named], after[~named])
 
 
 @pytest.mark.parametrize("fusion", ["cga", "concat"])
 def test_logits_change_when_only_the_market_changes(fusion):
     model = tiny_model(fusion=fusion)
-    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 4)
-    before = logits_of(model, (news_emb, news_mask, coverage, market))
-    after = logits_of(model, (news_emb, news_mask, coverage, market + 0.5))
+    *news, market = cga_example_inputs(model.config, 4)
+    before = logits_of(model, (*news, market))
+    after = logits_of(model, (*news, market + 0.5))
     assert (before - after).abs().min() > 1e-6
 
 
-def test_logits_depend_on_which_asset_the_news_covers():
-    model = tiny_model()
-    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 4)
-    swapped = coverage.roll(1, dims=-1)  # same news, attributed to the neighbouring asset
-    before = logits_of(model, (news_emb, news_mask, coverage, market))
-    after = logits_of(model, (news_emb, news_mask, swapped, market))
-    assert (before - after).abs().max() > 1e-4
+def test_an_assets_own_news_moves_its_logit_and_not_the_other_assets():
+    """News naming only asset 0 changes asset 0's logit; the others' logits move only through the count of named
+    assets in the market channel, which a second name at the same bar leaves unchanged."""
+    model = tiny_model(streams="news")
+    news_emb, coverage, market_emb, market_mask, market = cga_example_inputs(model.config, 4)
+    coverage[:, 5, :2] = 1.0  # assets 0 and 1 are named at bar 5 in every sample
+    news_emb[:, 5, :2] = torch.randn(4, 2, model.config.embed_dim)
+    other = news_emb.clone()
+    other[:, 5, 0] = torch.randn(4, model.config.embed_dim)  # other news about asset 0 only
+    before = logits_of(model, (news_emb, coverage, market_emb, market_mask, market))
+    after = logits_of(model, (other, coverage, market_emb, market_mask, market))
+    assert (before[:, 0] - after[:, 0]).abs().min() > 1e-6
+    torch.testing.assert_close(before[:, 1:], after[:, 1:], atol=0, rtol=0)
 
 
 def test_concat_fusion_has_no_cross_attention():
@@ -154,37 +176,41 @@ def test_concat_fusion_has_no_cross_attention():
 
 def test_market_only_ablation_ignores_the_news():
     model = tiny_model(streams="market")
-    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 4)
-    before = logits_of(model, (news_emb, news_mask, coverage, market))
-    after = logits_of(model, (torch.randn_like(news_emb), 1 - news_mask, coverage.roll(1, dims=-1), market))
+    news_emb, coverage, market_emb, market_mask, market = cga_example_inputs(model.config, 4)
+    before = logits_of(model, (news_emb, coverage, market_emb, market_mask, market))
+    after = logits_of(model, (torch.randn_like(news_emb), coverage.roll(1, dims=-1), torch.randn_like(market_emb),
+                              1 - market_mask, market))
     assert model.news is None
     assert torch.equal(before, after)
 
 
 def test_news_only_ablation_ignores_the_market():
     model = tiny_model(streams="news")
-    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 4)
-    before = logits_of(model, (news_emb, news_mask, coverage, market))
-    after = logits_of(model, (news_emb, news_mask, coverage, torch.randn_like(market)))
+    *news, market = cga_example_inputs(model.config, 4)
+    before = logits_of(model, (*news, market))
+    after = logits_of(model, (*news, torch.randn_like(market)))
     assert model.market is None
     assert torch.equal(before, after)
 
 
 def test_embeddings_at_bars_without_news_never_reach_the_output():
     model = tiny_model()
-    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 4)
-    junk = news_emb + (1 - news_mask).unsqueeze(-1) * torch.randn_like(news_emb) * 100
+    news_emb, coverage, market_emb, market_mask, market = cga_example_inputs(model.config, 4)
+    junk = news_emb + (1 - coverage).unsqueeze(-1) * torch.randn_like(news_emb) * 100
+    market_junk = market_emb + (1 - market_mask).unsqueeze(-1) * torch.randn_like(market_emb) * 100
     assert torch.equal(
-        logits_of(model, (news_emb, news_mask, coverage, market)), logits_of(model, (junk, news_mask, coverage, market))
+        logits_of(model, (news_emb, coverage, market_emb, market_mask, market)),
+        logits_of(model, (junk, coverage, market_junk, market_mask, market)),
     )
 
 
-def test_no_news_vector_is_what_bars_without_news_see():
+@pytest.mark.parametrize("vector", ["no_news", "no_market_news"])
+def test_no_news_vectors_are_what_bars_without_news_see(vector):
     model = tiny_model()
     inputs = cga_example_inputs(model.config, 4)
     before = logits_of(model, inputs)
     with torch.no_grad():
-        model.news.no_news.add_(1.0)
+        getattr(model.news, vector).add_(1.0)
     assert (before - logits_of(model, inputs)).abs().max() > 1e-4
 
 
@@ -314,6 +340,20 @@ def test_config_rejects_unknown_keys():
         CgaConfig.from_dict({"n_assets": 3, "d_modle": 32})
 
 
+def test_a_config_from_before_per_asset_news_is_refused_naming_the_layout(tmp_path):
+    """A run or checkpoint whose config has no news_layout read bar-pooled news: refused, saying so, not loaded into
+    a model whose news stream it does not fit."""
+    old = {k: v for k, v in tiny_config().to_dict().items() if k != "news_layout"}
+    with pytest.raises(ValueError, match=r"before per-asset news .*news_emb \(B, L, D\).*retrain the run"):
+        CgaConfig.from_dict(old)
+    path = tmp_path / "old.safetensors"
+    model = tiny_model()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"cga_config": json.dumps(old)})
+    with pytest.raises(ValueError, match="before per-asset news"):
+        CgaModel.from_checkpoint(path)
+
+
 # ---- optimiser and checkpoints ---------------------------------------------------------------------
 
 
@@ -346,8 +386,8 @@ def test_training_loss_adds_each_streams_own_sharpe_from_its_own_head():
         return x.transpose(1, 2).flatten(0, 1)
 
     streams = {
-        "news": model.news(sequences(model.news.asset_inputs(*inputs[:3]))),
-        "market": model.market(sequences(model.market.asset_inputs(inputs[3]))),
+        "news": model.news(sequences(model.news.asset_inputs(*inputs[:4]))),
+        "market": model.market(sequences(model.market.asset_inputs(inputs[4]))),
     }
     own = {}
     for name, seq in streams.items():
@@ -363,10 +403,11 @@ def test_training_loss_adds_each_streams_own_sharpe_from_its_own_head():
 def test_an_assets_logit_follows_the_asset_not_its_slot():
     """Shared per-asset weights: permuting the universe permutes the logits, nothing else changes."""
     model = tiny_model()
-    news_emb, news_mask, coverage, market = cga_example_inputs(model.config, 3)
+    news_emb, coverage, market_emb, market_mask, market = cga_example_inputs(model.config, 3)
     perm = torch.tensor([3, 0, 4, 1, 2])
-    permuted = logits_of(model, (news_emb, news_mask, coverage[..., perm], market[:, :, perm]))
-    torch.testing.assert_close(permuted, logits_of(model, (news_emb, news_mask, coverage, market))[:, perm])
+    permuted = (news_emb[:, :, perm], coverage[..., perm], market_emb, market_mask, market[:, :, perm])
+    original = (news_emb, coverage, market_emb, market_mask, market)
+    torch.testing.assert_close(logits_of(model, permuted), logits_of(model, original)[:, perm])
 
 
 def test_loading_refuses_a_state_with_a_wrong_shape():
