@@ -1,10 +1,11 @@
 """What the portfolio service hands to the batched fusion service: one request's fusion inputs, as arrays.
 
 The portfolio service (the entry) checks and prepares each request in its own thread, gets its article vectors
-from the encoder service, and sends the window's four fusion inputs with the package they were prepared with;
-the fusion service (an inner service, never on the public port) merges concurrent jobs into one fusion run of
-that same package and answers logits and weights per job. A job names its package folder and version, so a
-batch never mixes versions and a model swap in the entry is followed by the fusion service on its next job.
+from the encoder service, and sends the window's fusion inputs (`neuralfusion.inputs.INPUT_NAMES`) with the package
+they were prepared with; the fusion service (an inner service, never on the public port) merges concurrent jobs
+into one fusion run of that same package and answers logits and weights per job. A job names its package folder
+and version, so a batch never mixes versions and a model swap in the entry is followed by the fusion service on
+its next job.
 """
 
 from __future__ import annotations
