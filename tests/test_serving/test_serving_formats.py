@@ -283,7 +283,7 @@ def test_every_format_prepares_the_same_window_for_the_model(tiny):
     for frames in (columns, arrow):
         prepared = runtime.prepare(frames)
         assert prepared.as_of == expected.as_of and prepared.texts == expected.texts
-        for name in ("market", "coverage", "text_bars"):
+        for name in ("market", "text_bars", "text_assets"):
             np.testing.assert_array_equal(getattr(prepared, name), getattr(expected, name))
         assert inputs_sha256(frames) == inputs_sha256(rows)
 
