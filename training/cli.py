@@ -54,7 +54,9 @@ from neuralfusion.embeddings import embed_cached, open_caches, write_embeddings
 from neuralfusion.encoder_text import RECORD_KEY, read_folder_record, resolve_cutoff, stage_record, texts_before
 from neuralfusion.errors import DataError
 from neuralfusion.specs import PortfolioSpec, WindowSpec
+from neuralfusion.staging import partial_folder
 from neuralfusion.train_config import TrainConfig
+from training.checkpoints import CHECKPOINTS_DIR, checkpoint_folder
 from training.encoder import ATTENTION_TYPES, POOLINGS, NfcEncoder
 from training.encoder_finetune import SentimentTrainConfig, label_values, probe_accuracy, train_sentiment
 from training.encoder_init import EncoderSetupConfig, init_encoder, save_encoder
@@ -63,6 +65,7 @@ from training.model import CgaModel
 from training.runs import DECISION_FILE, load_run
 from training.train import (
     VARIANTS,
+    TrainResult,
     distributed_context,
     model_config_for,
     model_overrides,
@@ -314,8 +317,22 @@ def pretrain_command(news_path: Path, encoder_name: str, out_dir: Path, config_p
 
 
 def _trained_lines(result: dict[str, Any]) -> Iterator[str]:
+    resumed = f" (resumed after epoch {result['resumed_from']})" if result["resumed_from"] is not None else ""
     yield (f"wrote {result['out']}: best val Sharpe {result['best_val_sharpe']:.2f} at epoch {result['best_epoch']}, "
-           f"{result['epochs']} epochs in {result['seconds']:.0f} s")
+           f"{result['epochs']} epochs in {result['seconds']:.0f} s{resumed}")
+
+
+_resume_option = click.option(
+    "--resume", is_flag=True,
+    help="Continue an interrupted run from its last epoch state (OUT.partial/checkpoints); every setting must match.")
+
+
+def _train_checkpointed(out: Path, force: bool, resume: bool, **train_args: Any) -> TrainResult:
+    """`train_model` with the last and best state written per epoch under OUT.partial/checkpoints (rank 0 prepares
+    the folder; a resume continues from it)."""
+    rank, _ = distributed_context()
+    checkpoints = checkpoint_folder(out, force, resume) if rank == 0 else partial_folder(out) / CHECKPOINTS_DIR
+    return train_model(**train_args, checkpoints=checkpoints, resume=resume)
 
 
 @click.command()
@@ -330,17 +347,22 @@ def _trained_lines(result: dict[str, Any]) -> Iterator[str]:
 @click.option("--horizon", default=WindowSpec.horizon, show_default=True, help="H: bars the weights are held.")
 @split_option
 @force_option
+@_resume_option
 @leak_option
 @log_level_option
 @json_result(_trained_lines)
 @cli_errors
 def train(data_dir: Path, embeddings: Path, out: Path, config_path: Path | None, sets: tuple[str, ...],
           model_sets: tuple[str, ...], variant: str, lookback: int, horizon: int, split: tuple[str, str] | None,
-          force: bool, allow_encoder_leak: bool) -> dict[str, Any] | None:
+          force: bool, resume: bool, allow_encoder_leak: bool) -> dict[str, Any] | None:
     """Train the CGA model (--set: TrainConfig fields, --model-set: CgaConfig fields).
+
+    The last and the best state are written after every epoch (OUT/checkpoints once finished); an interrupted
+    run continues with the same command and --resume.
 
     \b
     nfc train --data runs/demo/data --embeddings runs/demo/embeddings.parquet --out runs/demo/model
+    nfc train --data runs/demo/data --embeddings runs/demo/embeddings.parquet --out runs/demo/model --resume
     torchrun --standalone --nproc_per_node=2 -m nfc.cli train --data ... --out ...
     """
     train_config = resolve_config(TrainConfig(), config_path, sets)
@@ -355,14 +377,16 @@ def train(data_dir: Path, embeddings: Path, out: Path, config_path: Path | None,
     prepared = prepare(load_data_dir(data_dir), embeddings, window, allow_encoder_leak=allow_encoder_leak)
     config = model_config_for(prepared, window, portfolio, train_config, variant, overrides)
     logger.info("model config: %s", config.to_dict())
-    result = train_model(prepared, config, train_config, window, portfolio)
+    result = _train_checkpointed(out, force, resume, prepared=prepared, config=config, train=train_config,
+                                 window=window, portfolio=portfolio)
     rank, _ = distributed_context()
     if rank != 0:
         return None
     write_run(out, result, prepared, train_config, window, portfolio,
-              extra_meta={"variant": variant, "data_dir": str(data_dir.resolve())}, force=force)
+              extra_meta={"variant": variant, "data_dir": str(data_dir.resolve())}, force=force, checkpointed=True)
     return {"out": str(out), "variant": variant, "best_val_sharpe": result.best_val_sharpe,
-            "best_epoch": result.best_epoch, "epochs": len(result.history), "seconds": result.seconds}
+            "best_epoch": result.best_epoch, "epochs": len(result.history), "seconds": result.seconds,
+            "resumed_from": result.resumed_from}
 
 
 def _finetuned_lines(result: dict[str, Any]) -> Iterator[str]:
@@ -380,12 +404,13 @@ def _finetuned_lines(result: dict[str, Any]) -> Iterator[str]:
 @out_option
 @config_options("TrainConfig")
 @force_option
+@_resume_option
 @leak_option
 @log_level_option
 @json_result(_finetuned_lines)
 @cli_errors
 def finetune(model_dir: Path, data_dir: Path, embeddings: Path, out: Path, config_path: Path | None,
-             sets: tuple[str, ...], force: bool, allow_encoder_leak: bool) -> dict[str, Any]:
+             sets: tuple[str, ...], force: bool, resume: bool, allow_encoder_leak: bool) -> dict[str, Any]:
     """Continue training on newer data; the challenger replaces the incumbent only if it wins on the
     same validation windows.
 
@@ -403,8 +428,9 @@ def finetune(model_dir: Path, data_dir: Path, embeddings: Path, out: Path, confi
     incumbent = CgaModel.from_checkpoint(incumbent_run.weights_path)
     incumbent_sharpe = validation_sharpe(incumbent, prepared, prepared.splits.val, incumbent_run.window,
                                          incumbent_run.portfolio, train_config.val_offsets)
-    result = train_model(prepared, incumbent.config, train_config, incumbent_run.window, incumbent_run.portfolio,
-                         init_state={k: v.clone() for k, v in incumbent.state_dict().items()})
+    result = _train_checkpointed(out, force, resume, prepared=prepared, config=incumbent.config, train=train_config,
+                                 window=incumbent_run.window, portfolio=incumbent_run.portfolio,
+                                 init_state={k: v.clone() for k, v in incumbent.state_dict().items()})
     promoted = result.best_val_sharpe > incumbent_sharpe
     decision = {"incumbent": str(model_dir), "incumbent_val_sharpe": incumbent_sharpe,
                 "challenger_val_sharpe": result.best_val_sharpe, "promoted": promoted,
@@ -412,5 +438,5 @@ def finetune(model_dir: Path, data_dir: Path, embeddings: Path, out: Path, confi
     write_run(out, result, prepared, train_config, incumbent_run.window, incumbent_run.portfolio,
               extra_meta={"variant": incumbent_run.meta.get("variant", "cga"), "data_dir": str(data_dir.resolve()),
                           "parent": str(model_dir.resolve()), "finetune": decision}, force=force,
-              extra_files={DECISION_FILE: decision})
+              extra_files={DECISION_FILE: decision}, checkpointed=True)
     return {"out": str(out), **decision}

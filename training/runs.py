@@ -5,10 +5,12 @@ RUN/
   run.json            model/train/window/portfolio configs, universe, bar spec, feature names,
                       normalisation stats, encoder fingerprint, splits, data folder, git commit
   metrics.json        per-epoch history, best validation Sharpe, timings
-  checkpoint.pt       optimizer state, step, best metric (torch.load(weights_only=True))
+  checkpoints/         the last and the best epoch state (weights, optimizer, schedule, RNG, progress), each in an
+                      epoch-NNNN/ folder (training/checkpoints.py); `--resume` continues from the last
   decision.json       `nfc finetune` only: challenger vs incumbent on the same validation windows, "promoted"
-A run is written into `RUN.partial/` and renamed to `RUN/` only when complete, so a failed run never
-leaves a folder that looks finished. Paths in run.json (data folder, embeddings file) are absolute; runs
+A run trains in `RUN.partial/` (its checkpoints are written there after every epoch) and is renamed to `RUN/`
+only when complete, so a failed or interrupted run never leaves a folder that looks finished, and
+`nfc train ... --resume` finds its states there. Paths in run.json (data folder, embeddings file) are absolute; runs
 written before that hold them as given, and `Run.resolve` looks for those beside the run too.
 """
 

@@ -13,6 +13,8 @@ takes the same number of steps (`rank_shard`); only rank 0 logs and writes.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import math
 import os
@@ -42,6 +44,14 @@ from neuralfusion.specs import PortfolioSpec, WindowSpec
 from neuralfusion.staging import staged_folder
 from neuralfusion.train_config import LR_FLOOR, TrainConfig
 from neuralfusion.windows import Splits, chronological_split, target_windows, usable_anchors
+from training.checkpoints import (
+    TrainState,
+    gather_rng_states,
+    latest_epoch_folder,
+    load_best_weights,
+    restore_epoch,
+    save_epoch,
+)
 from training.model import CgaModel
 from training.runs import RUN_FILES
 
@@ -54,6 +64,7 @@ __all__ = [
     "predict",
     "prepare",
     "rank_shard",
+    "run_settings",
     "train_model",
     "validation_sharpe",
     "write_run",
@@ -160,8 +171,9 @@ class TrainResult:
     history: list[dict[str, float]]
     best_epoch: int
     best_val_sharpe: float
-    seconds: float
+    seconds: float  # over every session of a resumed run
     windows_per_second: float
+    resumed_from: int | None = None  # the epochs done when a resumed run started again
 
 
 def distributed_context() -> tuple[int, int]:
@@ -221,10 +233,36 @@ def lr_multiplier(train: TrainConfig, total_steps: int) -> Callable[[int], float
     return factor
 
 
+def run_settings(prepared: Prepared, config: CgaConfig, train: TrainConfig, window: WindowSpec,
+                 portfolio: PortfolioSpec, world: int, init_state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (JSON): configs, data, embeddings, processes,
+    the weights it started from."""
+    data = prepared.data
+    init = None
+    if init_state is not None:
+        digest = hashlib.sha256()
+        for key in sorted(init_state):
+            digest.update(key.encode() + init_state[key].detach().cpu().contiguous().numpy().tobytes())
+        init = digest.hexdigest()
+    return json.loads(json.dumps({
+        "model": config.to_dict(), "train": train.to_dict(), "window": window.to_dict(),
+        "portfolio": {"top_k": portfolio.top_k, "cost_bps": portfolio.cost_bps}, "world_size": world,
+        "data": {"start": str(data.panel.times[0]), "end": str(data.panel.times[-1]), "bars": data.n_bars,
+                 "universe": data.universe.to_dict()},
+        "encoder": prepared.encoder["fingerprint"], "init_weights": init,
+    }))
+
+
 def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, window: WindowSpec,
                 portfolio: PortfolioSpec, init_state: dict[str, torch.Tensor] | None = None,
-                progress: bool = True) -> TrainResult:
-    """Train with early stopping on validation Sharpe; returns the best model (eval mode) and the history."""
+                progress: bool = True, checkpoints: Path | None = None, resume: bool = False,
+                on_epoch: Callable[[TrainState], None] | None = None) -> TrainResult:
+    """Train with early stopping on validation Sharpe; returns the best model (eval mode) and the history.
+
+    checkpoints: a folder for the last and the best state after every epoch (training/checkpoints.py); with
+    `resume`, training continues from its last state and ends with the weights an uninterrupted run ends with.
+    on_epoch(state) is called after every epoch (and its checkpoint).
+    """
     rank, world = distributed_context()
     torch.manual_seed(train.seed)  # identical initial weights on every rank
     if train.threads:
@@ -235,7 +273,6 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
     raw_model = CgaModel(config).to(device)
     if init_state is not None:
         raw_model.load_checked_state_dict(init_state)
-    model = DistributedDataParallel(raw_model) if world > 1 else raw_model
     torch.manual_seed(train.seed + rank)  # dropout differs per rank
     optimizer = raw_model.configure_optimizers(train.weight_decay, train.lr, (train.beta1, train.beta2))
     train_anchors = prepared.splits.train[:: train.train_stride]
@@ -244,12 +281,26 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
                         "train_stride or the number of processes")
     steps_per_epoch = math.ceil(len(train_anchors) // world / train.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(train, train.epochs * steps_per_epoch))
+    settings = run_settings(prepared, config, train, window, portfolio, world, init_state)
+    state = TrainState(epoch=0, best_epoch=0, best_val_sharpe=-math.inf, history=[], windows_seen=0, seconds=0.0,
+                       stopped=False, settings=settings)
+    best_weights = copy.deepcopy(raw_model.state_dict())
+    resumed_from = None
+    if resume:
+        latest = latest_epoch_folder(checkpoints) if checkpoints is not None else None
+        if latest is None:
+            raise FileNotFoundError(f"nothing to resume: no epoch state in {checkpoints}")
+        state = restore_epoch(latest, raw_model, optimizer, scheduler, settings, rank, device)
+        best_weights = load_best_weights(checkpoints, state, device)
+        resumed_from = state.epoch
+        if rank == 0:
+            log.info("resumed from %s: %d of %d epochs done, best val Sharpe %.2f at epoch %d", latest, state.epoch,
+                     train.epochs, state.best_val_sharpe, state.best_epoch)
+    model = DistributedDataParallel(raw_model) if world > 1 else raw_model
     first_anchor = int(prepared.splits.train[0])
     returns = prepared.data.returns
-    best = (-np.inf, -1, copy.deepcopy(raw_model.state_dict()))
-    history: list[dict[str, float]] = []
-    started, windows_seen = time.perf_counter(), 0
-    for epoch in range(train.epochs):
+    session_start, seconds_before = time.perf_counter(), state.seconds
+    for epoch in range(state.epoch, state.epoch if state.stopped else train.epochs):
         epoch_start = time.perf_counter()
         shuffle = np.random.default_rng(train.seed + epoch)
         order = rank_shard(shuffle.permutation(train_anchors), rank, world)
@@ -274,34 +325,48 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
             optimizer.step()
             scheduler.step()
             losses.append(out.loss.detach().item())
-            windows_seen += len(anchors)
+            state.windows_seen += len(anchors)
         val = validation_sharpe(raw_model, prepared, prepared.splits.val, window, portfolio, train.val_offsets)
         seconds = time.perf_counter() - epoch_start
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_sharpe": val,
-                        "seconds": seconds})
+        state.epoch = epoch + 1
+        state.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_sharpe": val,
+                              "seconds": seconds})
         if rank == 0:
             log.info("epoch %d: train loss %.4f, val Sharpe %.2f (%.1f s)", epoch + 1, np.mean(losses), val, seconds)
-        if val > best[0]:
-            best = (val, epoch + 1, copy.deepcopy(raw_model.state_dict()))
-        elif epoch + 1 - best[1] >= train.patience:
+        if val > state.best_val_sharpe:
+            state.best_val_sharpe, state.best_epoch = val, epoch + 1
+            best_weights = copy.deepcopy(raw_model.state_dict())
+        elif epoch + 1 - state.best_epoch >= train.patience:
             if rank == 0:
                 log.info("early stop: no better validation Sharpe for %d epochs", train.patience)
+            state.stopped = True
+        state.stopped = state.stopped or epoch + 1 == train.epochs
+        state.seconds = seconds_before + time.perf_counter() - session_start
+        if checkpoints is not None:
+            rng_states = gather_rng_states(world)
+            if rank == 0:
+                save_epoch(checkpoints, raw_model, optimizer, scheduler, state, rng_states)
+        if on_epoch is not None:
+            on_epoch(state)
+        if state.stopped:
             break
-    elapsed = time.perf_counter() - started
     if device.type == "cpu":  # process-wide: leave it off for what runs next in this process (e.g. hypothesis's floats)
         torch.set_flush_denormal(False)
-    raw_model.load_checked_state_dict(best[2])
+    raw_model.load_checked_state_dict(best_weights)
     raw_model.eval()
-    return TrainResult(model=raw_model, history=history, best_epoch=best[1], best_val_sharpe=float(best[0]),
-                       seconds=elapsed, windows_per_second=windows_seen * world / elapsed)
+    return TrainResult(model=raw_model, history=state.history, best_epoch=state.best_epoch,
+                       best_val_sharpe=float(state.best_val_sharpe), seconds=state.seconds,
+                       windows_per_second=state.windows_seen * world / max(state.seconds, 1e-9),
+                       resumed_from=resumed_from)
 
 
 def write_run(out: Path, result: TrainResult, prepared: Prepared, train: TrainConfig, window: WindowSpec,
               portfolio: PortfolioSpec, extra_meta: dict[str, Any] | None = None, force: bool = False,
-              extra_files: dict[str, Any] | None = None) -> Path:
+              extra_files: dict[str, Any] | None = None, checkpointed: bool = False) -> Path:
     """Write the run folder atomically (see training/runs.py for its layout); `extra_files` are JSON files
-    (name -> data) written into it before it is published, e.g. finetune's decision.json."""
-    with staged_folder(out, force, (*RUN_FILES, *(extra_files or {}))) as partial:
+    (name -> data) written into it before it is published, e.g. finetune's decision.json. checkpointed: the
+    run kept its epoch states in OUT.partial/checkpoints (`checkpoint_folder`); they are published with it."""
+    with staged_folder(out, force, (*RUN_FILES, *(extra_files or {})), keep_partial=checkpointed) as partial:
         for name, content in (extra_files or {}).items():
             write_json(partial / name, content)
         result.model.save_checkpoint(partial / "model.safetensors")

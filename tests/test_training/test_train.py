@@ -159,6 +159,11 @@ def test_torchrun_ddp_with_gloo_on_two_processes(market, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert len(metrics["history"]) >= 1 and np.isfinite(metrics["best_val_sharpe"])
+    # the last state holds every rank's generators (dropout is seeded per rank, so they differ)
+    last = sorted((tmp_path / "ddp" / "checkpoints").glob("epoch-*"))[-1]
+    rng = json.loads((last / "rng.json").read_text())
+    assert len(rng) == 2 and rng[0]["torch"] != rng[1]["torch"]
+    assert json.loads((last / "state.json").read_text())["settings"]["world_size"] == 2
 
 
 def test_rank_shards_are_equal_so_every_rank_takes_the_same_steps():
