@@ -52,7 +52,7 @@ from training.checkpoints import (
     restore_epoch,
     save_epoch,
 )
-from training.model import CgaModel
+from training.model import CgaModel, surrogate_weights
 from training.runs import RUN_FILES
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "model_overrides",
     "predict",
     "prepare",
+    "previous_books",
     "rank_shard",
     "run_settings",
     "train_model",
@@ -163,6 +164,21 @@ def validation_sharpe(model: CgaModel, prepared: Prepared, anchors: np.ndarray, 
     if not sharpes:
         raise DataError(f"validation split of {len(anchors)} windows is too short to rebalance twice")
     return float(np.mean(sharpes))
+
+
+def previous_books(model: CgaModel, grid: GridInputs, anchors: np.ndarray, horizon: int,
+                   first_anchor: int) -> torch.Tensor:
+    """The book held before each window (the one `horizon` bars earlier, clipped to the first training anchor),
+    for the turnover term: in the form the loss takes the current book (`surrogate_weights` of the logits, the
+    dense book at the default surrogate_mix 1.0), from the model in eval mode, without gradient.
+
+    Against the exact top-k book, the dense training book differed even where the ranking stayed the same, so
+    the term rewarded concentrating the book rather than trading less.
+    """
+    logits, _ = predict(model, grid, np.maximum(anchors - horizon, first_anchor))
+    device = next(model.parameters()).device
+    return surrogate_weights(torch.as_tensor(logits, dtype=torch.float32, device=device), model.config.top_k,
+                             model.config.surrogate_mix)
 
 
 @dataclass
@@ -313,11 +329,8 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
             inputs = to_tensors(prepared.grid.windows(anchors, window.lookback), device)
             targets = torch.as_tensor(target_windows(returns, anchors, window.horizon), dtype=torch.float32,
                                       device=device)
-            prev = None
-            if config.lambda_turnover > 0:  # the book held before: the preceding window in time order
-                prev_anchors = np.maximum(anchors - window.horizon, first_anchor)
-                prev = torch.as_tensor(predict(raw_model, prepared.grid, prev_anchors)[1], dtype=torch.float32,
-                                       device=device)
+            prev = previous_books(raw_model, prepared.grid, anchors, window.horizon, first_anchor) \
+                if config.lambda_turnover > 0 else None
             out = model(**inputs, targets=targets, prev_weights=prev)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()

@@ -190,3 +190,30 @@ def test_torchrun_ddp_with_uneven_windows_per_rank(market, tmp_path):
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["train_windows_per_epoch"] == 161  # the uneven case this test is about
     assert len(metrics["history"]) == 1 and np.isfinite(metrics["best_val_sharpe"])
+
+
+def test_the_previous_book_is_the_current_one_for_the_same_window(market):
+    """The turnover term compares books of one form: a window's own previous book (horizon 0) costs nothing,
+    and one horizon back the books differ."""
+    import torch
+
+    from neuralfusion.dataset import load_data_dir
+    from neuralfusion.specs import PortfolioSpec, WindowSpec
+    from neuralfusion.train_config import TrainConfig
+    from training.loss import turnover_loss
+    from training.model import CgaModel, surrogate_weights
+    from training.train import model_config_for, prepare, previous_books, to_tensors
+
+    data_dir, emb = market
+    window = WindowSpec(lookback=16, horizon=8)
+    prepared = prepare(load_data_dir(data_dir), emb, window)
+    config = model_config_for(prepared, window, PortfolioSpec(), TrainConfig(), "cga", {"d_model": 16, "n_heads": 2})
+    torch.manual_seed(0)
+    model = CgaModel(config).eval()
+    anchors = prepared.splits.train[40:72:4]
+    with torch.no_grad():
+        current = surrogate_weights(model(**to_tensors(prepared.grid.windows(anchors, 16), torch.device("cpu"))).logits,
+                                    config.top_k, config.surrogate_mix)
+    first = int(prepared.splits.train[0])
+    assert float(turnover_loss(current, previous_books(model, prepared.grid, anchors, 0, first))) < 1e-6
+    assert float(turnover_loss(current, previous_books(model, prepared.grid, anchors, 8, first))) > 1e-3
