@@ -3,8 +3,9 @@
 No labels are needed: transformers' `DataCollatorForLanguageModeling` masks 15% of the tokens and the
 family's `AutoModelForMaskedLM` learns to fill them in. The encoder's backbone starts from the source
 encoder folder (or hub id); the MLM head is new (seeded) and is thrown away at the end: the saved folder
-holds the backbone in the source's own class (pooler kept), so `NfcEncoder.load`, `nfc embed` and `nfc
-export` read it exactly like an `nfc encoder init` folder.
+holds the backbone in the source's own class (pooler kept), its final LayerNorm rescaled so the pooled
+vectors of the training texts are standardised per dimension (`standardise`, training/encoder_standardise.py),
+so `NfcEncoder.load`, `nfc embed` and `nfc export` read it exactly like an `nfc encoder init` folder.
 
 The latest `heldout_fraction` of the texts (they come in publication order) is held out: its MLM loss,
 with masks fixed by the seed, is measured before training and after every epoch, so "it learns" means
@@ -36,6 +37,7 @@ from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
 from training.encoder import NfcEncoder
 from training.encoder_init import CHECKPOINTS_DIR, check_out_dir, save_encoder
+from training.encoder_standardise import NotFoldableError, fold_standardisation
 
 __all__ = ["PretrainConfig", "PretrainResult", "heldout_mlm_loss", "pretrain_encoder"]
 
@@ -61,6 +63,10 @@ class PretrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of every epoch
     keep_checkpoints: int = 2
     seed: int = 0
+    # fold a per-dimension standardisation of the training texts' pooled vectors into the final LayerNorm
+    # (training/encoder_standardise.py): the raw MLM vectors vary too little for the CGA model's news inputs.
+    # Families whose final norm has no bias (ModernBERT) keep their raw vectors, with a warning
+    standardise: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_length", "keep_checkpoints"):
@@ -257,9 +263,17 @@ def pretrain_encoder(source: str, texts: Sequence[str], out_dir: Path, config: P
                 if on_step is not None:
                     on_step(step, losses[-1])
     encoder.model.load_state_dict(model.base_model.state_dict(), strict=False)  # the source's class, pooler kept
+    standardised = None
+    if config.standardise:
+        try:
+            standardised = fold_standardisation(encoder, list(texts[:n_train]), config.batch_size)
+            logger.info("pooled vectors standardised over the %d training texts (per-dimension std was %.3g-%.3g)",
+                        n_train, *standardised["std_before"])
+        except NotFoldableError as err:
+            logger.warning("pooled vectors left as they are: %s", err)
     result = PretrainResult(n_train=n_train, n_heldout=n_heldout, steps=step, heldout_loss_before=before,
                             history=history, resumed_from=resumed_from)
     metadata = {"kind": "pretrain", "source": source, "config": dataclasses.asdict(config),
-                **dataclasses.asdict(result), "text": text_record}
+                **dataclasses.asdict(result), "standardised": standardised, "text": text_record}
     save_encoder(encoder.model, tokenizer, out_dir, metadata)
     return result

@@ -117,6 +117,9 @@ def test_every_family_pretrains_and_loads(family, tmp_path):
     assert type(after) is type(before) and after.config.model_type == family
     assert after.state_dict().keys() == before.state_dict().keys()
     assert NfcEncoder.load(tmp_path / "mlm", max_length=32).encode(["Hooli cuts guidance"]).shape == (1, 32)
+    # standardised where the final norm has a bias to fold the shift into; ModernBERT's has none
+    standardised = json.loads((tmp_path / "mlm" / METADATA_FILE).read_text())["standardised"]
+    assert (standardised is None) == (family == "modernbert")
 
 
 def test_cli_pretrain_trains_on_news_before_the_cutoff_and_records_it(init_dir, tmp_path):
@@ -136,3 +139,12 @@ def test_cli_pretrain_trains_on_news_before_the_cutoff_and_records_it(init_dir, 
     assert [s["kind"] for s in text["stages"]] == ["unrecorded", "pretrain"] and text["complete"] is False
     again = CliRunner().invoke(encoder, [*args, "--cutoff", "soon"])
     assert again.exit_code == 1 and "is not a date" in again.output
+
+
+def test_pretrained_vectors_are_standardised_over_the_training_texts(pretrained):
+    out, result = pretrained
+    vectors = NfcEncoder.load(out, max_length=32).encode(headlines(80)[:result.n_train]).astype(np.float64)
+    assert np.abs(vectors.mean(axis=0)).max() < 1e-3
+    assert np.abs(vectors.std(axis=0) - 1.0).max() < 1e-3
+    meta = json.loads((out / METADATA_FILE).read_text())
+    assert meta["standardised"]["texts"] == result.n_train and meta["standardised"]["max_error"] < 1e-3
