@@ -4,7 +4,8 @@ Stages and what they write under OUT:
   synth            data/ (bars.parquet, news.jsonl, oracle.json, universe.json)
   data summary     printed
   encoder init     encoder-init/  (tokenizer trained on the news, small random-init BigBird)
-  encoder train    encoder/       (sentiment-tuned on the synthetic labels)
+  encoder pretrain encoder/       (masked language modelling on the news: no labels, what a user without
+                                   labels does; --encoder-training sentiment tunes on the synthetic labels instead)
                    both read only news published before the run's training end (the validation and test
                    periods start after it), and record that range; `nfc train` checks it
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +40,9 @@ __all__ = ["demo"]
 log = logging.getLogger(__name__)
 
 ABLATIONS = ("concat", "market", "news")
+ENCODER_TRAINING = ("mlm", "sentiment")
+# the pretraining the demo runs (PretrainConfig defaults otherwise)
+PRETRAIN_SETS: tuple[str, ...] = ()
 
 
 def run_nfc(args: list[str]) -> Any:
@@ -58,10 +63,13 @@ def run_nfc(args: list[str]) -> Any:
 @click.option("--ablations/--no-ablations", default=True, show_default=True,
               help="Also train the concat / OHLCV-only / news-only ablations, so the report compares the model with "
                    "each stream alone (about 4 minutes on 2 CPU cores).")
+@click.option("--encoder-training", type=click.Choice(ENCODER_TRAINING), default="mlm", show_default=True,
+              help="mlm: `nfc encoder pretrain` on the news (no labels); sentiment: `nfc encoder train` on the "
+                   "synthetic sentiment labels.")
 @json_option
 @log_level_option
 @cli_errors
-def demo(out_dir: Path, seed: int, ablations: bool, as_json: bool) -> dict[str, Any]:
+def demo(out_dir: Path, seed: int, ablations: bool, encoder_training: str, as_json: bool) -> dict[str, Any]:
     """Synthetic market -> encoder -> embeddings -> model -> backtest report -> ONNX package -> validation ->
     BentoML service -> one HTTP and one gRPC prediction read back from MongoDB.
 
@@ -72,7 +80,7 @@ def demo(out_dir: Path, seed: int, ablations: bool, as_json: bool) -> dict[str, 
     """
     started = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        stages = run_stages(out_dir, seed, ablations)
+        stages = run_stages(out_dir, seed, ablations, encoder_training)
     result = {"out": str(out_dir), "seconds": round(time.perf_counter() - started, 1),
               "report": str(out_dir / "report" / "report.html"), "stages": stages}
     if as_json:
@@ -82,7 +90,7 @@ def demo(out_dir: Path, seed: int, ablations: bool, as_json: bool) -> dict[str, 
     return result
 
 
-def run_stages(out_dir: Path, seed: int, ablations: bool) -> dict[str, Any]:
+def run_stages(out_dir: Path, seed: int, ablations: bool, encoder_training: str = "mlm") -> dict[str, Any]:
     """Every stage as the `nfc` command a user would type; returns each command's result by stage."""
     data, embeddings = out_dir / "data", out_dir / "embeddings.parquet"
     stages: dict[str, Any] = {}
@@ -91,11 +99,17 @@ def run_stages(out_dir: Path, seed: int, ablations: bool) -> dict[str, Any]:
     # --data: the cut-off is the training end of this folder's split (the default window, as `nfc train` below)
     stages["encoder init"] = run_nfc(["encoder", "init", "--news", str(data / "news.jsonl"), "--data", str(data),
                                       "--out", str(out_dir / "encoder-init")])
-    # one epoch reaches a held-out probe accuracy of 1.0 on the synthetic headlines (~90 s on 2 cores)
-    stages["encoder train"] = run_nfc(["encoder", "train", "--news", str(data / "news.jsonl"), "--data", str(data),
-                                       "--encoder",
-                                       str(out_dir / "encoder-init"), "--out", str(out_dir / "encoder"),
-                                       "--set", "epochs=1"])
+    encoder_args = ["--news", str(data / "news.jsonl"), "--data", str(data), "--encoder", str(out_dir / "encoder-init"),
+                    "--out", str(out_dir / "encoder")]
+    if encoder_training == "mlm":
+        from training.encoder_init import CHECKPOINTS_DIR
+
+        # a new demo pretrains afresh: an earlier demo's resumable states would be refused without --resume
+        shutil.rmtree(out_dir / "encoder" / CHECKPOINTS_DIR, ignore_errors=True)
+        stages["encoder pretrain"] = run_nfc(["encoder", "pretrain", *encoder_args, *PRETRAIN_SETS])
+    else:
+        # one epoch reaches a held-out probe accuracy of 1.0 on the synthetic headlines (~90 s on 2 cores)
+        stages["encoder train"] = run_nfc(["encoder", "train", *encoder_args, "--set", "epochs=1"])
     stages["embed"] = run_nfc(["embed", "--news", str(data / "news.jsonl"), "--encoder", str(out_dir / "encoder"),
                                "--out", str(embeddings)])
     common = ["--data", str(data), "--embeddings", str(embeddings), "--set", f"seed={seed}", "--force"]
