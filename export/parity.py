@@ -1,10 +1,12 @@
 """ONNX Runtime vs PyTorch: parity of outputs and batch invariance, with stated tolerances.
 
 A comparison passes when max |ort - torch| <= atol + rtol * max |torch| over the whole output
-(`Tolerance.bound`). fp32 graphs (exported and CPU-optimised) must agree to 1e-5 absolute;
-measured on the test models they agree to about 1e-6. fp16 graphs get their own bound,
-5e-3 + 5e-3 * max |torch| (about 1.5e-2 for outputs of size ~2): measured on the test models the
-errors are ~5e-4 (encoder vectors) and ~1.3e-3 (fusion logits), float16's 3 significant digits.
+(`Tolerance.bound`). fp32 graphs (exported and CPU-optimised) must agree to 1e-5 + 2e-6 * max |torch|;
+measured on the test models they agree to about 1e-6. The relative part is for outputs far from 1: an
+MLM-pretrained encoder's standardised vectors (training/encoder_standardise.py) reach |v| ~15 on the generated
+batches, and its 2048-token batches differed by 1.1-2.0e-5 (~1.3e-6 of max |v|), over an absolute 1e-5.
+fp16 graphs get their own bound, 5e-3 + 5e-3 * max |torch| (about 1.5e-2 for outputs of size ~2): measured on
+the test models the errors are ~5e-4 (encoder vectors) and ~1.3e-3 (fusion logits), float16's 3 significant digits.
 
 Top-k weights are compared only where the choice is well defined: on samples whose margin between
 the k-th and (k+1)-th largest |logit| exceeds the logits' bound, the selected assets and signs must
@@ -85,7 +87,8 @@ class Tolerance:
 
 
 # keyed by the graph variant's precision; "cpu" (the ORT-optimised fp32 graph) uses "fp32"
-TOLERANCES: dict[str, Tolerance] = {"fp32": Tolerance(atol=1e-5), "fp16": Tolerance(atol=5e-3, rtol=5e-3)}
+TOLERANCES: dict[str, Tolerance] = {"fp32": Tolerance(atol=1e-5, rtol=2e-6),
+                                    "fp16": Tolerance(atol=5e-3, rtol=5e-3)}
 
 
 @dataclass(frozen=True)
