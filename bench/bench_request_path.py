@@ -1,6 +1,6 @@
 """Where a /predict request's CPU time goes, stage by stage, alone (batch 1) and in a batch: what batching can save.
 
-    python bench/bench_request_path.py                    # demo package, batch 1 vs 32, 64 requests
+    python bench/bench_request_path.py                    # bench package, batch 1 vs 32, 64 requests
     python bench/bench_request_path.py --batch 64 --requests 128
 
 Runs the serving path in this process on the same distinct requests bench_serving.py sends (the bars and
@@ -29,7 +29,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench_serving import DEMO, build_workload
+from bench_package import DEFAULT_DIR, bench_package
+from bench_serving import as_of_bars, read_market, row_payloads
 from machine import machine, machine_line, markdown_table
 
 from nfc.embedded_mongo import EmbeddedMongo
@@ -68,8 +69,11 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[int, dict[str
     runtime = PortfolioRuntime.load(args.package, device="cpu")
     size = args.batch
     rounds = args.requests // size
-    work = build_workload(args.package, args.data, 2 * size * (rounds + 1), args.first_bar, "path")
-    chunks = [work.http[i:i + size] for i in range(0, len(work.http), size)]
+    market = read_market(args.package, args.data)
+    n = 2 * size * (rounds + 1)
+    bodies = [json.dumps(p).encode() for p in row_payloads(market, as_of_bars(market, args.first_bar, n),
+                                                            [f"path-{i}" for i in range(n)])]
+    chunks = [bodies[i:i + size] for i in range(0, len(bodies), size)]
     totals = {1: dict.fromkeys(STAGES, 0.0), size: dict.fromkeys(STAGES, 0.0)}
     with EmbeddedMongo(workdir / "mongo") as mongo:
         async with PredictionStore(mongo.uri, database="path") as store:
@@ -89,15 +93,19 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[int, dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package", type=Path, default=DEMO / "package")
-    parser.add_argument("--data", type=Path, default=DEMO / "data")
+    parser.add_argument("--package", type=Path, help=f"model package (default: the bench package, {DEFAULT_DIR})")
+    parser.add_argument("--data", type=Path, help="data folder the requests are cut from (with --package)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--requests", type=int, default=64, help="timed requests per batch size (whole batches)")
-    parser.add_argument("--first-bar", type=int, default=5000)
+    parser.add_argument("--first-bar", type=int, default=200)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.batch < 2 or args.requests < args.batch:
         parser.error("--batch must be >= 2 and --requests >= --batch")
+    if (args.package is None) != (args.data is None):
+        parser.error("--package and --data go together (or neither: the demo-shaped bench package)")
+    if args.package is None:
+        args.package, args.data = bench_package(DEFAULT_DIR)
     info = machine()
     with tempfile.TemporaryDirectory(prefix="nfc-bench-") as tmp:
         results = asyncio.run(measure(args, Path(tmp)))

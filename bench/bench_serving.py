@@ -1,29 +1,41 @@
-"""Serving throughput and latency: adaptive batching vs batch size 1 over HTTP, and the gRPC path, in one run.
+"""Serving throughput against the ONNX Runtime limit: every compared server at once, interleaved, CPU read from /proc.
 
-    python bench/bench_serving.py --out runs/bench/serving            # demo package, concurrency 1 8 64, ~4-7 min
-    python bench/bench_serving.py --requests 32 --warmup 8 --out /tmp/quick                       # 2-3 min
-    python bench/bench_serving.py --requests 16 --warmup 8 --concurrency 1 8 --out /tmp/smoke     # < 1 min
-    python bench/bench_serving.py --package PKG --data DATA --max-batch 64 --max-latency-ms 10000 --out DIR
-    python bench/bench_serving.py --modes batching b1 --set NFC_ORT_THREADS=1 --out DIR
+    python bench/bench_serving.py --quick --out runs/bench/serving-quick    # concurrency 8 and 64, < 5 min
+    python bench/bench_serving.py --out runs/bench/serving                  # concurrency 1 8 64, more rounds
+    python bench/bench_serving.py --package runs/demo/package --data runs/demo/data --out DIR
+    python bench/bench_serving.py --device cuda --modes rows rows-b1 raw --concurrency 1 8 64 --out DIR   # a GPU
 
-For each mode it starts the real stack on free loopback ports: nx-27017 (one server, one database per
-mode) and `bentoml serve serving.service:PortfolioService` (what `nfc serve` runs, with its gRPC front)
-with NFC_PREDICT_MAX_BATCH=--max-batch ("batching") or NFC_PREDICT_MAX_BATCH=1 ("b1": the predict API
-is then declared not batchable, each call runs alone), then drives it with
-an async load generator (httpx for HTTP, grpc.aio for gRPC) at each concurrency: a warm-up (excluded; it also lets
-BentoML calibrate its batching), then --requests requests (at most --time-limit-s). The "grpc" mode
-runs against the batching server. Every request is a distinct real prediction: the bars and news of the
-model's window ending at a distinct bar of the data folder, with its own request id; a request counts
-as OK only if it answered 200 with `stored: true` and its own request id, and at the end the MongoDB
-database must hold exactly the OK requests. The encoder service batches its texts in both modes (its
-own queue, NFC_ENCODER_MAX_BATCH); the modes differ in the portfolio service's predict queue.
+Without --package it builds (once, then reuses) a demo-shaped package under runs/bench/demo-shaped
+(bench/bench_package.py: 12 assets, 160 bars a request, the default encoder and fusion model; ~2 minutes).
 
-At each concurrency the batching server serves HTTP, then gRPC. Prints a markdown table per server (req/s,
-p50, p99, errors, mean fusion batch size the server ran) and the batching/b1 ratio per concurrency; writes
-results.json, throughput.png and each server's log (serve-bench_*.log) to --out. The load
-generator runs on the same CPU as the servers, and `load` is the 1-minute load average before each level
-(other users of a shared machine show there). Servers are stopped by pid at the end, on error and on
-Ctrl-C/SIGTERM.
+It starts one nx-27017 and two `bentoml serve serving.service:PortfolioService` subprocesses at the same time,
+each with its own MongoDB database, on free loopback ports: "batching" (NFC_PREDICT_MAX_BATCH=--max-batch, the
+encoder's default queue, gRPC on) and "b1" (NFC_PREDICT_MAX_BATCH=1 and NFC_ENCODER_MAX_BATCH=1: every call
+runs alone). The modes it compares:
+
+  rows      HTTP POST /predict, JSON rows (batching server)
+  rows-b1   the same requests to the b1 server
+  grpc      gRPC Predict (batching server)
+  columns   HTTP POST /predict/columns, one array per field (batching server), where the server has the route
+  byref     HTTP POST /predict/at, an as-of time only: the server reads the bars and news (batching server),
+            where the server has the route
+  raw       no server: the package's encoder and fusion ONNX Runtime sessions in this process, on the rows
+            requests (prepared beforehand), in runs of min(concurrency, --max-batch) requests: the ORT limit
+
+At each concurrency every mode first runs one warm-up burst (not counted; it also lets BentoML calibrate its
+batching), then --rounds rounds in which the modes take turns, one short burst each (max(16, --burst-factor x
+concurrency) requests with `concurrency` in flight): the host's load drifts, so no mode is measured after
+another. Every request is a distinct real prediction (the window ending at a distinct bar of the data folder,
+its own request id; rows-b1 and raw get the rows requests); it counts as OK only when it answered 200,
+`stored: true` and its own request id. After each burst the server's database must hold exactly as many
+predictions as OK answers so far, and at the end exactly the OK request ids.
+
+Around each burst it reads the CPU time (utime + stime, /proc/PID/stat) of every process of that server (the
+entry, encoder and fusion workers and BentoML's supervisor), and reports CPU ms per request per process, with
+req/s, p50/p99 latency (checked against NFC_PREDICT_MAX_LATENCY_MS) and errors. It prints served/raw for every
+mode and concurrency, batching/b1, byref/rows, columns/rows and grpc/rows, and the issue's must-hold checks; it
+writes results.json (`served_over_raw`: {mode: {concurrency: ratio}}), throughput.png and the server logs to
+--out. Servers are stopped by pid at the end, on error, Ctrl-C and SIGTERM.
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -49,7 +61,8 @@ import grpc
 import httpx
 import numpy as np
 import pandas as pd
-from machine import load_average, machine, machine_line, markdown_table
+from bench_package import DEFAULT_DIR, bench_package
+from machine import load_average, machine, machine_line, markdown_table, process_tree_cpu
 from pymongo import MongoClient
 
 from neuralfusion.data.bars import BarFileSource
@@ -59,114 +72,172 @@ from nfc.embedded_mongo import EmbeddedMongo, free_port
 from nfc.processes import stop_process
 from serving.client import predict_payload, request_to_proto, wait_until_ready
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
+from serving.runtime import PortfolioRuntime, PreparedRequest
+from serving.schemas import PredictRequest
 from serving.settings import ServeSettings
 
 log = logging.getLogger("bench_serving")
 
-MODES = ("batching", "b1", "grpc")
-LABELS = {"batching": "HTTP, adaptive batching", "b1": "HTTP, batch size 1", "grpc": "gRPC, adaptive batching"}
-ROOT = Path(__file__).resolve().parents[1]  # bentoml serve's working dir: serving/ and bench/ import from it
-DEMO = Path("runs/demo")
+ROOT = Path(__file__).resolve().parents[1]  # bentoml serve's working dir: serving/ imports from it
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    server: str | None  # "batching", "b1", or None (raw: no server)
+    route: str | None  # the HTTP route a server must publish for this mode (None: always there)
+    label: str
+    inline: bool  # the client sends the bars and news (the issue's "inline requests")
+
+
+MODES: dict[str, ModeSpec] = {
+    "rows": ModeSpec("batching", None, "HTTP /predict, JSON rows", True),
+    "rows-b1": ModeSpec("b1", None, "HTTP /predict, JSON rows, batch size 1", True),
+    "grpc": ModeSpec("batching", None, "gRPC Predict", True),
+    "columns": ModeSpec("batching", "/predict/columns", "HTTP /predict/columns", True),
+    "byref": ModeSpec("batching", "/predict/at", "HTTP /predict/at, by reference", False),
+    "raw": ModeSpec(None, None, "ONNX Runtime alone, one process", False),
+}
+SERVERS = ("batching", "b1")
 # settings each server gets from the benchmark itself
 BENCH_OWNED = ("NFC_MONGO_URI", "NFC_MONGO_DB", "NFC_MODEL", "NFC_MODEL_PATH", "NFC_GRPC_PORT", "NFC_GRPC_HOST",
-               "NFC_PREDICT_MAX_BATCH", "NFC_PREDICT_MAX_LATENCY_MS")
-STARTUP_TIMEOUT_S = 240
+               "NFC_PREDICT_MAX_BATCH", "NFC_PREDICT_MAX_LATENCY_MS", "NFC_ENCODER_MAX_BATCH", "NFC_DEVICE")
+STARTUP_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
+SERVED_OVER_RAW_TARGET = 0.7  # the issue's must-hold numbers (on the CPU)
+BYREF_OVER_ROWS_TARGET = 3.0
+BATCHING_NOISE_FLOOR = 0.9  # batching/b1 below this is "below batch size 1 beyond noise" (interleaved runs
+#                             of the same server differ by up to ~10% on this shared host)
+GPU_BATCHING_TARGET = 4.0
 
 
-@dataclass
-class Level:
-    """One mode at one concurrency: what the clients saw, and the batch sizes the server ran."""
-
-    mode: str
-    concurrency: int
-    requests: int
-    ok: int
-    errors: int
-    wall_s: float
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    mean_ms: float
-    max_latency_ms: int
-    p99_inside_max_latency: bool
-    mean_fusion_batch: float
-    load_before: list[float]
-    error_samples: list[str] = field(default_factory=list)
+# -- the requests -------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Workload:
-    """Prebuilt request bodies (JSON bytes for HTTP, protobuf for gRPC), each for a distinct as-of bar."""
+    """One mode's distinct requests, in the order they are sent: request ids, as-of bars, and bodies."""
 
     ids: list[str]
-    http: list[bytes]
-    grpc: list[Any]
+    as_of: list[pd.Timestamp]
+    bodies: list[Any] = field(default_factory=list)  # JSON bytes (HTTP) or a protobuf message (gRPC)
 
 
-def build_workload(package: Path, data: Path, n: int, first_bar: int, prefix: str) -> Workload:
-    """`n` /predict bodies for the windows ending at bars first_bar, first_bar+1, ... of the data folder."""
+@dataclass(frozen=True)
+class Market:
+    """The data folder the requests are cut from, cut to the bars they need."""
+
+    bars: pd.DataFrame
+    news: pd.DataFrame
+    times: np.ndarray  # every bar close time, ascending
+    step: pd.Timedelta
+    needed: int  # bars per symbol a request carries: feature warm-up + lookback
+    lookback: int
+
+
+def read_market(package: Path, data: Path) -> Market:
     manifest = load_manifest(package)
-    step = manifest.bar_spec.timedelta
-    needed = int(manifest.data["features"]["warmup_bars"]) + manifest.window.lookback
     bars = BarFileSource(data / "bars.parquet").read()
-    times = np.sort(bars["timestamp"].unique())
-    if first_bar < needed or first_bar + n > len(times):
-        raise SystemExit(f"the data folder has {len(times)} bars: {n} requests from bar {first_bar} need bars "
-                         f"{first_bar - needed + 1}..{first_bar + n - 1}; lower --requests or use more data")
-    lo, hi = pd.Timestamp(times[first_bar - needed]), pd.Timestamp(times[first_bar + n - 1])
-    bars = bars[(bars["timestamp"] > lo) & (bars["timestamp"] <= hi)]  # smaller frames: faster slicing below
-    news = read_news(data / "news.jsonl")
-    news = news[(news["published_at"] > lo - step) & (news["published_at"] <= hi)]
-    ids = [f"{prefix}-{i}" for i in range(n)]
-    payloads = [predict_payload(bars, news, pd.Timestamp(times[first_bar + i]), needed, step, ids[i],
-                                news_bars=manifest.window.lookback) for i in range(n)]
-    return Workload(ids, [json.dumps(p).encode() for p in payloads], [request_to_proto(p) for p in payloads])
+    needed = int(manifest.data["features"]["warmup_bars"]) + manifest.window.lookback
+    return Market(bars, read_news(data / "news.jsonl"), np.sort(bars["timestamp"].unique()),
+                  manifest.bar_spec.timedelta, needed, manifest.window.lookback)
+
+
+def as_of_bars(market: Market, first_bar: int, n: int) -> list[pd.Timestamp]:
+    """The close times of bars first_bar .. first_bar + n - 1, refused when the data folder is too short."""
+    if first_bar < market.needed or first_bar + n > len(market.times):
+        raise SystemExit(f"the data folder has {len(market.times)} bars: {n} requests from bar {first_bar} need "
+                         f"bars {first_bar - market.needed + 1}..{first_bar + n - 1}; use fewer requests "
+                         "(--quick, --rounds, --burst-factor) or more data")
+    return [pd.Timestamp(t) for t in market.times[first_bar:first_bar + n]]
+
+
+def row_payloads(market: Market, as_of: list[pd.Timestamp], ids: list[str]) -> list[dict[str, Any]]:
+    """/predict bodies as a client sends them: the bars of the window and the news of its lookback."""
+    lo, hi = as_of[0] - market.step * market.needed, as_of[-1]
+    bars = market.bars[(market.bars["timestamp"] > lo) & (market.bars["timestamp"] <= hi)]
+    news = market.news[(market.news["published_at"] > lo) & (market.news["published_at"] <= hi)]
+    return [predict_payload(bars, news, end, market.needed, market.step, rid, news_bars=market.lookback)
+            for end, rid in zip(as_of, ids, strict=True)]
+
+
+def build_bodies(mode: str, market: Market, work: Workload) -> None:
+    """Fill `work.bodies` with what `mode` sends for each of its requests."""
+    if mode == "rows":
+        work.bodies = [json.dumps(p).encode() for p in row_payloads(market, work.as_of, work.ids)]
+    elif mode == "grpc":
+        work.bodies = [request_to_proto(p) for p in row_payloads(market, work.as_of, work.ids)]
+    else:
+        raise ValueError(f"no request builder for mode {mode!r}")
 
 
 # -- the servers ------------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def bentoml_serve(package: Path, mongo_uri: str, database: str, max_batch: int, max_latency_ms: int,
-                  extra_env: dict[str, str], workdir: Path, log_dir: Path) -> Iterator[tuple[str, str]]:
-    """(HTTP url, gRPC target) of a `bentoml serve` subprocess on free loopback ports, stopped by pid on exit."""
-    http_port = free_port()
-    grpc_port = free_port()
+@dataclass
+class Server:
+    """A running `bentoml serve` of one configuration, and what its database should hold."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    grpc_target: str
+    database: str
+    routes: set[str] = field(default_factory=set)
+    answered: set[str] = field(default_factory=set)  # request ids answered OK, over all its modes
+
+
+def start_server(name: str, args: argparse.Namespace, mongo_uri: str, workdir: Path) -> Server:
+    """Start `bentoml serve` for the named configuration on free loopback ports (not yet waited for)."""
+    http_port, grpc_port = free_port(), free_port()
     while grpc_port == http_port:
         grpc_port = free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("NFC_")}
-    env.update(BENTOML_DO_NOT_TRACK="true", BENTOML_HOME=str(workdir / "bentoml"), NFC_MONGO_URI=mongo_uri,
-               NFC_MONGO_DB=database, NFC_PREDICT_MAX_BATCH=str(max_batch),
-               NFC_PREDICT_MAX_LATENCY_MS=str(max_latency_ms), **extra_env)
-    env.update(NFC_MODEL_PATH=str(package.resolve()), NFC_GRPC_PORT=str(grpc_port), NFC_GRPC_HOST="127.0.0.1")
-    log_path = log_dir / f"serve-{database}.log"
+    batch = args.max_batch if name == "batching" else 1
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NFC_")}
+    env.update({item.split("=", 1)[0]: item.split("=", 1)[1] for item in args.set})
+    env.update(BENTOML_DO_NOT_TRACK="true", BENTOML_HOME=str(workdir / f"bentoml-{name}"), NFC_MONGO_URI=mongo_uri,
+               NFC_MONGO_DB=f"bench_{name}", NFC_MODEL_PATH=str(args.package.resolve()),
+               NFC_PREDICT_MAX_BATCH=str(batch), NFC_PREDICT_MAX_LATENCY_MS=str(args.max_latency_ms),
+               NFC_DEVICE=args.device, NFC_GRPC_PORT=str(grpc_port), NFC_GRPC_HOST="127.0.0.1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    if name == "b1":
+        env["NFC_ENCODER_MAX_BATCH"] = "1"
+    log_path = args.out / f"serve-{name}.log"
     with log_path.open("wb") as out:
-        process = subprocess.Popen(  # own session: Ctrl-C reaches us, and we stop it in order
+        process = subprocess.Popen(  # own session: stopped as a group, after us on Ctrl-C
             [sys.executable, "-m", "bentoml", "serve", "serving.service:PortfolioService", "--host", "127.0.0.1",
-             "--port", str(http_port),
-             "--working-dir", str(ROOT)],
+             "--port", str(http_port), "--working-dir", str(ROOT)],
             env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        if not wait_until_ready(url, process, STARTUP_TIMEOUT_S):
-            raise RuntimeError(f"bentoml serve did not become ready; its log ({log_path}):\n"
-                               f"{log_path.read_text()[-3000:]}")
-        yield url, f"127.0.0.1:{grpc_port}"
-    finally:
-        stop_process(process, STOP_TIMEOUT_S, group=True)
+    return Server(name, process, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", f"bench_{name}")
 
 
-def fusion_batch_sizes(url: str) -> dict[int, int]:
-    """{batch size: count} of the fusion runs of the (single) portfolio worker so far."""
-    sizes = httpx.post(f"{url}/model_info", timeout=30).json()["batches"]["fusion"]["sizes"]
-    return {int(n): count for n, count in sizes.items()}
+@contextmanager
+def running_servers(names: list[str], args: argparse.Namespace, mongo_uri: str,
+                    workdir: Path) -> Iterator[dict[str, Server]]:
+    """The named servers, started at the same time and ready; stopped by pid on exit."""
+    with ExitStack() as stack:
+        servers: dict[str, Server] = {}
+        for name in names:
+            server = start_server(name, args, mongo_uri, workdir)
+            stack.callback(stop_process, server.process, STOP_TIMEOUT_S, group=True)
+            servers[name] = server
+        for name, server in servers.items():
+            if not wait_until_ready(server.url, server.process, STARTUP_TIMEOUT_S):
+                log_text = (args.out / f"serve-{name}.log").read_text()[-3000:]
+                raise RuntimeError(f"bentoml serve ({name}) did not become ready; its log:\n{log_text}")
+            server.routes = set(httpx.get(f"{server.url}/docs.json", timeout=30).json()["paths"])
+            log.info("%s server ready at %s (gRPC %s)", name, server.url, server.grpc_target)
+        yield servers
 
 
-def mean_batch(before: dict[int, int], after: dict[int, int]) -> float:
-    new = {n: after[n] - before.get(n, 0) for n in after}
-    runs = sum(new.values())
-    return sum(n * c for n, c in new.items()) / runs if runs else 0.0
+def batch_sizes(url: str) -> dict[str, dict[int, int]]:
+    """{graph: {batch size: runs}} of the server's inner services so far."""
+    batches = httpx.post(f"{url}/model_info", timeout=60).json()["batches"]
+    return {graph: {int(n): count for n, count in batches[graph]["sizes"].items()} for graph in ("fusion", "encoder")}
+
+
+def stored_count(mongo_uri: str, database: str) -> int:
+    with MongoClient(mongo_uri, serverSelectionTimeoutMS=5000) as client:
+        return client[database]["predictions"].count_documents({})
 
 
 def stored_ids(mongo_uri: str, database: str) -> set[str]:
@@ -174,14 +245,27 @@ def stored_ids(mongo_uri: str, database: str) -> set[str]:
         return {doc["request_id"] for doc in client[database]["predictions"].find({}, {"request_id": 1})}
 
 
-# -- the load generator -----------------------------------------------------------------------------------------
+# -- one burst --------------------------------------------------------------------------------------------------
 
 Send = Callable[[int], Awaitable[str | None]]  # request index -> None when OK, else what went wrong
 
 
-def http_sender(client: httpx.AsyncClient, url: str, work: Workload) -> Send:
+@dataclass
+class Burst:
+    """What one burst of one mode measured."""
+
+    latencies_ms: list[float]
+    errors: list[str]
+    wall_s: float
+    ok_ids: list[str]
+    cpu_s: dict[str, float]  # per process label (raw: "bench"), CPU seconds spent during the burst
+    batches: dict[str, dict[int, int]]  # per graph, runs by batch size during the burst
+    stored_as_answered: bool | None  # the database holds as many predictions as OK answers (None: raw)
+
+
+def http_sender(client: httpx.AsyncClient, url: str, route: str, work: Workload) -> Send:
     async def send(i: int) -> str | None:
-        response = await client.post(f"{url}/predict", content=work.http[i],
+        response = await client.post(f"{url}{route}", content=work.bodies[i],
                                      headers={"content-type": "application/json"})
         if response.status_code != 200:
             return f"HTTP {response.status_code}: {response.text[:200]}"
@@ -195,7 +279,7 @@ def http_sender(client: httpx.AsyncClient, url: str, work: Workload) -> Send:
 def grpc_sender(stub: pb_grpc.PortfolioServiceStub, work: Workload, timeout_s: float) -> Send:
     async def send(i: int) -> str | None:
         try:
-            reply = await stub.Predict(work.grpc[i], timeout=timeout_s)
+            reply = await stub.Predict(work.bodies[i], timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
             return f"gRPC {err.code().name}: {(err.details() or '')[:200]}"
         if not reply.prediction.stored or reply.prediction.request_id != work.ids[i]:
@@ -204,19 +288,16 @@ def grpc_sender(stub: pb_grpc.PortfolioServiceStub, work: Workload, timeout_s: f
     return send
 
 
-async def drive(send: Send, indices: range, concurrency: int, time_limit_s: float,
-                ok: set[int]) -> tuple[list[float], list[str], float]:
-    """Send `indices` with `concurrency` requests in flight; no new request after time_limit_s. Adds the OK
-    indices to `ok`; returns (latencies of OK requests in ms, error messages, wall seconds)."""
+async def drive(send: Send, indices: range, concurrency: int) -> tuple[list[float], list[str], list[int], float]:
+    """Send `indices` with `concurrency` requests in flight: (OK latencies in ms, errors, OK indices, wall s)."""
     pending = iter(indices)
     latencies: list[float] = []
     errors: list[str] = []
+    ok: list[int] = []
     start = time.perf_counter()
 
     async def client() -> None:
         for i in pending:  # one shared iterator: each index is sent once
-            if time.perf_counter() - start > time_limit_s:
-                return
             sent = time.perf_counter()
             try:
                 error = await send(i)
@@ -224,85 +305,255 @@ async def drive(send: Send, indices: range, concurrency: int, time_limit_s: floa
                 error = f"{type(err).__name__}: {err}"
             if error is None:
                 latencies.append(1000 * (time.perf_counter() - sent))
-                ok.add(i)
+                ok.append(i)
             else:
                 errors.append(error)
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    return latencies, errors, time.perf_counter() - start
+    return latencies, errors, ok, time.perf_counter() - start
 
 
-async def run_server(modes: list[str], url: str, grpc_target: str, works: dict[str, Workload],
-                     args: argparse.Namespace, max_latency_ms: int, ok: dict[str, set[int]]) -> list[Level]:
-    """Every concurrency for `modes` against one running server, the modes taking turns at each concurrency
-    (so each meets the batching queue in the same state); request indices never repeat, OK ones go to `ok`."""
-    timeout_s = max_latency_ms / 1000 + 60
-    levels = []
-    async with httpx.AsyncClient(timeout=timeout_s, limits=httpx.Limits(max_connections=max(args.concurrency))) as hc, \
-            grpc.aio.insecure_channel(grpc_target) as channel:
-        stub = pb_grpc.PortfolioServiceStub(channel)
-        senders = {mode: grpc_sender(stub, works[mode], timeout_s) if mode == "grpc"
-                   else http_sender(hc, url, works[mode]) for mode in modes}
-        offsets = dict.fromkeys(modes, 0)
-        for concurrency in args.concurrency:
-            for mode in modes:
-                send, offset, warmup = senders[mode], offsets[mode], max(args.warmup, concurrency)
-                await drive(send, range(offset, offset + warmup), concurrency, args.time_limit_s, ok[mode])
-                offset += warmup
-                load = load_average()
-                before = fusion_batch_sizes(url)
-                latencies, errors, wall = await drive(send, range(offset, offset + args.requests), concurrency,
-                                                      args.time_limit_s, ok[mode])
-                offsets[mode] = offset + args.requests
-                lat = np.array(latencies) if latencies else np.array([np.nan])
-                p99 = float(np.percentile(lat, 99))
-                levels.append(Level(
-                    mode=mode, concurrency=concurrency, requests=len(latencies) + len(errors), ok=len(latencies),
-                    errors=len(errors), wall_s=round(wall, 2), rps=round(len(latencies) / wall, 2),
-                    p50_ms=round(float(np.percentile(lat, 50)), 1), p99_ms=round(p99, 1),
-                    mean_ms=round(float(lat.mean()), 1), max_latency_ms=max_latency_ms,
-                    p99_inside_max_latency=bool(p99 <= max_latency_ms),
-                    mean_fusion_batch=round(mean_batch(before, fusion_batch_sizes(url)), 2), load_before=load,
-                    error_samples=sorted(set(errors))[:5]))
-                log.info("%s c=%d: %.2f req/s, p50 %.0f ms, p99 %.0f ms, %d errors, load %s", mode, concurrency,
-                         levels[-1].rps, levels[-1].p50_ms, p99, len(errors), load)
-    return levels
+PROCESS_NAMES = {"neuralfusion": "entry", "nfc-encoder": "encoder", "nfc-fusion": "fusion"}  # by service name
 
 
-# -- reporting ----------------------------------------------------------------------------------------------------
-
-
-def levels_table(levels: list[Level]) -> str:
-    rows = [[lv.mode, lv.concurrency, lv.ok, lv.errors, f"{lv.rps:.2f}", f"{lv.p50_ms:.0f}", f"{lv.p99_ms:.0f}",
-             "yes" if lv.p99_inside_max_latency else "NO", f"{lv.mean_fusion_batch:.1f}", lv.load_before[0]]
-            for lv in levels]
-    return markdown_table(["mode", "concurrency", "ok", "errors", "req/s", "p50 ms", "p99 ms",
-                           "p99 <= max latency", "mean fusion batch", "load"], rows)
-
-
-def ratios(levels: list[Level]) -> dict[str, dict[int, float]]:
-    """batching/b1 and grpc/batching throughput per concurrency, where both were measured."""
-    rps = {(lv.mode, lv.concurrency): lv.rps for lv in levels}
-    out: dict[str, dict[int, float]] = {}
-    for name, (a, b) in {"batching/b1": ("batching", "b1"), "grpc/batching": ("grpc", "batching")}.items():
-        common = sorted(c for m, c in rps if m == a and (b, c) in rps and rps[(b, c)] > 0)
-        if common:
-            out[name] = {c: round(rps[(a, c)] / rps[(b, c)], 2) for c in common}
+def cpu_by_label(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two process_tree_cpu readings, summed per process kind (entry, encoder, fusion,
+    supervisor); a worker that restarted in between counts from zero."""
+    out: dict[str, float] = {}
+    for pid, (label, seconds) in after.items():
+        name = PROCESS_NAMES.get(label, label)
+        out[name] = out.get(name, 0.0) + seconds - before.get(pid, (label, 0.0))[1]
     return out
 
 
-def batching_goal(levels: list[Level], target: float = 4.0) -> dict[str, Any] | None:
-    """The issue's goal: batching >= 4x the b1 throughput at the highest concurrency, p99 within the deadline."""
-    top = max((lv.concurrency for lv in levels), default=0)
-    by_mode = {lv.mode: lv for lv in levels if lv.concurrency == top}
-    if "batching" not in by_mode or "b1" not in by_mode or not by_mode["b1"].rps:
-        return None
-    ratio = by_mode["batching"].rps / by_mode["b1"].rps
-    reached = ratio >= target and by_mode["batching"].p99_inside_max_latency
-    return {"concurrency": top, "ratio": round(ratio, 2), "target": target, "reached": reached,
-            "text": f"goal: batching >= {target:g}x b1 at concurrency {top} with p99 <= "
-                    f"{by_mode['batching'].max_latency_ms} ms: {'reached' if reached else 'NOT reached'} "
-                    f"({ratio:.2f}x, p99 {by_mode['batching'].p99_ms:.0f} ms)"}
+async def server_burst(send: Send, server: Server, work: Workload, indices: range, concurrency: int,
+                       mongo_uri: str) -> Burst:
+    """One burst to a server, with its CPU per process, batch sizes and the database check around it."""
+    batches_before = await asyncio.to_thread(batch_sizes, server.url)
+    cpu_before = process_tree_cpu(server.process.pid)
+    latencies, errors, ok, wall = await drive(send, indices, concurrency)
+    cpu_after = process_tree_cpu(server.process.pid)
+    batches_after = await asyncio.to_thread(batch_sizes, server.url)
+    ok_ids = [work.ids[i] for i in ok]
+    server.answered.update(ok_ids)
+    in_db = await asyncio.to_thread(stored_count, mongo_uri, server.database)
+    return Burst(latencies, errors, wall, ok_ids, cpu_by_label(cpu_before, cpu_after),
+                 {graph: {n: c - batches_before[graph].get(n, 0) for n, c in sizes.items()
+                          if c > batches_before[graph].get(n, 0)} for graph, sizes in batches_after.items()},
+                 in_db == len(server.answered))
+
+
+class RawRunner:
+    """The ORT limit: the package's encoder and fusion sessions in this process on prepared requests."""
+
+    def __init__(self, package: Path, device: str, threads: int | None, max_batch: int) -> None:
+        self.runtime = PortfolioRuntime.load(package, device, threads=threads)
+        self.max_batch = max_batch
+        self.prepared: list[PreparedRequest] = []
+
+    def prepare(self, bodies: list[bytes]) -> None:
+        """Parse and prepare the rows requests beforehand: the limit counts ONNX Runtime's work only."""
+        self.prepared = [self.runtime.prepare(PredictRequest.model_validate_json(b)) for b in bodies]
+
+    def burst(self, work: Workload, indices: range, concurrency: int) -> Burst:
+        """Runs of min(concurrency, max_batch) requests: their texts in one encode call, then one fusion run."""
+        size = min(concurrency, self.max_batch)
+        latencies: list[float] = []
+        cpu_before, start = time.process_time(), time.perf_counter()
+        for first in range(indices.start, indices.stop, size):
+            chunk = self.prepared[first:min(first + size, indices.stop)]
+            began = time.perf_counter()
+            assert self.runtime.encoder is not None  # loaded with its encoder
+            vectors = self.runtime.encoder.encode([text for item in chunk for text in item.texts]).vectors
+            self.runtime.predict(chunk, vectors)
+            latencies += [1000 * (time.perf_counter() - began)] * len(chunk)
+        wall = time.perf_counter() - start
+        return Burst(latencies, [], wall, [work.ids[i] for i in indices], {"bench": time.process_time() - cpu_before},
+                     {}, None)
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Level:
+    """One mode at one concurrency, summed over its measured bursts."""
+
+    mode: str
+    concurrency: int
+    bursts: int
+    requests: int
+    ok: int
+    errors: int
+    wall_s: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    max_latency_ms: int
+    p99_inside_max_latency: bool
+    cpu_ms_per_request: dict[str, float]
+    mean_batch: dict[str, float]
+    stored_as_answered: bool | None
+    burst_rps: list[float]
+    load_before: list[float]
+    error_samples: list[str] = field(default_factory=list)
+
+
+def summarise(mode: str, concurrency: int, bursts: list[Burst], max_latency_ms: int, load: list[float]) -> Level:
+    latencies = np.array([x for b in bursts for x in b.latencies_ms]) if any(b.latencies_ms for b in bursts) \
+        else np.array([np.nan])
+    ok = sum(len(b.ok_ids) for b in bursts)
+    errors = [e for b in bursts for e in b.errors]
+    wall = sum(b.wall_s for b in bursts)
+    cpu: dict[str, float] = {}
+    for b in bursts:
+        for label, seconds in b.cpu_s.items():
+            cpu[label] = cpu.get(label, 0.0) + seconds
+    cpu_ms = {label: round(1000 * seconds / max(ok, 1), 1) for label, seconds in sorted(cpu.items())}
+    cpu_ms["total"] = round(sum(cpu_ms.values()), 1)
+    runs: dict[str, dict[int, int]] = {}
+    for b in bursts:
+        for graph, sizes in b.batches.items():
+            for n, count in sizes.items():
+                runs.setdefault(graph, {})[n] = runs.setdefault(graph, {}).get(n, 0) + count
+    mean_batch = {graph: round(sum(n * c for n, c in sizes.items()) / max(sum(sizes.values()), 1), 2)
+                  for graph, sizes in runs.items()}
+    checks = [b.stored_as_answered for b in bursts if b.stored_as_answered is not None]
+    p99 = float(np.percentile(latencies, 99))
+    return Level(mode=mode, concurrency=concurrency, bursts=len(bursts), requests=ok + len(errors), ok=ok,
+                 errors=len(errors), wall_s=round(wall, 2), rps=round(ok / wall, 2) if wall else 0.0,
+                 p50_ms=round(float(np.percentile(latencies, 50)), 1), p99_ms=round(p99, 1),
+                 max_latency_ms=max_latency_ms, p99_inside_max_latency=bool(p99 <= max_latency_ms),
+                 cpu_ms_per_request=cpu_ms, mean_batch=mean_batch, stored_as_answered=all(checks) if checks else None,
+                 burst_rps=[round(len(b.ok_ids) / b.wall_s, 2) for b in bursts], load_before=load,
+                 error_samples=sorted(set(errors))[:5])
+
+
+def burst_size(args: argparse.Namespace, concurrency: int) -> int:
+    return max(16, args.burst_factor * concurrency)
+
+
+def requests_per_mode(args: argparse.Namespace) -> int:
+    return sum((1 + args.rounds) * burst_size(args, c) for c in args.concurrency)
+
+
+async def measure(modes: list[str], servers: dict[str, Server], works: dict[str, Workload], raw: RawRunner | None,
+                  args: argparse.Namespace, mongo_uri: str) -> list[Level]:
+    """Every concurrency: one warm-up burst per mode, then --rounds rounds of one burst per mode in turn."""
+    timeout_s = args.max_latency_ms / 1000 + 60
+    limits = httpx.Limits(max_connections=max(args.concurrency), max_keepalive_connections=max(args.concurrency))
+    levels: list[Level] = []
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client, AsyncExitStack() as stack:
+        senders: dict[str, Send] = {}
+        for mode in modes:
+            spec = MODES[mode]
+            if mode == "grpc":
+                channel = await stack.enter_async_context(grpc.aio.insecure_channel(servers["batching"].grpc_target))
+                senders[mode] = grpc_sender(pb_grpc.PortfolioServiceStub(channel), works[mode], timeout_s)
+            elif spec.server is not None:
+                senders[mode] = http_sender(client, servers[spec.server].url, spec.route or "/predict", works[mode])
+
+        async def burst(mode: str, indices: range, concurrency: int) -> Burst:
+            spec = MODES[mode]
+            if spec.server is None:
+                assert raw is not None
+                return await asyncio.to_thread(raw.burst, works[mode], indices, concurrency)
+            return await server_burst(senders[mode], servers[spec.server], works[mode], indices, concurrency,
+                                      mongo_uri)
+
+        cursor = 0  # every mode sends its own requests in the same order, so rows, rows-b1 and raw share theirs
+        for concurrency in args.concurrency:
+            size = burst_size(args, concurrency)
+            for mode in modes:  # warm-up
+                await burst(mode, range(cursor, cursor + size), concurrency)
+            cursor += size
+            load = load_average()
+            measured: dict[str, list[Burst]] = {mode: [] for mode in modes}
+            for round_ in range(args.rounds):
+                order = modes if round_ % 2 == 0 else modes[::-1]  # nobody always goes first
+                for mode in order:
+                    measured[mode].append(await burst(mode, range(cursor, cursor + size), concurrency))
+                cursor += size
+            for mode in modes:
+                level = summarise(mode, concurrency, measured[mode], args.max_latency_ms, load)
+                levels.append(level)
+                log.info("%-8s c=%-3d %7.2f req/s  p50 %6.0f ms  p99 %6.0f ms  %d errors  CPU %s ms/request",
+                         mode, concurrency, level.rps, level.p50_ms, level.p99_ms, level.errors,
+                         level.cpu_ms_per_request.get("total"))
+    return levels
+
+
+# -- ratios, checks and the report ----------------------------------------------------------------------------------
+
+
+def rps_of(levels: list[Level]) -> dict[tuple[str, int], float]:
+    return {(lv.mode, lv.concurrency): lv.rps for lv in levels}
+
+
+def ratio_table(levels: list[Level], a: str, b: str) -> dict[int, float]:
+    """rps(a) / rps(b) at every concurrency both were measured."""
+    rps = rps_of(levels)
+    return {c: round(rps[(a, c)] / rps[(b, c)], 2) for m, c in rps if m == a and rps.get((b, c))}
+
+
+def served_over_raw(levels: list[Level]) -> dict[str, dict[int, float]]:
+    return {mode: table for mode in MODES if mode != "raw" and (table := ratio_table(levels, mode, "raw"))}
+
+
+RATIOS = {"batching/b1": ("rows", "rows-b1"), "byref/rows": ("byref", "rows"), "byref/columns": ("byref", "columns"),
+          "columns/rows": ("columns", "rows"), "grpc/rows": ("grpc", "rows")}
+
+
+def ratios(levels: list[Level]) -> dict[str, dict[int, float]]:
+    return {name: table for name, (a, b) in RATIOS.items() if (table := ratio_table(levels, a, b))}
+
+
+def must_hold(levels: list[Level], device: str) -> list[dict[str, Any]]:
+    """The issue's must-hold numbers that this run measured, each with the value and whether it held."""
+    checks: list[dict[str, Any]] = []
+    by_key = {(lv.mode, lv.concurrency): lv for lv in levels}
+    over_raw = served_over_raw(levels)
+    for (mode, c), lv in sorted(by_key.items()):
+        if mode == "raw":
+            continue
+        if MODES[mode].inline and mode != "rows-b1" and device != "cuda" and c in (8, 64):
+            ratio = over_raw.get(mode, {}).get(c)
+            if ratio is not None:
+                checks.append({"check": f"{mode} served/raw >= {SERVED_OVER_RAW_TARGET} at concurrency {c}",
+                               "value": ratio, "held": ratio >= SERVED_OVER_RAW_TARGET})
+        checks.append({"check": f"{mode} at concurrency {c}: 0 errors, the database holds exactly the OK requests, "
+                                f"p99 <= {lv.max_latency_ms} ms",
+                       "value": f"{lv.errors} errors, p99 {lv.p99_ms:.0f} ms, stored as answered: "
+                                f"{lv.stored_as_answered}",
+                       "held": lv.errors == 0 and lv.stored_as_answered is not False and lv.p99_inside_max_latency})
+    byref = ratio_table(levels, "byref", "rows").get(8)
+    if byref is not None:
+        checks.append({"check": f"byref >= {BYREF_OVER_ROWS_TARGET:g}x inline rows req/s at concurrency 8",
+                       "value": byref, "held": byref >= BYREF_OVER_ROWS_TARGET})
+    for c, ratio in ratio_table(levels, "rows", "rows-b1").items():
+        if device == "cuda":
+            if c == 64:
+                checks.append({"check": f"on a GPU, batching >= {GPU_BATCHING_TARGET:g}x batch size 1 at "
+                                        "concurrency 64", "value": ratio, "held": ratio >= GPU_BATCHING_TARGET})
+        else:
+            checks.append({"check": f"batching not below batch size 1 beyond noise (>= {BATCHING_NOISE_FLOOR}) at "
+                                    f"concurrency {c}", "value": ratio, "held": ratio >= BATCHING_NOISE_FLOOR})
+    return checks
+
+
+def levels_table(levels: list[Level]) -> str:
+    over_raw = served_over_raw(levels)
+    labels = sorted({label for lv in levels for label in lv.cpu_ms_per_request if label != "total"})
+    rows = []
+    for lv in levels:
+        ratio = over_raw.get(lv.mode, {}).get(lv.concurrency)
+        rows.append([lv.mode, lv.concurrency, lv.ok, lv.errors, f"{lv.rps:.2f}",
+                     "" if ratio is None else f"{ratio:.2f}", f"{lv.p50_ms:.0f}", f"{lv.p99_ms:.0f}",
+                     *(lv.cpu_ms_per_request.get(label, "") for label in labels), lv.cpu_ms_per_request["total"],
+                     lv.mean_batch.get("fusion", ""), {None: "", True: "yes", False: "NO"}[lv.stored_as_answered]])
+    return markdown_table(["mode", "concurrency", "ok", "errors", "req/s", "served/raw", "p50 ms", "p99 ms",
+                           *(f"CPU ms/req {label}" for label in labels), "CPU ms/req total", "mean fusion batch",
+                           "stored = OK"], rows)
 
 
 def plot(levels: list[Level], path: Path, title: str) -> None:
@@ -312,11 +563,12 @@ def plot(levels: list[Level], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    for mode in MODES:
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    for mode, spec in MODES.items():
         points = [(lv.concurrency, lv.rps) for lv in levels if lv.mode == mode]
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=LABELS[mode])
+            ax.plot(*zip(*points, strict=True), marker="o", label=f"{mode}: {spec.label}",
+                    linestyle="--" if mode == "raw" else "-")
     ax.set_xscale("log", base=2)
     concurrencies = sorted({lv.concurrency for lv in levels})
     ax.set_xticks(concurrencies, [str(c) for c in concurrencies])
@@ -325,77 +577,109 @@ def plot(levels: list[Level], path: Path, title: str) -> None:
     ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-# -- main ---------------------------------------------------------------------------------------------------------
+# -- main -------------------------------------------------------------------------------------------------------
+
+
+def available_modes(wanted: list[str], servers: dict[str, Server]) -> list[str]:
+    """The wanted modes whose server publishes their route; a missing route is said, never faked."""
+    modes = []
+    for mode in wanted:
+        spec = MODES[mode]
+        if spec.route is not None and spec.route not in servers[spec.server or "batching"].routes:
+            print(f"skipping mode {mode}: the server has no {spec.route} route (not in this checkout's serving/)",
+                  flush=True)
+            continue
+        modes.append(mode)
+    return modes
+
+
+SHARED_REQUESTS = {"rows-b1": "rows", "raw": "rows"}  # modes sent the rows requests (another server, or none)
+
+
+def workloads(modes: list[str], market: Market, args: argparse.Namespace) -> dict[str, Workload]:
+    """Each mode's requests: distinct as-of bars per mode of the batching server (a repeated (model version,
+    as_of) is a duplicate there); rows-b1 and raw share the rows requests."""
+    n = requests_per_mode(args)
+    by_source: dict[str, Workload] = {}
+    first = args.first_bar
+    for source in dict.fromkeys(SHARED_REQUESTS.get(mode, mode) for mode in modes):
+        by_source[source] = Workload([f"bench-{source}-{i}" for i in range(n)], as_of_bars(market, first, n))
+        first += n
+    log.info("building %d distinct requests for each of %s", n, ", ".join(by_source))
+    for source, work in by_source.items():
+        build_bodies(source, market, work)
+    return {mode: by_source[SHARED_REQUESTS.get(mode, mode)] for mode in modes}
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Both servers in turn (the modes that need them), against one nx-27017; server logs go to args.out."""
-    max_latency_ms = args.max_latency_ms
-    extra_env = dict(item.split("=", 1) for item in args.set)
-    per_mode = sum(max(args.warmup, c) + args.requests for c in args.concurrency)
-    log.info("building %d distinct requests per mode", per_mode)
-    http_work = build_workload(args.package, args.data, per_mode, args.first_bar, "bench-http")
-    grpc_work = build_workload(args.package, args.data, per_mode, args.first_bar + per_mode, "bench-grpc") \
-        if "grpc" in args.modes else http_work
-    works = {"batching": http_work, "b1": http_work, "grpc": grpc_work}
-    levels: list[Level] = []
-    stored: dict[str, dict[str, Any]] = {}
-    with EmbeddedMongo(workdir / "mongo") as mongo:
-        servers = [("batching", args.max_batch, [m for m in ("batching", "grpc") if m in args.modes]),
-                   ("b1", 1, ["b1"] if "b1" in args.modes else [])]
-        for database, max_batch, modes in servers:
-            if not modes:
-                continue
-            log.info("starting bentoml serve with NFC_PREDICT_MAX_BATCH=%d", max_batch)
-            with bentoml_serve(args.package, mongo.uri, f"bench_{database}", max_batch, max_latency_ms, extra_env,
-                               workdir, args.out) as (url, grpc_target):
-                ok: dict[str, set[int]] = {mode: set() for mode in modes}
-                server_levels = asyncio.run(run_server(modes, url, grpc_target, works, args, max_latency_ms, ok))
-                levels += server_levels
-                print(f"\n{levels_table(server_levels)}", flush=True)
-                answered = {works[mode].ids[i] for mode in modes for i in ok[mode]}
-                in_db = stored_ids(mongo.uri, f"bench_{database}")
-                stored[database] = {"ok_answers": len(answered), "documents": len(in_db),
-                                    "matches": in_db == answered}
-    return {"levels": levels, "ratios": ratios(levels), "stored": stored}
+    """The servers the modes need, started together against one nx-27017; every mode measured, interleaved."""
+    market = read_market(args.package, args.data)
+    names = [name for name in SERVERS if any(MODES[mode].server == name for mode in args.modes)]
+    with EmbeddedMongo(workdir / "mongo") as mongo, running_servers(names, args, mongo.uri, workdir) as servers:
+        modes = available_modes(args.modes, servers)
+        works = workloads(modes, market, args)
+        raw = None
+        if "raw" in modes:
+            threads = ServeSettings.from_env(dict(item.split("=", 1) for item in args.set)).ort_threads
+            raw = RawRunner(args.package, args.device, threads, args.max_batch)
+            raw.prepare(works["raw"].bodies)
+        levels = asyncio.run(measure(modes, servers, works, raw, args, mongo.uri))
+        stored = {}
+        for name, server in servers.items():
+            in_db = stored_ids(mongo.uri, server.database)
+            stored[name] = {"ok_answers": len(server.answered), "documents": len(in_db),
+                            "matches": in_db == server.answered}
+    return {"modes": modes, "levels": levels, "stored": stored}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package", type=Path, default=DEMO / "package", help="model package folder")
-    parser.add_argument("--data", type=Path, default=DEMO / "data", help="data folder the requests are cut from")
-    parser.add_argument("--out", type=Path, required=True, help="folder for results.json and throughput.png")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
-    parser.add_argument("--requests", type=int, default=128, help="measured requests per mode and concurrency")
-    parser.add_argument("--warmup", type=int, default=16, help="warm-up requests per level (at least concurrency)")
-    parser.add_argument("--time-limit-s", type=float, default=120, help="no new request after this, per level")
+    parser.add_argument("--package", type=Path, help="model package folder (default: the demo-shaped bench package, "
+                                                      f"built under {DEFAULT_DIR} when missing)")
+    parser.add_argument("--data", type=Path, help="data folder the requests are cut from (with --package)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.json, throughput.png, logs")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--quick", action="store_true",
+                        help="concurrency 8 and 64, 2 rounds of bursts of max(16, concurrency): < 5 minutes on 2 cores")
+    parser.add_argument("--concurrency", type=int, nargs="+", help="default 1 8 64")
+    parser.add_argument("--rounds", type=int, help="measured rounds per concurrency (default 3; --quick 2)")
+    parser.add_argument("--burst-factor", type=int, help="burst = max(16, factor x concurrency) requests "
+                                                         "(default 2; --quick 1)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                        help="NFC_DEVICE of the servers and the device of the raw runs")
     parser.add_argument("--max-batch", type=int, default=ServeSettings().predict_max_batch,
-                        help="NFC_PREDICT_MAX_BATCH of the batching server")
+                        help="NFC_PREDICT_MAX_BATCH of the batching server (and the raw runs' largest batch)")
     parser.add_argument("--max-latency-ms", type=int, default=ServeSettings().predict_max_latency_ms,
                         help="NFC_PREDICT_MAX_LATENCY_MS of both servers; p99 is checked against it")
-    parser.add_argument("--first-bar", type=int, default=1000, help="as-of bar of the first request")
+    parser.add_argument("--first-bar", type=int, default=200, help="as-of bar of the first request")
     parser.add_argument("--set", action="append", default=[], metavar="NFC_X=VALUE",
                         help="extra setting for both servers, e.g. NFC_ORT_THREADS=1 (repeatable)")
-    args = parser.parse_args()
-    if not (args.package / "manifest.json").exists():
-        parser.error(f"{args.package} is not a model package: run `nfc demo --out runs/demo` (or `nfc export`) "
-                     "first, or pass --package and --data")
-    if min(args.concurrency) < 1 or args.requests < 1 or args.max_batch < 1 or args.max_latency_ms < 1:
-        parser.error("--concurrency, --requests, --max-batch and --max-latency-ms must be positive")
+    args = parser.parse_args(argv)
+    args.concurrency = args.concurrency or ([8, 64] if args.quick else [1, 8, 64])
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    args.burst_factor = args.burst_factor or (1 if args.quick else 2)
+    if min(args.concurrency) < 1 or args.rounds < 1 or args.burst_factor < 1 or args.max_batch < 2 \
+            or args.max_latency_ms < 1:
+        parser.error("--concurrency, --rounds, --burst-factor and --max-latency-ms must be positive, --max-batch >= 2")
+    if (args.package is None) != (args.data is None):
+        parser.error("--package and --data go together (or neither: the demo-shaped bench package)")
+    if args.package is not None and not (args.package / "manifest.json").exists():
+        parser.error(f"{args.package} is not a model package (no manifest.json): `nfc export` one, or leave out "
+                     "--package for the demo-shaped bench package")
     bad = [item for item in args.set if not item.startswith("NFC_") or "=" not in item]
     if bad:
         parser.error(f"--set takes NFC_NAME=VALUE, got {bad}")
     extra = dict(item.split("=", 1) for item in args.set)
     owned = sorted(set(extra) & set(BENCH_OWNED))
     if owned:
-        parser.error(f"--set {owned}: the benchmark sets these itself (use --max-batch, --max-latency-ms, --package)")
+        parser.error(f"--set {owned}: the benchmark sets these itself (--max-batch, --max-latency-ms, --device, "
+                     "--package)")
     try:
         ServeSettings.from_env(extra)  # a bad value fails here, not in the servers
     except ValueError as err:
@@ -407,32 +691,45 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through the servers' cleanup, like Ctrl-C
 
 
-def main() -> None:
-    args = parse_args()
+def report(result: dict[str, Any], args: argparse.Namespace, info: dict[str, Any]) -> dict[str, Any]:
+    """Print the tables, ratios and checks; the results.json content."""
+    levels: list[Level] = result["levels"]
+    print(f"\n{levels_table(levels)}\n")
+    over_raw = served_over_raw(levels)
+    for mode, table in over_raw.items():
+        print(f"served/raw {mode}: " + ", ".join(f"{r:.2f} at {c}" for c, r in table.items()))
+    found = ratios(levels)
+    for name, table in found.items():
+        print(f"{name} req/s: " + ", ".join(f"{r:.2f}x at {c}" for c, r in table.items()))
+    checks = must_hold(levels, args.device)
+    for check in checks:
+        print(f"{'held' if check['held'] else 'NOT HELD'}: {check['check']} ({check['value']})")
+    print(f"stored in MongoDB at the end: {result['stored']}")
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    return {"machine": info, "args": settings, "modes": result["modes"], "levels": [asdict(lv) for lv in levels],
+            "served_over_raw": over_raw, "ratios": found, "must_hold": checks, "stored": result["stored"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if args.package is None:
+        args.package, args.data = bench_package(DEFAULT_DIR)
     info = machine()
+    started = time.perf_counter()
     print(f"machine: {machine_line(info)}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nfc-bench-") as tmp:
         result = run(args, Path(tmp))
     info["load_after"] = load_average()
-    levels: list[Level] = result["levels"]
-    print(f"\n{levels_table(levels)}\n")
-    for name, by_concurrency in result["ratios"].items():
-        print(f"{name} throughput: " + ", ".join(f"{r:.2f}x at {c}" for c, r in by_concurrency.items()))
-    goal = batching_goal(levels)
-    if goal:
-        print(goal["text"])
-    print(f"stored in MongoDB: {result['stored']}")
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    (args.out / "results.json").write_text(json.dumps(
-        {"machine": info, "args": settings, "levels": [asdict(lv) for lv in levels], "ratios": result["ratios"],
-         "stored": result["stored"], "goal": goal}, indent=2))
-    plot(levels, args.out / "throughput.png",
-         f"/predict, max batch {args.max_batch} vs 1; {info['nproc']} CPU cores, load {info['load'][0]}")
-    print(f"wrote {args.out / 'results.json'} and {args.out / 'throughput.png'}")
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    out = report(result, args, info)
+    (args.out / "results.json").write_text(json.dumps(out, indent=2))
+    plot(result["levels"], args.out / "throughput.png",
+         f"/predict modes vs ONNX Runtime alone; {info['nproc']} CPU cores, load {info['load'][0]}")
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'throughput.png'} ({info['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
-from machine import machine, machine_line
+from machine import machine, machine_line, process_tree_cpu
 
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
@@ -37,21 +37,8 @@ WARMUP = 10
 
 
 def tree_cpu_s(root: int) -> float:
-    """User + system CPU seconds of `root`'s descendants (the BentoML workers and their supervisor)."""
-    children: dict[int, list[tuple[int, int]]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text.rsplit(")", 1)[1].split()
-        children.setdefault(int(fields[1]), []).append((int(text.split(" ", 1)[0]), int(fields[11]) + int(fields[12])))
-    total, todo = 0, [root]
-    while todo:
-        for child, ticks in children.get(todo.pop(), []):
-            total += ticks
-            todo.append(child)
-    return total / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of `root` and its descendants (the BentoML supervisor and its workers)."""
+    return sum(seconds for _, seconds in process_tree_cpu(root).values())
 
 
 def start(checkout: Path, package: Path, mongo_uri: str, database: str, home: Path, log: Path) -> tuple[Any, str]:

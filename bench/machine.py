@@ -2,6 +2,8 @@
 
 The benchmarks run on small shared machines, where a number means little without the CPU it ran on and
 the load from other processes at the time; `machine()` goes into each results file and each printed header.
+Wall-clock throughput on such a machine drifts with the others' load, so the serving benchmarks also read the
+CPU time each server process spent (`process_tree_cpu`), which the others' load does not change much.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_average", "machine", "machine_line", "markdown_table"]
+__all__ = ["load_average", "machine", "machine_line", "markdown_table", "process_tree_cpu"]
 
 
 def _cpu_model() -> str:
@@ -22,6 +24,45 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _process_label(pid: int) -> str:
+    """A BentoML worker's service name (`--service-name X` on its command line), else "supervisor"."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    if b"--service-name" in args:
+        position = args.index(b"--service-name") + 1
+        if position < len(args):
+            return args[position].decode(errors="replace")
+    return "supervisor"
+
+
+def process_tree_cpu(root: int) -> dict[int, tuple[str, float]]:
+    """{pid: (label, user + system CPU seconds)} of `root` and every process under it, read from /proc/PID/stat;
+    the label names the BentoML service a worker runs (`_process_label`). Processes that exit while this reads
+    are left out."""
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        pid = int(text.split(" ", 1)[0])
+        fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        children.setdefault(int(fields[1]), []).append(pid)
+        ticks[pid] = int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    per_second = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in ticks:
+            out[pid] = (_process_label(pid), ticks[pid] / per_second)
+        todo.extend(children.get(pid, []))
+    return out
 
 
 def load_average() -> list[float]:
