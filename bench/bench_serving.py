@@ -22,13 +22,14 @@ runs alone). The modes it compares:
   raw       no server: the package's encoder and fusion ONNX Runtime sessions in this process, on the rows
             requests (prepared beforehand), in runs of min(concurrency, --max-batch) requests: the ORT limit
 
-At each concurrency every mode first runs one warm-up burst (not counted; it also lets BentoML calibrate its
-batching), then --rounds rounds in which the modes take turns, one short burst each (max(16, --burst-factor x
-concurrency) requests with `concurrency` in flight): the host's load drifts, so no mode is measured after
-another. Every request is a distinct real prediction (the window ending at a distinct bar of the data folder,
-its own request id; rows-b1 and raw get the rows requests); it counts as OK only when it answered 200,
-`stored: true` and its own request id. After each burst the server's database must hold exactly as many
-predictions as OK answers so far, and at the end exactly the OK request ids.
+At each concurrency every mode first runs a warm-up burst (not counted; it also lets BentoML calibrate its
+batching; --warmup requests, default one burst), then --rounds rounds in which the modes take turns, one short
+burst each (max(16, --burst-factor x concurrency) requests with `concurrency` in flight; the order reverses every
+round): the host's load drifts, so no mode is measured after another. Every request is a distinct real prediction
+(the window ending at a distinct bar of the data folder, its own request id; rows-b1 and raw get the rows
+requests); it counts as OK only when it answered 200, `stored: true` and its own request id. After each burst the
+server's database must hold exactly as many predictions as OK answers so far, and at the end exactly the OK request
+ids.
 
 Around each burst it reads the CPU time (utime + stime, /proc/PID/stat) of every process of that server (the
 entry, encoder and fusion workers and BentoML's supervisor), and reports CPU ms per request per process, with
@@ -433,8 +434,12 @@ def burst_size(args: argparse.Namespace, concurrency: int) -> int:
     return max(16, args.burst_factor * concurrency)
 
 
+def warmup_size(args: argparse.Namespace, concurrency: int) -> int:
+    return args.warmup if args.warmup is not None else burst_size(args, concurrency)
+
+
 def requests_per_mode(args: argparse.Namespace) -> int:
-    return sum((1 + args.rounds) * burst_size(args, c) for c in args.concurrency)
+    return sum(warmup_size(args, c) + args.rounds * burst_size(args, c) for c in args.concurrency)
 
 
 async def measure(modes: list[str], servers: dict[str, Server], works: dict[str, Workload], raw: RawRunner | None,
@@ -463,10 +468,10 @@ async def measure(modes: list[str], servers: dict[str, Server], works: dict[str,
 
         cursor = 0  # every mode sends its own requests in the same order, so rows, rows-b1 and raw share theirs
         for concurrency in args.concurrency:
-            size = burst_size(args, concurrency)
-            for mode in modes:  # warm-up
-                await burst(mode, range(cursor, cursor + size), concurrency)
-            cursor += size
+            size, warmup = burst_size(args, concurrency), warmup_size(args, concurrency)
+            for mode in modes:  # not counted
+                await burst(mode, range(cursor, cursor + warmup), concurrency)
+            cursor += warmup
             load = load_average()
             measured: dict[str, list[Burst]] = {mode: [] for mode in modes}
             for round_ in range(args.rounds):
@@ -646,11 +651,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="folder for results.json, throughput.png, logs")
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--quick", action="store_true",
-                        help="concurrency 8 and 64, 2 rounds of bursts of max(16, concurrency): < 5 minutes on 2 cores")
+                        help="concurrency 8 and 64, a warm-up of 16 requests, then 2 rounds of bursts of max(16, "
+                             "concurrency): < 5 minutes on 2 cores")
     parser.add_argument("--concurrency", type=int, nargs="+", help="default 1 8 64")
     parser.add_argument("--rounds", type=int, help="measured rounds per concurrency (default 3; --quick 2)")
     parser.add_argument("--burst-factor", type=int, help="burst = max(16, factor x concurrency) requests "
                                                          "(default 2; --quick 1)")
+    parser.add_argument("--warmup", type=int, help="warm-up requests per mode and concurrency (default: one burst; "
+                                                   "--quick 16)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
                         help="NFC_DEVICE of the servers and the device of the raw runs")
     parser.add_argument("--max-batch", type=int, default=ServeSettings().predict_max_batch,
@@ -664,9 +672,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.concurrency = args.concurrency or ([8, 64] if args.quick else [1, 8, 64])
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.burst_factor = args.burst_factor or (1 if args.quick else 2)
+    if args.warmup is None and args.quick:
+        args.warmup = 16
     if min(args.concurrency) < 1 or args.rounds < 1 or args.burst_factor < 1 or args.max_batch < 2 \
-            or args.max_latency_ms < 1:
-        parser.error("--concurrency, --rounds, --burst-factor and --max-latency-ms must be positive, --max-batch >= 2")
+            or args.max_latency_ms < 1 or (args.warmup is not None and args.warmup < 1):
+        parser.error("--concurrency, --rounds, --burst-factor, --warmup and --max-latency-ms must be positive, "
+                     "--max-batch >= 2")
     if (args.package is None) != (args.data is None):
         parser.error("--package and --data go together (or neither: the demo-shaped bench package)")
     if args.package is not None and not (args.package / "manifest.json").exists():
