@@ -1,0 +1,67 @@
+"""bench/bench_serving.py's bookkeeping: CPU time per server process from /proc, and the issue's must-hold checks
+computed from what a run measured (the servers themselves are exercised by the benchmark, not here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # the scripts import each other by name
+
+from bench_serving import Level, cpu_by_label, must_hold, parse_args, served_over_raw
+from machine import process_tree_cpu
+
+BUSY = "import sys, time\nstart = time.process_time()\nwhile time.process_time() - start < 0.4: pass\nsys.stdin.read()"
+
+
+def test_process_tree_cpu_reads_each_worker_s_cpu_time_under_its_service_name():
+    worker = subprocess.Popen([sys.executable, "-c", BUSY, "--service-name", "nfc-encoder"], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            seen = process_tree_cpu(os.getpid())
+            if seen.get(worker.pid, ("", 0.0))[1] >= 0.4:
+                break
+            time.sleep(0.1)
+        label, seconds = seen[worker.pid]
+        assert label == "nfc-encoder" and 0.4 <= seconds < 5
+        assert seen[os.getpid()][0] == "supervisor"  # no --service-name on this process's command line
+        assert cpu_by_label({worker.pid: (label, 0.1)}, {worker.pid: (label, seconds)}) == \
+            pytest.approx({"encoder": seconds - 0.1})
+    finally:
+        worker.communicate(b"", timeout=30)
+
+
+def level(mode: str, concurrency: int, rps: float, errors: int = 0, stored: bool | None = True) -> Level:
+    return Level(mode=mode, concurrency=concurrency, bursts=2, requests=10, ok=10 - errors, errors=errors, wall_s=1.0,
+                 rps=rps, p50_ms=100.0, p99_ms=200.0, max_latency_ms=30_000, p99_inside_max_latency=True,
+                 cpu_ms_per_request={"total": 1.0}, mean_batch={}, stored_as_answered=stored, burst_rps=[rps],
+                 load_before=[0.0, 0.0, 0.0])
+
+
+def test_must_hold_checks_served_over_raw_byref_batching_and_the_database():
+    levels = [level("raw", 8, 10.0), level("rows", 8, 7.5), level("rows-b1", 8, 8.0), level("grpc", 8, 6.0),
+              level("byref", 8, 20.0, errors=1, stored=False)]
+    assert served_over_raw(levels) == {"rows": {8: 0.75}, "rows-b1": {8: 0.8}, "grpc": {8: 0.6}, "byref": {8: 2.0}}
+    held = {check["check"]: check["held"] for check in must_hold(levels, "cpu")}
+    assert held["rows served/raw >= 0.7 at concurrency 8"] is True
+    assert held["grpc served/raw >= 0.7 at concurrency 8"] is False
+    assert "byref served/raw >= 0.7 at concurrency 8" not in held  # by reference is not an inline request
+    assert held["byref >= 3x inline rows req/s at concurrency 8"] is False  # 2.67x
+    assert held["batching not below batch size 1 beyond noise (>= 0.9) at concurrency 8"] is True  # 0.94x
+    database = [name for name in held if name.startswith("byref at concurrency 8")]
+    assert len(database) == 1 and held[database[0]] is False  # an error and a database that does not match
+
+
+def test_quick_settings_and_refused_options():
+    args = parse_args(["--quick", "--out", "x"])
+    assert (args.concurrency, args.rounds, args.burst_factor, args.warmup) == ([8, 64], 2, 1, 16)
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--set", "NFC_PREDICT_MAX_BATCH=4"])  # the benchmark sets it per server
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--package", "somewhere"])  # --package needs --data
