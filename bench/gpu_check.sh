@@ -110,6 +110,7 @@ EOF
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" $missing
     fi
     export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    export PATH="$SITE/bin:$PATH"  # console scripts of the carried wheels (nx-27017, the embedded MongoDB)
 }
 
 cuda_library_path() {
