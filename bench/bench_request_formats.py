@@ -1,6 +1,6 @@
 """What a predict request costs before the model runs, per body format: JSON rows, JSON columns, Arrow.
 
-    python bench/bench_request_formats.py                     # demo package, 40 requests per format
+    python bench/bench_request_formats.py                     # bench package, 40 requests per format
     python bench/bench_request_formats.py --requests 100 --json formats.json
 
 Builds the demo-shaped request (the model's window of every symbol: 160 bars x 12 symbols on the demo package,
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from bench_serving import DEMO
+from bench_package import DEFAULT_DIR, bench_package
 from machine import machine, machine_line, markdown_table
 
 from neuralfusion.data.bars import BarFileSource
@@ -104,14 +104,18 @@ def measure(runtime: PortfolioRuntime, work: dict[str, list[bytes]], rounds: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package", type=Path, default=DEMO / "package")
-    parser.add_argument("--data", type=Path, default=DEMO / "data")
+    parser.add_argument("--package", type=Path, help=f"model package (default: the bench package, {DEFAULT_DIR})")
+    parser.add_argument("--data", type=Path, help="data folder the requests are cut from (with --package)")
     parser.add_argument("--requests", type=int, default=40, help="distinct requests per format")
     parser.add_argument("--rounds", type=int, default=3, help="timed passes over the requests")
-    parser.add_argument("--first-bar", type=int, default=5000)
+    parser.add_argument("--first-bar", type=int, default=200)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if (args.package is None) != (args.data is None):
+        parser.error("--package and --data go together (or neither: the demo-shaped bench package)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.package is None:
+        args.package, args.data = bench_package(DEFAULT_DIR)
     info = machine()
     runtime = PortfolioRuntime.load(args.package, device="cpu", with_encoder=False)
     work = bodies(args.package, args.data, args.requests, args.first_bar)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_package import DEFAULT_DIR, bench_package
-from bench_serving import as_of_bars, read_market, row_payloads
+from bench_serving import as_of_bars, inline_bodies, read_market
 from machine import machine, machine_line, markdown_table
 
 from nfc.embedded_mongo import EmbeddedMongo
@@ -71,7 +71,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[int, dict[str
     rounds = args.requests // size
     market = read_market(args.package, args.data)
     n = 2 * size * (rounds + 1)
-    bodies = [json.dumps(p).encode() for p in row_payloads(market, as_of_bars(market, args.first_bar, n),
+    bodies = [json.dumps(p).encode() for p in inline_bodies(market, as_of_bars(market, args.first_bar, n),
                                                             [f"path-{i}" for i in range(n)])]
     chunks = [bodies[i:i + size] for i in range(0, len(bodies), size)]
     totals = {1: dict.fromkeys(STAGES, 0.0), size: dict.fromkeys(STAGES, 0.0)}

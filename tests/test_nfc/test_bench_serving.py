@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # the scripts import each other by name
 
-from bench_serving import Level, cpu_by_label, must_hold, parse_args, served_over_raw
+from bench_serving import Level, cpu_by_label, must_hold, parse_args, served_over_raw, served_over_raw_cpu
 from machine import process_tree_cpu
 
 BUSY = "import sys, time\nstart = time.process_time()\nwhile time.process_time() - start < 0.4: pass\nsys.stdin.read()"
@@ -37,17 +37,19 @@ def test_process_tree_cpu_reads_each_worker_s_cpu_time_under_its_service_name():
         worker.communicate(b"", timeout=30)
 
 
-def level(mode: str, concurrency: int, rps: float, errors: int = 0, stored: bool | None = True) -> Level:
+def level(mode: str, concurrency: int, rps: float, errors: int = 0, stored: bool | None = True,
+          cpu_ms: float = 40.0) -> Level:
     return Level(mode=mode, concurrency=concurrency, bursts=2, requests=10, ok=10 - errors, errors=errors, wall_s=1.0,
                  rps=rps, p50_ms=100.0, p99_ms=200.0, max_latency_ms=30_000, p99_inside_max_latency=True,
-                 cpu_ms_per_request={"total": 1.0}, mean_batch={}, stored_as_answered=stored, burst_rps=[rps],
+                 cpu_ms_per_request={"total": cpu_ms}, mean_batch={}, stored_as_answered=stored, burst_rps=[rps],
                  load_before=[0.0, 0.0, 0.0])
 
 
 def test_must_hold_checks_served_over_raw_byref_batching_and_the_database():
-    levels = [level("raw", 8, 10.0), level("rows", 8, 7.5), level("rows-b1", 8, 8.0), level("grpc", 8, 6.0),
-              level("byref", 8, 20.0, errors=1, stored=False)]
+    levels = [level("raw", 8, 10.0, cpu_ms=30.0), level("rows", 8, 7.5, cpu_ms=60.0), level("rows-b1", 8, 8.0),
+              level("grpc", 8, 6.0), level("byref", 8, 20.0, errors=1, stored=False)]
     assert served_over_raw(levels) == {"rows": {8: 0.75}, "rows-b1": {8: 0.8}, "grpc": {8: 0.6}, "byref": {8: 2.0}}
+    assert served_over_raw_cpu(levels)["rows"] == {8: 0.5}  # raw's 30 CPU ms a request against the server's 60
     held = {check["check"]: check["held"] for check in must_hold(levels, "cpu")}
     assert held["rows served/raw >= 0.7 at concurrency 8"] is True
     assert held["grpc served/raw >= 0.7 at concurrency 8"] is False
