@@ -18,7 +18,7 @@ runs alone). The modes it compares:
   grpc          gRPC Predict, the rows as messages (batching server)
   columns       HTTP POST /predict/columns, one JSON array per field (batching server)
   byref         HTTP POST /predict/at, an as-of time only: the server reads the bars from the data folder
-                (NFC_BARS_DIR) and the news (batching server)
+                (NFC_BARS_DIR) and the news from MongoDB (the folder's news, stored in the seed's shape)
   raw           no server: the package's encoder and fusion ONNX Runtime sessions in this process, on the rows
                 requests (prepared beforehand), in runs of min(concurrency, --max-batch) requests: the ORT limit
   arrow         HTTP POST /predict/arrow, an Arrow IPC stream (only with --modes)
@@ -117,7 +117,9 @@ DEFAULT_MODES = ("rows", "rows-b1", "grpc", "columns", "byref", "raw")  # arrow,
 SERVERS = ("batching", "b1")
 # settings each server gets from the benchmark itself
 BENCH_OWNED = ("NFC_MONGO_URI", "NFC_MONGO_DB", "NFC_MODEL", "NFC_MODEL_PATH", "NFC_GRPC_PORT", "NFC_GRPC_HOST",
-               "NFC_PREDICT_MAX_BATCH", "NFC_PREDICT_MAX_LATENCY_MS", "NFC_ENCODER_MAX_BATCH", "NFC_DEVICE")
+               "NFC_PREDICT_MAX_BATCH", "NFC_PREDICT_MAX_LATENCY_MS", "NFC_ENCODER_MAX_BATCH", "NFC_DEVICE",
+               "NFC_BARS_DIR", "NFC_NEWS_MONGO_URI", "NFC_NEWS_DB", "NFC_NEWS_COLLECTION")
+NEWS_DB, NEWS_COLLECTION = "bench_news", "news"  # where the by-reference server reads the news
 STARTUP_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
 SERVED_OVER_RAW_TARGET = 0.7  # the issue's must-hold numbers (on the CPU)
@@ -229,6 +231,9 @@ def start_server(name: str, args: argparse.Namespace, mongo_uri: str, workdir: P
                PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     if name == "b1":
         env["NFC_ENCODER_MAX_BATCH"] = "1"
+    else:  # the sources of /predict/at: the bars of the data folder, the news from MongoDB (seed_news)
+        env.update(NFC_BARS_DIR=str(args.data.resolve()), NFC_NEWS_MONGO_URI=mongo_uri, NFC_NEWS_DB=NEWS_DB,
+                   NFC_NEWS_COLLECTION=NEWS_COLLECTION)
     log_path = args.out / f"serve-{name}.log"
     with log_path.open("wb") as out:
         process = subprocess.Popen(  # own session: stopped as a group, after us on Ctrl-C
@@ -261,6 +266,20 @@ def batch_sizes(url: str) -> dict[str, dict[int, int]]:
     """{graph: {batch size: runs}} of the server's inner services so far."""
     batches = httpx.post(f"{url}/model_info", timeout=60).json()["batches"]
     return {graph: {int(n): count for n, count in batches[graph]["sizes"].items()} for graph in ("fusion", "encoder")}
+
+
+def seed_news(mongo_uri: str, news: pd.DataFrame) -> None:
+    """The data folder's news as a news collection in the seed's shape (neuralfusion.data.news.NewsFieldMap's
+    defaults: _id, releasedAt, title, content, assets[].symbol), for the by-reference server to read."""
+    documents = []
+    for item in news.itertuples():
+        doc = {"_id": item.id, "releasedAt": item.published_at.to_pydatetime(), "title": item.title,
+               "content": item.body or ""}
+        if item.symbols is not None:
+            doc["assets"] = [{"symbol": symbol} for symbol in item.symbols]
+        documents.append(doc)
+    with MongoClient(mongo_uri, serverSelectionTimeoutMS=5000) as client:
+        client[NEWS_DB][NEWS_COLLECTION].insert_many(documents)
 
 
 def stored_count(mongo_uri: str, database: str) -> int:
@@ -671,7 +690,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """The servers the modes need, started together against one nx-27017; every mode measured, interleaved."""
     market = read_market(args.package, args.data)
     names = [name for name in SERVERS if any(MODES[mode].server == name for mode in args.modes)]
-    with EmbeddedMongo(workdir / "mongo") as mongo, running_servers(names, args, mongo.uri, workdir) as servers:
+    with EmbeddedMongo(workdir / "mongo") as mongo:
+        if "byref" in args.modes:
+            seed_news(mongo.uri, market.news)
+        return measure_servers(names, args, mongo.uri, market, workdir)
+
+
+def measure_servers(names: list[str], args: argparse.Namespace, mongo_uri: str, market: Market,
+                    workdir: Path) -> dict[str, Any]:
+    """Start the servers, build each available mode's requests, measure, and check the databases at the end."""
+    with running_servers(names, args, mongo_uri, workdir) as servers:
         modes = available_modes(args.modes, servers)
         works = workloads(modes, market, args)
         raw = None
@@ -679,10 +707,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             threads = ServeSettings.from_env(dict(item.split("=", 1) for item in args.set)).ort_threads
             raw = RawRunner(args.package, args.device, threads, args.max_batch)
             raw.prepare(works["raw"].bodies)
-        levels = asyncio.run(measure(modes, servers, works, raw, args, mongo.uri))
+        levels = asyncio.run(measure(modes, servers, works, raw, args, mongo_uri))
         stored = {}
         for name, server in servers.items():
-            in_db = stored_ids(mongo.uri, server.database)
+            in_db = stored_ids(mongo_uri, server.database)
             stored[name] = {"ok_answers": len(server.answered), "documents": len(in_db),
                             "matches": in_db == server.answered}
     return {"modes": modes, "levels": levels, "stored": stored}
