@@ -102,6 +102,9 @@ RUNNER_CONNECTION = {"max_requests": 1_000_000_000, "max_age": 1e9}
 # how a call to an inner service over its socket fails when the connection drops under load (the client is
 # aiohttp): BrokenPipeError, ConnectionResetError, aiohttp's ServerDisconnectedError and the like
 CONNECTION_ERRORS = (ConnectionError, aiohttp.ClientConnectionError)
+# waits before each retry of a dropped inner call: at concurrency 64 on 2 cores one retry still left ~1.5% of the
+# requests answered 503 (bench/bench_serving.py --quick, docs/BENCHMARKS.md)
+INNER_RETRY_DELAYS_S = (0.05, 0.25)
 API_VERSION = "1.1"  # of the HTTP and gRPC contract (proto package neuralfusion.v1), published in /docs.json
 
 
@@ -152,20 +155,23 @@ def _http_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 
 async def call_inner(call: Callable[[], Awaitable[T]], what: str) -> T:
-    """`call()` of an inner service, once more when its connection dropped (CONNECTION_ERRORS); a second drop,
-    or the service failing, is Unavailable naming `what` (the details go to the log), never a 500."""
-    for attempt in (1, 2):
+    """`call()` of an inner service, again after INNER_RETRY_DELAYS_S when its connection dropped
+    (CONNECTION_ERRORS: the inner calls compute and store nothing, so a retry is safe); the last drop, or the
+    service failing, is Unavailable naming `what` (the details go to the log), never a 500."""
+    for delay in (*INNER_RETRY_DELAYS_S, None):
         try:
             return await call()
         except CONNECTION_ERRORS as err:
             log.warning("%s dropped the connection (%s: %s)%s", what, type(err).__name__, err,
-                        "; retrying once" if attempt == 1 else "")
+                        f"; retrying in {delay} s" if delay is not None else "")
             dropped = type(err).__name__
         except BentoMLException as err:  # a 5xx of the inner service, or its batching queue's deadline (503)
             log.warning("%s failed: %s", what, err)
             raise Unavailable(f"{what} failed; retry later, and if this repeats under load raise its "
                               "NFC_*_MAX_LATENCY_MS") from None
-    raise Unavailable(f"{what} dropped the connection twice ({dropped}); retry later")
+        if delay is not None:
+            await asyncio.sleep(delay)
+    raise Unavailable(f"{what} dropped the connection {len(INNER_RETRY_DELAYS_S) + 1} times ({dropped}); retry later")
 
 
 def _not_loaded(reason: str | None) -> str:
