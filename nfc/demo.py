@@ -153,7 +153,7 @@ def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.
         try:
             if not wait_until_ready(url, server, startup_timeout_s):
                 raise click.ClickException("nfc serve did not become ready; see its log above")
-            info = httpx.post(f"{url}/model_info", timeout=30).json()
+            info = httpx.get(f"{url}/model_info", timeout=30).json()
             bars = BarFileSource(data / "bars.parquet").read()
             news = read_news(data / "news.jsonl")
             step = load_universe(data, bars)[1].timedelta

@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import ClassVar
 
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 __all__ = [
     "Conflict",
+    "ErrorBody",
     "NotFound",
     "PayloadTooLarge",
     "RequestError",
@@ -29,6 +31,18 @@ __all__ = [
     "error_for_status",
     "error_response",
 ]
+
+
+class ErrorBody(BaseModel):
+    """The body of every refusal, published in the OpenAPI document as `Error`."""
+
+    model_config = ConfigDict(extra="forbid", title="Error")
+
+    error: str = Field(description="What went wrong and what to fix.",
+                       examples=["bars[3].high: Input should be greater than 0"])
+    detail: list[dict[str, object]] | None = Field(
+        default=None, description="Only on a body that is not valid JSON for the route's schema: pydantic's list "
+                                  "of the problems (field location, message).")
 
 
 class ServingError(Exception):
@@ -99,6 +113,7 @@ def error_for_status(status: int, message: str) -> ServingError:
 
 
 def error_response(err: ServingError) -> JSONResponse:
+    """`err` as its status and `{"error": message}` (ErrorBody)."""
     return JSONResponse({"error": err.message}, status_code=err.status)
 
 

@@ -3,8 +3,8 @@
 `RequestGuard` runs before BentoML reads or parses a body: the API key on every route but the probes (and the
 read routes when NFC_API_KEY_READS=open), 413 for a body over NFC_MAX_BODY_BYTES (by Content-Length, and by
 counting streamed or chunked bytes), and 408 for a body that is not complete NFC_BODY_TIMEOUT_S after the
-headers (a stalled or trickling client). `OpenAPILabel` publishes /docs.json with the label of the schema
-dialect it is written in, the API's version and a description.
+headers (a stalled or trickling client). `OpenAPILabel` publishes /docs.json as the service really answers
+(serving/openapi.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from serving.errors import PayloadTooLarge, RequestTimeout, ServingError, Unauthenticated, check_api_key
+from serving.openapi import complete
 from serving.schemas import RequestLimits
 from serving.settings import ServeSettings
 
@@ -108,17 +109,16 @@ class RequestGuard:
 
 
 class OpenAPILabel:
-    """GET /docs.json with `openapi: 3.1.0`, `info.version` and `info.description`.
+    """GET /docs.json as the service really answers (serving/openapi.py `complete`): the distribution's version and
+    summary, the key's security schemes on the routes that need it under these settings, the GET read routes,
+    and every status each route sends with the one error body schema."""
 
-    BentoML 1.4 labels the document 3.0.2 but fills it with pydantic's JSON Schema 2020-12 (numeric
-    `exclusiveMinimum`, `examples` lists): that is OpenAPI 3.1's dialect, and 3.0 tools (schemathesis, code
-    generators) refuse the request schemas.
-    """
-
-    def __init__(self, app: ASGIApp, version: str, description: str) -> None:
+    def __init__(self, app: ASGIApp, api_version: str) -> None:
+        settings = ServeSettings.from_env()  # read when the app is built, as RequestGuard does
         self.app = app
-        self.version = version
-        self.description = description
+        self.api_version = api_version
+        self.key_required = settings.api_key is not None
+        self.reads_need_key = settings.reads_need_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") != "/docs.json" or scope.get("method") != "GET":
@@ -137,12 +137,8 @@ class OpenAPILabel:
         await self.app(scope, receive, collect)
         body = b"".join(chunks)
         if start.get("status") == 200:
-            body = self._relabel(json.loads(body))
+            body = json.dumps(complete(json.loads(body), self.api_version, self.key_required,
+                                       self.reads_need_key)).encode()
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-
-    def _relabel(self, spec: dict[str, Any]) -> bytes:
-        spec["openapi"] = "3.1.0"
-        spec["info"] = {**spec.get("info", {}), "version": self.version, "description": self.description}
-        return json.dumps(spec).encode()

@@ -32,6 +32,8 @@ __all__ = [
     "BarIn",
     "HistoryOut",
     "HistoryQuery",
+    "LatestQuery",
+    "ModelInfo",
     "ModelVersion",
     "NewsIn",
     "PredictAtRequest",
@@ -235,6 +237,14 @@ class PredictionOut(BaseModel):
                    request_id=record.request_id, stored=True, duplicate=duplicate)
 
 
+class LatestQuery(BaseModel):
+    """The newest stored prediction, of one model version or of any."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_version: ModelVersion | None = Field(default=None, description="Only this model version; null: any.")
+
+
 class HistoryQuery(BaseModel):
     """A page of stored predictions: start <= as_of < end (and < before), newest first."""
 
@@ -256,3 +266,30 @@ class HistoryOut(BaseModel):
     items: list[PredictionOut] = Field(description="Predictions, newest as_of first.")
     next_before: datetime | None = Field(description="Pass as `before` for the next page; null: no more pages.",
                                          examples=["2026-01-05T00:03:00Z"])
+
+
+class ModelInfo(BaseModel):
+    """The model this server answers with, and how it runs."""
+
+    version: str = Field(description="Model package version; every stored prediction carries it.")
+    created: str = Field(description="When the package was exported (UTC).")
+    symbols: list[str] = Field(description="The universe, in the order of weights and logits.")
+    interval: str = Field(description="Bar interval, e.g. 3min.")
+    calendar: str = Field(description="The bars' calendar: 24/7 or an exchange code such as XNYS.")
+    lookback: int = Field(description="Bars the model reads.")
+    horizon: int = Field(description="Bars the weights are meant to be held.")
+    bars_needed: int = Field(description="Bars per symbol a request must cover: feature warm-up + lookback.")
+    top_k: int = Field(description="Assets held long or short.")
+    features: list[str] = Field(description="Per-asset market features, computed by the server from the bars.")
+    encoder_max_length: int = Field(description="Tokens per article read by the encoder; longer ones are cut.")
+    parity_passed: bool = Field(description="Whether every ONNX-vs-PyTorch parity check passed at export.")
+    providers: dict[str, str] = Field(description="ONNX Runtime execution provider in use per graph.")
+    execution: dict[str, dict[str, str]] = Field(
+        description="Per graph: the provider in use, the graph variant (fp32, cpu, fp16) and why that device, "
+                    "e.g. 'cuda unavailable, fell back to the CPU: ...'.")
+    batches: dict[str, dict[str, Any]] = Field(description="Batches run per graph by the inner services, by size.")
+    truncated_texts: int = Field(description="Articles cut to encoder_max_length in the encoder's worker.")
+    refused_model: str | None = Field(None, description="The last model swap refused in this worker, and why.")
+    vector_cache: dict[str, Any] = Field(
+        default_factory=dict, description="The encoder worker's article vector cache: capacity, size (vectors "
+                                          "held), hits and misses (distinct texts), mongo (backed by MongoDB).")

@@ -15,9 +15,11 @@ HTTP routes (JSON; OpenAPI at /docs.json, Prometheus at /metrics, BentoML's /liv
   POST /predict/arrow  the same as an Arrow IPC stream (application/vnd.apache.arrow.stream, serving/columns.py)
   POST /predict/at     {"as_of", "symbols", "request_id"} -> the same, from the service's own bar and news
                        sources (predictions by reference, serving/by_reference.py)
-  POST /latest         {"model_version": null} -> the newest stored prediction (404: none yet)
-  POST /history        HistoryQuery -> stored predictions in [start, end), newest first, `next_before` pages
-  POST /model_info     the served model: version, universe, window, providers, batch statistics
+  GET /latest?model_version=   the newest stored prediction (404: none yet)
+  GET /history?start=&end=&model_version=&limit=&before=   stored predictions in [start, end), newest first,
+                               `next_before` pages
+  GET /model_info              the served model: version, universe, window, providers, batch statistics
+The GET routes are a Starlette app mounted on the service (serving/read_routes.py): BentoML's APIs are POST.
 With NFC_API_KEY set every route but the probes and /metrics needs it (NFC_API_KEY_READS=open leaves the read
 routes open), checked with the body size and deadline before anything is parsed (serving/middleware.py).
 Refusals are `{"error": "..."}` with the status of their serving.errors class (BentoML's own `{"error",
@@ -48,7 +50,6 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 from bentoml.validators import ContentType
-from pydantic import BaseModel, Field
 
 from neuralfusion.redact import install_log_redaction
 from serving.column_checks import RequestColumns, check_columns
@@ -64,11 +65,12 @@ from serving.fusion_jobs import FusionJob, FusionOutcome, RuntimeCache
 from serving.middleware import OpenAPILabel, RequestGuard
 from serving.model_store import load_verified_manifest
 from serving.model_swap import ServedModel, load_package
+from serving.read_routes import read_app
 from serving.request_checks import check_as_of, inputs_sha256
 from serving.schemas import (
     HistoryOut,
     HistoryQuery,
-    ModelVersion,
+    ModelInfo,
     PredictAtRequest,
     PredictionOut,
     PredictRequest,
@@ -83,7 +85,7 @@ with bentoml.importing():  # runtime-only: `bentoml build` works without onnxrun
     from serving.runtime import NewsEncoder, PortfolioRuntime, PreparedRequest
     from serving.vector_cache import vector_cache
 
-__all__ = ["API_VERSION", "EncoderService", "FusionService", "ModelInfo", "PortfolioService"]
+__all__ = ["API_VERSION", "EncoderService", "FusionService", "PortfolioService"]
 
 log = logging.getLogger(__name__)
 
@@ -114,33 +116,6 @@ def batching(max_batch: int, max_latency_ms: int) -> dict[str, Any]:
     if max_batch < 2:
         return {}
     return {"batchable": True, "max_batch_size": max_batch, "max_latency_ms": max_latency_ms}
-
-
-class ModelInfo(BaseModel):
-    """The model this server answers with, and how it runs."""
-
-    version: str = Field(description="Model package version; every stored prediction carries it.")
-    created: str = Field(description="When the package was exported (UTC).")
-    symbols: list[str] = Field(description="The universe, in the order of weights and logits.")
-    interval: str = Field(description="Bar interval, e.g. 3min.")
-    calendar: str = Field(description="The bars' calendar: 24/7 or an exchange code such as XNYS.")
-    lookback: int = Field(description="Bars the model reads.")
-    horizon: int = Field(description="Bars the weights are meant to be held.")
-    bars_needed: int = Field(description="Bars per symbol a request must cover: feature warm-up + lookback.")
-    top_k: int = Field(description="Assets held long or short.")
-    features: list[str] = Field(description="Per-asset market features, computed by the server from the bars.")
-    encoder_max_length: int = Field(description="Tokens per article read by the encoder; longer ones are cut.")
-    parity_passed: bool = Field(description="Whether every ONNX-vs-PyTorch parity check passed at export.")
-    providers: dict[str, str] = Field(description="ONNX Runtime execution provider in use per graph.")
-    execution: dict[str, dict[str, str]] = Field(
-        description="Per graph: the provider in use, the graph variant (fp32, cpu, fp16) and why that device, "
-                    "e.g. 'cuda unavailable, fell back to the CPU: ...'.")
-    batches: dict[str, dict[str, Any]] = Field(description="Batches run per graph by the inner services, by size.")
-    truncated_texts: int = Field(description="Articles cut to encoder_max_length in the encoder's worker.")
-    refused_model: str | None = Field(None, description="The last model swap refused in this worker, and why.")
-    vector_cache: dict[str, Any] = Field(
-        default_factory=dict, description="The encoder worker's article vector cache: capacity, size (vectors "
-                                          "held), hits and misses (distinct texts), mongo (backed by MongoDB).")
 
 
 def _http_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -264,6 +239,7 @@ class FusionService:
 
 @bentoml.service(name="neuralfusion", workers=SETTINGS.workers, traffic={"timeout": SETTINGS.timeout_s},
                  runner_connection=RUNNER_CONNECTION)
+@bentoml.asgi_app(read_app(), path="/")  # GET /latest, /history, /model_info (serving/read_routes.py)
 class PortfolioService:
     """Portfolio weights from OHLCV bars and news, stored in MongoDB; HTTP and gRPC (module docstring)."""
 
@@ -360,39 +336,6 @@ class PortfolioService:
         calendar, in the future, or another universe; 404: the source lacks those bars; 503: it does not answer."""
         return await self.predict_at_one(request)
 
-    @bentoml.api(route="/latest")
-    @_http_errors
-    async def latest(self, model_version: ModelVersion | None = None) -> PredictionOut:
-        """The stored prediction with the newest as_of, of `model_version` or of any version."""
-        return await self.query_latest(model_version)
-
-    @bentoml.api(route="/history")
-    @_http_errors
-    async def history(self, query: HistoryQuery, /) -> HistoryOut:
-        """Stored predictions with start <= as_of < end, newest first; pass `next_before` as `before` for more."""
-        return await self.query_history(query)
-
-    @bentoml.api(route="/model_info")
-    @_http_errors
-    async def model_info(self) -> ModelInfo:
-        """The served model: version, universe, window, execution providers, batch statistics."""
-        runtime = self._runtime()
-        encoder = await self._encoder_info()
-        fusion = await self._fusion_info(runtime)
-        data = runtime.manifest.data
-        return ModelInfo(
-            version=runtime.version, created=data["created"], symbols=list(runtime.universe.symbols),
-            interval=runtime.bar_spec.interval, calendar=runtime.bar_spec.calendar, lookback=runtime.lookback,
-            horizon=runtime.horizon,
-            bars_needed=runtime.bars_needed, top_k=data["portfolio"]["top_k"], features=data["features"]["names"],
-            encoder_max_length=data["encoder"]["max_length"],
-            parity_passed=all(row["passed"] for row in data["parity"]),
-            providers={"fusion": fusion["provider"], "encoder": encoder["provider"]},
-            execution={"fusion": fusion["execution"], "encoder": encoder["execution"]},
-            batches={"fusion": fusion["batches"], "encoder": encoder["batches"]},
-            truncated_texts=encoder["truncated_texts"], refused_model=self.model.refused,
-            vector_cache=encoder["vector_cache"])
-
     # -- shared by the HTTP and gRPC fronts (serving.grpc_server.PortfolioBackend) ---------------------------
 
     async def predict_one(self, request: PredictRequest) -> PredictionOut:
@@ -428,6 +371,25 @@ class PortfolioService:
             self.references, ModelWindow.of(runtime), query,
             lambda as_of: self._store_call(lambda store: store.get(runtime.version, as_of)),
             lambda columns: self.predict_inline(lambda: columns))
+
+    async def query_model_info(self) -> ModelInfo:
+        """The served model: version, universe, window, execution providers, batch statistics."""
+        runtime = self._runtime()
+        encoder = await self._encoder_info()
+        fusion = await self._fusion_info(runtime)
+        data = runtime.manifest.data
+        return ModelInfo(
+            version=runtime.version, created=data["created"], symbols=list(runtime.universe.symbols),
+            interval=runtime.bar_spec.interval, calendar=runtime.bar_spec.calendar, lookback=runtime.lookback,
+            horizon=runtime.horizon,
+            bars_needed=runtime.bars_needed, top_k=data["portfolio"]["top_k"], features=data["features"]["names"],
+            encoder_max_length=data["encoder"]["max_length"],
+            parity_passed=all(row["passed"] for row in data["parity"]),
+            providers={"fusion": fusion["provider"], "encoder": encoder["provider"]},
+            execution={"fusion": fusion["execution"], "encoder": encoder["execution"]},
+            batches={"fusion": fusion["batches"], "encoder": encoder["batches"]},
+            truncated_texts=encoder["truncated_texts"], refused_model=self.model.refused,
+            vector_cache=encoder["vector_cache"])
 
     async def query_latest(self, model_version: str | None) -> PredictionOut:
         record = await self._store_call(lambda store: store.latest(model_version))
@@ -509,10 +471,7 @@ class PortfolioService:
 
 
 PortfolioService.add_asgi_middleware(RequestGuard)
-PortfolioService.add_asgi_middleware(
-    OpenAPILabel, version=API_VERSION,
-    description="Portfolio weights from OHLCV bars and news, stored in MongoDB. Send the API key as "
-                "'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
+PortfolioService.add_asgi_middleware(OpenAPILabel, api_version=API_VERSION)
 
 
 def _prepare(runtime: PortfolioRuntime, read: Callable[[], RequestColumns], limits: RequestLimits,

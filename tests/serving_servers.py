@@ -266,7 +266,7 @@ def reliable(tiny, reliability_market, tmp_path_factory) -> Iterator[Reliable]:
     try:
         with start_nfc_serve(root, ["--model", "neuralfusion:latest"], env, http_port, grpc_port) as (process, url,
                                                                                                      log):
-            info = httpx.post(f"{url}/model_info", headers=KEY, timeout=30).json()
+            info = httpx.get(f"{url}/model_info", headers=KEY, timeout=30).json()
             assert f"neuralfusion:{info['version']}" == tag, info
             yield Reliable(process, log, url, f"127.0.0.1:{grpc_port}", mongo.uri, (http_port, grpc_port, mongo_port),
                            bars, read_news(reliability_market / "news.jsonl"), np.sort(bars["timestamp"].unique()),

@@ -1,10 +1,11 @@
 """The portfolio service's ASGI middleware (serving.middleware) called directly, as uvicorn calls it: the key, the
 body size and the body deadline are decided before the app is called, the app gets the body whole, and /docs.json
-is relabelled."""
+is completed for the settings."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -118,7 +119,27 @@ def test_bad_settings_name_the_variable(monkeypatch):
         RequestGuard(App())
 
 
-def test_the_openapi_document_is_relabelled():
-    status, body, headers = call(OpenAPILabel(App(), version="9.9", description="d"), "/docs.json")
-    assert status == 200 and body == {"openapi": "3.1.0", "info": {"version": "9.9", "description": "d"}}
-    assert int(headers[b"content-length"]) == len(json.dumps(body))
+@pytest.mark.parametrize("reads", ["key", "open"])
+def test_the_openapi_document_is_completed_for_the_settings(monkeypatch, reads):
+    monkeypatch.setenv("NFC_API_KEY", KEY)
+    monkeypatch.setenv("NFC_API_KEY_READS", reads)
+    status, body, headers = call(OpenAPILabel(App(), api_version="9.9"), "/docs.json")
+    assert status == 200 and body["openapi"] == "3.1.0" and int(headers[b"content-length"]) == len(json.dumps(body))
+    assert body["info"]["version"] == importlib.metadata.version("neuralfusioncore")
+    assert importlib.metadata.metadata("neuralfusioncore")["Summary"] in body["info"]["description"]
+    assert "Contract version 9.9" in body["info"]["description"]
+    assert body["components"]["securitySchemes"]["ApiKeyHeader"] == {
+        "type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The server's NFC_API_KEY."}
+    assert body["components"]["securitySchemes"]["Bearer"]["scheme"] == "bearer"
+    latest = body["paths"]["/latest"]["get"]
+    assert [p["name"] for p in latest["parameters"]] == ["model_version"]
+    assert latest["parameters"][0]["schema"]["type"] == "string"  # a query string cannot carry null
+    assert ("security" in latest) == ("401" in latest["responses"]) == (reads == "key")
+    assert latest["responses"]["404"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+def test_without_a_key_no_route_declares_security_or_401(monkeypatch):
+    monkeypatch.delenv("NFC_API_KEY", raising=False)
+    _, body, _ = call(OpenAPILabel(App(), api_version="9.9"), "/docs.json")
+    operations = [op for item in body["paths"].values() for op in item.values()]
+    assert operations and not any("security" in op or "401" in op["responses"] for op in operations)

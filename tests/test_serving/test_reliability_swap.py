@@ -42,7 +42,7 @@ def expected_answers(package: Path, bodies: list[dict]) -> dict[str, np.ndarray]
 
 
 def test_a_model_swap_under_traffic_never_mixes_versions(reliable, tiny, second_package):
-    info = httpx.post(f"{reliable.url}/model_info", headers=KEY, timeout=30).json()
+    info = httpx.get(f"{reliable.url}/model_info", headers=KEY, timeout=30).json()
     if info["version"] != FIRST_VERSION:
         pytest.fail(f"the shared server already serves {info['version']}; this test must see the swap happen")
     new_answers: list[Answer] = []
@@ -89,7 +89,7 @@ def test_a_model_swap_under_traffic_never_mixes_versions(reliable, tiny, second_
     for answer in answers:
         body = answer.body
         assert stored[(body["model_version"], pd.Timestamp(body["as_of"]))]["weights"] == body["weights"]
-    info = httpx.post(f"{reliable.url}/model_info", headers=KEY, timeout=30).json()
+    info = httpx.get(f"{reliable.url}/model_info", headers=KEY, timeout=30).json()
     assert info["version"] == SECOND_VERSION and info["refused_model"] is None
 
 

@@ -5,6 +5,7 @@ front the startup hook opens on a free loopback port."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import shutil
@@ -83,7 +84,7 @@ def app(tiny, tmp_path_factory) -> Iterator[App]:
     bars = BarFileSource(tiny.data / "bars.parquet").read()
     try:
         yield App(client, mongo, f"127.0.0.1:{grpc_port}", bars, read_news(tiny.data / "news.jsonl"),
-                  np.sort(bars["timestamp"].unique()), client.post("/model_info", headers=AUTH).json()["bars_needed"])
+                  np.sort(bars["timestamp"].unique()), client.get("/model_info", headers=AUTH).json()["bars_needed"])
     finally:
         client.__exit__(None, None, None)
         mongo.stop()
@@ -181,7 +182,7 @@ def test_malformed_json_is_a_400_and_stores_nothing(app):
 @pytest.mark.parametrize("route", ["/predict", "/latest", "/history", "/model_info", "/docs.json"])
 def test_every_route_but_the_probes_needs_the_key_before_its_body_is_read(app, route):
     payload = app.payload(340, f"no-key{route}")
-    method = app.client.get if route == "/docs.json" else app.client.post
+    method = app.client.post if route == "/predict" else app.client.get
     missing = method(route, json=payload) if method == app.client.post else method(route)
     wrong = method(route, headers={"X-API-Key": "guess"})
     assert missing.status_code == wrong.status_code == 401, missing.text
@@ -195,7 +196,8 @@ def test_only_the_entry_routes_are_published_and_reachable(app):
     published = app.client.get("/docs.json", headers=AUTH).json()
     assert {"/predict", "/latest", "/history", "/model_info"} <= set(published["paths"])
     assert not {"/predict_batch", "/run", "/encode", "/info"} & set(published["paths"])  # inner services' APIs
-    assert published["openapi"] == "3.1.0" and published["info"]["version"] == "1.1"
+    assert published["openapi"] == "3.1.0" and published["info"]["version"] == importlib.metadata.version(
+        "neuralfusioncore")
     assert "API key" in published["info"]["description"]
     for route in ("/predict_batch", "/run", "/encode"):
         assert app.client.post(route, json={"jobs": [{"job": "0" * 32}] * 1000}, headers=AUTH).status_code == 404
@@ -254,12 +256,12 @@ def test_a_dropped_encoder_connection_is_retried_twice_then_503(drops):
 def test_latest_and_history_page_newest_first(app):
     for bar in (400, 401, 402, 403):
         assert app.client.post("/predict", json=app.payload(bar), headers=AUTH).status_code == 200
-    latest = app.client.post("/latest", json={}, headers=AUTH).json()
+    latest = app.client.get("/latest", headers=AUTH).json()
     assert pd.Timestamp(latest["as_of"]) == max(pd.Timestamp(d["as_of"]) for d in app.documents())
     start, end = (pd.Timestamp(app.times[i]).isoformat() for i in (400, 404))
-    first = app.client.post("/history", json={"start": start, "end": end, "limit": 3}, headers=AUTH).json()
-    second = app.client.post("/history", json={"start": start, "end": end, "limit": 3,
-                                               "before": first["next_before"]}, headers=AUTH).json()
+    first = app.client.get("/history", params={"start": start, "end": end, "limit": 3}, headers=AUTH).json()
+    second = app.client.get("/history", params={"start": start, "end": end, "limit": 3,
+                                                "before": first["next_before"]}, headers=AUTH).json()
     got = [pd.Timestamp(p["as_of"]) for p in first["items"] + second["items"]]
     assert got == [pd.Timestamp(app.times[i]) for i in (403, 402, 401, 400)] and second["next_before"] is None
 
@@ -271,12 +273,12 @@ def test_latest_and_history_page_newest_first(app):
                                                 ({"end": "9999-12-31T23:59:59.999999Z"}, "is outside"),
                                                 ({"model_version": "v" * 129}, "at most 128 characters")])
 def test_bad_history_queries_are_400(app, query, message):
-    response = app.client.post("/history", json=query, headers=AUTH)
+    response = app.client.get("/history", params=query, headers=AUTH)
     assert response.status_code == 400 and message in response.text
 
 
 def test_model_info_and_probes(app):
-    info = app.client.post("/model_info", headers=AUTH).json()
+    info = app.client.get("/model_info", headers=AUTH).json()
     assert info["version"] == "0.1.0-test" and info["bars_needed"] == 80 + info["lookback"]
     assert info["providers"] == {"fusion": "CPUExecutionProvider", "encoder": "CPUExecutionProvider"}
     # a CPU build of onnxruntime: the CPU graphs (fp32, never fp16), and the reason the device was chosen
@@ -317,7 +319,7 @@ def test_mongodb_down_answers_503_and_reports_nothing_stored(app, stub):
         assert response.status_code == 503
         assert "MongoDB" in response.json()["error"] and "not stored" in response.json()["error"]
         assert app.mongo.uri.split("//")[1].split("/")[0] not in response.text  # no host:port to callers
-        read = app.client.post("/latest", json={}, headers=AUTH)
+        read = app.client.get("/latest", headers=AUTH)
         assert read.status_code == 503 and "MongoDB is unavailable" in read.json()["error"]
         assert "127.0.0.1" not in read.text and "Topology" not in read.text
         assert app.client.get("/readyz").status_code == 503

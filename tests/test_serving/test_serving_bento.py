@@ -140,7 +140,7 @@ def served_bento(bento, mongo_uri) -> Iterator[str]:
 def test_the_built_bento_serves_a_stored_prediction(served_bento, tiny, mongo_uri):
     bars = BarFileSource(tiny.data / "bars.parquet").read()
     end = pd.Timestamp(np.sort(bars["timestamp"].unique())[600])
-    bars_needed = httpx.post(f"{served_bento}/model_info", timeout=30).json()["bars_needed"]
+    bars_needed = httpx.get(f"{served_bento}/model_info", timeout=30).json()["bars_needed"]
     payload = predict_payload(bars, read_news(tiny.data / "news.jsonl"), end, bars_needed, STEP, "from-bento")
     response = httpx.post(f"{served_bento}/predict", json=payload, timeout=60)
     assert response.status_code == 200 and response.json()["stored"], response.text

@@ -46,7 +46,7 @@ def live(tiny, tmp_path_factory) -> Iterator[Live]:
                                                                                                       log):
         yield Live(process, log, url, f"127.0.0.1:{grpc_port}", f"mongodb://127.0.0.1:{mongo_port}/",
                    (http_port, grpc_port, mongo_port), bars, read_news(tiny.data / "news.jsonl"),
-                   np.sort(bars["timestamp"].unique()), httpx.post(f"{url}/model_info").json()["bars_needed"])
+                   np.sort(bars["timestamp"].unique()), httpx.get(f"{url}/model_info").json()["bars_needed"])
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_bad_input_over_the_wire_is_a_400_and_stores_nothing(live):
     response = httpx.post(f"{live.url}/predict", json=payload, headers=KEY, timeout=60)
     assert response.status_code == 400 and "too few bars" in response.json()["error"]
     assert httpx.post(f"{live.url}/predict", json=live.payload(310), timeout=60).status_code == 401
-    assert httpx.post(f"{live.url}/latest", json={}, timeout=30).status_code in (200, 404)  # reads are open here
+    assert httpx.get(f"{live.url}/latest", timeout=30).status_code in (200, 404)  # reads are open here
     assert live.documents(request_id="live-bad") == []
 
 
@@ -95,19 +95,19 @@ def test_history_pages_newest_first_over_http_and_grpc(live, stub):
     for bar in (400, 401, 402):
         assert httpx.post(f"{live.url}/predict", json=live.payload(bar), headers=KEY, timeout=60).status_code == 200
     start, end = (pd.Timestamp(live.times[i]).isoformat() for i in (400, 403))
-    first = httpx.post(f"{live.url}/history", json={"start": start, "end": end, "limit": 2}, timeout=30).json()
-    rest = httpx.post(f"{live.url}/history", json={"start": start, "end": end, "limit": 2,
-                                                    "before": first["next_before"]}, timeout=30).json()
+    first = httpx.get(f"{live.url}/history", params={"start": start, "end": end, "limit": 2}, timeout=30).json()
+    rest = httpx.get(f"{live.url}/history", params={"start": start, "end": end, "limit": 2,
+                                                     "before": first["next_before"]}, timeout=30).json()
     expected = [pd.Timestamp(live.times[i]) for i in (402, 401, 400)]
     assert [pd.Timestamp(p["as_of"]) for p in first["items"] + rest["items"]] == expected
     over_grpc = stub.GetHistory(pb.HistoryRequest(start=start, end=end), timeout=30)
     assert [pd.Timestamp(p.as_of) for p in over_grpc.items] == expected and over_grpc.next_before == ""
-    latest = httpx.post(f"{live.url}/latest", json={}, timeout=30).json()
+    latest = httpx.get(f"{live.url}/latest", timeout=30).json()
     assert pd.Timestamp(stub.GetLatest(pb.LatestRequest(), timeout=30).as_of) == pd.Timestamp(latest["as_of"])
 
 
 def test_http_and_grpc_requests_share_one_batching_queue(live, stub):
-    before = httpx.post(f"{live.url}/model_info", timeout=30).json()["batches"]["fusion"]["sizes"]
+    before = httpx.get(f"{live.url}/model_info", timeout=30).json()["batches"]["fusion"]["sizes"]
     bars = list(range(500, 516))
     barrier = threading.Barrier(len(bars))
     answers: dict[int, bool] = {}
@@ -126,7 +126,7 @@ def test_http_and_grpc_requests_share_one_batching_queue(live, stub):
         thread.start()
     for thread in threads:
         thread.join()
-    after = httpx.post(f"{live.url}/model_info", timeout=30).json()["batches"]["fusion"]["sizes"]
+    after = httpx.get(f"{live.url}/model_info", timeout=30).json()["batches"]["fusion"]["sizes"]
     new = {int(n): count - before.get(n, 0) for n, count in after.items() if count > before.get(n, 0)}
     assert len(answers) == len(bars) and all(answers.values())
     assert max(new) > 1, f"no fusion batch merged concurrent HTTP and gRPC requests: {new}"
