@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 __all__ = [
+    "RETRY_AFTER_S",
     "Conflict",
     "ErrorBody",
     "NotFound",
@@ -31,6 +32,9 @@ __all__ = [
     "error_for_status",
     "error_response",
 ]
+
+
+RETRY_AFTER_S = 1  # what a 503 asks a client to wait: MongoDB or an inner service back within seconds, or not
 
 
 class ErrorBody(BaseModel):
@@ -50,6 +54,7 @@ class ServingError(Exception):
 
     status: ClassVar[HTTPStatus] = HTTPStatus.SERVICE_UNAVAILABLE
     grpc_code: ClassVar[str] = "UNAVAILABLE"  # a grpc.StatusCode name (grpcio is not needed to raise one)
+    retry_after_s: ClassVar[int | None] = None  # sent as Retry-After: when trying again may succeed
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -101,6 +106,8 @@ class PayloadTooLarge(ServingError):
 class Unavailable(ServingError):
     """The model, the encoder or MongoDB cannot answer now: retry later. Nothing is reported stored."""
 
+    retry_after_s = RETRY_AFTER_S
+
 
 _BY_STATUS = {cls.status: cls for cls in (RequestError, Unauthenticated, NotFound, RequestTimeout, Conflict,
                                           PayloadTooLarge, Unavailable)}
@@ -113,8 +120,9 @@ def error_for_status(status: int, message: str) -> ServingError:
 
 
 def error_response(err: ServingError) -> JSONResponse:
-    """`err` as its status and `{"error": message}` (ErrorBody)."""
-    return JSONResponse({"error": err.message}, status_code=err.status)
+    """`err` as its status and `{"error": message}` (ErrorBody), with Retry-After when retrying may succeed."""
+    headers = None if err.retry_after_s is None else {"retry-after": str(err.retry_after_s)}
+    return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
 
 
 def check_api_key(expected: str | None, headers: Mapping[str, str]) -> None:

@@ -71,8 +71,10 @@ def _parameters(query: type[BaseModel]) -> list[dict[str, Any]]:
 
 def _responses(ok: dict[str, Any], statuses: tuple[int, ...], needs_key: bool) -> dict[str, Any]:
     error = {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}
+    retry = {"headers": {"Retry-After": {"description": "Seconds to wait before trying again.",
+                                         "schema": {"type": "integer", "minimum": 0}}}}
     return {"200": {"description": "Successful Response", **ok},
-            **{str(s): {"description": ERROR_STATUSES[s], "content": error}
+            **{str(s): {"description": ERROR_STATUSES[s], "content": error, **(retry if s == 503 else {})}
                for s in statuses if s != 401 or needs_key}}
 
 

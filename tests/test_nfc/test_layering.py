@@ -1,6 +1,7 @@
 """Layering: no package imports one above it, checked by importing every module of a package in a fresh interpreter.
 
-neuralfusion (the torch-free core) imports no other project package; training imports no serving; export imports
+neuralfusion (the torch-free core) imports no other project package, nor BentoML, gRPC or protobuf (its client
+needs httpx only); training imports no serving; export imports
 no serving; serving imports neither torch nor transformers nor training nor export; nothing but tests imports nfc.
 """
 
@@ -14,7 +15,9 @@ import pytest
 
 # package -> top-level modules that must not be loaded after importing every module of the package
 FORBIDDEN = {
-    "neuralfusion": ("training", "export", "serving", "nfc", "torch", "transformers"),
+    # neuralfusion.client is pip-importable with the core install: no BentoML, gRPC, protobuf (google) or pydantic
+    "neuralfusion": ("training", "export", "serving", "nfc", "torch", "transformers", "bentoml", "grpc", "google",
+                     "pydantic"),
     "training": ("serving", "nfc"),
     "export": ("serving", "nfc"),
     "serving": ("torch", "transformers", "training", "export", "nfc"),
