@@ -330,8 +330,8 @@ def grpc_sender(call: Callable[..., Any], work: Workload, timeout_s: float) -> S
             reply = await call(work.bodies[i], timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
             return f"gRPC {err.code().name}: {(err.details() or '')[:200]}"
-        if not reply.prediction.stored or reply.prediction.request_id != work.ids[i]:
-            return f"answer for {reply.prediction.request_id} to {work.ids[i]}"
+        if not reply.stored or reply.request_id != work.ids[i]:
+            return f"answer for {reply.request_id} to {work.ids[i]}"
         return None
     return send
 

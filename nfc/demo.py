@@ -166,8 +166,7 @@ def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.
             over_http = predict_http(url, http_body)
             over_grpc = predict_grpc(f"127.0.0.1:{grpc_port}", grpc_body)
             click.echo(f"HTTP prediction as of {over_http['as_of']}: {_top(over_http['weights'])}")
-            click.echo(f"gRPC prediction as of {over_grpc.as_of}: "
-                       f"{_top(dict(zip(over_grpc.symbols, over_grpc.weights, strict=True)))}")
+            click.echo(f"gRPC prediction as of {over_grpc.as_of.ToJsonString()}: {_top(dict(over_grpc.weights))}")
             with pymongo.MongoClient(mongo.uri) as client:
                 stored = list(client[DEFAULT_DATABASE][DEFAULT_COLLECTION].find(
                     {"request_id": {"$in": ["demo-http", "demo-grpc"]}}, {"_id": 0, "request_id": 1, "as_of": 1}))
@@ -175,8 +174,7 @@ def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.
                 raise click.ClickException(f"expected both demo predictions in MongoDB, found {stored}")
             click.echo(f"MongoDB holds both predictions: {sorted(doc['request_id'] for doc in stored)}")
             return {"http": {"as_of": over_http["as_of"], "weights": over_http["weights"]},
-                    "grpc": {"as_of": over_grpc.as_of,
-                             "weights": dict(zip(over_grpc.symbols, over_grpc.weights, strict=True))},
+                    "grpc": {"as_of": over_grpc.as_of.ToJsonString(), "weights": dict(over_grpc.weights)},
                     "stored_in_mongodb": sorted(doc["request_id"] for doc in stored)}
         finally:
             server.terminate()

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pandas as pd
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from neuralfusion.calendar import BarClock
 from neuralfusion.data.bars import PRICE_COLUMNS
@@ -64,11 +65,18 @@ def arrow_payload(bars: pd.DataFrame, news: pd.DataFrame, end: pd.Timestamp, n_b
     return arrow_body(*window_frames(bars, news, end, n_bars, step, news_bars), request_id)
 
 
+def _timestamp(text: str) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromJsonString(text)
+    return stamp
+
+
 def request_to_proto(payload: dict[str, Any]) -> pb.PredictRequest:
-    """The HTTP body as a gRPC request; `symbols: None` (match aliases) becomes has_symbols=false."""
+    """The HTTP body as a gRPC request (RFC 3339 times as Timestamps); `symbols: None` (match aliases) becomes
+    has_symbols=false."""
     return pb.PredictRequest(
-        bars=[pb.Bar(**bar) for bar in payload["bars"]],
-        news=[pb.NewsItem(id=n["id"], published_at=n["published_at"], title=n["title"], body=n["body"],
+        bars=[pb.Bar(**{**bar, "timestamp": _timestamp(bar["timestamp"])}) for bar in payload["bars"]],
+        news=[pb.NewsItem(id=n["id"], published_at=_timestamp(n["published_at"]), title=n["title"], body=n["body"],
                           symbols=n["symbols"] or [], has_symbols=n["symbols"] is not None) for n in payload["news"]],
         request_id=payload["request_id"] or "")
 
@@ -126,10 +134,8 @@ def predict_grpc(target: str, payload: dict[str, Any], api_key: str | None = Non
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.PortfolioServiceStub(channel)
         if isinstance(payload["bars"], dict):  # a /predict/columns body
-            reply = stub.PredictColumns(columns_to_proto(payload), metadata=metadata, timeout=timeout_s)
-        else:
-            reply = stub.Predict(request_to_proto(payload), metadata=metadata, timeout=timeout_s)
-    return reply.prediction
+            return stub.PredictColumns(columns_to_proto(payload), metadata=metadata, timeout=timeout_s)
+        return stub.Predict(request_to_proto(payload), metadata=metadata, timeout=timeout_s)
 
 
 def wait_until_ready(url: str, process: subprocess.Popen[Any], timeout_s: float) -> bool:

@@ -77,22 +77,22 @@ class PortfolioServicer(pb_grpc.PortfolioServiceServicer):
         self._backend = backend
         self._limits = limits
 
-    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.Prediction:
         async def predict() -> PredictionOut:
             return await self._backend.predict_one(predict_request_from_proto(request, self._limits))
 
-        return pb.PredictResponse(prediction=prediction_to_proto(await _answer(context, predict())))
+        return prediction_to_proto(await _answer(context, predict()))
 
     async def PredictColumns(self, request: pb.PredictColumnsRequest,
-                             context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+                             context: grpc.aio.ServicerContext) -> pb.Prediction:
         prediction = await _answer(context, self._backend.predict_inline(lambda: columns_from_proto(request)))
-        return pb.PredictResponse(prediction=prediction_to_proto(prediction))
+        return prediction_to_proto(prediction)
 
-    async def PredictAt(self, request: pb.PredictAtRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+    async def PredictAt(self, request: pb.PredictAtRequest, context: grpc.aio.ServicerContext) -> pb.Prediction:
         async def predict_at() -> PredictionOut:
             return await self._backend.predict_at_one(predict_at_from_proto(request))
 
-        return pb.PredictResponse(prediction=prediction_to_proto(await _answer(context, predict_at())))
+        return prediction_to_proto(await _answer(context, predict_at()))
 
     async def GetLatest(self, request: pb.LatestRequest, context: grpc.aio.ServicerContext) -> pb.Prediction:
         latest = await _answer(context, self._backend.query_latest(request.model_version or None))

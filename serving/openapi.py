@@ -82,7 +82,7 @@ def _info(api_version: str) -> dict[str, Any]:
     meta = importlib.metadata.metadata(DISTRIBUTION)
     return {"title": "NeuralFusionCore", "version": meta["Version"],
             "description": f"{meta['Summary']}\n\nThe portfolio service: weights from OHLCV bars and news, stored in "
-                           f"MongoDB. Contract version {api_version} (gRPC package neuralfusion.v1). When the server "
+                           f"MongoDB. Contract version {api_version} (gRPC package neuralfusion.v2). When the server "
                            "has an API key, send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'; every "
                            "refusal is a JSON body {\"error\": \"...\"} saying what to fix.",
             "license": {"name": meta.get("License-Expression") or "Apache-2.0", "identifier": "Apache-2.0"}}

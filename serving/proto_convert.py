@@ -1,16 +1,18 @@
 """Protobuf <-> API models for the gRPC front (serving/proto/neuralfusion.proto).
 
 A protobuf request becomes the HTTP API's pydantic model through the same validators, so both fronts refuse
-the same inputs with the same reasons. proto3 has no "unset" for strings and numbers: an empty string or a
-zero means "not given".
+the same inputs with the same reasons, and a Prediction has the shape of HTTP's PredictionOut (weights and logits
+keyed by symbol). Times are google.protobuf.Timestamp (UTC). proto3 has no "unset" for strings and numbers: an
+empty string or a zero means "not given"; an unset Timestamp is a missing time.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import ValidationError
 
 from neuralfusion.data.bars import PRICE_COLUMNS
@@ -21,7 +23,24 @@ from serving.request_checks import describe_validation_error
 from serving.schemas import HistoryOut, HistoryQuery, PredictAtRequest, PredictionOut, PredictRequest, RequestLimits
 
 __all__ = ["columns_from_proto", "history_query_from_proto", "history_to_proto", "predict_at_from_proto",
-           "predict_request_from_proto", "prediction_from_proto", "prediction_to_proto"]
+           "predict_request_from_proto", "prediction_from_proto", "prediction_to_proto", "timestamp"]
+
+
+def timestamp(value: datetime) -> Timestamp:
+    """An aware datetime as a Timestamp."""
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _time(message: object, field: str, where: str) -> datetime | None:
+    """`message.field` as an aware UTC datetime; None when unset. A Timestamp outside 0001..9999 is a RequestError."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    try:
+        return getattr(message, field).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as err:
+        raise RequestError(f"{where}.{field}: {err}") from None
 
 
 def predict_request_from_proto(message: pb.PredictRequest, limits: RequestLimits | None = None) -> PredictRequest:
@@ -30,10 +49,12 @@ def predict_request_from_proto(message: pb.PredictRequest, limits: RequestLimits
     Empty strings are proto3's "unset": an empty request_id means none, `has_symbols=false` means match aliases.
     """
     payload = {
-        "bars": [{"timestamp": b.timestamp, "symbol": b.symbol, "open": b.open, "high": b.high, "low": b.low,
-                  "close": b.close, "volume": b.volume} for b in message.bars],
-        "news": [{"id": n.id, "published_at": n.published_at, "title": n.title, "body": n.body,
-                  "symbols": list(n.symbols) if n.has_symbols else None} for n in message.news],
+        "bars": [{"timestamp": _time(b, "timestamp", f"bars[{i}]"), "symbol": b.symbol, "open": b.open,
+                  "high": b.high, "low": b.low, "close": b.close, "volume": b.volume}
+                 for i, b in enumerate(message.bars)],
+        "news": [{"id": n.id, "published_at": _time(n, "published_at", f"news[{i}]"), "title": n.title,
+                  "body": n.body, "symbols": list(n.symbols) if n.has_symbols else None}
+                 for i, n in enumerate(message.news)],
         "request_id": message.request_id or None,
     }
     try:
@@ -61,7 +82,8 @@ def columns_from_proto(message: pb.PredictColumnsRequest) -> RequestColumns:
 
 def predict_at_from_proto(message: pb.PredictAtRequest) -> PredictAtRequest:
     """The by-reference request through the HTTP model's validators; empty fields are "not given"."""
-    given = {"as_of": message.as_of, "symbols": list(message.symbols), "request_id": message.request_id}
+    given = {"as_of": _time(message, "as_of", "request"), "symbols": list(message.symbols),
+             "request_id": message.request_id}
     try:
         return PredictAtRequest.model_validate({name: value for name, value in given.items() if value})
     except ValidationError as err:
@@ -69,9 +91,11 @@ def predict_at_from_proto(message: pb.PredictAtRequest) -> PredictAtRequest:
 
 
 def history_query_from_proto(message: pb.HistoryRequest) -> HistoryQuery:
-    """The gRPC query through the HTTP model's validators; proto3's empty strings and zero limit mean "not given"."""
-    given = {"start": message.start, "end": message.end, "model_version": message.model_version,
-             "limit": message.limit, "before": message.before}
+    """The gRPC query through the HTTP model's validators; unset times, an empty model version and a zero limit
+    mean "not given"."""
+    given = {"start": _time(message, "start", "request"), "end": _time(message, "end", "request"),
+             "model_version": message.model_version, "limit": message.limit,
+             "before": _time(message, "before", "request")}
     try:
         return HistoryQuery.model_validate({name: value for name, value in given.items() if value})
     except ValidationError as err:
@@ -79,29 +103,23 @@ def history_query_from_proto(message: pb.HistoryRequest) -> HistoryQuery:
 
 
 def prediction_to_proto(prediction: PredictionOut) -> pb.Prediction:
-    """Weights and logits as lists in `symbols` order."""
+    """HTTP's PredictionOut field for field."""
     return pb.Prediction(
-        model_version=prediction.model_version, as_of=prediction.as_of.isoformat(), symbols=prediction.symbols,
-        weights=[prediction.weights[s] for s in prediction.symbols],
-        logits=[prediction.logits[s] for s in prediction.symbols], horizon_bars=prediction.horizon_bars,
-        request_id=prediction.request_id, stored=prediction.stored,
-        duplicate=prediction.duplicate)
+        model_version=prediction.model_version, as_of=timestamp(prediction.as_of), symbols=prediction.symbols,
+        weights=prediction.weights, logits=prediction.logits, horizon_bars=prediction.horizon_bars,
+        request_id=prediction.request_id, stored=prediction.stored, duplicate=prediction.duplicate)
 
 
 def prediction_from_proto(message: pb.Prediction) -> PredictionOut:
     """The inverse of `prediction_to_proto`, for gRPC clients."""
-    symbols = list(message.symbols)
     return PredictionOut(
-        model_version=message.model_version, as_of=datetime.fromisoformat(message.as_of), symbols=symbols,
-        weights=dict(zip(symbols, message.weights, strict=True)),
-        logits=dict(zip(symbols, message.logits, strict=True)), horizon_bars=message.horizon_bars,
-        request_id=message.request_id, stored=message.stored,
+        model_version=message.model_version, as_of=message.as_of.ToDatetime(tzinfo=UTC),
+        symbols=list(message.symbols), weights=dict(message.weights), logits=dict(message.logits),
+        horizon_bars=message.horizon_bars, request_id=message.request_id, stored=message.stored,
         duplicate=message.duplicate)
 
 
 def history_to_proto(history: HistoryOut) -> pb.HistoryResponse:
-    """An empty `next_before` means no more pages."""
+    """An unset `next_before` means no more pages."""
     return pb.HistoryResponse(items=[prediction_to_proto(p) for p in history.items],
-                              next_before="" if history.next_before is None else history.next_before.isoformat())
-
-
+                              next_before=None if history.next_before is None else timestamp(history.next_before))

@@ -107,7 +107,9 @@ CONNECTION_ERRORS = (ConnectionError, aiohttp.ClientConnectionError)
 # waits before each retry of a dropped inner call: at concurrency 64 on 2 cores one retry still left ~1.5% of the
 # requests answered 503 (bench/bench_serving.py --quick, docs/BENCHMARKS.md)
 INNER_RETRY_DELAYS_S = (0.05, 0.25)
-API_VERSION = "1.1"  # of the HTTP and gRPC contract (proto package neuralfusion.v1), published in /docs.json
+# of the HTTP and gRPC contract (proto package neuralfusion.v2), published in /docs.json. 2.0: reads are GET with
+# query parameters; gRPC times are Timestamps, weights and logits maps by symbol, Predict answers a Prediction
+API_VERSION = "2.0"
 
 
 def batching(max_batch: int, max_latency_ms: int) -> dict[str, Any]:

@@ -8,6 +8,7 @@ stale stubs.
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 
 __all__ = ["PROTO_FILE", "REPO_ROOT", "generate_stubs"]
@@ -24,7 +25,8 @@ def generate_stubs(out_dir: Path | str = REPO_ROOT) -> None:
         raise RuntimeError("generating the gRPC stubs needs grpcio-tools: pip install -e '.[dev]'") from None
     out = Path(out_dir)
     (out / "serving" / "proto").mkdir(parents=True, exist_ok=True)
-    code = protoc.main(["protoc", f"-I{REPO_ROOT}", f"--python_out={out}", f"--pyi_out={out}",
+    well_known = importlib.resources.files("grpc_tools") / "_proto"  # google/protobuf/timestamp.proto
+    code = protoc.main(["protoc", f"-I{REPO_ROOT}", f"-I{well_known}", f"--python_out={out}", f"--pyi_out={out}",
                         f"--grpc_python_out={out}", str(PROTO_FILE)])
     if code != 0:
         raise RuntimeError(f"protoc failed with exit code {code} on {PROTO_FILE}")

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -15,14 +18,14 @@ class Bar(_message.Message):
     LOW_FIELD_NUMBER: _ClassVar[int]
     CLOSE_FIELD_NUMBER: _ClassVar[int]
     VOLUME_FIELD_NUMBER: _ClassVar[int]
-    timestamp: str
+    timestamp: _timestamp_pb2.Timestamp
     symbol: str
     open: float
     high: float
     low: float
     close: float
     volume: float
-    def __init__(self, timestamp: _Optional[str] = ..., symbol: _Optional[str] = ..., open: _Optional[float] = ..., high: _Optional[float] = ..., low: _Optional[float] = ..., close: _Optional[float] = ..., volume: _Optional[float] = ...) -> None: ...
+    def __init__(self, timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., symbol: _Optional[str] = ..., open: _Optional[float] = ..., high: _Optional[float] = ..., low: _Optional[float] = ..., close: _Optional[float] = ..., volume: _Optional[float] = ...) -> None: ...
 
 class NewsItem(_message.Message):
     __slots__ = ("id", "published_at", "title", "body", "symbols", "has_symbols")
@@ -33,12 +36,12 @@ class NewsItem(_message.Message):
     SYMBOLS_FIELD_NUMBER: _ClassVar[int]
     HAS_SYMBOLS_FIELD_NUMBER: _ClassVar[int]
     id: str
-    published_at: str
+    published_at: _timestamp_pb2.Timestamp
     title: str
     body: str
     symbols: _containers.RepeatedScalarFieldContainer[str]
     has_symbols: bool
-    def __init__(self, id: _Optional[str] = ..., published_at: _Optional[str] = ..., title: _Optional[str] = ..., body: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., has_symbols: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., title: _Optional[str] = ..., body: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., has_symbols: _Optional[bool] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("bars", "news", "request_id")
@@ -105,13 +108,27 @@ class PredictAtRequest(_message.Message):
     AS_OF_FIELD_NUMBER: _ClassVar[int]
     SYMBOLS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    as_of: str
+    as_of: _timestamp_pb2.Timestamp
     symbols: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
-    def __init__(self, as_of: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., symbols: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("model_version", "as_of", "symbols", "weights", "logits", "horizon_bars", "request_id", "stored", "duplicate")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class LogitsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
     SYMBOLS_FIELD_NUMBER: _ClassVar[int]
@@ -122,21 +139,15 @@ class Prediction(_message.Message):
     STORED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     model_version: str
-    as_of: str
+    as_of: _timestamp_pb2.Timestamp
     symbols: _containers.RepeatedScalarFieldContainer[str]
-    weights: _containers.RepeatedScalarFieldContainer[float]
-    logits: _containers.RepeatedScalarFieldContainer[float]
+    weights: _containers.ScalarMap[str, float]
+    logits: _containers.ScalarMap[str, float]
     horizon_bars: int
     request_id: str
     stored: bool
     duplicate: bool
-    def __init__(self, model_version: _Optional[str] = ..., as_of: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., weights: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., horizon_bars: _Optional[int] = ..., request_id: _Optional[str] = ..., stored: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
-
-class PredictResponse(_message.Message):
-    __slots__ = ("prediction",)
-    PREDICTION_FIELD_NUMBER: _ClassVar[int]
-    prediction: Prediction
-    def __init__(self, prediction: _Optional[_Union[Prediction, _Mapping]] = ...) -> None: ...
+    def __init__(self, model_version: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., symbols: _Optional[_Iterable[str]] = ..., weights: _Optional[_Mapping[str, float]] = ..., logits: _Optional[_Mapping[str, float]] = ..., horizon_bars: _Optional[int] = ..., request_id: _Optional[str] = ..., stored: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class LatestRequest(_message.Message):
     __slots__ = ("model_version",)
@@ -151,17 +162,17 @@ class HistoryRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     BEFORE_FIELD_NUMBER: _ClassVar[int]
-    start: str
-    end: str
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
     model_version: str
     limit: int
-    before: str
-    def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ..., model_version: _Optional[str] = ..., limit: _Optional[int] = ..., before: _Optional[str] = ...) -> None: ...
+    before: _timestamp_pb2.Timestamp
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_version: _Optional[str] = ..., limit: _Optional[int] = ..., before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class HistoryResponse(_message.Message):
     __slots__ = ("items", "next_before")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     NEXT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[Prediction]
-    next_before: str
-    def __init__(self, items: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., next_before: _Optional[str] = ...) -> None: ...
+    next_before: _timestamp_pb2.Timestamp
+    def __init__(self, items: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., next_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -36,27 +36,27 @@ class PortfolioServiceStub:
             channel: A grpc.Channel.
         """
         self.Predict = channel.unary_unary(
-                '/neuralfusion.v1.PortfolioService/Predict',
+                '/neuralfusion.v2.PortfolioService/Predict',
                 request_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictRequest.SerializeToString,
-                response_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
+                response_deserializer=serving_dot_proto_dot_neuralfusion__pb2.Prediction.FromString,
                 _registered_method=True)
         self.PredictColumns = channel.unary_unary(
-                '/neuralfusion.v1.PortfolioService/PredictColumns',
+                '/neuralfusion.v2.PortfolioService/PredictColumns',
                 request_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictColumnsRequest.SerializeToString,
-                response_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
+                response_deserializer=serving_dot_proto_dot_neuralfusion__pb2.Prediction.FromString,
                 _registered_method=True)
         self.PredictAt = channel.unary_unary(
-                '/neuralfusion.v1.PortfolioService/PredictAt',
+                '/neuralfusion.v2.PortfolioService/PredictAt',
                 request_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictAtRequest.SerializeToString,
-                response_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
+                response_deserializer=serving_dot_proto_dot_neuralfusion__pb2.Prediction.FromString,
                 _registered_method=True)
         self.GetLatest = channel.unary_unary(
-                '/neuralfusion.v1.PortfolioService/GetLatest',
+                '/neuralfusion.v2.PortfolioService/GetLatest',
                 request_serializer=serving_dot_proto_dot_neuralfusion__pb2.LatestRequest.SerializeToString,
                 response_deserializer=serving_dot_proto_dot_neuralfusion__pb2.Prediction.FromString,
                 _registered_method=True)
         self.GetHistory = channel.unary_unary(
-                '/neuralfusion.v1.PortfolioService/GetHistory',
+                '/neuralfusion.v2.PortfolioService/GetHistory',
                 request_serializer=serving_dot_proto_dot_neuralfusion__pb2.HistoryRequest.SerializeToString,
                 response_deserializer=serving_dot_proto_dot_neuralfusion__pb2.HistoryResponse.FromString,
                 _registered_method=True)
@@ -67,14 +67,14 @@ class PortfolioServiceServicer:
     """
 
     def Predict(self, request, context):
-        """Weights for the bar after the request's last bar; stored once per (model_version, as_of).
+        """Weights for the bar after the request's last bar; stored once per (model_version, as_of). HTTP: POST /predict.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PredictColumns(self, request, context):
-        """The same with the bars and news as arrays, one per field (the body of HTTP POST /predict/columns).
+        """The same with the bars and news as arrays, one per field. HTTP: POST /predict/columns.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,20 +82,21 @@ class PortfolioServiceServicer:
 
     def PredictAt(self, request, context):
         """By reference: weights for an as-of bar whose bars and news the service reads from its own sources.
+        HTTP: POST /predict/at.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetLatest(self, request, context):
-        """The newest stored prediction, of one model version or of any.
+        """The newest stored prediction, of one model version or of any. HTTP: GET /latest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetHistory(self, request, context):
-        """Stored predictions in a time range, newest first, one page at a time.
+        """Stored predictions in a time range, newest first, one page at a time. HTTP: GET /history.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,17 +108,17 @@ def add_PortfolioServiceServicer_to_server(servicer, server):
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
                     request_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictRequest.FromString,
-                    response_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.SerializeToString,
+                    response_serializer=serving_dot_proto_dot_neuralfusion__pb2.Prediction.SerializeToString,
             ),
             'PredictColumns': grpc.unary_unary_rpc_method_handler(
                     servicer.PredictColumns,
                     request_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictColumnsRequest.FromString,
-                    response_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.SerializeToString,
+                    response_serializer=serving_dot_proto_dot_neuralfusion__pb2.Prediction.SerializeToString,
             ),
             'PredictAt': grpc.unary_unary_rpc_method_handler(
                     servicer.PredictAt,
                     request_deserializer=serving_dot_proto_dot_neuralfusion__pb2.PredictAtRequest.FromString,
-                    response_serializer=serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.SerializeToString,
+                    response_serializer=serving_dot_proto_dot_neuralfusion__pb2.Prediction.SerializeToString,
             ),
             'GetLatest': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLatest,
@@ -131,9 +132,9 @@ def add_PortfolioServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'neuralfusion.v1.PortfolioService', rpc_method_handlers)
+            'neuralfusion.v2.PortfolioService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('neuralfusion.v1.PortfolioService', rpc_method_handlers)
+    server.add_registered_method_handlers('neuralfusion.v2.PortfolioService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -155,9 +156,9 @@ class PortfolioService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/neuralfusion.v1.PortfolioService/Predict',
+            '/neuralfusion.v2.PortfolioService/Predict',
             serving_dot_proto_dot_neuralfusion__pb2.PredictRequest.SerializeToString,
-            serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
+            serving_dot_proto_dot_neuralfusion__pb2.Prediction.FromString,
             options,
             channel_credentials,
             insecure,
@@ -182,9 +183,9 @@ class PortfolioService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/neuralfusion.v1.PortfolioService/PredictColumns',
+            '/neuralfusion.v2.PortfolioService/PredictColumns',
             serving_dot_proto_dot_neuralfusion__pb2.PredictColumnsRequest.SerializeToString,
-            serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
+            serving_dot_proto_dot_neuralfusion__pb2.Prediction.FromString,
             options,
             channel_credentials,
             insecure,
@@ -209,9 +210,9 @@ class PortfolioService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/neuralfusion.v1.PortfolioService/PredictAt',
+            '/neuralfusion.v2.PortfolioService/PredictAt',
             serving_dot_proto_dot_neuralfusion__pb2.PredictAtRequest.SerializeToString,
-            serving_dot_proto_dot_neuralfusion__pb2.PredictResponse.FromString,
+            serving_dot_proto_dot_neuralfusion__pb2.Prediction.FromString,
             options,
             channel_credentials,
             insecure,
@@ -236,7 +237,7 @@ class PortfolioService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/neuralfusion.v1.PortfolioService/GetLatest',
+            '/neuralfusion.v2.PortfolioService/GetLatest',
             serving_dot_proto_dot_neuralfusion__pb2.LatestRequest.SerializeToString,
             serving_dot_proto_dot_neuralfusion__pb2.Prediction.FromString,
             options,
@@ -263,7 +264,7 @@ class PortfolioService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/neuralfusion.v1.PortfolioService/GetHistory',
+            '/neuralfusion.v2.PortfolioService/GetHistory',
             serving_dot_proto_dot_neuralfusion__pb2.HistoryRequest.SerializeToString,
             serving_dot_proto_dot_neuralfusion__pb2.HistoryResponse.FromString,
             options,

@@ -34,6 +34,7 @@ from serving.column_checks import check_columns
 from serving.errors import NotFound, RequestError, Unavailable
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
+from serving.proto_convert import timestamp
 from serving.request_checks import inputs_sha256
 from serving.runtime import PortfolioRuntime
 from serving.schemas import PredictAtRequest, PredictRequest, RequestLimits
@@ -154,15 +155,15 @@ def test_grpc_predict_at_answers_as_http_does(service, backtest):
     http = service.post("/predict/at", {"as_of": when.isoformat(), "request_id": "grpc-pair"}).json()
     with grpc.insecure_channel(service.grpc_target) as channel:
         stub = pb_grpc.PortfolioServiceStub(channel)
-        reply = stub.PredictAt(pb.PredictAtRequest(as_of=when.isoformat(), symbols=list(service.symbols)),
-                               metadata=[("x-api-key", API_KEY)], timeout=60).prediction
+        reply = stub.PredictAt(pb.PredictAtRequest(as_of=timestamp(when), symbols=list(service.symbols)),
+                               metadata=[("x-api-key", API_KEY)], timeout=60)
         assert reply.duplicate and reply.request_id == "grpc-pair"
-        assert list(reply.weights) == [http["weights"][s] for s in reply.symbols]
+        assert dict(reply.weights) == http["weights"]  # the same shape: keyed by symbol
         with pytest.raises(grpc.RpcError) as refused:
-            stub.PredictAt(pb.PredictAtRequest(as_of=when.isoformat()), timeout=30)  # no key
+            stub.PredictAt(pb.PredictAtRequest(as_of=timestamp(when)), timeout=30)  # no key
         assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.RpcError) as off_grid:
-            stub.PredictAt(pb.PredictAtRequest(as_of=(when + pd.Timedelta("1min")).isoformat()),
+            stub.PredictAt(pb.PredictAtRequest(as_of=timestamp(when + pd.Timedelta("1min"))),
                            metadata=[("x-api-key", API_KEY)], timeout=30)
         assert off_grid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 

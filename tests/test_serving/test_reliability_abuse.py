@@ -16,7 +16,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +30,7 @@ from serving_servers import API_KEY, AS_OF_BARS, BODY_TIMEOUT_S, KEY
 from serving.client import request_to_proto
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
+from serving.proto_convert import timestamp
 
 pytestmark = pytest.mark.integration
 
@@ -259,7 +260,8 @@ def test_unrepresentable_times_and_oversize_strings_are_400_and_invalid_argument
             assert response.status_code == 400 and "at most 128 characters" in response.text, response.text[:300]
         for call in (lambda: stub.GetLatest(pb.LatestRequest(model_version=huge), metadata=GRPC_KEY, timeout=60),
                      lambda: stub.GetHistory(pb.HistoryRequest(model_version=huge), metadata=GRPC_KEY, timeout=60),
-                     lambda: stub.GetHistory(pb.HistoryRequest(end=end["end"]), metadata=GRPC_KEY, timeout=60)):
+                     lambda: stub.GetHistory(pb.HistoryRequest(end=timestamp(datetime(9999, 12, 31, tzinfo=UTC))),
+                                            metadata=GRPC_KEY, timeout=60)):
             with pytest.raises(grpc.RpcError) as refused:
                 call()
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()

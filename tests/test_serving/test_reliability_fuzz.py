@@ -11,6 +11,7 @@ mostly generating them); the default run sends 120."""
 from __future__ import annotations
 
 import random
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 GRPC_EXAMPLES = 300
 REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS)
-PREDICT = "/neuralfusion.v1.PortfolioService/Predict"
+PREDICT = "/neuralfusion.v2.PortfolioService/Predict"
 # /predict/arrow's body is bytes (`format: binary`): fuzz it as schemathesis fuzzes any binary body
 schemathesis.serializer.alias(ARROW_MEDIA_TYPE, "application/octet-stream")
 FUZZ_SETTINGS = settings(derandomize=True, database=None, deadline=None, print_blob=True,
@@ -123,7 +124,7 @@ def test_malformed_grpc_messages_are_invalid_argument_never_internal_and_write_o
     accepted: set[tuple[str, pd.Timestamp]] = set()
 
     with grpc.insecure_channel(reliable.grpc_target) as channel:
-        predict = channel.unary_unary(PREDICT, response_deserializer=pb.PredictResponse.FromString)
+        predict = channel.unary_unary(PREDICT, response_deserializer=pb.Prediction.FromString)
 
         @settings(FUZZ_SETTINGS, max_examples=GRPC_EXAMPLES)
         @given(raw=messages)
@@ -137,7 +138,7 @@ def test_malformed_grpc_messages_are_invalid_argument_never_internal_and_write_o
                     unexpected.append((err.code(), (err.details() or "")[:300]))  # and print the 90 kB input
             else:
                 codes.append(grpc.StatusCode.OK)
-                accepted.add((reply.prediction.model_version, pd.Timestamp(reply.prediction.as_of)))
+                accepted.add((reply.model_version, pd.Timestamp(reply.as_of.ToDatetime(tzinfo=UTC))))
 
         send()
     print(f"\n{len(codes)} gRPC messages: {codes.count(grpc.StatusCode.INVALID_ARGUMENT)} INVALID_ARGUMENT, "

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from google.protobuf import json_format
 from pydantic import ValidationError
 
 from serving.client import request_to_proto
@@ -23,6 +24,7 @@ from serving.proto_convert import (
     predict_request_from_proto,
     prediction_from_proto,
     prediction_to_proto,
+    timestamp,
 )
 from serving.request_checks import check_as_of, check_request_against_model, inputs_sha256, request_frames
 from serving.schemas import (
@@ -315,22 +317,25 @@ def test_prediction_from_record_keeps_model_order() -> None:
     assert json.loads(out.model_dump_json())["as_of"] == "2026-01-05T00:03:00Z"
 
 
-def test_prediction_proto_lists_follow_symbols_and_round_trip() -> None:
+def test_prediction_proto_has_the_http_shape_and_round_trips() -> None:
     message = prediction_to_proto(prediction())
-    assert list(message.symbols) == ["BLTQ", "AURX"]
-    assert list(message.weights) == [0.75, 0.25] and list(message.logits) == [1.5, -0.5]
+    assert list(message.symbols) == ["BLTQ", "AURX"] and message.as_of.ToJsonString() == "2026-01-05T00:03:00Z"
+    assert dict(message.weights) == {"AURX": 0.25, "BLTQ": 0.75} and dict(message.logits) == {"AURX": -0.5, "BLTQ": 1.5}
+    as_json = json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
+    http = json.loads(prediction().model_dump_json())
+    assert as_json == {k: v for k, v in http.items() if v is not False}  # proto3 JSON leaves out false
     assert prediction_from_proto(pb.Prediction.FromString(message.SerializeToString())) == prediction()
 
 
 def test_history_proto_marks_the_last_page_with_an_empty_cursor() -> None:
     last = history_to_proto(HistoryOut(items=[prediction()], next_before=None))
     more = history_to_proto(HistoryOut(items=[prediction()], next_before=T0.to_pydatetime()))
-    assert last.next_before == "" and len(last.items) == 1
-    assert datetime.fromisoformat(more.next_before) == T0
+    assert not last.HasField("next_before") and len(last.items) == 1
+    assert more.next_before.ToDatetime(tzinfo=UTC) == T0
 
 
 def test_history_query_from_proto_reads_empty_fields_as_not_given() -> None:
-    query = history_query_from_proto(pb.HistoryRequest(start="2026-01-05T01:00:00+01:00"))
+    query = history_query_from_proto(pb.HistoryRequest(start=timestamp(T0.to_pydatetime() - STEP)))
     assert query.start == T0.to_pydatetime() - STEP and query.end is None and query.limit == 100
     with pytest.raises(RequestError, match="limit: Input should be less than or equal to 1000"):
         history_query_from_proto(pb.HistoryRequest(limit=5000))

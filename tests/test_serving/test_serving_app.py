@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from builders import STEP
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pymongo import MongoClient
@@ -36,6 +38,7 @@ from serving.client import predict_payload, request_to_proto
 from serving.errors import ServingError, Unavailable
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
+from serving.proto_convert import timestamp
 from serving.runtime import PortfolioRuntime
 from serving.schemas import EXAMPLE_INPUT, PredictRequest
 from serving.service import PortfolioService, batching, call_inner
@@ -337,10 +340,10 @@ def test_mongodb_down_answers_503_and_reports_nothing_stored(app, stub):
 
 def test_grpc_predict_is_the_http_prediction_and_is_stored(app, stub):
     payload = app.payload(700, "grpc-1")
-    reply = stub.Predict(request_to_proto(payload), metadata=[("authorization", f"Bearer {API_KEY}")]).prediction
+    reply = stub.Predict(request_to_proto(payload), metadata=[("authorization", f"Bearer {API_KEY}")])
     http = app.client.post("/predict", json={**payload, "request_id": "http-1"}, headers=AUTH).json()
     assert reply.stored and list(reply.symbols) == http["symbols"]
-    assert list(reply.weights) == pytest.approx([http["weights"][s] for s in reply.symbols], abs=BATCH_ATOL)
+    assert dict(reply.weights) == pytest.approx(http["weights"], abs=BATCH_ATOL)  # the same shape: keyed by symbol
     assert len(app.documents(request_id="grpc-1")) == 1
 
 
@@ -364,28 +367,30 @@ def test_grpc_refuses_bad_input_and_a_missing_key(app, stub):
 def test_grpc_malformed_message_is_invalid_argument_and_stores_nothing(app):
     before = len(app.documents())
     with grpc.insecure_channel(app.grpc_target) as channel:
-        raw = channel.unary_unary("/neuralfusion.v1.PortfolioService/Predict")
+        raw = channel.unary_unary("/neuralfusion.v2.PortfolioService/Predict")
         with pytest.raises(grpc.RpcError) as err:
             raw(b"\xff\xff\xff\xff not a protobuf", metadata=[("x-api-key", API_KEY)], timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "malformed request for /neuralfusion.v1.PortfolioService/Predict" in err.value.details()
+    assert "malformed request for /neuralfusion.v2.PortfolioService/Predict" in err.value.details()
     assert len(app.documents()) == before
 
 
 def test_grpc_latest_and_history(app, stub):
     for bar in (800, 801, 802):
         stub.Predict(request_to_proto(app.payload(bar)), metadata=[("x-api-key", API_KEY)])
-    start, end = (pd.Timestamp(app.times[i]).isoformat() for i in (800, 803))
+    start, end = (timestamp(pd.Timestamp(app.times[i])) for i in (800, 803))
     key = [("x-api-key", API_KEY)]
     first = stub.GetHistory(pb.HistoryRequest(start=start, end=end, limit=2), metadata=key)
     rest = stub.GetHistory(pb.HistoryRequest(start=start, end=end, limit=2, before=first.next_before), metadata=key)
-    got = [pd.Timestamp(p.as_of) for p in [*first.items, *rest.items]]
-    assert got == [pd.Timestamp(app.times[i]) for i in (802, 801, 800)] and rest.next_before == ""
-    assert pd.Timestamp(stub.GetLatest(pb.LatestRequest(), metadata=key).as_of) >= pd.Timestamp(app.times[802])
+    got = [pd.Timestamp(p.as_of.ToDatetime(tzinfo=UTC)) for p in [*first.items, *rest.items]]
+    assert got == [pd.Timestamp(app.times[i]) for i in (802, 801, 800)] and not rest.HasField("next_before")
+    newest = stub.GetLatest(pb.LatestRequest(), metadata=key).as_of.ToDatetime(tzinfo=UTC)
+    assert pd.Timestamp(newest) >= pd.Timestamp(app.times[802])
     with pytest.raises(grpc.RpcError) as missing:
         stub.GetLatest(pb.LatestRequest(model_version="no-such-version"), metadata=key)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-    for request in (pb.HistoryRequest(start="yesterday"), pb.HistoryRequest(end="9999-12-31T23:59:59.999999Z"),
+    for request in (pb.HistoryRequest(start=Timestamp(seconds=10**12)),  # outside what a Timestamp may hold
+                    pb.HistoryRequest(end=timestamp(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))),
                     pb.HistoryRequest(model_version="v" * 17_000_000)):
         with pytest.raises(grpc.RpcError) as invalid:
             stub.GetHistory(request, metadata=key)
@@ -403,7 +408,7 @@ def test_grpc_health_and_reflection(app):
     serving = health_pb2.HealthCheckResponse.SERVING
     with grpc.insecure_channel(app.grpc_target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        request = health_pb2.HealthCheckRequest(service="neuralfusion.v1.PortfolioService")
+        request = health_pb2.HealthCheckRequest(service="neuralfusion.v2.PortfolioService")
         deadline = time.monotonic() + 15  # the status is refreshed every 5 s (after the MongoDB-down test)
         while health.Check(request).status != serving and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -411,7 +416,7 @@ def test_grpc_health_and_reflection(app):
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         [answer] = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     assert status == serving
-    assert "neuralfusion.v1.PortfolioService" in {s.name for s in answer.list_services_response.service}
+    assert "neuralfusion.v2.PortfolioService" in {s.name for s in answer.list_services_response.service}
 
 
 def test_an_altered_package_leaves_the_service_up_but_never_ready(tiny, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC
 
 import grpc
 import httpx
@@ -24,6 +25,7 @@ from neuralfusion.data.news import read_news
 from serving.client import request_to_proto
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
+from serving.proto_convert import timestamp
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -78,9 +80,9 @@ def test_bad_input_over_the_wire_is_a_400_and_stores_nothing(live):
 def test_grpc_predict_is_stored_in_mongodb(live, stub):
     reply = stub.Predict(request_to_proto(live.payload(320, "live-grpc")), metadata=[("x-api-key", API_KEY)],
                          timeout=60)
-    assert reply.prediction.stored and pd.Timestamp(reply.prediction.as_of) == pd.Timestamp(live.times[320])
+    assert reply.stored and pd.Timestamp(reply.as_of.ToDatetime(tzinfo=UTC)) == pd.Timestamp(live.times[320])
     [document] = live.documents(request_id="live-grpc")
-    assert [document["weights"][s] for s in reply.prediction.symbols] == pytest.approx(list(reply.prediction.weights))
+    assert document["weights"] == pytest.approx(dict(reply.weights))
     # each worker has its own gRPC server and health poll (every 0.5 s until ready): a connection may land on a
     # worker whose first readiness check, which asks both inner services, is still under way on a loaded host
     with grpc.insecure_channel(live.grpc_target) as channel:
@@ -100,10 +102,13 @@ def test_history_pages_newest_first_over_http_and_grpc(live, stub):
                                                      "before": first["next_before"]}, timeout=30).json()
     expected = [pd.Timestamp(live.times[i]) for i in (402, 401, 400)]
     assert [pd.Timestamp(p["as_of"]) for p in first["items"] + rest["items"]] == expected
-    over_grpc = stub.GetHistory(pb.HistoryRequest(start=start, end=end), timeout=30)
-    assert [pd.Timestamp(p.as_of) for p in over_grpc.items] == expected and over_grpc.next_before == ""
+    over_grpc = stub.GetHistory(pb.HistoryRequest(start=timestamp(pd.Timestamp(start)),
+                                                  end=timestamp(pd.Timestamp(end))), timeout=30)
+    assert [pd.Timestamp(p.as_of.ToDatetime(tzinfo=UTC)) for p in over_grpc.items] == expected
+    assert not over_grpc.HasField("next_before")
     latest = httpx.get(f"{live.url}/latest", timeout=30).json()
-    assert pd.Timestamp(stub.GetLatest(pb.LatestRequest(), timeout=30).as_of) == pd.Timestamp(latest["as_of"])
+    newest = stub.GetLatest(pb.LatestRequest(), timeout=30).as_of.ToDatetime(tzinfo=UTC)
+    assert pd.Timestamp(newest) == pd.Timestamp(latest["as_of"])
 
 
 def test_http_and_grpc_requests_share_one_batching_queue(live, stub):
@@ -116,7 +121,7 @@ def test_http_and_grpc_requests_share_one_batching_queue(live, stub):
         barrier.wait()
         if bar % 2:
             answers[bar] = stub.Predict(request_to_proto(live.payload(bar)), metadata=[("x-api-key", API_KEY)],
-                                        timeout=120).prediction.stored
+                                        timeout=120).stored
         else:
             answers[bar] = httpx.post(f"{live.url}/predict", json=live.payload(bar), headers=KEY,
                                       timeout=120).json()["stored"]
