@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n serving/proto/neuralfusion.proto\x12\x0fneuralfusion.v2\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x01\n\x03\x42\x61r\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x0c\n\x04open\x18\x03 \x01(\x01\x12\x0c\n\x04high\x18\x04 \x01(\x01\x12\x0b\n\x03low\x18\x05 \x01(\x01\x12\r\n\x05\x63lose\x18\x06 \x01(\x01\x12\x0e\n\x06volume\x18\x07 \x01(\x01\"\x8b\x01\n\x08NewsItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x30\n\x0cpublished_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x0f\n\x07symbols\x18\x05 \x03(\t\x12\x13\n\x0bhas_symbols\x18\x06 \x01(\x08\"q\n\x0ePredictRequest\x12\"\n\x04\x62\x61rs\x18\x01 \x03(\x0b\x32\x14.neuralfusion.v2.Bar\x12\'\n\x04news\x18\x02 \x03(\x0b\x32\x19.neuralfusion.v2.NewsItem\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"w\n\nBarColumns\x12\x11\n\ttimestamp\x18\x01 \x03(\x03\x12\x0e\n\x06symbol\x18\x02 \x03(\t\x12\x0c\n\x04open\x18\x03 \x03(\x01\x12\x0c\n\x04high\x18\x04 \x03(\x01\x12\x0b\n\x03low\x18\x05 \x03(\x01\x12\r\n\x05\x63lose\x18\x06 \x03(\x01\x12\x0e\n\x06volume\x18\x07 \x03(\x01\"2\n\nSymbolList\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x13\n\x0bhas_symbols\x18\x02 \x01(\x08\"z\n\x0bNewsColumns\x12\n\n\x02id\x18\x01 \x03(\t\x12\x14\n\x0cpublished_at\x18\x02 \x03(\x03\x12\r\n\x05title\x18\x03 \x03(\t\x12\x0c\n\x04\x62ody\x18\x04 \x03(\t\x12,\n\x07symbols\x18\x05 \x03(\x0b\x32\x1b.neuralfusion.v2.SymbolList\"\x82\x01\n\x15PredictColumnsRequest\x12)\n\x04\x62\x61rs\x18\x01 \x01(\x0b\x32\x1b.neuralfusion.v2.BarColumns\x12*\n\x04news\x18\x02 \x01(\x0b\x32\x1c.neuralfusion.v2.NewsColumns\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"b\n\x10PredictAtRequest\x12)\n\x05\x61s_of\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07symbols\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xff\x02\n\nPrediction\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07symbols\x18\x03 \x03(\t\x12\x39\n\x07weights\x18\x04 \x03(\x0b\x32(.neuralfusion.v2.Prediction.WeightsEntry\x12\x37\n\x06logits\x18\x05 \x03(\x0b\x32\'.neuralfusion.v2.Prediction.LogitsEntry\x12\x14\n\x0chorizon_bars\x18\x06 \x01(\x05\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0e\n\x06stored\x18\x08 \x01(\x08\x12\x11\n\tduplicate\x18\t \x01(\x08\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLogitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"&\n\rLatestRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"\xb6\x01\n\x0eHistoryRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12*\n\x06\x62\x65\x66ore\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x0fHistoryResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.neuralfusion.v2.Prediction\x12/\n\x0bnext_before\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x9a\x03\n\x10PortfolioService\x12G\n\x07Predict\x12\x1f.neuralfusion.v2.PredictRequest\x1a\x1b.neuralfusion.v2.Prediction\x12U\n\x0ePredictColumns\x12&.neuralfusion.v2.PredictColumnsRequest\x1a\x1b.neuralfusion.v2.Prediction\x12K\n\tPredictAt\x12!.neuralfusion.v2.PredictAtRequest\x1a\x1b.neuralfusion.v2.Prediction\x12H\n\tGetLatest\x12\x1e.neuralfusion.v2.LatestRequest\x1a\x1b.neuralfusion.v2.Prediction\x12O\n\nGetHistory\x12\x1f.neuralfusion.v2.HistoryRequest\x1a .neuralfusion.v2.HistoryResponseBs\n$com.neuralfusioncore.neuralfusion.v2B\x11NeuralFusionProtoP\x01Z6neuralfusioncore/gen/go/neuralfusion/v2;neuralfusionv2b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n serving/proto/neuralfusion.proto\x12\x0fneuralfusion.v2\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x01\n\x03\x42\x61r\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x0c\n\x04open\x18\x03 \x01(\x01\x12\x0c\n\x04high\x18\x04 \x01(\x01\x12\x0b\n\x03low\x18\x05 \x01(\x01\x12\r\n\x05\x63lose\x18\x06 \x01(\x01\x12\x0e\n\x06volume\x18\x07 \x01(\x01\"\xa6\x01\n\x08NewsItem\x12\n\n\x02id\x18\x01 \x01(\t\x12>\n\x0cpublished_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0cpublished_at\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x0f\n\x07symbols\x18\x05 \x03(\t\x12 \n\x0bhas_symbols\x18\x06 \x01(\x08R\x0bhas_symbols\"}\n\x0ePredictRequest\x12\"\n\x04\x62\x61rs\x18\x01 \x03(\x0b\x32\x14.neuralfusion.v2.Bar\x12\'\n\x04news\x18\x02 \x03(\x0b\x32\x19.neuralfusion.v2.NewsItem\x12\x1e\n\nrequest_id\x18\x03 \x01(\tR\nrequest_id\"w\n\nBarColumns\x12\x11\n\ttimestamp\x18\x01 \x03(\x03\x12\x0e\n\x06symbol\x18\x02 \x03(\t\x12\x0c\n\x04open\x18\x03 \x03(\x01\x12\x0c\n\x04high\x18\x04 \x03(\x01\x12\x0b\n\x03low\x18\x05 \x03(\x01\x12\r\n\x05\x63lose\x18\x06 \x03(\x01\x12\x0e\n\x06volume\x18\x07 \x03(\x01\"?\n\nSymbolList\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12 \n\x0bhas_symbols\x18\x02 \x01(\x08R\x0bhas_symbols\"\x88\x01\n\x0bNewsColumns\x12\n\n\x02id\x18\x01 \x03(\t\x12\"\n\x0cpublished_at\x18\x02 \x03(\x03R\x0cpublished_at\x12\r\n\x05title\x18\x03 \x03(\t\x12\x0c\n\x04\x62ody\x18\x04 \x03(\t\x12,\n\x07symbols\x18\x05 \x03(\x0b\x32\x1b.neuralfusion.v2.SymbolList\"\x8e\x01\n\x15PredictColumnsRequest\x12)\n\x04\x62\x61rs\x18\x01 \x01(\x0b\x32\x1b.neuralfusion.v2.BarColumns\x12*\n\x04news\x18\x02 \x01(\x0b\x32\x1c.neuralfusion.v2.NewsColumns\x12\x1e\n\nrequest_id\x18\x03 \x01(\tR\nrequest_id\"b\n\x10PredictAtRequest\x12)\n\x05\x61s_of\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07symbols\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xaf\x03\n\nPrediction\x12$\n\rmodel_version\x18\x01 \x01(\tR\rmodel_version\x12\x30\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05\x61s_of\x12\x0f\n\x07symbols\x18\x03 \x03(\t\x12\x39\n\x07weights\x18\x04 \x03(\x0b\x32(.neuralfusion.v2.Prediction.WeightsEntry\x12\x37\n\x06logits\x18\x05 \x03(\x0b\x32\'.neuralfusion.v2.Prediction.LogitsEntry\x12\"\n\x0chorizon_bars\x18\x06 \x01(\x05R\x0chorizon_bars\x12\x1e\n\nrequest_id\x18\x07 \x01(\tR\nrequest_id\x12\x0e\n\x06stored\x18\x08 \x01(\x08\x12\x11\n\tduplicate\x18\t \x01(\x08\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLogitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"5\n\rLatestRequest\x12$\n\rmodel_version\x18\x01 \x01(\tR\rmodel_version\"\xc5\x01\n\x0eHistoryRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\rmodel_version\x18\x03 \x01(\tR\rmodel_version\x12\r\n\x05limit\x18\x04 \x01(\x05\x12*\n\x06\x62\x65\x66ore\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\x0fHistoryResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.neuralfusion.v2.Prediction\x12<\n\x0bnext_before\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0bnext_before2\x9a\x03\n\x10PortfolioService\x12G\n\x07Predict\x12\x1f.neuralfusion.v2.PredictRequest\x1a\x1b.neuralfusion.v2.Prediction\x12U\n\x0ePredictColumns\x12&.neuralfusion.v2.PredictColumnsRequest\x1a\x1b.neuralfusion.v2.Prediction\x12K\n\tPredictAt\x12!.neuralfusion.v2.PredictAtRequest\x1a\x1b.neuralfusion.v2.Prediction\x12H\n\tGetLatest\x12\x1e.neuralfusion.v2.LatestRequest\x1a\x1b.neuralfusion.v2.Prediction\x12O\n\nGetHistory\x12\x1f.neuralfusion.v2.HistoryRequest\x1a .neuralfusion.v2.HistoryResponseBs\n$com.neuralfusioncore.neuralfusion.v2B\x11NeuralFusionProtoP\x01Z6neuralfusioncore/gen/go/neuralfusion/v2;neuralfusionv2b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,31 +40,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BAR']._serialized_start=87
   _globals['_BAR']._serialized_end=227
   _globals['_NEWSITEM']._serialized_start=230
-  _globals['_NEWSITEM']._serialized_end=369
-  _globals['_PREDICTREQUEST']._serialized_start=371
-  _globals['_PREDICTREQUEST']._serialized_end=484
-  _globals['_BARCOLUMNS']._serialized_start=486
-  _globals['_BARCOLUMNS']._serialized_end=605
-  _globals['_SYMBOLLIST']._serialized_start=607
-  _globals['_SYMBOLLIST']._serialized_end=657
-  _globals['_NEWSCOLUMNS']._serialized_start=659
-  _globals['_NEWSCOLUMNS']._serialized_end=781
-  _globals['_PREDICTCOLUMNSREQUEST']._serialized_start=784
-  _globals['_PREDICTCOLUMNSREQUEST']._serialized_end=914
-  _globals['_PREDICTATREQUEST']._serialized_start=916
-  _globals['_PREDICTATREQUEST']._serialized_end=1014
-  _globals['_PREDICTION']._serialized_start=1017
-  _globals['_PREDICTION']._serialized_end=1400
-  _globals['_PREDICTION_WEIGHTSENTRY']._serialized_start=1307
-  _globals['_PREDICTION_WEIGHTSENTRY']._serialized_end=1353
-  _globals['_PREDICTION_LOGITSENTRY']._serialized_start=1355
-  _globals['_PREDICTION_LOGITSENTRY']._serialized_end=1400
-  _globals['_LATESTREQUEST']._serialized_start=1402
-  _globals['_LATESTREQUEST']._serialized_end=1440
-  _globals['_HISTORYREQUEST']._serialized_start=1443
-  _globals['_HISTORYREQUEST']._serialized_end=1625
-  _globals['_HISTORYRESPONSE']._serialized_start=1627
-  _globals['_HISTORYRESPONSE']._serialized_end=1737
-  _globals['_PORTFOLIOSERVICE']._serialized_start=1740
-  _globals['_PORTFOLIOSERVICE']._serialized_end=2150
+  _globals['_NEWSITEM']._serialized_end=396
+  _globals['_PREDICTREQUEST']._serialized_start=398
+  _globals['_PREDICTREQUEST']._serialized_end=523
+  _globals['_BARCOLUMNS']._serialized_start=525
+  _globals['_BARCOLUMNS']._serialized_end=644
+  _globals['_SYMBOLLIST']._serialized_start=646
+  _globals['_SYMBOLLIST']._serialized_end=709
+  _globals['_NEWSCOLUMNS']._serialized_start=712
+  _globals['_NEWSCOLUMNS']._serialized_end=848
+  _globals['_PREDICTCOLUMNSREQUEST']._serialized_start=851
+  _globals['_PREDICTCOLUMNSREQUEST']._serialized_end=993
+  _globals['_PREDICTATREQUEST']._serialized_start=995
+  _globals['_PREDICTATREQUEST']._serialized_end=1093
+  _globals['_PREDICTION']._serialized_start=1096
+  _globals['_PREDICTION']._serialized_end=1527
+  _globals['_PREDICTION_WEIGHTSENTRY']._serialized_start=1434
+  _globals['_PREDICTION_WEIGHTSENTRY']._serialized_end=1480
+  _globals['_PREDICTION_LOGITSENTRY']._serialized_start=1482
+  _globals['_PREDICTION_LOGITSENTRY']._serialized_end=1527
+  _globals['_LATESTREQUEST']._serialized_start=1529
+  _globals['_LATESTREQUEST']._serialized_end=1582
+  _globals['_HISTORYREQUEST']._serialized_start=1585
+  _globals['_HISTORYREQUEST']._serialized_end=1782
+  _globals['_HISTORYRESPONSE']._serialized_start=1784
+  _globals['_HISTORYRESPONSE']._serialized_end=1907
+  _globals['_PORTFOLIOSERVICE']._serialized_start=1910
+  _globals['_PORTFOLIOSERVICE']._serialized_end=2320
 # @@protoc_insertion_point(module_scope)
