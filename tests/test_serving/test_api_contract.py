@@ -101,7 +101,7 @@ def published(served) -> dict[str, Any]:
     return httpx.get(f"{served.url}/docs.json", headers=KEY, timeout=30).json()
 
 
-# -- the README's examples (their test runs last: by then the server holds several predictions) -----------------
+# -- the README's examples ------------------------------------------------------------------------------------------
 
 
 def readme_blocks() -> dict[str, str]:
@@ -346,6 +346,9 @@ def test_grpc_and_http_answers_have_the_same_shape(served):
 
 def test_the_readme_examples_run_against_a_served_model(served):
     blocks = readme_blocks()
+    with Client(served.url, API_KEY) as client:  # two older predictions, so that the history has pages
+        for bar in (340, 341):
+            client.predict(*served.window(bar), request_id=f"contract-readme-{bar}")
     env = {**os.environ, "NFC_API_KEY": API_KEY, "PYTHONPATH": str(REPO)}
     python = subprocess.run([sys.executable, "-c", localised(blocks["python"], served)], env=env, text=True,
                             capture_output=True, timeout=300, check=False)
