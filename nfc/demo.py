@@ -132,13 +132,13 @@ def run_stages(out_dir: Path, seed: int, ablations: bool, encoder_training: str 
 
 def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.0) -> dict[str, Any]:
     """Start `nfc serve` on loopback, send one HTTP and one gRPC prediction, read both back from MongoDB."""
-    import httpx
     import pymongo
 
+    from neuralfusion.client import Client
     from neuralfusion.data.bars import BarFileSource
     from neuralfusion.data.news import read_news
     from neuralfusion.dataset import load_universe
-    from serving.client import predict_grpc, predict_http, predict_payload, wait_until_ready
+    from serving.client import predict_grpc, predict_payload, wait_until_ready
     from serving.store import DEFAULT_COLLECTION, DEFAULT_DATABASE
 
     http_port, grpc_port = free_port(), free_port()
@@ -153,19 +153,20 @@ def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.
         try:
             if not wait_until_ready(url, server, startup_timeout_s):
                 raise click.ClickException("nfc serve did not become ready; see its log above")
-            info = httpx.get(f"{url}/model_info", timeout=30).json()
             bars = BarFileSource(data / "bars.parquet").read()
             news = read_news(data / "news.jsonl")
             step = load_universe(data, bars)[1].timedelta
             times = sorted(bars["timestamp"].unique())
-            # only the news of the model's lookback: the bars of its feature warm-up need none
-            http_body = predict_payload(bars, news, times[-2], info["bars_needed"], step, "demo-http",
-                                        news_bars=info["lookback"])
-            grpc_body = predict_payload(bars, news, times[-1], info["bars_needed"], step, "demo-grpc",
-                                        news_bars=info["lookback"])
-            over_http = predict_http(url, http_body)
+            with Client(url) as client:  # the project's Python client (neuralfusion.client)
+                info = client.model_info()
+                # only the news of the model's lookback: the bars of its feature warm-up need none
+                http_body = predict_payload(bars, news, times[-2], info.bars_needed, step, "demo-http",
+                                            news_bars=info.lookback)
+                over_http = client.predict(http_body["bars"], http_body["news"], http_body["request_id"])
+            grpc_body = predict_payload(bars, news, times[-1], info.bars_needed, step, "demo-grpc",
+                                        news_bars=info.lookback)
             over_grpc = predict_grpc(f"127.0.0.1:{grpc_port}", grpc_body)
-            click.echo(f"HTTP prediction as of {over_http['as_of']}: {_top(over_http['weights'])}")
+            click.echo(f"HTTP prediction as of {over_http.as_of.isoformat()}: {_top(over_http.weights)}")
             click.echo(f"gRPC prediction as of {over_grpc.as_of.ToJsonString()}: {_top(dict(over_grpc.weights))}")
             with pymongo.MongoClient(mongo.uri) as client:
                 stored = list(client[DEFAULT_DATABASE][DEFAULT_COLLECTION].find(
@@ -173,7 +174,7 @@ def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.
             if len(stored) != 2:
                 raise click.ClickException(f"expected both demo predictions in MongoDB, found {stored}")
             click.echo(f"MongoDB holds both predictions: {sorted(doc['request_id'] for doc in stored)}")
-            return {"http": {"as_of": over_http["as_of"], "weights": over_http["weights"]},
+            return {"http": {"as_of": over_http.as_of.isoformat(), "weights": over_http.weights},
                     "grpc": {"as_of": over_grpc.as_of.ToJsonString(), "weights": dict(over_grpc.weights)},
                     "stored_in_mongodb": sorted(doc["request_id"] for doc in stored)}
         finally:

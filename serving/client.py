@@ -1,8 +1,9 @@
-"""Client helpers: build a predict body from bars and news (JSON rows, JSON columns or Arrow), send it over HTTP or
-gRPC.
+"""Serving-side client helpers: build a predict body from bars and news (JSON rows, JSON columns or Arrow), send it
+over gRPC, wait for readiness.
 
-Used by `nfc demo`, the benchmarks and the serving tests, so they speak to the service exactly as a user's client
-would. Pass `news_bars` = the model's lookback (/model_info `lookback`) to send only the news the model reads.
+Used by `nfc demo`, the benchmarks and the serving tests. HTTP calls go through the project's Python client,
+`neuralfusion.client` (retries, idempotent request ids), as a user's would. Pass `news_bars` = the model's lookback
+(/model_info `lookback`) to send only the news the model reads.
 """
 
 from __future__ import annotations
@@ -120,8 +121,11 @@ def predict_at_http(url: str, body: dict[str, Any], api_key: str | None = None, 
 
 
 def model_info_http(url: str, api_key: str | None = None, timeout_s: float = 30) -> dict:
-    """POST /model_info: the served model's version, universe, grid and window."""
-    return predict_http(url, {}, api_key, timeout_s, route="/model_info")
+    """GET /model_info: the served model's version, universe, grid and window."""
+    response = httpx.get(f"{url.rstrip('/')}/model_info", headers={"x-api-key": api_key} if api_key else {},
+                         timeout=timeout_s)
+    response.raise_for_status()
+    return response.json()
 
 
 def predict_grpc(target: str, payload: dict[str, Any], api_key: str | None = None,
