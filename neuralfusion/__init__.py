@@ -1,8 +1,8 @@
 """NeuralFusionCore's torch-free core: data contracts, specs (universe, bar grid, windows), features, portfolio math.
 
 Also what every other package shares: the walk-forward backtest and its report, the model package manifest,
-output folders (`artifacts`) and the click helpers of every package's CLI (`cli_common`). It imports no other
-project package.
+output folders (`artifacts`), the click helpers of every package's CLI (`cli_common`) and the service's Python
+client (`neuralfusion.client`, httpx only). It imports no other project package.
 """
 
 from neuralfusion.dataset import MarketData, load_data_dir
