@@ -3,7 +3,8 @@
 BentoML 1.4 writes the POST APIs with its own error schemas (InvalidArgument, NotFound, InternalServerError) and
 knows nothing of the mounted GET routes, the API key or the refusals that the middleware sends. `complete`
 rewrites the document so that a client generated from it is right:
-- `info`: the distribution's version and summary (importlib.metadata), the contract version and the key;
+- `info`: the distribution's version and summary (importlib.metadata, or in a bento the pyproject.toml it
+  carries), the contract version and the key;
 - `components.securitySchemes` (the X-API-Key header and Bearer) and `security` on each route that needs the
   key under the server's settings (none without NFC_API_KEY; the read routes not with NFC_API_KEY_READS=open);
 - the GET read routes of serving/read_routes.py with their query parameters and answer schemas;
@@ -14,6 +15,8 @@ rewrites the document so that a client generated from it is right:
 from __future__ import annotations
 
 import importlib.metadata
+import tomllib
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -21,9 +24,10 @@ from pydantic import BaseModel
 from serving.errors import ErrorBody
 from serving.read_routes import READ_ROUTES
 
-__all__ = ["DISTRIBUTION", "ERROR_STATUSES", "POST_STATUSES", "SECURITY_SCHEMES", "complete"]
+__all__ = ["DISTRIBUTION", "ERROR_STATUSES", "POST_STATUSES", "SECURITY_SCHEMES", "complete", "distribution"]
 
 DISTRIBUTION = "neuralfusioncore"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REF = "#/components/schemas/{model}"
 SECURITY_SCHEMES = {
     "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key",
@@ -78,14 +82,25 @@ def _responses(ok: dict[str, Any], statuses: tuple[int, ...], needs_key: bool) -
                for s in statuses if s != 401 or needs_key}}
 
 
+def distribution() -> tuple[str, str, str]:
+    """(version, summary, license) of the installed distribution; in a bento, where the code runs from its folder
+    without being installed, from the pyproject.toml the bento carries."""
+    try:
+        meta = importlib.metadata.metadata(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+        return project["version"], project["description"], project["license"]
+    return meta["Version"], meta["Summary"], meta.get("License-Expression") or meta.get("License") or ""
+
+
 def _info(api_version: str) -> dict[str, Any]:
-    meta = importlib.metadata.metadata(DISTRIBUTION)
-    return {"title": "NeuralFusionCore", "version": meta["Version"],
-            "description": f"{meta['Summary']}\n\nThe portfolio service: weights from OHLCV bars and news, stored in "
+    version, summary, license_id = distribution()
+    return {"title": "NeuralFusionCore", "version": version,
+            "description": f"{summary}\n\nThe portfolio service: weights from OHLCV bars and news, stored in "
                            f"MongoDB. Contract version {api_version} (gRPC package neuralfusion.v2). When the server "
                            "has an API key, send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'; every "
                            "refusal is a JSON body {\"error\": \"...\"} saying what to fix.",
-            "license": {"name": meta.get("License-Expression") or "Apache-2.0", "identifier": "Apache-2.0"}}
+            "license": {"name": license_id, "identifier": license_id}}
 
 
 def complete(spec: dict[str, Any], api_version: str, key_required: bool, reads_need_key: bool) -> dict[str, Any]:

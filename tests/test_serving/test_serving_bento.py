@@ -105,6 +105,7 @@ def test_built_bento_has_the_cuda_image_onnxruntime_gpu_and_the_model(bento, tmp
     info = yaml.safe_load((bento.path / "bento.yaml").read_text())
     assert {m["tag"] for s in info["services"] for m in s["models"]} == {"neuralfusion:0.1.0-test"}
     assert not list((bento.path / "src").rglob("training")) and (bento.path / "src/neuralfusion/manifest.py").is_file()
+    assert (bento.path / "src/pyproject.toml").is_file()  # /docs.json's version and description where not installed
 
 
 def test_the_image_exposes_http_and_grpc_and_can_run_the_predict_job(bento, tmp_path):
@@ -147,6 +148,8 @@ def test_the_built_bento_serves_a_stored_prediction(served_bento, tiny, mongo_ur
     with MongoClient(mongo_uri, tz_aware=True) as client:
         [document] = client["nfc_bento_test"]["predictions"].find({"request_id": "from-bento"})
     assert document["model_version"] == "0.1.0-test" and document["as_of"] == end
+    published = httpx.get(f"{served_bento}/docs.json", timeout=30).json()
+    assert published["info"]["version"] == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
 
 def cpu_requirements(bento_path: Path) -> str:
