@@ -264,7 +264,7 @@ def running_servers(names: list[str], args: argparse.Namespace, mongo_uri: str,
 
 def batch_sizes(url: str) -> dict[str, dict[int, int]]:
     """{graph: {batch size: runs}} of the server's inner services so far."""
-    batches = httpx.post(f"{url}/model_info", timeout=60).json()["batches"]
+    batches = httpx.get(f"{url}/model_info", timeout=60).json()["batches"]
     return {graph: {int(n): count for n, count in batches[graph]["sizes"].items()} for graph in ("fusion", "encoder")}
 
 

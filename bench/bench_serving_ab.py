@@ -75,7 +75,7 @@ def main() -> None:
             news = read_news(args.data / "news.jsonl")
             times = np.sort(bars["timestamp"].unique())
             step = pd.Timedelta(times[1] - times[0])
-            info = httpx.post(f"{servers['this'][1]}/model_info", timeout=60).json()
+            info = httpx.get(f"{servers['this'][1]}/model_info", timeout=60).json()
             needed = info["bars_needed"]
             bodies = [predict_payload(bars, news, pd.Timestamp(times[bar]), needed, step, f"ab-{bar}",
                                       news_bars=info["lookback"])
