@@ -10,7 +10,8 @@
             ...
         client.model_info().bars_needed
 
-`AsyncClient` has the same methods, awaited (`history` is an async iterator). Answers are typed (Prediction,
+`predict` sends an Arrow IPC stream to /predict/arrow (neuralfusion/request_body.py), the body the service reads
+cheapest. `AsyncClient` has the same methods, awaited (`history` is an async iterator). Answers are typed (Prediction,
 ModelInfo), refusals are exceptions by status (BadRequest, Unauthorized, NotFound, RequestTimeout, Conflict,
 PayloadTooLarge, ServiceUnavailable; ClientError and ServerError for the families) carrying the service's
 message.
@@ -40,6 +41,8 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 import pandas as pd
+
+from neuralfusion.request_body import ARROW_MEDIA_TYPE, arrow_body
 
 __all__ = [
     "AsyncClient",
@@ -247,10 +250,12 @@ class _Call(Generic[T]):
     path: str
     read: Callable[[Any], T]
     params: dict[str, str] | None = None
-    body: dict[str, Any] | None = None
+    content: bytes | None = None
+    content_type: str | None = None
 
     def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
-        return http.build_request(self.method, self.path, params=self.params, json=self.body)
+        headers = {"content-type": self.content_type} if self.content_type else None
+        return http.build_request(self.method, self.path, params=self.params, content=self.content, headers=headers)
 
 
 def _settle(call: _Call[T], outcome: httpx.Response | Exception, attempt: int,
@@ -274,9 +279,7 @@ def _settle(call: _Call[T], outcome: httpx.Response | Exception, attempt: int,
 
 def _time(value: datetime | pd.Timestamp | str, name: str) -> str:
     """An aware time as RFC 3339; naive times are refused here, before anything is sent."""
-    if isinstance(value, str):
-        return value
-    stamp = pd.Timestamp(value)
+    stamp = pd.Timestamp(value)  # RFC 3339 text too: a naive one is refused like a naive datetime
     if stamp.tzinfo is None:
         raise ValueError(f"{name} {value!r} has no time zone; give an aware time, e.g. 2026-01-05T14:03:00Z")
     return stamp.tz_convert("UTC").isoformat().replace("+00:00", "Z")
@@ -310,12 +313,21 @@ def _text(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
+def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...], time_column: str) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(columns))
+    frame[time_column] = pd.to_datetime(frame[time_column], utc=True, format="ISO8601")
+    return frame
+
+
 def _predict_call(bars: pd.DataFrame | Sequence[Mapping[str, Any]],
                   news: pd.DataFrame | Sequence[Mapping[str, Any]] | None, request_id: str | None) -> _Call[Prediction]:
-    body = {"bars": [_bar(row) for row in _rows(bars, BAR_FIELDS, "bars")],
-            "news": [_news_item(row) for row in _rows(news if news is not None else [], NEWS_FIELDS, "news")],
-            "request_id": request_id or uuid.uuid4().hex}  # one id for every attempt: a retry is a duplicate
-    return _Call("POST", "/predict", Prediction.from_json, body=body)
+    """POST /predict/arrow: the cheapest body for the service to read (an Arrow IPC stream, one array per field),
+    after the rows were checked here (aware times, the contracts' columns)."""
+    bar_rows = [_bar(row) for row in _rows(bars, BAR_FIELDS, "bars")]
+    news_rows = [_news_item(row) for row in _rows(news if news is not None else [], NEWS_FIELDS, "news")]
+    body = arrow_body(_frame(bar_rows, BAR_FIELDS, "timestamp"), _frame(news_rows, NEWS_FIELDS, "published_at"),
+                      request_id or uuid.uuid4().hex)  # one id for every attempt: a retry is a duplicate
+    return _Call("POST", "/predict/arrow", Prediction.from_json, content=body, content_type=ARROW_MEDIA_TYPE)
 
 
 def _latest_call(model_version: str | None) -> _Call[Prediction]:
@@ -410,9 +422,10 @@ class Client:
     def predict(self, bars: pd.DataFrame | Sequence[Mapping[str, Any]],
                 news: pd.DataFrame | Sequence[Mapping[str, Any]] | None = None,
                 request_id: str | None = None) -> Prediction:
-        """POST /predict: weights for the bars after the last one, stored before they are returned. `bars` and
-        `news` follow the data contracts (columns timestamp, symbol, open, high, low, close, volume; id,
-        published_at, title, body, symbols), with aware times."""
+        """Weights for the bars after the last one, stored before they are returned (sent as Arrow to
+        /predict/arrow). `bars` and `news` follow the data contracts (columns timestamp, symbol, open, high, low,
+        close, volume; id, published_at, title, body, symbols), with aware times; send the news of the model's
+        lookback only (`model_info().lookback` bars): the rest is read for nothing."""
         return self._send(_predict_call(bars, news, request_id))
 
     def latest(self, model_version: str | None = None) -> Prediction:

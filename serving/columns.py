@@ -15,7 +15,8 @@ the request, whose columns are the JSON body's fields: `bars` a list of structs 
 open, high, low, close, volume), `news` a list of structs (id, published_at timestamp[ns, UTC], title, body,
 symbols list<string>, null: match aliases) and `request_id` (string, null: one is assigned). A list of structs
 keeps each field contiguous, so the server reads the bars as arrays without a copy. Any timestamp unit with a
-time zone, any numeric price type and dictionary-encoded strings are accepted; `arrow_body` writes one.
+time zone, any numeric price type and dictionary-encoded strings are accepted; `arrow_body` writes one. The
+layout and its writer live in the core (neuralfusion/request_body.py), for the Python client.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neuralfusion.data.bars import BAR_COLUMNS, PRICE_COLUMNS
 from neuralfusion.data.news import NEWS_COLUMNS
+from neuralfusion.request_body import ARROW_MEDIA_TYPE, ARROW_SCHEMA, arrow_body
 from serving.column_checks import RequestColumns
 from serving.errors import RequestError
 from serving.schemas import EXAMPLE_INPUT, PredictRequest
@@ -48,15 +50,6 @@ __all__ = [
     "columns_from_rows",
 ]
 
-ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
-_TIME = pa.timestamp("ns", tz="UTC")
-ARROW_SCHEMA = pa.schema([
-    ("bars", pa.list_(pa.struct([("timestamp", _TIME), ("symbol", pa.string()),
-                                 *((name, pa.float64()) for name in (*PRICE_COLUMNS, "volume"))]))),
-    ("news", pa.list_(pa.struct([("id", pa.string()), ("published_at", _TIME), ("title", pa.string()),
-                                 ("body", pa.string()), ("symbols", pa.list_(pa.string()))]))),
-    ("request_id", pa.string()),
-])
 _TIMES_DOC = "RFC 3339 strings with an offset, or integer nanoseconds since the epoch (UTC)."
 
 
@@ -222,27 +215,3 @@ def columns_body(bars: pd.DataFrame, news: pd.DataFrame, request_id: str | None 
                  "symbols": [None if s is None else list(s) for s in news["symbols"]]},
         "request_id": request_id,
     }
-
-
-def arrow_body(bars: pd.DataFrame, news: pd.DataFrame, request_id: str | None = None) -> bytes:
-    """A /predict/arrow body (ARROW_SCHEMA) from long bar and news frames (the data contracts' columns)."""
-    bar_fields = ARROW_SCHEMA.field("bars").type.value_type
-    news_fields = ARROW_SCHEMA.field("news").type.value_type
-    bar_struct = pa.StructArray.from_arrays(
-        [pa.array(pd.DatetimeIndex(bars["timestamp"]).tz_convert("UTC"), _TIME), pa.array(bars["symbol"].astype(str),
-                                                                                          pa.string()),
-         *(pa.array(bars[c].to_numpy(np.float64)) for c in (*PRICE_COLUMNS, "volume"))], fields=list(bar_fields))
-    news_struct = pa.StructArray.from_arrays(
-        [pa.array(news["id"].astype(str), pa.string()),
-         pa.array(pd.DatetimeIndex(news["published_at"]).tz_convert("UTC"), _TIME),
-         pa.array(news["title"].fillna(""), pa.string()), pa.array(news["body"].fillna(""), pa.string()),
-         pa.array([None if s is None else list(s) for s in news["symbols"]], pa.list_(pa.string()))],
-        fields=list(news_fields))
-    batch = pa.record_batch([
-        pa.ListArray.from_arrays(pa.array([0, len(bars)], pa.int32()), bar_struct),
-        pa.ListArray.from_arrays(pa.array([0, len(news)], pa.int32()), news_struct),
-        pa.array([request_id], pa.string())], schema=ARROW_SCHEMA)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, ARROW_SCHEMA) as writer:
-        writer.write_batch(batch)
-    return sink.getvalue().to_pybytes()

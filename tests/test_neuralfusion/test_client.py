@@ -33,8 +33,9 @@ def test_backoff_doubles_up_to_its_cap_and_retry_after_wins():
 def test_bad_frames_are_refused_before_anything_is_sent():
     closed = f"http://127.0.0.1:{free_port()}"
     with Client(closed, retries=0) as client:
-        with pytest.raises(ValueError, match="has no time zone"):
-            client.predict([{**BAR, "timestamp": datetime(2026, 1, 5, 0, 3)}])
+        for naive in (datetime(2026, 1, 5, 0, 3), "2026-01-05T00:03:00"):
+            with pytest.raises(ValueError, match="has no time zone"):
+                client.predict([{**BAR, "timestamp": naive}])
         with pytest.raises(ValueError, match=r"bars\[0\] has no volume"):
             client.predict(pd.DataFrame([BAR]).drop(columns="volume"))
         with pytest.raises(ValueError, match=r"page_size=5000 must be within 1\.\.1000"):

@@ -25,6 +25,7 @@ import grpc
 import httpx
 import jsonschema_rs
 import pandas as pd
+import pyarrow as pa
 import pytest
 from builders import STEP
 from google.protobuf import json_format, message_factory
@@ -36,8 +37,10 @@ from serving_servers import distinct_free_ports, serve_env, start_nfc_serve
 from neuralfusion.client import AsyncClient, Client, Conflict, NotFound, Prediction, ServiceUnavailable, Unauthorized
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
+from neuralfusion.request_body import ARROW_MEDIA_TYPE, arrow_body
 from nfc.embedded_mongo import EmbeddedMongo
 from serving.client import predict_payload
+from serving.columns import columns_body
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 
@@ -47,6 +50,7 @@ REPO = Path(__file__).resolve().parents[2]
 API_KEY = "contract-key-90d1"
 KEY = {"X-API-Key": API_KEY}
 JSON = {"content-type": "application/json"}
+ARROW = {"content-type": ARROW_MEDIA_TYPE}
 DATABASE = "nfc_contract"
 BODY_TIMEOUT_S = 2
 MAX_BODY_BYTES = 3_000_000
@@ -197,17 +201,17 @@ def test_sync_and_async_clients_give_typed_answers(served):
 
 
 class LoseFirstAnswer(httpx.HTTPTransport):
-    """The real transport, except that the first answer to POST /predict is read and then lost, as when the
+    """The real transport, except that the first answer to a predict is read and then lost, as when the
     connection breaks after the server stored the prediction."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[bytes] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = super().handle_request(request)
-        if request.url.path == "/predict":
-            self.sent.append(json.loads(request.content))
+        if request.url.path == "/predict/arrow":
+            self.sent.append(request.content)
             if len(self.sent) == 1:
                 response.read()
                 response.close()
@@ -220,9 +224,10 @@ def test_a_retry_after_a_lost_answer_reads_back_the_stored_prediction(served):
     with Client(served.url, API_KEY, backoff_s=0.1, http=httpx.Client(transport=transport, timeout=60)) as client:
         prediction = client.predict(*served.window(310))
     first, retry = transport.sent
-    assert first == retry and re.fullmatch(r"[0-9a-f]{32}", first["request_id"])  # one id, assigned by the client
-    assert prediction.duplicate and prediction.stored and prediction.request_id == first["request_id"]
-    assert len(served.documents(request_id=first["request_id"])) == 1  # one prediction, not two
+    request_id = pa.ipc.open_stream(first).read_all().column("request_id")[0].as_py()
+    assert first == retry and re.fullmatch(r"[0-9a-f]{32}", request_id)  # one id, assigned by the client
+    assert prediction.duplicate and prediction.stored and prediction.request_id == request_id
+    assert len(served.documents(request_id=request_id)) == 1  # one prediction, not two
 
 
 def test_a_503_is_retried_after_retry_after_until_mongodb_answers(served):
@@ -271,6 +276,21 @@ def stalled_body(url: str, path: str) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
+def bodies(served: Served, bar: int, request_id: str, change: bool = False) -> dict[str, dict[str, Any]]:
+    """httpx arguments of a valid request for `bar` on each predict route (with `change`: other inputs, the last
+    close moved to its bar's high)."""
+    bars, news = served.window(bar)
+    if change:
+        bars = bars.copy()
+        bars.loc[bars.index[-1], "close"] = bars["high"].iloc[-1]
+    columns = columns_body(bars, news, request_id)
+    rows = {**{name: [dict(zip(columns[name], values, strict=True)) for values in zip(*columns[name].values(),
+                                                                                     strict=True)]
+               for name in ("bars", "news")}, "request_id": request_id}
+    return {"/predict": {"json": rows}, "/predict/columns": {"json": columns},
+            "/predict/arrow": {"content": arrow_body(bars, news, request_id), "headers": ARROW}}
+
+
 def test_every_declared_status_is_sent_with_a_body_matching_the_error_schema(served, published):
     error = jsonschema_rs.validator_for({"$ref": "#/components/schemas/Error", "components": published["components"]})
     sent: dict[tuple[str, str], list[Any]] = {}
@@ -279,35 +299,40 @@ def test_every_declared_status_is_sent_with_a_body_matching_the_error_schema(ser
         status, body = (response.status_code, response.content) if isinstance(response, httpx.Response) else response
         sent.setdefault((f"{method} {path}", str(status)), []).append(json.loads(body))
 
-    url, huge = served.url, "v" * 129
+    def send(method: str, path: str, key: bool = True, **kwargs: Any) -> httpx.Response:
+        headers = {**(KEY if key else {}), **kwargs.pop("headers", {})}
+        return httpx.request(method, f"{url}{path}", headers=headers, timeout=60, **kwargs)
+
+    url, routes = served.url, ("/predict", "/predict/columns", "/predict/arrow")
+    with Client(url, API_KEY) as client:  # the stored prediction the 409s collide with
+        client.predict(*served.window(331), request_id="contract-409")
     bad_bar = served.payload(330, "contract-400")
     bad_bar["bars"][-1]["high"] = bad_bar["bars"][-1]["low"] / 2
-    for method, path, kwargs in (("POST", "/predict", {"json": bad_bar}),
-                                 ("POST", "/predict", {"content": b'{"bars": [', "headers": JSON}),
-                                 ("POST", "/predict", {"json": {"news": []}}),
-                                 ("GET", "/latest", {"params": {"model_version": huge}}),
-                                 ("GET", "/history", {"params": {"limit": 0}}),
-                                 ("GET", "/model_info", {"params": {"verbose": 1}})):
-        headers = {**KEY, **kwargs.pop("headers", {})}
-        check(method, path, httpx.request(method, f"{url}{path}", headers=headers, timeout=60, **kwargs))
-    for method, path in (("POST", "/predict"), ("GET", "/latest"), ("GET", "/history"), ("GET", "/model_info")):
-        check(method, path, httpx.request(method, f"{url}{path}", json={} if method == "POST" else None, timeout=60))
-    check("GET", "/latest", httpx.get(f"{url}/latest", params={"model_version": "none-such"}, headers=KEY, timeout=60))
-    check("POST", "/predict", stalled_body(url, "/predict"))
-    with Client(url, API_KEY) as client:
-        client.predict(*served.window(331), request_id="contract-409")
-        other = served.payload(331, "contract-409-other")
-        other["bars"][-1]["close"] = other["bars"][-1]["high"]
-        check("POST", "/predict", httpx.post(f"{url}/predict", json=other, headers=KEY, timeout=60))
-        with pytest.raises(Conflict, match="'contract-409'"):
-            client.predict(other["bars"], other["news"])
-    check("POST", "/predict", httpx.post(f"{url}/predict", content=b" " * (MAX_BODY_BYTES + 1),
-                                         headers={**KEY, **JSON}, timeout=60))
+    malformed = {"/predict": {"content": b'{"bars": [', "headers": JSON}, "/predict/arrow": {"content": b"not arrow",
+                                                                                           "headers": ARROW},
+                 "/predict/columns": {"json": {"bars": {"timestamp": [1], "symbol": []}}}}
+    for path in routes:
+        check("POST", path, send("POST", path, **malformed[path]))
+        check("POST", path, send("POST", path, key=False, **bodies(served, 332, "contract-401")[path]))
+        check("POST", path, stalled_body(url, path))
+        check("POST", path, send("POST", path, **bodies(served, 331, f"contract-409{path}", change=True)[path]))
+        oversize = {"content": b" " * (MAX_BODY_BYTES + 1), "headers": ARROW if path.endswith("arrow") else JSON}
+        check("POST", path, send("POST", path, **oversize))
+    check("POST", "/predict", send("POST", "/predict", json=bad_bar))
+    check("POST", "/predict", send("POST", "/predict", json={"news": []}))
+    for path, params in (("/latest", {"model_version": "v" * 129}), ("/history", {"limit": 0}),
+                         ("/model_info", {"verbose": 1})):
+        check("GET", path, send("GET", path, params=params))
+        check("GET", path, send("GET", path, key=False))
+    check("GET", "/latest", send("GET", "/latest", params={"model_version": "none-such"}))
+    with Client(url, API_KEY) as client, pytest.raises(Conflict, match="'contract-409'"):
+        client.predict(*served.window(331))  # the client raises the 409 as Conflict
     served.mongo.stop()
     try:
-        for method, path, body in (("POST", "/predict", served.payload(332)), ("GET", "/latest", None),
-                                   ("GET", "/history", None)):
-            check(method, path, httpx.request(method, f"{url}{path}", json=body, headers=KEY, timeout=60))
+        for path in routes:
+            check("POST", path, send("POST", path, **bodies(served, 333, f"contract-503{path}")[path]))
+        for path in ("/latest", "/history"):
+            check("GET", path, send("GET", path))
     finally:
         served.mongo.start()
 
@@ -315,8 +340,8 @@ def test_every_declared_status_is_sent_with_a_body_matching_the_error_schema(ser
                 for method, op in item.items() if op.get("security") for status in op["responses"] if status != "200"}
     # /model_info answers 503 only without a loadable model (tests/test_serving/test_reliability_artifacts.py)
     assert set(sent) == declared - {("GET /model_info", "503")}, sorted(set(sent) ^ declared)
-    for (route, status), bodies in sent.items():
-        for body in bodies:
+    for (route, status), answers in sent.items():
+        for body in answers:
             assert error.is_valid(body), (route, status, body)
     assert any("detail" in body for body in sent[("POST /predict", "400")])  # BentoML's own schema errors match too
 
