@@ -276,13 +276,18 @@ def stalled_body(url: str, path: str) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
+def changed_window(served: Served, bar: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The window of `bar` with other inputs: its last close moved to that bar's high."""
+    bars, news = served.window(bar)
+    bars = bars.copy()
+    bars.loc[bars.index[-1], "close"] = bars["high"].iloc[-1]
+    return bars, news
+
+
 def bodies(served: Served, bar: int, request_id: str, change: bool = False) -> dict[str, dict[str, Any]]:
     """httpx arguments of a valid request for `bar` on each predict route (with `change`: other inputs, the last
     close moved to its bar's high)."""
-    bars, news = served.window(bar)
-    if change:
-        bars = bars.copy()
-        bars.loc[bars.index[-1], "close"] = bars["high"].iloc[-1]
+    bars, news = changed_window(served, bar) if change else served.window(bar)
     columns = columns_body(bars, news, request_id)
     rows = {**{name: [dict(zip(columns[name], values, strict=True)) for values in zip(*columns[name].values(),
                                                                                      strict=True)]
@@ -326,7 +331,7 @@ def test_every_declared_status_is_sent_with_a_body_matching_the_error_schema(ser
         check("GET", path, send("GET", path, key=False))
     check("GET", "/latest", send("GET", "/latest", params={"model_version": "none-such"}))
     with Client(url, API_KEY) as client, pytest.raises(Conflict, match="'contract-409'"):
-        client.predict(*served.window(331))  # the client raises the 409 as Conflict
+        client.predict(*changed_window(served, 331))  # the client raises the 409 as Conflict
     served.mongo.stop()
     try:
         for path in routes:
