@@ -68,10 +68,11 @@ def test_a_tampered_package_is_refused_at_load(name, tiny, mongo_uri, tmp_path, 
     async def serve_once(service: PortfolioService) -> tuple[bool, int, str, ServingError]:
         await service.start()  # the startup hook: MongoDB opened and indexed
         try:
-            info = await service.model_info()  # a ServingError becomes the route's JSON response
+            with pytest.raises(ServingError) as info:  # what GET /model_info answers with
+                await service.query_model_info()
             with pytest.raises(ServingError) as refused:
                 await service.predict_one(PredictRequest.model_validate(payload))
-            return await service.is_ready(), info.status_code, json.loads(info.body)["error"], refused.value
+            return await service.is_ready(), int(info.value.status), info.value.message, refused.value
         finally:
             await service.stop()
 
