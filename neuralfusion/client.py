@@ -9,6 +9,7 @@
         for p in client.history(start, end):         # stored predictions, newest first, page after page
             ...
         client.model_info().bars_needed
+        client.predict_at(as_of)                     # by reference: the service reads the bars and news itself
 
 `predict` sends an Arrow IPC stream to /predict/arrow (neuralfusion/request_body.py), the body the service reads
 cheapest. `AsyncClient` has the same methods, awaited (`history` is an async iterator). Answers are typed (Prediction,
@@ -30,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import importlib.metadata
+import json
 import math
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -119,6 +121,7 @@ class ModelInfo:
     batches: dict[str, dict[str, Any]]
     truncated_texts: int
     refused_model: str | None = None
+    vector_cache: dict[str, Any] = field(default_factory=dict)  # the encoder worker's article vector cache
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelInfo:
@@ -330,6 +333,14 @@ def _predict_call(bars: pd.DataFrame | Sequence[Mapping[str, Any]],
     return _Call("POST", "/predict/arrow", Prediction.from_json, content=body, content_type=ARROW_MEDIA_TYPE)
 
 
+def _predict_at_call(as_of: datetime | str | None, symbols: Sequence[str] | None,
+                     request_id: str | None) -> _Call[Prediction]:
+    body = {"as_of": None if as_of is None else _time(as_of, "as_of"),
+            "symbols": None if symbols is None else list(symbols), "request_id": request_id or uuid.uuid4().hex}
+    return _Call("POST", "/predict/at", Prediction.from_json, content=json.dumps(body).encode(),
+                 content_type="application/json")
+
+
 def _latest_call(model_version: str | None) -> _Call[Prediction]:
     return _Call("GET", "/latest", Prediction.from_json,
                  params={"model_version": model_version} if model_version else None)
@@ -428,6 +439,13 @@ class Client:
         lookback only (`model_info().lookback` bars): the rest is read for nothing."""
         return self._send(_predict_call(bars, news, request_id))
 
+    def predict_at(self, as_of: datetime | str | None = None, symbols: Sequence[str] | None = None,
+                   request_id: str | None = None) -> Prediction:
+        """POST /predict/at, by reference: weights for the bar closing at `as_of` (None: the newest complete bar
+        of the service's source), read from the service's own bar and news sources; `symbols`: the universe
+        you expect (it must be the model's)."""
+        return self._send(_predict_at_call(as_of, symbols, request_id))
+
     def latest(self, model_version: str | None = None) -> Prediction:
         """GET /latest: the stored prediction with the newest as_of (NotFound when none)."""
         return self._send(_latest_call(model_version))
@@ -488,6 +506,11 @@ class AsyncClient:
                       request_id: str | None = None) -> Prediction:
         """`Client.predict`."""
         return await self._send(_predict_call(bars, news, request_id))
+
+    async def predict_at(self, as_of: datetime | str | None = None, symbols: Sequence[str] | None = None,
+                         request_id: str | None = None) -> Prediction:
+        """`Client.predict_at`."""
+        return await self._send(_predict_at_call(as_of, symbols, request_id))
 
     async def latest(self, model_version: str | None = None) -> Prediction:
         """`Client.latest`."""

@@ -38,14 +38,15 @@ SECURITY_SCHEMES = {
 ERROR_STATUSES = {
     400: "The request cannot be served as sent; the message says what to fix. Nothing was written.",
     401: "The API key is missing or wrong.",
-    404: "Nothing stored matches.",
+    404: "Nothing stored matches (by reference: the bar source has no bars for that as_of, or none is set).",
     408: "The request body was not complete NFC_BODY_TIMEOUT_S after its headers.",
     409: "Another request's prediction is stored for this (model version, as_of); nothing was written.",
     413: "The request body is over NFC_MAX_BODY_BYTES.",
     503: "The model, an inner service or MongoDB cannot answer now; nothing is reported stored. Retry later.",
 }
-# every POST API of the entry service reads a body, predicts and stores
+# every POST API of the entry service reads a body, predicts and stores; by reference it may also find no bars
 POST_STATUSES = (400, 401, 408, 409, 413, 503)
+POST_EXTRA = {"/predict/at": (404,)}
 READ_STATUSES = {"/latest": (400, 401, 404, 503), "/history": (400, 401, 503), "/model_info": (400, 401, 503)}
 
 
@@ -119,7 +120,8 @@ def complete(spec: dict[str, Any], api_version: str, key_required: bool, reads_n
         post = item.get("post")
         if post is None or path in READ_STATUSES:
             continue
-        post["responses"] = _responses(post["responses"]["200"], POST_STATUSES, key_required)
+        statuses = tuple(sorted((*POST_STATUSES, *POST_EXTRA.get(path, ()))))
+        post["responses"] = _responses(post["responses"]["200"], statuses, key_required)
         if key_required:
             post["security"] = security
     for path, route in READ_ROUTES.items():
