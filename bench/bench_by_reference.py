@@ -81,7 +81,7 @@ def main() -> None:
         try:
             if not wait_until_ready(url, server, 300):
                 raise SystemExit(f"nfc serve did not become ready:\n{(Path(tmp) / 'serve.log').read_text()[-3000:]}")
-            info = httpx.post(f"{url}/model_info", json={}, timeout=60).json()
+            info = httpx.get(f"{url}/model_info", timeout=60).json()
             needed, lookback, step = info["bars_needed"], info["lookback"], pd.Timedelta(info["interval"])
             levels = len(args.concurrency)
             if needed + 2 * levels * args.bars > len(times):
@@ -99,12 +99,12 @@ def main() -> None:
                     print(f"concurrency {concurrency}, round {half}: by reference {ref_rate:.1f} req/s "
                           f"(median {ref_ms:.0f} ms), inline {inline_rate:.1f} req/s (median {inline_ms:.0f} ms)",
                           flush=True)
-            before = httpx.post(f"{url}/model_info", json={}, timeout=60).json()["vector_cache"]
+            before = httpx.get(f"{url}/model_info", timeout=60).json()["vector_cache"]
             for concurrency in args.concurrency:
                 again = [("/predict/at", {"as_of": t.isoformat()}) for t in by_reference[:args.bars]]
                 rate, ms = asyncio.run(drive(url, again, concurrency))
                 print(f"concurrency {concurrency}, stored bars asked again: {rate:.1f} req/s (median {ms:.0f} ms)")
-            after = httpx.post(f"{url}/model_info", json={}, timeout=60).json()["vector_cache"]
+            after = httpx.get(f"{url}/model_info", timeout=60).json()["vector_cache"]
             print(f"vector cache: {json.dumps(before)} -> {json.dumps(after)}; load average {os.getloadavg()}")
         finally:
             stop_process(server, 60, group=True)

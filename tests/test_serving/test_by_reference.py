@@ -77,7 +77,7 @@ def service(tiny, mongo_uri, tmp_path_factory) -> Iterator[Service]:
     env = serve_env(root, NFC_API_KEY=API_KEY, NFC_MONGO_URI=mongo_uri, NFC_MONGO_DB=DATABASE,
                     NFC_BARS_DIR=str(tiny.data))
     with start_nfc_serve(root, ["--model-path", str(tiny.package)], env, http_port, grpc_port) as (_, url, _):
-        info = httpx.post(f"{url}/model_info", json={}, headers=KEY, timeout=30).json()
+        info = httpx.get(f"{url}/model_info", headers=KEY, timeout=30).json()
         yield Service(url, f"127.0.0.1:{grpc_port}", mongo_uri, tiny.package, tiny.data, tuple(info["symbols"]),
                       info["bars_needed"], info["lookback"])
 
@@ -200,15 +200,15 @@ def test_a_bar_asked_again_answers_the_stored_prediction_and_inline_repeats_hit_
     for k in (5, 6):
         when = pd.Timestamp(times[k])
         first = service.post("/predict/at", {"as_of": when.isoformat(), "request_id": f"cache-{k}"}).json()
-        before = service.post("/model_info", {}).json()["vector_cache"]
+        before = httpx.get(f"{service.url}/model_info", headers=KEY, timeout=60).json()["vector_cache"]
         again = service.post("/predict/at", {"as_of": when.isoformat(), "request_id": f"cache-{k}-again"}).json()
         assert again["duplicate"] and again["request_id"] == f"cache-{k}" and again["weights"] == first["weights"]
-        asked = service.post("/model_info", {}).json()["vector_cache"]
+        asked = httpx.get(f"{service.url}/model_info", headers=KEY, timeout=60).json()["vector_cache"]
         assert (asked["hits"], asked["misses"]) == (before["hits"], before["misses"])  # not computed again
         payload = predict_payload(bars, news, when, service.bars_needed, STEP, news_bars=service.lookback)
         inline = service.post("/predict", payload).json()  # computed again, then found stored
         assert inline["duplicate"] and inline["request_id"] == f"cache-{k}"
-        after = service.post("/model_info", {}).json()["vector_cache"]
+        after = httpx.get(f"{service.url}/model_info", headers=KEY, timeout=60).json()["vector_cache"]
         assert after["capacity"] == 4096 and after["misses"] == before["misses"]  # every article came from the cache
         assert after["hits"] - before["hits"] == len({(n["title"], n["body"]) for n in payload["news"]})
 
