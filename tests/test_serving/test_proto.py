@@ -54,6 +54,7 @@ def test_service_has_the_five_rpcs_answering_the_http_shapes() -> None:
     times = {(m.name, f.name) for m in pb.DESCRIPTOR.message_types_by_name.values() for f in m.fields
              if f.message_type is not None and f.message_type.full_name == "google.protobuf.Timestamp"}
     assert times == {("Bar", "timestamp"), ("NewsItem", "published_at"), ("Prediction", "as_of"),
+                     ("PredictAtRequest", "as_of"),
                      ("HistoryRequest", "start"), ("HistoryRequest", "end"), ("HistoryRequest", "before"),
                      ("HistoryResponse", "next_before")}
 
