@@ -215,7 +215,7 @@ def test_the_bento_serves_and_predicts_from_its_own_virtualenv(bento, bento_pyth
     try:
         if not wait_until_ready(url, process, timeout_s=300):
             pytest.fail(f"the bento did not become ready in its virtualenv:\n{log.read_text()[-4000:]}")
-        bars_needed = httpx.post(f"{url}/model_info", timeout=30).json()["bars_needed"]
+        bars_needed = httpx.get(f"{url}/model_info", timeout=30).json()["bars_needed"]
         over_http = predict_http(url, predict_payload(bars, news, end, bars_needed, STEP, "venv-http"))
         over_grpc = predict_grpc(f"127.0.0.1:{grpc_port}",
                                  predict_payload(bars, news, pd.Timestamp(times[611]), bars_needed, STEP, "venv-grpc"))
