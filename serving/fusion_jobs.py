@@ -1,9 +1,11 @@
-"""What the portfolio service hands to the batched fusion service: one request's fusion inputs, as arrays.
+"""What the portfolio service hands to the batched fusion service: one request's window parts, as arrays.
 
 The portfolio service (the entry) checks and prepares each request in its own thread, gets its article vectors
-from the encoder service, and sends the window's fusion inputs (`neuralfusion.inputs.INPUT_NAMES`) with the package
-they were prepared with; the fusion service (an inner service, never on the public port) merges concurrent jobs
-into one fusion run of that same package and answers logits and weights per job. A job names its package folder
+from the encoder service, and sends the window's parts (market features, and its texts' bars, assets and vectors:
+`PortfolioRuntime.job_parts`, far smaller than the dense per-asset news grid) with the package they were prepared
+with; the fusion service builds the fusion inputs from them (`PortfolioRuntime.window_inputs`, the code the
+offline path runs) and, an inner service never on the public port, merges concurrent jobs into one fusion run of
+that same package and answers logits and weights per job. A job names its package folder
 and version, so a batch never mixes versions and a model swap in the entry is followed by the fusion service on
 its next job.
 """
@@ -31,21 +33,24 @@ log = logging.getLogger(__name__)
 
 
 class FusionJob(BaseModel):
-    """One prepared request's fusion inputs (float32, C order, no batch axis) and the package that prepared it."""
+    """One prepared request's window parts (`PortfolioRuntime.job_parts`: market features, its texts' bars,
+    assets and vectors; C order, no batch axis) and the package that prepared it."""
 
     package: str = Field(description="Folder of the model package the inputs were prepared with.")
     version: str = Field(description="Its version: the fusion service refuses a folder holding another one.")
-    shapes: dict[str, list[int]] = Field(description="Shape of each input.")
-    arrays: dict[str, bytes] = Field(description="Raw float32 bytes of each input.")
+    shapes: dict[str, list[int]] = Field(description="Shape of each part.")
+    dtypes: dict[str, str] = Field(description="numpy dtype of each part, e.g. '<f4'.")
+    arrays: dict[str, bytes] = Field(description="Raw bytes of each part.")
 
     @classmethod
-    def of(cls, package: Path, version: str, inputs: dict[str, np.ndarray]) -> FusionJob:
-        arrays = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in inputs.items()}
+    def of(cls, package: Path, version: str, parts: dict[str, np.ndarray]) -> FusionJob:
+        arrays = {name: np.ascontiguousarray(value) for name, value in parts.items()}
         return cls(package=str(package), version=version, shapes={n: list(a.shape) for n, a in arrays.items()},
+                   dtypes={n: a.dtype.str for n, a in arrays.items()},
                    arrays={n: a.tobytes() for n, a in arrays.items()})
 
-    def inputs(self) -> dict[str, np.ndarray]:
-        return {name: np.frombuffer(raw, dtype=np.float32).reshape(self.shapes[name])
+    def parts(self) -> dict[str, np.ndarray]:
+        return {name: np.frombuffer(raw, dtype=np.dtype(self.dtypes[name])).reshape(self.shapes[name])
                 for name, raw in self.arrays.items()}
 
 

@@ -374,15 +374,26 @@ class PortfolioRuntime:
                                text_bars=np.asarray(data.aligned.bar[rows] - first, dtype=np.int64),
                                text_assets=data.aligned.assets[rows], texts=texts)
 
-    def inputs(self, item: PreparedRequest, vectors: np.ndarray) -> dict[str, np.ndarray]:
-        """The fusion graph's inputs for one prepared request (no batch axis), given the vectors of its texts:
-        pooled per asset and bar by the same `pool_news` and windowed by the same `GridInputs` as training."""
+    def job_parts(self, item: PreparedRequest, vectors: np.ndarray) -> dict[str, np.ndarray]:
+        """What `window_inputs` builds one request's fusion inputs from: the window's market features and its texts'
+        bars, assets and vectors. The portfolio service sends these to the fusion service rather than the inputs:
+        ~L·N·F + M·D floats instead of the dense per-asset news grid of L·N·D."""
         if len(vectors) != len(item.texts):
             raise ValueError(f"{len(vectors)} article vectors for {len(item.texts)} texts")
-        news = pool_news(item.text_bars, item.text_assets, vectors.reshape(len(vectors), self.embed_dim),
-                         self.lookback)
-        window = GridInputs(news=news, market=item.market).windows(np.array([self.lookback - 1]), self.lookback)
+        return {"market": item.market, "text_bars": item.text_bars, "text_assets": item.text_assets,
+                "vectors": vectors.reshape(len(vectors), self.embed_dim)}
+
+    def window_inputs(self, market: np.ndarray, text_bars: np.ndarray, text_assets: np.ndarray,
+                      vectors: np.ndarray) -> dict[str, np.ndarray]:
+        """The fusion graph's inputs for one window (no batch axis): the texts' vectors pooled per asset and bar by
+        the same `pool_news` and windowed by the same `GridInputs` as training."""
+        news = pool_news(text_bars, text_assets, vectors, self.lookback)
+        window = GridInputs(news=news, market=market).windows(np.array([self.lookback - 1]), self.lookback)
         return {name: values[0] for name, values in window.items()}
+
+    def inputs(self, item: PreparedRequest, vectors: np.ndarray) -> dict[str, np.ndarray]:
+        """The fusion graph's inputs for one prepared request (no batch axis), given the vectors of its texts."""
+        return self.window_inputs(**self.job_parts(item, vectors))
 
     def run(self, inputs: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         """(logits, weights), each (B, N), of one fusion run over the windows `inputs` (from `inputs()`)."""

@@ -205,7 +205,7 @@ class EncoderService:
 @bentoml.service(name="nfc-fusion", workers=SETTINGS.fusion_workers, traffic={"timeout": SETTINGS.timeout_s},
                  runner_connection=RUNNER_CONNECTION)
 class FusionService:
-    """Prepared fusion inputs -> logits and weights, concurrent jobs merged into one run (internal)."""
+    """Prepared window parts -> fusion inputs -> logits and weights, concurrent jobs merged into one run (internal)."""
 
     def __init__(self) -> None:
         settings = ServeSettings.from_env()
@@ -220,7 +220,8 @@ class FusionService:
             group = [i for i, job in enumerate(jobs) if job.package == package]
             try:
                 runtime = await self.runtimes.get(package, jobs[group[0]].version)
-                logits, weights = await anyio.to_thread.run_sync(runtime.run, [jobs[i].inputs() for i in group])
+                logits, weights = await anyio.to_thread.run_sync(
+                    runtime.run, [runtime.window_inputs(**jobs[i].parts()) for i in group])
             except ServingError as err:
                 outcomes.update({i: FusionOutcome(status=int(err.status), error=err.message) for i in group})
             else:
@@ -358,7 +359,7 @@ class PortfolioService:
         else:  # nothing to encode, but the answer still needs the model whole: a broken encoder is a 503
             await self._encoder_info()
             vectors = np.zeros((0, runtime.embed_dim), dtype=np.float32)
-        job = FusionJob.of(runtime.manifest.root, runtime.version, runtime.inputs(prepared, vectors))
+        job = FusionJob.of(runtime.manifest.root, runtime.version, runtime.job_parts(prepared, vectors))
         [outcome] = await call_inner(lambda: self.fusion.to_async.run([job]), "the fusion service")
         if outcome.logits is None or outcome.weights is None:
             raise error_for_status(outcome.status, outcome.error or "the fusion service failed")
