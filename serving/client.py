@@ -22,7 +22,7 @@ from serving.columns import ARROW_MEDIA_TYPE, arrow_body, columns_body
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 
-__all__ = ["arrow_payload", "columns_payload", "columns_to_proto", "model_info_http", "predict_at_http", "predict_grpc",
+__all__ = ["arrow_payload", "columns_payload", "columns_to_proto", "predict_grpc",
            "predict_http", "predict_payload", "request_to_proto", "wait_until_ready", "window_frames"]
 
 
@@ -110,20 +110,6 @@ def predict_http(url: str, payload: dict[str, Any] | bytes, api_key: str | None 
                               headers={**headers, "content-type": ARROW_MEDIA_TYPE})
     else:
         response = httpx.post(f"{url.rstrip('/')}{route}", json=payload, headers=headers, timeout=timeout_s)
-    response.raise_for_status()
-    return response.json()
-
-
-def predict_at_http(url: str, body: dict[str, Any], api_key: str | None = None, timeout_s: float = 60) -> dict:
-    """POST /predict/at (a prediction by reference: {"as_of", "symbols", "request_id"}); raises
-    httpx.HTTPStatusError with the service's message on a 4xx/5xx."""
-    return predict_http(url, body, api_key, timeout_s, route="/predict/at")
-
-
-def model_info_http(url: str, api_key: str | None = None, timeout_s: float = 30) -> dict:
-    """GET /model_info: the served model's version, universe, grid and window."""
-    response = httpx.get(f"{url.rstrip('/')}/model_info", headers={"x-api-key": api_key} if api_key else {},
-                         timeout=timeout_s)
     response.raise_for_status()
     return response.json()
 

@@ -30,21 +30,20 @@ import os
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import pymongo
 import pymongo.errors
 
-from neuralfusion.calendar import CONTINUOUS
+from neuralfusion.client import Client, Prediction, ServiceError
 from neuralfusion.data.news import MongoNewsSource, NewsFieldMap
 from neuralfusion.dataset import find_data_file
 from neuralfusion.errors import DataError
 from neuralfusion.redact import encode_userinfo, redact_uri, scrub, uri_secrets
 from neuralfusion.specs import BarSpec, Universe
-from serving.client import model_info_http, predict_at_http, predict_payload
+from serving.client import predict_payload
 from serving.live_sources import (
     BarReader,
     FileBars,
@@ -61,6 +60,8 @@ from serving.store import PredictionRecord
 __all__ = ["Job", "JobError", "run_job", "store_path"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class JobError(RuntimeError):
@@ -135,10 +136,11 @@ def _local(job: Job, model: Model) -> dict[str, Any]:
 
 def _load_model(job: Job) -> Model:
     if job.url is not None:
-        info = _ask_service(job, "the model's description", lambda: model_info_http(job.url or "", _api_key(job)))
-        return Model(version=info["version"], universe=Universe(symbols=tuple(info["symbols"])),
-                     bar_spec=BarSpec(interval=info["interval"], calendar=info.get("calendar", CONTINUOUS)),
-                     bars_needed=int(info["bars_needed"]), lookback=int(info["lookback"]))
+        with _client(job) as client:
+            info = _ask_service(job, "the model's description", client.model_info)
+        return Model(version=info.version, universe=Universe(symbols=info.symbols),
+                     bar_spec=BarSpec(interval=info.interval, calendar=info.calendar),
+                     bars_needed=info.bars_needed, lookback=info.lookback)
     from serving.runtime import PortfolioRuntime
 
     runtime = PortfolioRuntime.load(job.package or Path())
@@ -285,45 +287,50 @@ def _by_reference(job: Job, model: Model) -> dict[str, Any]:
         times = [job.as_of]
     else:
         times = [None]
-    answers: list[dict[str, Any]] = []
-    for when in times:
-        body = {"as_of": None if when is None else when.isoformat(), "symbols": list(model.universe.symbols),
-                "request_id": None if when is None else f"{job.request_prefix}-{when.isoformat()}"}
-        what = "the newest bar" if when is None else f"the bar of {when.isoformat()}"
-        answers.append(_ask_service(job, what, lambda body=body: predict_at_http(job.url or "", body, _api_key(job)),
-                                    f"; {len(answers)} earlier bars were stored, rerun to go on"))
+    answers: list[Prediction] = []
+    with _client(job) as client:  # retries a 503 or a lost answer with the same request id: never two predictions
+        for when in times:
+            request_id = None if when is None else f"{job.request_prefix}-{when.isoformat()}"
+            what = "the newest bar" if when is None else f"the bar of {when.isoformat()}"
+            answers.append(_ask_service(
+                job, what, lambda when=when, request_id=request_id: client.predict_at(
+                    when, model.universe.symbols, request_id),
+                f"; {len(answers)} earlier bars were stored, rerun to go on"))
     last = answers[-1]
     if times == [None]:  # live: the service's newest bar must be as recent as a local live run requires
-        live_as_of_bar(clock, pd.Timestamp(last["as_of"]), pd.Timestamp.now(tz="UTC"), job.limit)
-    record = PredictionRecord(model_version=last["model_version"], as_of=datetime.fromisoformat(last["as_of"]),
-                              symbols=tuple(last["symbols"]), weights=last["weights"], logits=last["logits"],
-                              horizon_bars=last["horizon_bars"], request_id=last["request_id"])
-    stored = sum(not answer["duplicate"] for answer in answers)
-    return {"model_version": last["model_version"], "mode": "by-reference", "sent": len(answers),
+        live_as_of_bar(clock, pd.Timestamp(last.as_of), pd.Timestamp.now(tz="UTC"), job.limit)
+    records = [PredictionRecord(model_version=a.model_version, as_of=a.as_of, symbols=a.symbols, weights=a.weights,
+                                logits=a.logits, horizon_bars=a.horizon_bars, request_id=a.request_id)
+               for a in answers]
+    stored = sum(not answer.duplicate for answer in answers)
+    return {"model_version": last.model_version, "mode": "by-reference", "sent": len(answers),
             "stored": stored, "already_present": len(answers) - stored,
             "message": (f"the service stored {stored} new predictions of {len(answers)}" if stored else
                         f"nothing new: the service already held all {len(answers)} predictions"),
-            "predictions": [{"as_of": a["as_of"], "request_id": a["request_id"], "weights": a["weights"],
-                             "outcome": "already present" if a["duplicate"] else "stored"} for a in answers],
-            "latest_record": record}
+            "predictions": [_prediction(record, "already present" if answer.duplicate else "stored")
+                            for record, answer in zip(records, answers, strict=True)],
+            "latest_record": records[-1]}
 
 
 def _api_key(job: Job) -> str | None:
     return os.environ.get(job.api_key_env) or None
 
 
-def _ask_service(job: Job, what: str, call: Callable[[], dict[str, Any]], done: str = "") -> dict[str, Any]:
-    """`call()` of the service; a refusal or no answer is a JobError saying which, with `done` (what is stored)."""
-    import httpx
+def _client(job: Job) -> Client:
+    return Client(job.url or "", _api_key(job))
 
+
+def _ask_service(job: Job, what: str, call: Callable[[], T], done: str = "") -> T:
+    """`call()` of the service (after the client's retries); a refusal or no answer is a JobError saying which,
+    with `done` (what is stored)."""
     try:
         return call()
-    except httpx.HTTPStatusError as err:
-        raise JobError(f"the service refused {what} ({err.response.status_code}): {err.response.text[:500]}"
-                       f"{done}") from None
-    except httpx.TransportError as err:
-        raise JobError(f"the service at {redact_uri(job.url or '')} did not answer for {what} "
-                       f"({type(err).__name__}){done}") from None
+    except ServiceError as err:
+        if err.status is None:
+            cause = type(err.__cause__).__name__ if err.__cause__ is not None else "no answer"
+            raise JobError(f"the service at {redact_uri(job.url or '')} did not answer for {what} ({cause})"
+                           f"{done}") from None
+        raise JobError(f"the service refused {what} ({err.status}): {err.message[:500]}{done}") from None
 
 
 def _publish(record: PredictionRecord, key: str | None, channel: str | None) -> dict[str, Any] | None:
