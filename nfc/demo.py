@@ -102,7 +102,7 @@ def run_stages(out_dir: Path, seed: int, ablations: bool, encoder_training: str 
     encoder_args = ["--news", str(data / "news.jsonl"), "--data", str(data), "--encoder", str(out_dir / "encoder-init"),
                     "--out", str(out_dir / "encoder")]
     if encoder_training == "mlm":
-        from training.encoder_init import CHECKPOINTS_DIR
+        from training.checkpoints import CHECKPOINTS_DIR
 
         # a new demo pretrains afresh: an earlier demo's resumable states would be refused without --resume
         shutil.rmtree(out_dir / "encoder" / CHECKPOINTS_DIR, ignore_errors=True)

@@ -21,6 +21,8 @@ import os
 import random
 import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,13 +44,15 @@ __all__ = [
     "gather_rng_states",
     "latest_epoch_folder",
     "load_best_weights",
+    "numbered_folders",
     "restore_epoch",
     "rng_state",
     "save_epoch",
     "set_rng_state",
+    "written_whole",
 ]
 
-CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINTS_DIR = "checkpoints"  # of a run (`nfc train`) and of a pretrained encoder (`nfc encoder pretrain`)
 _WEIGHTS, _TRAINER, _STATE, _RNG = "model.safetensors", "trainer.pt", "state.json", "rng.json"
 
 
@@ -70,13 +74,28 @@ def epoch_folder(folder: Path, epoch: int) -> Path:
     return folder / f"epoch-{epoch:04d}"
 
 
-def _epochs(folder: Path) -> list[Path]:
-    return sorted(folder.glob("epoch-[0-9][0-9][0-9][0-9]"), key=lambda p: int(p.name.removeprefix("epoch-")))
+def numbered_folders(folder: Path, prefix: str) -> list[Path]:
+    """`folder`'s PREFIX-NNNN state folders in numeric order (none when `folder` does not exist)."""
+    return sorted(folder.glob(f"{prefix}-[0-9]*"), key=lambda p: int(p.name.removeprefix(f"{prefix}-")))
+
+
+@contextmanager
+def written_whole(final: Path) -> Iterator[Path]:
+    """A temporary folder beside `final` to write a state into, renamed to `final` when the block succeeds and
+    removed when it fails: a state folder is complete or absent."""
+    tmp = final.parent / f".{final.name}.{secrets.token_hex(4)}.tmp"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def latest_epoch_folder(folder: Path) -> Path | None:
     """The last state in `folder` (None when there is none)."""
-    epochs = _epochs(folder) if folder.is_dir() else []
+    epochs = numbered_folders(folder, "epoch")
     return epochs[-1] if epochs else None
 
 
@@ -116,19 +135,13 @@ def save_epoch(folder: Path, model: CgaModel, optimizer: torch.optim.Optimizer,
                rng_states: list[dict[str, Any]]) -> Path:
     """Write the state after `state.epoch` as one epoch folder (atomically), then drop all but it and the best."""
     final = epoch_folder(folder, state.epoch)
-    tmp = folder / f".{final.name}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir(parents=True)
-    try:
+    with written_whole(final) as tmp:
         model.save_checkpoint(tmp / _WEIGHTS)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / _TRAINER)
         (tmp / _STATE).write_text(json.dumps(asdict(state), indent=1) + "\n")
         (tmp / _RNG).write_text(json.dumps(rng_states) + "\n")
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     keep = {final.name, epoch_folder(folder, state.best_epoch).name}
-    for old in _epochs(folder):
+    for old in numbered_folders(folder, "epoch"):
         if old.name not in keep:
             shutil.rmtree(old)
     return final

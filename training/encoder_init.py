@@ -26,10 +26,10 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 from neuralfusion.encoder_text import ENCODER_METADATA_FILE
+from training.checkpoints import CHECKPOINTS_DIR
 from training.encoder import ENCODER_FAMILIES
 
 __all__ = [
-    "CHECKPOINTS_DIR",
     "METADATA_FILE",
     "SPECIAL_TOKENS",
     "EncoderSetupConfig",
@@ -43,7 +43,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = ENCODER_METADATA_FILE
-CHECKPOINTS_DIR = "checkpoints"  # `nfc encoder pretrain` keeps its resumable states here, inside --out
 # BERT-style specials; [PAD] first so pad_token_id == 0, BigBird's default
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _SPECIAL_ROLES = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",

@@ -22,8 +22,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import secrets
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,8 +33,9 @@ from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
+from training.checkpoints import CHECKPOINTS_DIR, numbered_folders, written_whole
 from training.encoder import NfcEncoder
-from training.encoder_init import CHECKPOINTS_DIR, check_out_dir, save_encoder
+from training.encoder_init import check_out_dir, save_encoder
 from training.encoder_standardise import NotFoldableError, fold_standardisation
 
 __all__ = ["PretrainConfig", "PretrainResult", "heldout_mlm_loss", "pretrain_encoder"]
@@ -129,7 +128,7 @@ def _settings(source: str, config: PretrainConfig, texts: Sequence[str]) -> dict
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
-    steps = sorted(folder.glob("step-*"), key=lambda p: int(p.name.removeprefix("step-")))
+    steps = numbered_folders(folder, "step")
     return steps[-1] if steps else None
 
 
@@ -147,19 +146,12 @@ def _set_rng(state: dict[str, Any]) -> None:
 def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      schedule: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any], keep: int) -> None:
     """One checkpoint folder, written under a temporary name and renamed, then the oldest beyond `keep` removed."""
-    final = folder / f"step-{state['step']:07d}"
-    tmp = folder / f".{final.name}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir(parents=True)
-    try:
+    with written_whole(folder / f"step-{state['step']:07d}") as tmp:
         save_model(model, str(tmp / _WEIGHTS_FILE))  # handles the tied input/output embeddings
         torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": _get_rng()},
                    tmp / _TRAINER_FILE)
         (tmp / _STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in sorted(folder.glob("step-*"), key=lambda p: int(p.name.removeprefix("step-")))[:-keep]:
+    for old in numbered_folders(folder, "step")[:-keep]:
         shutil.rmtree(old)
 
 

@@ -15,9 +15,10 @@ from builders import TINY_ENCODER
 from click.testing import CliRunner
 from transformers import AutoModel
 
+from training.checkpoints import CHECKPOINTS_DIR
 from training.cli import encoder
 from training.encoder import ENCODER_FAMILIES, NfcEncoder
-from training.encoder_init import CHECKPOINTS_DIR, METADATA_FILE, EncoderSetupConfig, init_encoder
+from training.encoder_init import METADATA_FILE, EncoderSetupConfig, init_encoder
 from training.encoder_pretrain import PretrainConfig, pretrain_encoder
 
 SUBJECTS = ("Acme", "Globex", "Initech", "Hooli", "Umbrella")
