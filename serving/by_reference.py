@@ -49,10 +49,10 @@ from neuralfusion.errors import DataError, SourceUnavailable
 from neuralfusion.redact import encode_userinfo
 from neuralfusion.specs import BarSpec, Universe
 from serving.client import window_frames
-from serving.column_checks import RequestColumns, check_columns
+from serving.column_checks import RequestColumns, RequestFrames, check_columns
 from serving.errors import NotFound, RequestError, Unavailable
 from serving.live_sources import FileBars, FileNews, check_staleness, grid_bars, grid_name
-from serving.request_checks import inputs_sha256
+from serving.request_checks import CheckedRequest, inputs_sha256
 from serving.schemas import PredictAtRequest, PredictionOut, RequestLimits
 from serving.settings import ServeSettings
 from serving.store import PredictionRecord
@@ -89,6 +89,7 @@ class WindowBuffer:
         self.hi: pd.Timestamp | None = None
         self.reads: deque[Read] = deque(maxlen=READS_KEPT)
         self.generation = 0  # counts the changes of the rows held: what a request built from them depends on
+        self._order = [time_column, *[k for k in keys if k != time_column]]
         self._lock = threading.Lock()
 
     def clear(self) -> None:
@@ -109,31 +110,36 @@ class WindowBuffer:
             if last > self.hi:
                 start = max(first, self.hi - self.overlap)
                 fresh = self._read(start, last)
-                kept = self.frame[(self.frame[self.time_column] > first) & (self.frame[self.time_column] <= start)]
+                kept = self._between(self.frame, first, start)
                 merged = pd.concat([part for part in (kept, fresh) if len(part)] or [fresh], ignore_index=True)
+                # both parts are sorted and fresh starts after kept: a row twice is a source's answer beyond its range
                 self.frame = merged.drop_duplicates(self.keys, keep="last").sort_values(
-                    [self.time_column, *[k for k in self.keys if k != self.time_column]], ignore_index=True)
+                    self._order, ignore_index=True) if merged.duplicated(self.keys).any() else merged
                 self.lo, self.hi = first, last
                 self.generation += 1
             return self._between(self.frame, first, last)
 
     def _read(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        """The source's rows in (start, end], sorted by time and keys (as sources usually answer: then unchanged)."""
         frame = self._load(start, end)
         self.reads.append(Read(start, end, len(frame)))
-        return frame
+        return frame if _sorted(frame, self._order) else frame.sort_values(self._order, ignore_index=True)
 
     def _between(self, frame: pd.DataFrame, first: pd.Timestamp, last: pd.Timestamp) -> pd.DataFrame:
+        """The rows with first < time <= last of a frame sorted by time (two binary searches, no mask)."""
         if frame.empty:
             return frame
-        times = frame[self.time_column]
-        return frame[(times > first) & (times <= last)].reset_index(drop=True)
+        times = pd.DatetimeIndex(frame[self.time_column])
+        lo, hi = times.searchsorted(first, side="right"), times.searchsorted(last, side="right")
+        return frame.iloc[lo:hi].reset_index(drop=True)
 
 
 @dataclass(frozen=True)
 class Reference:
-    """The request of an as-of bar as the sources gave it (the arrays of a columnar body), and its inputs hash."""
+    """The request of an as-of bar as the sources gave it, checked as a columnar body with its arrays would be
+    (`check_columns`: the frames /predict would prepare), and its inputs hash."""
 
-    columns: RequestColumns
+    frames: RequestFrames
     as_of: pd.Timestamp
     inputs_sha256: str
 
@@ -212,7 +218,7 @@ class ReferenceSources:
         except RequestError as err:  # e.g. more news in the window than NFC_MAX_NEWS allows a request
             raise NotFound(f"the source's window of {as_of.isoformat()} cannot be sent to the model: "
                            f"{err.message}") from None
-        reference = Reference(columns, as_of, inputs_sha256(frames))
+        reference = Reference(frames, as_of, inputs_sha256(frames))
         with self._lock:
             self._known[as_of] = ((bars_buffer.generation, news_buffer.generation), reference.inputs_sha256)
             self._known.move_to_end(as_of)
@@ -343,22 +349,20 @@ def _translated(bars: WindowBuffer) -> Iterator[None]:
 
 async def predict_by_reference(sources: ReferenceSources, window: ModelWindow, query: PredictAtRequest,
                                held: Callable[[datetime], Awaitable[PredictionRecord | None]],
-                               predict: Callable[[RequestColumns], Awaitable[PredictionOut]]) -> PredictionOut:
-    """The answer to `query`: MongoDB's prediction of the bar when it was made from the same inputs (`held`,
-    `duplicate: true`, what `predict` would answer after computing it again), else `predict` of the bar's request.
-    A bar asked again while the buffers are unchanged costs a lookup of its hash and of the stored prediction."""
+                               predict: Callable[[CheckedRequest], Awaitable[PredictionOut]]) -> PredictionOut:
+    """The answer to `query`. A bar this worker built since its buffers last changed is looked up in MongoDB
+    (`held`): stored from the same inputs, the stored prediction is the answer (`duplicate: true`), with no read,
+    check or model run. Any other bar is read and checked here and handed to `predict` (which stores it; a bar
+    stored before from the same inputs, e.g. by another worker, comes back from the store as `duplicate: true`,
+    and one stored from other inputs is the 409 /predict gives)."""
     as_of, inputs_hash = await anyio.to_thread.run_sync(sources.known, window, query)
     pinned = query.model_copy(update={"as_of": as_of.to_pydatetime()})  # the default as-of, resolved once
-    reference = None
-    if inputs_hash is None:
-        reference = await anyio.to_thread.run_sync(sources.request, window, pinned)
-        inputs_hash = reference.inputs_sha256
-    record = await held(as_of.to_pydatetime())
-    if record is not None and record.inputs_sha256 == inputs_hash:
-        return PredictionOut.from_record(record, duplicate=True)
-    if reference is None:
-        reference = await anyio.to_thread.run_sync(sources.request, window, pinned)
-    return await predict(reference.columns)
+    if inputs_hash is not None:
+        record = await held(as_of.to_pydatetime())
+        if record is not None and record.inputs_sha256 == inputs_hash:
+            return PredictionOut.from_record(record, duplicate=True)
+    reference = await anyio.to_thread.run_sync(sources.request, window, pinned)
+    return await predict(CheckedRequest(reference.frames, reference.inputs_sha256))
 
 
 def _request_columns(bars: pd.DataFrame, news: pd.DataFrame, request_id: str | None) -> RequestColumns:
@@ -371,6 +375,13 @@ def _request_columns(bars: pd.DataFrame, news: pd.DataFrame, request_id: str | N
               "title": news["title"].fillna("").tolist(), "body": news["body"].fillna("").tolist(),
               "symbols": [None if s is None else list(s) for s in news["symbols"]]},
         request_id=request_id)
+
+
+def _sorted(frame: pd.DataFrame, order: list[str]) -> bool:
+    """Whether `frame` is sorted by `order` (time first): the usual answer of a source, checked in one pass."""
+    if frame.empty or (frame[order[0]].is_monotonic_increasing and frame[order[0]].is_unique):
+        return True
+    return bool(pd.MultiIndex.from_frame(frame[order]).is_monotonic_increasing)
 
 
 def _no_news(start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:

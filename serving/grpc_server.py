@@ -42,6 +42,7 @@ from serving.proto_convert import (
     predict_request_from_proto,
     prediction_to_proto,
 )
+from serving.request_checks import CheckedRequest
 from serving.schemas import HistoryOut, HistoryQuery, PredictAtRequest, PredictionOut, PredictRequest, RequestLimits
 from serving.settings import ServeSettings
 
@@ -59,7 +60,7 @@ class PortfolioBackend(Protocol):
 
     async def predict_one(self, request: PredictRequest) -> PredictionOut: ...
 
-    async def predict_inline(self, read: Callable[[], RequestColumns]) -> PredictionOut: ...
+    async def predict_inline(self, read: Callable[[], RequestColumns | CheckedRequest]) -> PredictionOut: ...
 
     async def predict_at_one(self, query: PredictAtRequest) -> PredictionOut: ...
 

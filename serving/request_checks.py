@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -23,10 +24,19 @@ from serving.columns import columns_from_rows
 from serving.errors import RequestError
 from serving.schemas import PredictRequest, RequestLimits
 
-__all__ = ["as_frames", "check_as_of", "check_request_against_model", "describe_validation_error", "inputs_sha256",
-           "request_frames"]
+__all__ = ["CheckedRequest", "as_frames", "check_as_of", "check_request_against_model", "describe_validation_error",
+           "inputs_sha256", "request_frames"]
 
 _HASH_VERSION = b"nfc-inputs-2\0"  # the canonical form below; a change of form changes this prefix
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A request's checked frames with their `inputs_sha256`, as predictions by reference build them: the service
+    prepares these without checking or hashing them again."""
+
+    frames: RequestFrames
+    inputs_sha256: str
 
 
 def describe_validation_error(err: ValidationError) -> str:

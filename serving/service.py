@@ -66,7 +66,7 @@ from serving.middleware import OpenAPILabel, RequestGuard
 from serving.model_store import load_verified_manifest
 from serving.model_swap import ServedModel, load_package
 from serving.read_routes import read_app
-from serving.request_checks import check_as_of, inputs_sha256
+from serving.request_checks import CheckedRequest, check_as_of, inputs_sha256
 from serving.schemas import (
     HistoryOut,
     HistoryQuery,
@@ -345,10 +345,10 @@ class PortfolioService:
         """/predict and gRPC Predict: a PredictRequest through `predict_inline`."""
         return await self.predict_inline(lambda: columns_from_rows(request))
 
-    async def predict_inline(self, read: Callable[[], RequestColumns]) -> PredictionOut:
-        """Read a body into arrays with `read`, check and prepare it in its own thread, encode its texts and run
-        the fusion graph in the inner services (batched with concurrent requests there), store it, and answer
-        what MongoDB holds."""
+    async def predict_inline(self, read: Callable[[], RequestColumns | CheckedRequest]) -> PredictionOut:
+        """Read a body into arrays with `read` (or take a request already checked and hashed, as predictions by
+        reference build it), check and prepare it in its own thread, encode its texts and run the fusion graph in
+        the inner services (batched with concurrent requests there), store it, and answer what MongoDB holds."""
         runtime = self._runtime()  # read once: a swap meanwhile does not mix versions in this answer
         await self._check_inner_services(runtime)
         prepared, inputs_hash = await anyio.to_thread.run_sync(
@@ -373,7 +373,7 @@ class PortfolioService:
         return await predict_by_reference(
             self.references, ModelWindow.of(runtime), query,
             lambda as_of: self._store_call(lambda store: store.get(runtime.version, as_of)),
-            lambda columns: self.predict_inline(lambda: columns))
+            lambda checked: self.predict_inline(lambda: checked))
 
     async def query_model_info(self) -> ModelInfo:
         """The served model: version, universe, window, execution providers, batch statistics."""
@@ -477,10 +477,16 @@ PortfolioService.add_asgi_middleware(RequestGuard)
 PortfolioService.add_asgi_middleware(OpenAPILabel, api_version=API_VERSION)
 
 
-def _prepare(runtime: PortfolioRuntime, read: Callable[[], RequestColumns], limits: RequestLimits,
+def _prepare(runtime: PortfolioRuntime, read: Callable[[], RequestColumns | CheckedRequest], limits: RequestLimits,
              lead_bars: int) -> tuple[PreparedRequest, str]:
-    """The request's per-request work: read, checked (one rule set for every body format), reduced to the model's
-    window, and its inputs hashed."""
-    frames = check_columns(read(), limits)
-    check_as_of(frames, runtime.bar_spec.timedelta, lead_bars)
-    return runtime.prepare(frames), inputs_sha256(frames)
+    """The request's per-request work: read, checked (one rule set for every body format; a CheckedRequest comes
+    checked and hashed), reduced to the model's window, and its inputs hashed."""
+    body = read()
+    checked = body if isinstance(body, CheckedRequest) else _checked(body, limits)
+    check_as_of(checked.frames, runtime.bar_spec.timedelta, lead_bars)
+    return runtime.prepare(checked.frames), checked.inputs_sha256
+
+
+def _checked(columns: RequestColumns, limits: RequestLimits) -> CheckedRequest:
+    frames = check_columns(columns, limits)
+    return CheckedRequest(frames, inputs_sha256(frames))

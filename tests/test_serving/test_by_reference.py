@@ -30,14 +30,13 @@ from nfc.cli import main
 from nfc.embedded_mongo import free_port
 from serving.by_reference import OVERLAP, ModelWindow, ReferenceSources
 from serving.client import predict_payload
-from serving.column_checks import check_columns
 from serving.errors import NotFound, RequestError, Unavailable
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 from serving.proto_convert import timestamp
 from serving.request_checks import inputs_sha256
 from serving.runtime import PortfolioRuntime
-from serving.schemas import PredictAtRequest, PredictRequest, RequestLimits
+from serving.schemas import PredictAtRequest, PredictRequest
 from serving.settings import ServeSettings
 
 pytestmark = pytest.mark.mongo
@@ -245,8 +244,8 @@ def test_clickhouse_and_mongodb_give_the_request_of_the_data_folder_and_a_later_
             query = PredictAtRequest(as_of=when.to_pydatetime(), request_id="same")
             from_clickhouse, from_folder = live.request(window, query), folder.request(window, query)
             assert from_clickhouse.inputs_sha256 == from_folder.inputs_sha256
-            assert from_clickhouse.inputs_sha256 == inputs_sha256(check_columns(from_folder.columns, RequestLimits()))
-            assert len(from_clickhouse.columns.bars["symbol"]) == window.bars_needed * len(window.universe.symbols)
+            assert from_clickhouse.inputs_sha256 == inputs_sha256(from_folder.frames)
+            assert len(from_clickhouse.frames.bars) == window.bars_needed * len(window.universe.symbols)
         bar_reads, news_reads = list(live.bar_buffer.reads), list(live.news_buffer.reads)
     finally:
         live.close()
@@ -308,15 +307,15 @@ def test_a_stale_or_missing_bar_is_not_found_and_bad_as_ofs_are_request_errors(t
         with pytest.raises(RequestError, match="in the future"):
             sources.request(window, PredictAtRequest(as_of=end.to_pydatetime()), now=end - STEP)
         before_the_gap = sources.request(window, PredictAtRequest(as_of=(end - 11 * STEP).to_pydatetime()))
-        assert before_the_gap.columns.news["id"] == []  # a folder without news: windows without news
-        assert len(before_the_gap.columns.bars["symbol"]) == window.bars_needed * len(window.universe.symbols)
+        assert before_the_gap.frames.news.empty  # a folder without news: windows without news
+        assert len(before_the_gap.frames.bars) == window.bars_needed * len(window.universe.symbols)
         bars.to_parquet(data / "bars.parquet")  # the lagging bars arrive: the same bar is asked again
         late = sources.request(window, PredictAtRequest(as_of=end.to_pydatetime()))
-        assert len(late.columns.bars["symbol"]) == window.bars_needed * len(window.universe.symbols)
+        assert len(late.frames.bars) == window.bars_needed * len(window.universe.symbols)
         reads = len(sources.bar_buffer.reads)
         assert sources.known(window, PredictAtRequest(as_of=end.to_pydatetime())) == (end, late.inputs_sha256)
         again = sources.request(window, PredictAtRequest(as_of=end.to_pydatetime(), request_id="again"))
-        assert again.columns.request_id == "again" and again.inputs_sha256 == late.inputs_sha256
+        assert again.frames.request_id == "again" and again.inputs_sha256 == late.inputs_sha256
         assert len(sources.bar_buffer.reads) == reads  # the repeat read nothing
         sources.request(window, PredictAtRequest(as_of=(end - STEP).to_pydatetime()))  # an older window, read once
         assert sources.known(window, PredictAtRequest(as_of=end.to_pydatetime()))[1] == late.inputs_sha256
