@@ -9,9 +9,10 @@ Without --package it builds (once, then reuses) a demo-shaped package under runs
 (bench/bench_package.py: 12 assets, 160 bars a request, the default encoder and fusion model; ~2 minutes).
 
 It starts one nx-27017 and two `bentoml serve serving.service:PortfolioService` subprocesses at the same time,
-each with its own MongoDB database, on free loopback ports: "batching" (NFC_PREDICT_MAX_BATCH=--max-batch, the
-encoder's default queue, gRPC on) and "b1" (NFC_PREDICT_MAX_BATCH=1 and NFC_ENCODER_MAX_BATCH=1: every call
-runs alone). The modes it compares:
+each with its own MongoDB database and --workers entry workers (NFC_WORKERS; default one per core, as a CPU host
+would run it: an entry worker's work is Python, so one worker uses one core at most), on free loopback ports:
+"batching" (NFC_PREDICT_MAX_BATCH=--max-batch, the encoder's default queue, gRPC on) and "b1"
+(NFC_PREDICT_MAX_BATCH=1 and NFC_ENCODER_MAX_BATCH=1: every call runs alone). The modes it compares:
 
   rows          HTTP POST /predict, JSON rows (batching server)
   rows-b1       the same requests to the b1 server
@@ -118,7 +119,7 @@ SERVERS = ("batching", "b1")
 # settings each server gets from the benchmark itself
 BENCH_OWNED = ("NFC_MONGO_URI", "NFC_MONGO_DB", "NFC_MODEL", "NFC_MODEL_PATH", "NFC_GRPC_PORT", "NFC_GRPC_HOST",
                "NFC_PREDICT_MAX_BATCH", "NFC_PREDICT_MAX_LATENCY_MS", "NFC_ENCODER_MAX_BATCH", "NFC_DEVICE",
-               "NFC_BARS_DIR", "NFC_NEWS_MONGO_URI", "NFC_NEWS_DB", "NFC_NEWS_COLLECTION")
+               "NFC_BARS_DIR", "NFC_NEWS_MONGO_URI", "NFC_NEWS_DB", "NFC_NEWS_COLLECTION", "NFC_WORKERS")
 NEWS_DB, NEWS_COLLECTION = "bench_news", "news"  # where the by-reference server reads the news
 STARTUP_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
@@ -227,6 +228,7 @@ def start_server(name: str, args: argparse.Namespace, mongo_uri: str, workdir: P
     env.update(BENTOML_DO_NOT_TRACK="true", BENTOML_HOME=str(workdir / f"bentoml-{name}"), NFC_MONGO_URI=mongo_uri,
                NFC_MONGO_DB=f"bench_{name}", NFC_MODEL_PATH=str(args.package.resolve()),
                NFC_PREDICT_MAX_BATCH=str(batch), NFC_PREDICT_MAX_LATENCY_MS=str(args.max_latency_ms),
+               NFC_WORKERS=str(args.workers),
                NFC_DEVICE=args.device, NFC_GRPC_PORT=str(grpc_port), NFC_GRPC_HOST="127.0.0.1",
                PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     if name == "b1":
@@ -738,6 +740,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="NFC_PREDICT_MAX_BATCH of the batching server (and the raw runs' largest batch)")
     parser.add_argument("--max-latency-ms", type=int, default=ServeSettings().predict_max_latency_ms,
                         help="NFC_PREDICT_MAX_LATENCY_MS of both servers; p99 is checked against it")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="NFC_WORKERS (entry workers) of both servers; default one per core: an entry worker's "
+                             "work is Python and uses one core at most")
     parser.add_argument("--first-bar", type=int, default=200, help="as-of bar of the first request")
     parser.add_argument("--set", action="append", default=[], metavar="NFC_X=VALUE",
                         help="extra setting for both servers, e.g. NFC_ORT_THREADS=1 (repeatable)")
@@ -747,7 +752,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.burst_factor = args.burst_factor or (1 if args.quick else 2)
     if args.warmup is None and args.quick:
         args.warmup = 16
-    if min(args.concurrency) < 1 or args.rounds < 1 or args.burst_factor < 1 or args.max_batch < 2 \
+    if min(args.concurrency) < 1 or args.workers < 1 or args.rounds < 1 or args.burst_factor < 1 or args.max_batch < 2 \
             or args.max_latency_ms < 1 or (args.warmup is not None and args.warmup < 1):
         parser.error("--concurrency, --rounds, --burst-factor, --warmup and --max-latency-ms must be positive, "
                      "--max-batch >= 2")
@@ -763,7 +768,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     owned = sorted(set(extra) & set(BENCH_OWNED))
     if owned:
         parser.error(f"--set {owned}: the benchmark sets these itself (--max-batch, --max-latency-ms, --device, "
-                     "--package)")
+                     "--workers, --package)")
     try:
         ServeSettings.from_env(extra)  # a bad value fails here, not in the servers
     except ValueError as err:
