@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,8 @@ __all__ = ["NEWS_OVERLAP", "BarReader", "FileBars", "FileNews", "IncrementalMong
            "grid_bars", "grid_name", "live_as_of_bar"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # MongoDB items are re-read this far before the newest cached one: an item inserted late with an earlier time
 NEWS_OVERLAP = pd.Timedelta("15min")
@@ -58,21 +60,23 @@ class FileBars:
     when its size or modification time changed, so a service asking for one window after another parses it once."""
 
     path: Path
-    _held: dict[tuple[int, int], pd.DataFrame] = field(default_factory=dict, compare=False, repr=False)
+    _held: dict[tuple[int, int], tuple[pd.DataFrame, frozenset[str]]] = field(default_factory=dict, compare=False,
+                                                                              repr=False)
 
     def load(self, symbols: list[str] | tuple[str, ...], start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        frame = self._frame()
-        unknown = sorted(set(symbols) - set(frame["symbol"].unique()))
+        frame, held_symbols = self._frame()
+        unknown = sorted(set(symbols) - held_symbols)
         if unknown:
             raise DataError(f"symbols {unknown} have no bars in this file", source=str(self.path))
-        times = frame["timestamp"]
-        return frame[frame["symbol"].isin(symbols) & (times > start) & (times <= end)].reset_index(drop=True)
+        times = pd.DatetimeIndex(frame["timestamp"])  # sorted by time (validate_bars): two binary searches
+        rows = frame.iloc[times.searchsorted(start, side="right"):times.searchsorted(end, side="right")]
+        return rows[rows["symbol"].isin(symbols)].reset_index(drop=True)
 
     def latest(self) -> pd.Timestamp:
-        return self._frame()["timestamp"].max()
+        return self._frame()[0]["timestamp"].iat[-1]
 
-    def _frame(self) -> pd.DataFrame:
-        return _read_when_changed(self.path, self._held, lambda path: BarFileSource(path).read())
+    def _frame(self) -> tuple[pd.DataFrame, frozenset[str]]:
+        return _read_when_changed(self.path, self._held, _read_bar_file)
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,15 @@ class FileNews:
         return news[(news["published_at"] > start) & (news["published_at"] <= end)].reset_index(drop=True)
 
 
-def _read_when_changed(path: Path, held: dict[tuple[int, int], pd.DataFrame],
-                       read: Callable[[Path], pd.DataFrame]) -> pd.DataFrame:
+def _read_bar_file(path: Path) -> tuple[pd.DataFrame, frozenset[str]]:
+    """The validated bars of a file, sorted by time, and their symbols (each load checks the symbols it asks)."""
+    frame = BarFileSource(path).read()
+    if not frame["timestamp"].is_monotonic_increasing:
+        frame = frame.sort_values(["timestamp", "symbol"], ignore_index=True)
+    return frame, frozenset(frame["symbol"].unique())
+
+
+def _read_when_changed(path: Path, held: dict[tuple[int, int], T], read: Callable[[Path], T]) -> T:
     """`read(path)` as last read, or read again when the file's size or modification time changed. Callers only
     hand out filtered copies, so the frame held is never changed."""
     stat = path.stat()
