@@ -83,7 +83,7 @@ with bentoml.importing():  # runtime-only: `bentoml build` works without onnxrun
     from serving.by_reference import ModelWindow, ReferenceSources, predict_by_reference
     from serving.grpc_server import GrpcServer
     from serving.runtime import NewsEncoder, PortfolioRuntime, PreparedRequest
-    from serving.vector_cache import vector_cache
+    from serving.vector_cache import KnownVectors, vector_cache
 
 __all__ = ["API_VERSION", "EncoderService", "FusionService", "PortfolioService"]
 
@@ -260,6 +260,8 @@ class PortfolioService:
         self._indexed = False
         self._checked: PortfolioRuntime | None = None  # the runtime both inner services were found to run
         self.references = ReferenceSources(self.settings, self.limits)  # /predict/at's sources (opened on use)
+        # the vectors the encoder service answered this worker: a request whose texts it saw makes no encoder call
+        self.known_vectors = KnownVectors(self.settings.vector_cache_size)
 
     @bentoml.on_startup
     async def start(self) -> None:
@@ -354,8 +356,9 @@ class PortfolioService:
         prepared, inputs_hash = await anyio.to_thread.run_sync(
             _prepare, runtime, read, self.limits, self.settings.as_of_lead_bars)
         if prepared.texts:
-            vectors = np.asarray(await call_inner(lambda: self.encoder.to_async.encode(prepared.texts),
-                                                  "the encoder service"), dtype=np.float32)
+            vectors = await self.known_vectors.vectors(
+                runtime.manifest.data["encoder"]["fingerprint"], prepared.texts, runtime.embed_dim,
+                lambda texts: call_inner(lambda: self.encoder.to_async.encode(texts), "the encoder service"))
         else:  # nothing to encode, but the answer still needs the model whole: a broken encoder is a 503
             await self._encoder_info()
             vectors = np.zeros((0, runtime.embed_dim), dtype=np.float32)

@@ -20,17 +20,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
 from pymongo.errors import PyMongoError
 
-from neuralfusion.embeddings import EmbeddingCache, MongoEmbeddingCache, embed_cached
+from neuralfusion.embeddings import EmbeddingCache, MongoEmbeddingCache, embed_cached, text_sha256
 from neuralfusion.redact import encode_userinfo
 from serving.settings import ServeSettings
 
-__all__ = ["CachedEncoder", "LruEmbeddingCache", "TolerantCache", "vector_cache"]
+__all__ = ["CachedEncoder", "KnownVectors", "LruEmbeddingCache", "TolerantCache", "vector_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,30 @@ class CachedEncoder:
         return {"capacity": 0 if lru is None else lru.capacity, "size": 0 if lru is None else len(lru),
                 "hits": self.hits, "misses": self.misses, "mongo": mongo is not None,
                 "mongo_failures": 0 if mongo is None else mongo.failures}
+
+
+class KnownVectors:
+    """A portfolio worker's memo of the vectors the encoder service answered it (an LRU of `capacity`, 0: none):
+    a request whose texts were all seen makes no encoder call at all, the others send only their new distinct
+    texts. Keyed by text hash and the served package's encoder fingerprint (a swapped model misses); the vectors
+    are the encoder service's, so they round as its cache does (another batch: ~1e-7)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.lru = LruEmbeddingCache(capacity) if capacity else None
+
+    async def vectors(self, fingerprint: str, texts: Sequence[str], dim: int,
+                      encode: Callable[[list[str]], Awaitable[Any]]) -> np.ndarray:
+        """(len(texts), dim) float32 vectors of `texts`; `encode(new_texts)` asks the encoder service."""
+        hashes = [text_sha256(text) for text in texts]
+        found = self.lru.get(fingerprint, hashes) if self.lru is not None else {}
+        text_of = dict(zip(hashes, texts, strict=True))
+        new = [key for key in text_of if key not in found]
+        if new:
+            fresh = np.asarray(await encode([text_of[key] for key in new]), dtype=np.float32).reshape(len(new), dim)
+            if self.lru is not None:  # token counts are the encoder's to report: none kept here
+                self.lru.put(fingerprint, new, fresh, np.zeros(len(new), np.int64))
+            found = {**found, **{key: (fresh[i], 0) for i, key in enumerate(new)}}
+        return np.stack([found[key][0] for key in hashes]) if hashes else np.zeros((0, dim), np.float32)
 
 
 def vector_cache(encoder: Any, settings: ServeSettings) -> CachedEncoder:

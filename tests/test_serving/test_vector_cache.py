@@ -4,6 +4,8 @@ either agree to 1e-6."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,7 @@ from serving.client import predict_payload
 from serving.runtime import PortfolioRuntime
 from serving.schemas import PredictRequest
 from serving.settings import ServeSettings
-from serving.vector_cache import CachedEncoder, LruEmbeddingCache, vector_cache
+from serving.vector_cache import CachedEncoder, KnownVectors, LruEmbeddingCache, vector_cache
 
 WEIGHTS_ATOL = 1e-6  # the documented rounding level of a cache hit (docs/DESIGN.md, serving)
 
@@ -120,3 +122,27 @@ def test_cache_settings_are_checked():
         ServeSettings.from_env({"NFC_VECTOR_CACHE_SIZE": "-1"})
     with pytest.raises(ValueError, match="NFC_VECTOR_CACHE_MONGO='maybe' must be 1 or 0"):
         ServeSettings.from_env({"NFC_VECTOR_CACHE_MONGO": "maybe"})
+
+
+def test_a_portfolio_worker_asks_the_encoder_only_for_texts_it_has_not_seen():
+    asked: list[list[str]] = []
+
+    async def encode(texts: list[str]) -> np.ndarray:
+        asked.append(list(texts))
+        return np.array([[float(len(t)), 1.0] for t in texts], dtype=np.float32)
+
+    known = KnownVectors(capacity=3)
+    first = asyncio.run(known.vectors("fp", ["a", "bb", "a"], 2, encode))
+    assert asked == [["a", "bb"]] and first.tolist() == [[1, 1], [2, 1], [1, 1]]  # a distinct text once
+    again = asyncio.run(known.vectors("fp", ["bb", "a"], 2, encode))
+    assert asked == [["a", "bb"]] and again.tolist() == [[2, 1], [1, 1]]  # all known: no call
+    asyncio.run(known.vectors("other", ["a"], 2, encode))  # another encoder's vectors are not these
+    asyncio.run(known.vectors("fp", ["cccc", "dd"], 2, encode))  # capacity 3: the least recent go
+    assert asked[1:] == [["a"], ["cccc", "dd"]]
+    asyncio.run(known.vectors("fp", ["bb"], 2, encode))
+    assert asked[-1] == ["bb"]
+    none = KnownVectors(capacity=0)
+    asyncio.run(none.vectors("fp", ["a"], 2, encode))
+    asyncio.run(none.vectors("fp", ["a"], 2, encode))
+    assert asked[-2:] == [["a"], ["a"]]  # size 0: nothing kept
+    assert none.lru is None and asyncio.run(none.vectors("fp", [], 2, encode)).shape == (0, 2)
