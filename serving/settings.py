@@ -27,7 +27,7 @@
 | NFC_RELOAD_INTERVAL_S       | (unset: never)       | poll NFC_MODEL this often; swap in the version it resolves to |
 | NFC_MONGO_TIMEOUT_MS        | 2000                 | wait for an unreachable MongoDB before answering 503          |
 | NFC_PACKAGE_PUBLIC_KEY      | (unset: no check)    | Ed25519 key (PEM or path): load only packages it signed       |
-| NFC_VECTOR_CACHE_SIZE       | 4096                 | article vectors an encoder worker keeps (LRU); 0: no cache    |
+| NFC_VECTOR_CACHE_SIZE       | 4096                 | vectors an encoder worker and a portfolio worker keep; 0: none |
 | NFC_VECTOR_CACHE_MONGO      | 0                    | 1: also keep them in NFC_MONGO_DB.news_embeddings (shared)    |
 | NFC_BARS_DIR                | (unset)              | /predict/at reads bars (and news) from this data folder       |
 | NFC_CLICKHOUSE_URL          | (unset)              | or bars from ClickHouse: clickhouse://user:pw@host:9000/db    |
