@@ -12,8 +12,10 @@ and news.
 Each portfolio worker keeps, per source, a buffer of the rows of the newest window it read (`WindowBuffer`): a
 later as-of reads only the rows after what the buffer holds, from `OVERLAP` before its newest one (a row inserted
 late); an as-of the buffer already covers reads nothing; an older window than the buffer's is read
-once without replacing it. The buffer is trimmed to the window of its newest as-of, so it stays as large as one
-window. The article vectors of those news stay in the encoder worker's vector cache (serving/vector_cache.py).
+once without replacing it. The buffer is trimmed to the window of its newest as-of and one window's span before it
+(concurrent asks arrive out of order), so it stays as large as two windows. The article vectors of those news
+stay in the worker's memo of the encoder's answers and in the encoder worker's vector cache
+(serving/vector_cache.py).
 A worker also remembers the inputs hash of the bars it built (while its buffers are unchanged), so a bar asked again
 is answered from MongoDB when the stored prediction was made from the same inputs: no read, no build, no model run.
 
@@ -110,12 +112,15 @@ class WindowBuffer:
             if last > self.hi:
                 start = max(first, self.hi - self.overlap)
                 fresh = self._read(start, last)
-                kept = self._between(self.frame, first, start)
+                # a window's span before `first` stays too: concurrent asks arrive out of order, and an as-of a few
+                # bars older than the newest is then answered from memory, not read again whole
+                keep_from = max(self.lo, first - (last - first))
+                kept = self._between(self.frame, keep_from, start)
                 merged = pd.concat([part for part in (kept, fresh) if len(part)] or [fresh], ignore_index=True)
                 # both parts are sorted and fresh starts after kept: a row twice is a source's answer beyond its range
                 self.frame = merged.drop_duplicates(self.keys, keep="last").sort_values(
                     self._order, ignore_index=True) if merged.duplicated(self.keys).any() else merged
-                self.lo, self.hi = first, last
+                self.lo, self.hi = keep_from, last
                 self.generation += 1
             return self._between(self.frame, first, last)
 

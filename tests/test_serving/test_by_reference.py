@@ -276,6 +276,21 @@ def test_an_as_of_the_buffer_holds_reads_nothing_and_an_older_one_leaves_the_buf
         sources.close()
 
 
+def test_an_as_of_a_few_bars_older_than_the_newest_is_answered_from_the_buffer(tiny, window):
+    times = np.sort(pd.read_parquet(tiny.data / "bars.parquet")["timestamp"].unique())
+    sources = ReferenceSources(ServeSettings(bars_dir=str(tiny.data)))
+    asked = [pd.Timestamp(t) for t in times[-40:-36]]
+    try:
+        built = [sources.request(window, PredictAtRequest(as_of=when.to_pydatetime())) for when in asked]
+        reads = len(sources.bar_buffer.reads)
+        assert reads == len(asked)  # the first window whole, then one incremental read a bar
+        older = sources.request(window, PredictAtRequest(as_of=asked[1].to_pydatetime()))  # as concurrent asks come
+        assert len(sources.bar_buffer.reads) == reads and sources.bar_buffer.hi == asked[-1]  # from memory
+        assert older.inputs_sha256 == built[1].inputs_sha256
+    finally:
+        sources.close()
+
+
 def test_an_unreachable_source_is_a_503_without_its_password(tiny, window):
     port = free_port()  # nothing listens there
     settings = ServeSettings(clickhouse_url=f"clickhouse://nfc:{CLICKHOUSE_PASSWORD}@127.0.0.1:{port}/default",
