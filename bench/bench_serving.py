@@ -120,6 +120,7 @@ SERVERS = ("batching", "b1")
 BENCH_OWNED = ("NFC_MONGO_URI", "NFC_MONGO_DB", "NFC_MODEL", "NFC_MODEL_PATH", "NFC_GRPC_PORT", "NFC_GRPC_HOST",
                "NFC_PREDICT_MAX_BATCH", "NFC_PREDICT_MAX_LATENCY_MS", "NFC_ENCODER_MAX_BATCH", "NFC_DEVICE",
                "NFC_BARS_DIR", "NFC_NEWS_MONGO_URI", "NFC_NEWS_DB", "NFC_NEWS_COLLECTION", "NFC_WORKERS")
+GRPC_CONNECTIONS = 8  # gRPC connections per mode, calls sent round-robin over them (as a load-balancing client)
 NEWS_DB, NEWS_COLLECTION = "bench_news", "news"  # where the by-reference server reads the news
 STARTUP_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
@@ -325,11 +326,12 @@ def http_sender(client: httpx.AsyncClient, url: str, spec: ModeSpec, work: Workl
     return send
 
 
-def grpc_sender(call: Callable[..., Any], work: Workload, timeout_s: float) -> Send:
-    """Sends with `call`, a unary method of the stub (Predict, PredictColumns)."""
+def grpc_sender(calls: list[Callable[..., Any]], work: Workload, timeout_s: float) -> Send:
+    """Sends request i with calls[i % len(calls)], each a unary method (Predict, PredictColumns) of a stub on its own
+    connection."""
     async def send(i: int) -> str | None:
         try:
-            reply = await call(work.bodies[i], timeout=timeout_s)
+            reply = await calls[i % len(calls)](work.bodies[i], timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
             return f"gRPC {err.code().name}: {(err.details() or '')[:200]}"
         if not reply.stored or reply.request_id != work.ids[i]:
@@ -502,10 +504,15 @@ async def measure(modes: list[str], servers: dict[str, Server], works: dict[str,
         for mode in modes:
             spec = MODES[mode]
             if mode in ("grpc", "grpc-columns"):
-                channel = await stack.enter_async_context(grpc.aio.insecure_channel(servers["batching"].grpc_target))
-                stub = pb_grpc.PortfolioServiceStub(channel)
-                call = stub.Predict if mode == "grpc" else stub.PredictColumns
-                senders[mode] = grpc_sender(call, works[mode], timeout_s)
+                # the workers' gRPC servers share one port (SO_REUSEPORT): the kernel spreads connections, not calls,
+                # so a client reaches every worker through several connections (a channel with its own subchannels)
+                calls = []
+                for _ in range(GRPC_CONNECTIONS):
+                    channel = await stack.enter_async_context(grpc.aio.insecure_channel(
+                        servers["batching"].grpc_target, options=[("grpc.use_local_subchannel_pool", 1)]))
+                    stub = pb_grpc.PortfolioServiceStub(channel)
+                    calls.append(stub.Predict if mode == "grpc" else stub.PredictColumns)
+                senders[mode] = grpc_sender(calls, works[mode], timeout_s)
             elif spec.server is not None:
                 senders[mode] = http_sender(client, servers[spec.server].url, spec, works[mode])
 
