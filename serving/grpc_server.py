@@ -31,6 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving.column_checks import RequestColumns
+from serving.columns import columns_from_rows
 from serving.errors import ServingError, Unauthenticated, check_api_key
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
@@ -43,7 +44,7 @@ from serving.proto_convert import (
     prediction_to_proto,
 )
 from serving.request_checks import CheckedRequest
-from serving.schemas import HistoryOut, HistoryQuery, PredictAtRequest, PredictionOut, PredictRequest, RequestLimits
+from serving.schemas import HistoryOut, HistoryQuery, PredictAtRequest, PredictionOut, RequestLimits
 from serving.settings import ServeSettings
 
 __all__ = ["SERVICE_NAME", "GrpcServer", "PortfolioBackend", "PortfolioServicer"]
@@ -58,7 +59,6 @@ T = TypeVar("T")
 class PortfolioBackend(Protocol):
     """What the gRPC front needs from the portfolio service; failures are ServingError."""
 
-    async def predict_one(self, request: PredictRequest) -> PredictionOut: ...
 
     async def predict_inline(self, read: Callable[[], RequestColumns | CheckedRequest]) -> PredictionOut: ...
 
@@ -79,10 +79,10 @@ class PortfolioServicer(pb_grpc.PortfolioServiceServicer):
         self._limits = limits
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.Prediction:
-        async def predict() -> PredictionOut:
-            return await self._backend.predict_one(predict_request_from_proto(request, self._limits))
-
-        return prediction_to_proto(await _answer(context, predict()))
+        # the messages are read in the request's own thread with the rest of its preparation, not on the event loop
+        prediction = await _answer(context, self._backend.predict_inline(
+            lambda: columns_from_rows(predict_request_from_proto(request, self._limits))))
+        return prediction_to_proto(prediction)
 
     async def PredictColumns(self, request: pb.PredictColumnsRequest,
                              context: grpc.aio.ServicerContext) -> pb.Prediction:

@@ -316,7 +316,7 @@ class PortfolioService:
         """Portfolio weights for the bars after the request's last bar, stored in MongoDB before they are
         returned. A repeat of a stored request answers the stored prediction with `duplicate: true`; other
         inputs for a stored (model version, as-of) are a 409 naming the stored request id."""
-        return await self.predict_one(request)
+        return await self.predict_inline(lambda: columns_from_rows(request))
 
     @bentoml.api(route="/predict/columns")
     @_http_errors
@@ -342,10 +342,6 @@ class PortfolioService:
         return await self.predict_at_one(request)
 
     # -- shared by the HTTP and gRPC fronts (serving.grpc_server.PortfolioBackend) ---------------------------
-
-    async def predict_one(self, request: PredictRequest) -> PredictionOut:
-        """/predict and gRPC Predict: a PredictRequest through `predict_inline`."""
-        return await self.predict_inline(lambda: columns_from_rows(request))
 
     async def predict_inline(self, read: Callable[[], RequestColumns | CheckedRequest]) -> PredictionOut:
         """Read a body into arrays with `read` (or take a request already checked and hashed, as predictions by

@@ -24,6 +24,7 @@ from serving_servers import KEY, Payloads, distinct_free_ports, serve_env, servi
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
 from neuralfusion.manifest import load_manifest
+from serving.columns import columns_from_rows
 from serving.errors import ServingError
 from serving.schemas import PredictRequest
 from serving.service import EncoderService, PortfolioService
@@ -71,7 +72,7 @@ def test_a_tampered_package_is_refused_at_load(name, tiny, mongo_uri, tmp_path, 
             with pytest.raises(ServingError) as info:  # what GET /model_info answers with
                 await service.query_model_info()
             with pytest.raises(ServingError) as refused:
-                await service.predict_one(PredictRequest.model_validate(payload))
+                await service.predict_inline(lambda: columns_from_rows(PredictRequest.model_validate(payload)))
             return await service.is_ready(), int(info.value.status), info.value.message, refused.value
         finally:
             await service.stop()

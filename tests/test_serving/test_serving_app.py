@@ -35,6 +35,7 @@ from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
 from nfc.embedded_mongo import EmbeddedMongo, free_port
 from serving.client import predict_payload, request_to_proto
+from serving.columns import columns_from_rows
 from serving.errors import ServingError, Unavailable
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
@@ -428,5 +429,5 @@ def test_an_altered_package_leaves_the_service_up_but_never_ready(tiny, tmp_path
     assert service.runtime is None and "manifest.json was modified" in (service.model.error or "")
     assert asyncio.run(service.is_ready()) is False
     with pytest.raises(ServingError) as caught:
-        asyncio.run(service.predict_one(PredictRequest.model_validate(EXAMPLE_INPUT)))
+        asyncio.run(service.predict_inline(lambda: columns_from_rows(PredictRequest.model_validate(EXAMPLE_INPUT))))
     assert caught.value.status == 503 and "not loaded" in caught.value.message
