@@ -138,7 +138,8 @@ class BarIn(BaseModel):
 
     @model_validator(mode="after")
     def _high_low_bound_the_body(self) -> BarIn:
-        if self.high < max(self.open, self.close) or self.low > min(self.open, self.close):
+        o, h, lo, c = self.open, self.high, self.low, self.close  # plain comparisons: this runs once per bar
+        if h < o or h < c or lo > o or lo > c:
             raise ValueError(f"high {self.high} and low {self.low} must bound open {self.open} and close "
                              f"{self.close} ({self.symbol} at {self.timestamp.isoformat()})")
         return self
