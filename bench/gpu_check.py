@@ -133,10 +133,16 @@ def base_shape_encoder(workdir: Path, texts: list[str]) -> tuple[NfcEncoder, dic
     return encoder, {"encoder": fp32, "encoder.fp16": convert_fp16(fp32, workdir / "base-encoder.fp16.onnx")}
 
 
+# entry workers of each served server: enough to prepare requests for the GPU, few enough to start quickly (each
+# opens its own CUDA session of the fusion graph)
+SERVED_WORKERS = 4
+
+
 def served_rows(out: Path) -> list[list[Any]]:
     """bench_serving.py on CUDA: rows with batching and at batch size 1, and raw ORT, at concurrency 1/8/64."""
     command = [sys.executable, str(ROOT / "bench_serving.py"), "--device", "cuda", "--modes", "rows", "rows-b1", "raw",
-               "--concurrency", "1", "8", "64", "--rounds", "2", "--burst-factor", "1", "--out", str(out)]
+               "--concurrency", "1", "8", "64", "--rounds", "2", "--burst-factor", "1",
+               "--workers", str(SERVED_WORKERS), "--out", str(out)]
     log.info("$ %s", " ".join(command))
     subprocess.run(command, check=True)
     levels = json.loads((out / "results.json").read_text())["levels"]
