@@ -357,14 +357,13 @@ class CgaModel(nn.Module):
         prev_weights (B, N) are the books of the preceding windows, for the turnover term.
         """
         self._check_inputs(news_emb, coverage, market_news_emb, market_news_mask, market)
-        n_assets = self.config.n_assets
         news_seq = market_seq = None
         if self.news is not None:
             news_in = self.news.asset_inputs(news_emb, coverage, market_news_emb, market_news_mask)  # (B, L, N, C)
             news_seq = self.news(_asset_sequences(news_in))  # (B·N, L, C)
         if self.market is not None:
             market_seq = self.market(_asset_sequences(self.market.asset_inputs(market)))  # (B·N, L, C)
-        logits = self.head(self.fusion(news_seq, market_seq)).reshape(-1, n_assets)  # (B·N, 1) -> (B, N)
+        logits = self._scores(self.head(self.fusion(news_seq, market_seq)))  # (B·N, 1) -> (B, N)
         weights = topk_weights(logits, self.config.top_k)  # (B, N)
         if targets is None:
             return CgaOutput(logits=logits, weights=weights)
@@ -381,12 +380,17 @@ class CgaModel(nn.Module):
         )
         if self.training and self.stream_heads is not None:
             for name, seq in zip(STREAM_NAMES, (news_seq, market_seq), strict=True):
-                stream_logits = self.stream_heads[name](seq).reshape(-1, n_assets)  # (B·N, 1) -> (B, N)
+                stream_logits = self._scores(self.stream_heads[name](seq))  # (B·N, 1) -> (B, N)
                 stream_weights = surrogate_weights(stream_logits, self.config.top_k, mix)
                 own = sharpe_loss(stream_weights, targets, self.config.sharpe_eps)
                 loss = loss + self.config.lambda_streams * own
                 terms[f"{name}_stream_sharpe"] = own.detach()
         return CgaOutput(logits=logits, weights=weights, loss=loss, loss_terms=terms)
+
+    def _scores(self, per_asset: Tensor) -> Tensor:
+        """(B·N, 1) head outputs -> (B, N) logits, less each window's universe mean when `centre_logits`."""
+        logits = per_asset.reshape(-1, self.config.n_assets)
+        return logits - logits.mean(dim=-1, keepdim=True) if self.config.centre_logits else logits
 
     def _check_inputs(
         self, news_emb: Tensor, coverage: Tensor, market_news_emb: Tensor, market_news_mask: Tensor, market: Tensor

@@ -129,7 +129,7 @@ def test_each_sample_gives_the_same_logits_alone_as_among_64_others():
 
 @pytest.mark.parametrize("fusion", ["cga", "concat"])
 def test_logits_change_when_only_the_news_changes(fusion):
-    model = tiny_model(fusion=fusion)
+    model = tiny_model(fusion=fusion, centre_logits=False)  # each asset's own score (centring mixes them)
     news_emb, coverage, market_emb, market_mask, market = cga_example_inputs(model.config, 4)
     before = logits_of(model, (news_emb, coverage, market_emb, market_mask, market))
     # the market channel reaches every asset
@@ -157,7 +157,7 @@ def test_logits_change_when_only_the_market_changes(fusion):
 def test_an_assets_own_news_moves_its_logit_and_not_the_other_assets():
     """News naming only asset 0 changes asset 0's logit; the others' logits move only through the count of named
     assets in the market channel, which a second name at the same bar leaves unchanged."""
-    model = tiny_model(streams="news")
+    model = tiny_model(streams="news", centre_logits=False)  # each asset's own score (centring mixes them)
     news_emb, coverage, market_emb, market_mask, market = cga_example_inputs(model.config, 4)
     coverage[:, 5, :2] = 1.0  # assets 0 and 1 are named at bar 5 in every sample
     news_emb[:, 5, :2] = torch.randn(4, 2, model.config.embed_dim)
@@ -167,6 +167,32 @@ def test_an_assets_own_news_moves_its_logit_and_not_the_other_assets():
     after = logits_of(model, (other, coverage, market_emb, market_mask, market))
     assert (before[:, 0] - after[:, 0]).abs().min() > 1e-6
     torch.testing.assert_close(before[:, 1:], after[:, 1:], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("streams", ["both", "news", "market"])
+def test_centred_logits_are_each_assets_score_less_the_window_mean(streams):
+    """Centring removes what every asset of a window shares, so a common score never becomes a net bet on the whole
+    universe: the logits sum to 0 per window and equal the uncentred model's (same weights) less their mean."""
+    centred = tiny_model(streams=streams)
+    plain = tiny_model(streams=streams, centre_logits=False)
+    plain.load_state_dict(centred.state_dict())
+    inputs = cga_example_inputs(centred.config, 6, seed=2)
+    out, raw = logits_of(centred, inputs), logits_of(plain, inputs)
+    assert centred.config.centre_logits and raw.sum(dim=-1).abs().min() > 1e-4
+    torch.testing.assert_close(out.sum(dim=-1), torch.zeros(6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, raw - raw.mean(dim=-1, keepdim=True), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        centred.head.out.bias += 3.0  # a score every asset shares: the book does not move
+        plain.head.out.bias += 3.0
+    unshifted = tiny_model(streams=streams)(*inputs).weights
+    torch.testing.assert_close(centred(*inputs).weights, unshifted, atol=1e-4, rtol=0)
+    assert not torch.allclose(plain(*inputs).weights, tiny_model(streams=streams, centre_logits=False)(*inputs).weights)
+
+
+def test_a_config_written_before_centring_keeps_uncentred_logits():
+    old = {k: v for k, v in tiny_config().to_dict().items() if k != "centre_logits"}
+    assert tiny_config().centre_logits and not CgaConfig.from_dict(old).centre_logits
+    assert CgaConfig.from_dict(tiny_config().to_dict()) == tiny_config()
 
 
 def test_concat_fusion_has_no_cross_attention():
@@ -392,6 +418,7 @@ def test_training_loss_adds_each_streams_own_sharpe_from_its_own_head():
     own = {}
     for name, seq in streams.items():
         logits = model.stream_heads[name](seq).reshape(4, N_ASSETS)  # (B·N, 1) -> (B, N)
+        logits = logits - logits.mean(dim=-1, keepdim=True)  # centred like the fused logits
         own[name] = sharpe_loss(surrogate_weights(logits, c.top_k, 0.3), targets, c.sharpe_eps)
     torch.testing.assert_close(out.loss, fused + 0.4 * (own["news"] + own["market"]))
     torch.testing.assert_close(out.loss_terms["news_stream_sharpe"], own["news"])
