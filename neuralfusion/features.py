@@ -65,18 +65,24 @@ def market_features(panel: BarPanel) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FeatureNormalizer:
-    """Per-feature mean and std pooled over assets, fitted on the training bars only."""
+    """Per-feature mean and std pooled over assets, fitted on the training bars only, and the bound the standardised
+    values are clipped to (0: none). It travels with the run and the package, so serving clips as training did."""
 
     names: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     fit_start: int
     fit_end: int
+    clip: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.clip) and self.clip >= 0):
+            raise ValueError(f"clip must be a finite number >= 0 (0: no clipping), got {self.clip}")
 
     @classmethod
     def fit(cls, features: np.ndarray, fit_start: int, fit_end: int,
-            names: tuple[str, ...] = FEATURE_NAMES) -> FeatureNormalizer:
-        """Fit on bars fit_start..fit_end inclusive (the training split's input bars)."""
+            names: tuple[str, ...] = FEATURE_NAMES, clip: float = 0.0) -> FeatureNormalizer:
+        """Fit on bars fit_start..fit_end inclusive (the training split's input bars); `clip` as the field."""
         window = features[fit_start: fit_end + 1]
         bad = ~np.isfinite(window)
         if bad.any():
@@ -87,22 +93,27 @@ class FeatureNormalizer:
         std = block.std(axis=0)
         std = np.where(std > 1e-12, std, 1.0)  # a constant feature (e.g. never stale) passes through centred
         return cls(names=tuple(names), mean=tuple(block.mean(axis=0).tolist()), std=tuple(std.tolist()),
-                   fit_start=fit_start, fit_end=fit_end)
+                   fit_start=fit_start, fit_end=fit_end, clip=float(clip))
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """Standardise (…, F) features; returns float32 and never mutates the input."""
+        """Standardise (…, F) features, then clip them to ±clip when clip > 0 (NaN stays NaN); returns float32 and
+        never mutates the input."""
         if features.shape[-1] != len(self.names):
             raise DataError(f"expected {len(self.names)} features {list(self.names)}, got {features.shape[-1]}")
-        return ((features - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
+        standard = (features - np.asarray(self.mean)) / np.asarray(self.std)
+        if self.clip > 0:
+            standard = np.clip(standard, -self.clip, self.clip)
+        return standard.astype(np.float32)
 
     def to_dict(self) -> dict:
         return {"names": list(self.names), "mean": list(self.mean), "std": list(self.std),
-                "fit_start": self.fit_start, "fit_end": self.fit_end}
+                "fit_start": self.fit_start, "fit_end": self.fit_end, "clip": self.clip}
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureNormalizer:
         return cls(names=tuple(data["names"]), mean=tuple(data["mean"]), std=tuple(data["std"]),
-                   fit_start=int(data["fit_start"]), fit_end=int(data["fit_end"]))
+                   fit_start=int(data["fit_start"]), fit_end=int(data["fit_end"]),
+                   clip=float(data.get("clip", 0.0)))  # runs from before clipping: none
 
     def save(self, path: Path | str) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

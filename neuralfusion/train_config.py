@@ -6,6 +6,7 @@ Torch-free so a run folder's `run.json` can be read anywhere.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,10 @@ class TrainConfig:
     val_offsets: int = 4
     # TimesNet periods chosen from the training spectrum
     n_periods: int = 3
+    # clip the standardised market features to ±feature_clip (0: no clipping); kept with the normaliser, so
+    # serving clips the same. On heavy-tailed bars (the `realistic` preset) single outliers many sds wide let the
+    # market stream fit noise; 2 there raised the CGA's test Sharpe (docs/MODEL.md). Off by default
+    feature_clip: float = 0.0
     # torch intra-op threads (0: torch's default)
     threads: int = 0
 
@@ -54,6 +59,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not (math.isfinite(self.feature_clip) and self.feature_clip >= 0):
+            raise ValueError(f"feature_clip must be a finite number >= 0 (0: no clipping), got {self.feature_clip}")
         if self.patience < 0 or self.threads < 0:
             raise ValueError(f"patience and threads must be >= 0, got {self.patience}, {self.threads}")
 

@@ -106,8 +106,10 @@ def article_vectors(data: MarketData, embeddings_path: Path) -> tuple[np.ndarray
 
 
 def prepare(data: MarketData, embeddings_path: Path, window: WindowSpec,
-            normaliser: FeatureNormalizer | None = None, allow_encoder_leak: bool = False) -> Prepared:
-    """Split the anchors, fit the normaliser on the training bars (unless given), build the inputs.
+            normaliser: FeatureNormalizer | None = None, allow_encoder_leak: bool = False,
+            feature_clip: float = 0.0) -> Prepared:
+    """Split the anchors, fit the normaliser on the training bars (unless given; clipping at `feature_clip`),
+    build the inputs.
 
     Embeddings whose encoder read news published after the training end (validation or test text), or
     whose encoder has no record of its text, are refused (EncoderLeakError) unless `allow_encoder_leak`;
@@ -123,7 +125,7 @@ def prepare(data: MarketData, embeddings_path: Path, window: WindowSpec,
                     "read news after the training end" if text_check.status == "leak" else "has no text record",
                     text_check.to_dict())
     if normaliser is None:
-        normaliser = FeatureNormalizer.fit(data.features, WARMUP_BARS, int(splits.train[-1]))
+        normaliser = FeatureNormalizer.fit(data.features, WARMUP_BARS, int(splits.train[-1]), clip=feature_clip)
     encoder = {"fingerprint": meta.get("nfc.encoder_fingerprint"), "embeddings": str(Path(embeddings_path).resolve()),
                "embed_dim": int(vectors.shape[1]), "text": record, "text_check": text_check.to_dict()}
     return Prepared(data=data, grid=grid_inputs(data, vectors, normaliser), splits=splits,

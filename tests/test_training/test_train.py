@@ -78,6 +78,22 @@ def test_training_is_deterministic(market, run_dir, tmp_path):
     assert (run_dir / "model.safetensors").read_bytes() == (tmp_path / "again" / "model.safetensors").read_bytes()
 
 
+def test_feature_clip_bounds_the_market_inputs_and_is_kept_with_the_run(market, run_dir, tmp_path):
+    from neuralfusion.dataset import load_data_dir
+    from training.backtest import prepare_run
+    from training.runs import load_run
+
+    data, emb = market
+    code, output = nfc("train", "--data", str(data), "--embeddings", str(emb), "--out", str(tmp_path / "clipped"),
+                       *TINY, "--set", "feature_clip=1.5")
+    assert code == 0, output
+    clipped, plain = load_run(tmp_path / "clipped"), load_run(run_dir)
+    assert (clipped.normaliser.clip, plain.normaliser.clip) == (1.5, 0.0)
+    inputs = {name: prepare_run(run, load_data_dir(data), emb, "model").grid.market
+              for name, run in (("clipped", clipped), ("plain", plain))}
+    assert np.nanmax(np.abs(inputs["plain"])) > 3.0 and np.nanmax(np.abs(inputs["clipped"])) == pytest.approx(1.5)
+
+
 def test_finetune_keeps_the_incumbent_unless_beaten(market, run_dir, tmp_path):
     data, emb = market
     code, output = nfc("finetune", "--model", str(run_dir), "--data", str(data), "--embeddings", str(emb),
