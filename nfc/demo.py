@@ -10,10 +10,12 @@ Stages and what they write under OUT:
                    periods start after it), and record that range; `nfc train` checks it
 
   embed            embeddings.parquet (+ embedding_cache.parquet)
-  train            model/ and ablations/{concat,market,news}/ (not with --no-ablations)
-  backtest         report/ (metrics.json, PNG plots, report.html)
+  train            model/
   export           package/ (encoder.onnx, fusion.onnx, tokenizer/, manifest.json) + BentoML model store
   validate         hashes, ONNX checker, parity and batch invariance against the PyTorch run
+                   (meanwhile ablations/{concat,market,news}/ train in processes of their own, one thread each,
+                   output in ablations/<variant>.log; not with --no-ablations)
+  backtest         report/ (metrics.json, PNG plots, report.html), the model against the ablations
   serve            `nfc serve` on loopback with the embedded MongoDB (mongo/), one HTTP and one gRPC
                    prediction, both read back from MongoDB
 """
@@ -21,12 +23,14 @@ Stages and what they write under OUT:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ import click
 
 from neuralfusion.cli_common import cli_errors, echo_json, json_option, log_level_option
 from nfc.embedded_mongo import EmbeddedMongo, free_port
+from nfc.processes import stop_process
 
 __all__ = ["demo"]
 
@@ -119,19 +124,65 @@ def run_stages(out_dir: Path, seed: int, ablations: bool, encoder_training: str 
     common = ["--data", str(data), "--embeddings", str(embeddings), "--set", f"seed={seed}", *TRAIN_SETS, "--force"]
     stages["train"] = run_nfc(["train", *common, "--out", str(out_dir / "model")])
     variants = ABLATIONS if ablations else ()
-    for variant in variants:
-        stages[f"train {variant}"] = run_nfc(["train", *common, "--variant", variant,
-                                              "--out", str(out_dir / "ablations" / variant)])
+    # the ablations train in processes of their own while this one exports and validates the model: small models
+    # keep two cores busier side by side than one after another
+    with ablation_trainings(common, out_dir / "ablations", variants) as trainings:
+        stages["export"] = run_nfc(["export", "--model", str(out_dir / "model"), "--out", str(out_dir / "package"),
+                                    "--force"])
+        stages["validate"] = run_nfc(["validate", str(out_dir / "package"), "--model", str(out_dir / "model"),
+                                      "--data", str(data), "--embeddings", str(embeddings)])
+        stages.update(trainings.results())
     ablation_args = [arg for v in variants for arg in ("--ablation", str(out_dir / "ablations" / v))]
     stages["backtest"] = run_nfc(["backtest", "--model", str(out_dir / "model"), "--data", str(data),
                                   "--embeddings", str(embeddings), *ablation_args, "--out", str(out_dir / "report"),
                                   "--force"])
-    stages["export"] = run_nfc(["export", "--model", str(out_dir / "model"), "--out", str(out_dir / "package"),
-                                "--force"])
-    stages["validate"] = run_nfc(["validate", str(out_dir / "package"), "--model", str(out_dir / "model"),
-                                  "--data", str(data), "--embeddings", str(embeddings)])
     stages["serve"] = serve_and_predict(out_dir, data)
     return stages
+
+
+class AblationTrainings:
+    """`nfc train --variant V` of each ablation as its own process (one torch thread each, output in
+    ablations/V.log); `results()` waits for them and raises naming the log of any that failed."""
+
+    def __init__(self, common: list[str], folder: Path, variants: tuple[str, ...]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
+        self.runs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        for variant in variants:
+            command = [sys.executable, "-m", "nfc.cli", "train", *common, "--variant", variant, "--set", "threads=1",
+                       "--out", str(folder / variant), "--json"]
+            log_path = folder / f"{variant}.log"
+            log.info("$ nfc %s  (in the background, output in %s)", " ".join(command[3:]), log_path)
+            with log_path.open("wb") as errors:
+                process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)  # noqa: S603 - our own command
+                self.runs[variant] = (process, log_path)
+
+    def results(self) -> dict[str, Any]:
+        """Each ablation's `nfc train --json` result, by stage name, once all have finished."""
+        out: dict[str, Any] = {}
+        for variant, (process, log_path) in self.runs.items():
+            stdout, _ = process.communicate()
+            if process.returncode != 0:
+                raise click.ClickException(f"nfc train --variant {variant} failed (exit {process.returncode}); its "
+                                           f"output: {log_path}")
+            out[f"train {variant}"] = json.loads(stdout)
+            log.info("train %s done in %.1f s (from the start of the ablations)", variant,
+                     time.perf_counter() - self.started)
+        return out
+
+    def stop(self) -> None:
+        for process, _ in self.runs.values():
+            stop_process(process, 10.0)
+
+
+@contextlib.contextmanager
+def ablation_trainings(common: list[str], folder: Path, variants: tuple[str, ...]) -> Iterator[AblationTrainings]:
+    """The running ablations; any still running when the block is left (an error in it) are stopped."""
+    trainings = AblationTrainings(common, folder, variants)
+    try:
+        yield trainings
+    finally:
+        trainings.stop()
 
 
 def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.0) -> dict[str, Any]:
