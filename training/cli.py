@@ -67,6 +67,7 @@ from training.train import (
     VARIANTS,
     TrainResult,
     distributed_context,
+    end_distributed,
     model_config_for,
     model_overrides,
     prepare,
@@ -381,10 +382,15 @@ def train(data_dir: Path, embeddings: Path, out: Path, config_path: Path | None,
     result = _train_checkpointed(out, force, resume, prepared=prepared, config=config, train=train_config,
                                  window=window, portfolio=portfolio)
     rank, _ = distributed_context()
+    try:
+        if rank == 0:
+            write_run(out, result, prepared, train_config, window, portfolio,
+                      extra_meta={"variant": variant, "data_dir": str(data_dir.resolve())}, force=force,
+                      checkpointed=True)
+    finally:
+        end_distributed()
     if rank != 0:
         return None
-    write_run(out, result, prepared, train_config, window, portfolio,
-              extra_meta={"variant": variant, "data_dir": str(data_dir.resolve())}, force=force, checkpointed=True)
     return {"out": str(out), "variant": variant, "best_val_sharpe": result.best_val_sharpe,
             "best_epoch": result.best_epoch, "epochs": len(result.history), "seconds": result.seconds,
             "resumed_from": result.resumed_from}
