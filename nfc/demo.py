@@ -71,7 +71,7 @@ def run_nfc(args: list[str]) -> Any:
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic market and of training.")
 @click.option("--ablations/--no-ablations", default=True, show_default=True,
               help="Also train the concat / OHLCV-only / news-only ablations, so the report compares the model with "
-                   "each stream alone (about 4 minutes on 2 CPU cores).")
+                   "each stream alone (trained beside the export and validation: about 2 minutes more on 2 cores).")
 @click.option("--encoder-training", type=click.Choice(ENCODER_TRAINING), default="sentiment", show_default=True,
               help="sentiment: `nfc encoder train` on the synthetic sentiment labels; mlm: `nfc encoder pretrain` "
                    "on the news, no labels (0.74x the oracle's test Sharpe against ~1.0x, docs/MODEL.md).")
@@ -84,7 +84,7 @@ def demo(out_dir: Path, seed: int, ablations: bool, encoder_training: str, as_js
 
     \b
     nfc demo --out runs/demo
-    nfc demo --out runs/demo --no-ablations   # without the ablation baselines (about 4 minutes less)
+    nfc demo --out runs/demo --no-ablations   # without the ablation baselines (about 2 minutes less)
     nfc demo --out runs/demo --json           # every stage's result as one JSON object; stage output on stderr
     """
     started = time.perf_counter()
