@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +125,7 @@ def run_stages(out_dir: Path, seed: int, ablations: bool, encoder_training: str 
     variants = ABLATIONS if ablations else ()
     # the ablations train in processes of their own while this one exports and validates the model: small models
     # keep two cores busier side by side than one after another
-    with ablation_trainings(common, out_dir / "ablations", variants) as trainings:
+    with AblationTrainings(common, out_dir / "ablations", variants) as trainings:
         stages["export"] = run_nfc(["export", "--model", str(out_dir / "model"), "--out", str(out_dir / "package"),
                                     "--force"])
         stages["validate"] = run_nfc(["validate", str(out_dir / "package"), "--model", str(out_dir / "model"),
@@ -142,7 +141,8 @@ def run_stages(out_dir: Path, seed: int, ablations: bool, encoder_training: str 
 
 class AblationTrainings:
     """`nfc train --variant V` of each ablation as its own process (one torch thread each, output in
-    ablations/V.log); `results()` waits for them and raises naming the log of any that failed."""
+    ablations/V.log); `results()` waits for them and raises naming the log of any that failed. As a context
+    manager, any still running when the block is left (an error in it) are stopped."""
 
     def __init__(self, common: list[str], folder: Path, variants: tuple[str, ...]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -157,6 +157,13 @@ class AblationTrainings:
                 process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)  # noqa: S603 - our own command
                 self.runs[variant] = (process, log_path)
 
+    def __enter__(self) -> AblationTrainings:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process, _ in self.runs.values():
+            stop_process(process, 10.0)
+
     def results(self) -> dict[str, Any]:
         """Each ablation's `nfc train --json` result, by stage name, once all have finished."""
         out: dict[str, Any] = {}
@@ -169,20 +176,6 @@ class AblationTrainings:
             log.info("train %s done in %.1f s (from the start of the ablations)", variant,
                      time.perf_counter() - self.started)
         return out
-
-    def stop(self) -> None:
-        for process, _ in self.runs.values():
-            stop_process(process, 10.0)
-
-
-@contextlib.contextmanager
-def ablation_trainings(common: list[str], folder: Path, variants: tuple[str, ...]) -> Iterator[AblationTrainings]:
-    """The running ablations; any still running when the block is left (an error in it) are stopped."""
-    trainings = AblationTrainings(common, folder, variants)
-    try:
-        yield trainings
-    finally:
-        trainings.stop()
 
 
 def serve_and_predict(out_dir: Path, data: Path, startup_timeout_s: float = 180.0) -> dict[str, Any]:

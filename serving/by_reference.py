@@ -51,7 +51,7 @@ from neuralfusion.errors import DataError, SourceUnavailable
 from neuralfusion.redact import encode_userinfo
 from neuralfusion.specs import BarSpec, Universe
 from serving.client import window_frames
-from serving.column_checks import RequestColumns, RequestFrames, check_columns
+from serving.column_checks import RequestColumns, check_columns
 from serving.errors import NotFound, RequestError, Unavailable
 from serving.live_sources import FileBars, FileNews, check_staleness, grid_bars, grid_name
 from serving.request_checks import CheckedRequest, inputs_sha256
@@ -59,7 +59,7 @@ from serving.schemas import PredictAtRequest, PredictionOut, RequestLimits
 from serving.settings import ServeSettings
 from serving.store import PredictionRecord
 
-__all__ = ["OVERLAP", "ModelWindow", "Read", "Reference", "ReferenceSources", "WindowBuffer", "predict_by_reference"]
+__all__ = ["OVERLAP", "ModelWindow", "Read", "ReferenceSources", "WindowBuffer", "predict_by_reference"]
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +125,11 @@ class WindowBuffer:
             return self._between(self.frame, first, last)
 
     def _read(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        """The source's rows in (start, end], sorted by time and keys (as sources usually answer: then unchanged)."""
+        """The source's rows in (start, end], sorted by time and keys: the readers answer validated frames
+        (`validate_bars`, `validate_news`), which are in that order."""
         frame = self._load(start, end)
         self.reads.append(Read(start, end, len(frame)))
-        return frame if _sorted(frame, self._order) else frame.sort_values(self._order, ignore_index=True)
+        return frame
 
     def _between(self, frame: pd.DataFrame, first: pd.Timestamp, last: pd.Timestamp) -> pd.DataFrame:
         """The rows with first < time <= last of a frame sorted by time (two binary searches, no mask)."""
@@ -137,16 +138,6 @@ class WindowBuffer:
         times = pd.DatetimeIndex(frame[self.time_column])
         lo, hi = times.searchsorted(first, side="right"), times.searchsorted(last, side="right")
         return frame.iloc[lo:hi].reset_index(drop=True)
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The request of an as-of bar as the sources gave it, checked as a columnar body with its arrays would be
-    (`check_columns`: the frames /predict would prepare), and its inputs hash."""
-
-    frames: RequestFrames
-    as_of: pd.Timestamp
-    inputs_sha256: str
 
 
 @dataclass(frozen=True)
@@ -165,8 +156,8 @@ class ModelWindow:
 
 class ReferenceSources:
     """A portfolio worker's bar and news sources with their buffers; `request` turns a PredictAtRequest into the
-    arrays of the request /predict would get (`RequestColumns`, as a columnar body carries them). Connections open
-    on first use and close with `close()`."""
+    checked frames and inputs hash of the request /predict would get. Connections open on first use and close
+    with `close()`."""
 
     def __init__(self, settings: ServeSettings, limits: RequestLimits | None = None) -> None:
         self.settings = settings
@@ -197,9 +188,11 @@ class ReferenceSources:
         current = (bars_buffer.generation, news_buffer.generation)
         return as_of, entry[1] if entry is not None and entry[0] == current else None
 
-    def request(self, window: ModelWindow, query: PredictAtRequest, now: pd.Timestamp | None = None) -> Reference:
-        """The /predict request of `query`'s as-of bar, built from the sources (blocking: run it in a thread).
-        Raises RequestError, NotFound or Unavailable (module docstring)."""
+    def request(self, window: ModelWindow, query: PredictAtRequest,
+                now: pd.Timestamp | None = None) -> CheckedRequest:
+        """The /predict request of `query`'s as-of bar, built from the sources and checked as a columnar body with
+        its arrays would be (blocking: run it in a thread). Raises RequestError, NotFound or Unavailable (module
+        docstring)."""
         _check_universe(query.symbols, window.universe)
         clock = window.bar_spec.clock
         with self._lock:
@@ -223,7 +216,7 @@ class ReferenceSources:
         except RequestError as err:  # e.g. more news in the window than NFC_MAX_NEWS allows a request
             raise NotFound(f"the source's window of {as_of.isoformat()} cannot be sent to the model: "
                            f"{err.message}") from None
-        reference = Reference(frames, as_of, inputs_sha256(frames))
+        reference = CheckedRequest(frames, inputs_sha256(frames))
         with self._lock:
             self._known[as_of] = ((bars_buffer.generation, news_buffer.generation), reference.inputs_sha256)
             self._known.move_to_end(as_of)
@@ -367,7 +360,7 @@ async def predict_by_reference(sources: ReferenceSources, window: ModelWindow, q
         if record is not None and record.inputs_sha256 == inputs_hash:
             return PredictionOut.from_record(record, duplicate=True)
     reference = await anyio.to_thread.run_sync(sources.request, window, pinned)
-    return await predict(CheckedRequest(reference.frames, reference.inputs_sha256))
+    return await predict(reference)
 
 
 def _request_columns(bars: pd.DataFrame, news: pd.DataFrame, request_id: str | None) -> RequestColumns:
@@ -380,19 +373,6 @@ def _request_columns(bars: pd.DataFrame, news: pd.DataFrame, request_id: str | N
               "title": news["title"].fillna("").tolist(), "body": news["body"].fillna("").tolist(),
               "symbols": [None if s is None else list(s) for s in news["symbols"]]},
         request_id=request_id)
-
-
-def _sorted(frame: pd.DataFrame, order: list[str]) -> bool:
-    """Whether `frame` is sorted by `order` (a time, then one key): the usual answer of a source, checked in a pass
-    over the times and a comparison of the keys of rows that share a time."""
-    if frame.empty:
-        return True
-    step = np.diff(pd.DatetimeIndex(frame[order[0]]).asi8)
-    if (step < 0).any():
-        return False
-    tied = np.flatnonzero(step == 0)
-    keys = frame[order[1]].to_numpy(dtype=object)
-    return bool((keys[tied] < keys[tied + 1]).all())
 
 
 def _no_news(start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:

@@ -92,10 +92,9 @@ class FileNews:
 
 
 def _read_bar_file(path: Path) -> tuple[pd.DataFrame, frozenset[str]]:
-    """The validated bars of a file, sorted by time, and their symbols (each load checks the symbols it asks)."""
+    """The validated bars of a file (sorted by time and symbol) and their symbols (each load checks the symbols it
+    asks)."""
     frame = BarFileSource(path).read()
-    if not frame["timestamp"].is_monotonic_increasing:
-        frame = frame.sort_values(["timestamp", "symbol"], ignore_index=True)
     return frame, frozenset(frame["symbol"].unique())
 
 
