@@ -31,20 +31,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving.column_checks import RequestColumns
-from serving.columns import columns_from_rows
 from serving.errors import ServingError, Unauthenticated, check_api_key
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 from serving.proto_convert import (
     columns_from_proto,
+    columns_from_request_proto,
     history_query_from_proto,
     history_to_proto,
     predict_at_from_proto,
-    predict_request_from_proto,
     prediction_to_proto,
 )
 from serving.request_checks import CheckedRequest
-from serving.schemas import HistoryOut, HistoryQuery, PredictAtRequest, PredictionOut, RequestLimits
+from serving.schemas import HistoryOut, HistoryQuery, PredictAtRequest, PredictionOut
 from serving.settings import ServeSettings
 
 __all__ = ["SERVICE_NAME", "GrpcServer", "PortfolioBackend", "PortfolioServicer"]
@@ -74,14 +73,12 @@ class PortfolioBackend(Protocol):
 class PortfolioServicer(pb_grpc.PortfolioServiceServicer):
     """PortfolioService RPCs forwarded to a backend (the key is checked by `KeyAndStrictDecoding` first)."""
 
-    def __init__(self, backend: PortfolioBackend, limits: RequestLimits) -> None:
+    def __init__(self, backend: PortfolioBackend) -> None:
         self._backend = backend
-        self._limits = limits
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.Prediction:
         # the messages are read in the request's own thread with the rest of its preparation, not on the event loop
-        prediction = await _answer(context, self._backend.predict_inline(
-            lambda: columns_from_rows(predict_request_from_proto(request, self._limits))))
+        prediction = await _answer(context, self._backend.predict_inline(lambda: columns_from_request_proto(request)))
         return prediction_to_proto(prediction)
 
     async def PredictColumns(self, request: pb.PredictColumnsRequest,
@@ -163,7 +160,7 @@ class GrpcServer:
         self._server = grpc.aio.server(
             interceptors=[KeyAndStrictDecoding(settings.api_key, settings.reads_need_key)],
             options=[("grpc.max_receive_message_length", max_message_bytes)])
-        pb_grpc.add_PortfolioServiceServicer_to_server(PortfolioServicer(backend, RequestLimits.from_env()),
+        pb_grpc.add_PortfolioServiceServicer_to_server(PortfolioServicer(backend),
                                                        self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

@@ -1,14 +1,17 @@
 """Protobuf <-> API models for the gRPC front (serving/proto/neuralfusion.proto).
 
-A protobuf request becomes the HTTP API's pydantic model through the same validators, so both fronts refuse
-the same inputs with the same reasons, and a Prediction has the shape of HTTP's PredictionOut (weights and logits
-keyed by symbol). Times are google.protobuf.Timestamp (UTC). proto3 has no "unset" for strings and numbers: an
-empty string or a zero means "not given"; an unset Timestamp is a missing time.
+A Predict or PredictColumns request becomes the arrays every HTTP body becomes (serving/column_checks.py), the
+other requests the HTTP API's pydantic models, so both fronts refuse the same inputs with the same reasons; a
+Prediction has the shape of HTTP's PredictionOut (weights and logits keyed by symbol). Times are
+google.protobuf.Timestamp (UTC). proto3 has no "unset" for strings and numbers: an empty string or a zero means
+"not given"; an unset Timestamp is a missing time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -20,10 +23,12 @@ from serving.column_checks import RequestColumns
 from serving.errors import RequestError
 from serving.proto import neuralfusion_pb2 as pb
 from serving.request_checks import describe_validation_error
-from serving.schemas import HistoryOut, HistoryQuery, PredictAtRequest, PredictionOut, PredictRequest, RequestLimits
+from serving.schemas import HistoryOut, HistoryQuery, PredictAtRequest, PredictionOut
 
-__all__ = ["columns_from_proto", "history_query_from_proto", "history_to_proto", "predict_at_from_proto",
-           "predict_request_from_proto", "prediction_from_proto", "prediction_to_proto", "timestamp"]
+__all__ = ["columns_from_proto", "columns_from_request_proto", "history_query_from_proto", "history_to_proto",
+           "predict_at_from_proto", "prediction_from_proto", "prediction_to_proto", "timestamp"]
+
+_SECONDS_CLAMP = 2**33  # +-272 years around the epoch: inside int64 nanoseconds
 
 
 def timestamp(value: datetime) -> Timestamp:
@@ -43,24 +48,33 @@ def _time(message: object, field: str, where: str) -> datetime | None:
         raise RequestError(f"{where}.{field}: {err}") from None
 
 
-def predict_request_from_proto(message: pb.PredictRequest, limits: RequestLimits | None = None) -> PredictRequest:
-    """The gRPC request through the HTTP model's validators; a violated rule is a RequestError.
+def columns_from_request_proto(message: pb.PredictRequest) -> RequestColumns:
+    """A Predict request (one message per bar) as arrays for the array checks (serving/column_checks.py), so it is
+    refused for the same reasons, in the same words, as /predict. An unset Timestamp is a missing time; empty
+    strings are proto3's "unset": an empty request_id means none, `has_symbols=false` means match aliases."""
+    bars, news = message.bars, message.news
+    symbol = [b.symbol for b in bars]
+    ids = [n.id for n in news]
+    numbers = {name: np.fromiter(map(attrgetter(name), bars), np.float64, len(bars))
+               for name in (*PRICE_COLUMNS, "volume")}
+    return RequestColumns(
+        {"timestamp": _nanoseconds(bars, "timestamp", lambda row: f"bars row {row} ({symbol[row]})"), "symbol": symbol,
+         **numbers},
+        {"id": ids, "published_at": _nanoseconds(news, "published_at", lambda row: f"news row {row} (id {ids[row]!r})"),
+         "title": [n.title for n in news], "body": [n.body for n in news],
+         "symbols": [list(n.symbols) if n.has_symbols else None for n in news]},
+        message.request_id or None)
 
-    Empty strings are proto3's "unset": an empty request_id means none, `has_symbols=false` means match aliases.
-    """
-    payload = {
-        "bars": [{"timestamp": _time(b, "timestamp", f"bars[{i}]"), "symbol": b.symbol, "open": b.open,
-                  "high": b.high, "low": b.low, "close": b.close, "volume": b.volume}
-                 for i, b in enumerate(message.bars)],
-        "news": [{"id": n.id, "published_at": _time(n, "published_at", f"news[{i}]"), "title": n.title,
-                  "body": n.body, "symbols": list(n.symbols) if n.has_symbols else None}
-                 for i, n in enumerate(message.news)],
-        "request_id": message.request_id or None,
-    }
-    try:
-        return PredictRequest.model_validate(payload, context={"limits": limits} if limits else None)
-    except ValidationError as err:
-        raise RequestError(describe_validation_error(err)) from None
+
+def _nanoseconds(messages: Sequence[Any], field: str, where: Callable[[int], str]) -> np.ndarray:
+    """Epoch nanoseconds of each message's Timestamp `field`, its seconds clamped to +-_SECONDS_CLAMP (outside the
+    accepted range anyway, so the array checks refuse it); an unset one is a RequestError naming the row."""
+    stamps = [getattr(item, field) for item in messages]
+    for row, item in enumerate(messages):
+        if not item.HasField(field):
+            raise RequestError(f"{where(row)}: {field} is missing")
+    return np.fromiter((min(max(t.seconds, -_SECONDS_CLAMP), _SECONDS_CLAMP) * 1_000_000_000 + t.nanos
+                        for t in stamps), np.int64, len(stamps))
 
 
 def columns_from_proto(message: pb.PredictColumnsRequest) -> RequestColumns:

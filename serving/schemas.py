@@ -1,11 +1,11 @@
 """The HTTP API's pydantic models: what a caller sends and gets back, with the per-item rules.
 
-The per-item rules (finite, positive prices, high/low bounding open/close, aware timestamps inside
-[EARLIEST_TIME, LATEST_TIME), non-empty text, string and list sizes) answer with the field at fault. gRPC
-requests go through the same models (serving/proto_convert.py); the columnar bodies (/predict/columns,
-/predict/arrow) meet the same rules checked over whole arrays (serving/column_checks.py), which every body then
-passes; the rules that need the whole request or the model (frames, window, as-of) are in
-serving/request_checks.py.
+The models check types, sizes and the rules pydantic checks in its compiled core (finite, positive prices, volume
+>= 0, string and list sizes, news with text, aware news times inside [EARLIEST_TIME, LATEST_TIME)) and answer with
+the field at fault. A bar's close time (offset and range) and high/low bounding open/close are checked with the
+columnar bodies' rules over the whole request's arrays (serving/column_checks.py), which every body format and
+the gRPC requests pass: one rule set, naming the row and its symbol. The rules that need the whole request or the
+model (frames, window, as-of) are in serving/request_checks.py.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
 from neuralfusion.data.news import article_text
 from serving.store import MAX_HISTORY_LIMIT, MAX_KEY_CHARS, PredictionRecord
@@ -28,6 +29,7 @@ __all__ = [
     "MAX_ID_CHARS",
     "MAX_SYMBOLS_PER_ITEM",
     "MAX_SYMBOL_CHARS",
+    "MAX_TIME_CHARS",
     "AwareTime",
     "BarIn",
     "HistoryOut",
@@ -49,6 +51,7 @@ LATEST_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 MAX_SYMBOLS_PER_ITEM = 64
 MAX_SYMBOL_CHARS = 32
 MAX_ID_CHARS = 128  # of a news item's id
+MAX_TIME_CHARS = 64  # of an RFC 3339 time string: the longest, with nanoseconds and an offset, has 35
 
 # a complete request for a two-symbol model whose window is two bars: shown in the OpenAPI docs, used by tests
 EXAMPLE_INPUT: dict[str, Any] = {
@@ -120,29 +123,30 @@ ModelVersion = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS, desc
 Price = Annotated[float, Field(gt=0, allow_inf_nan=False, description="Price, finite and > 0.", examples=[100.12])]
 
 
-class BarIn(BaseModel):
-    """One OHLCV bar, labelled by its close time."""
+class BarIn(TypedDict):
+    """One OHLCV bar, labelled by its close time.
 
-    model_config = ConfigDict(extra="forbid")
+    A TypedDict, not a model: a request carries ~2,000 bars, and pydantic checks these fields in its compiled core
+    without building an object (or calling Python) per bar. The rules that need Python, the close time's offset and
+    range and high/low bounding open/close, are checked over the whole request's arrays (serving/column_checks.py),
+    naming the row and its symbol.
+    """
 
-    timestamp: AwareTime = Field(description="Close time of the bar, ISO 8601 with an offset.",
-                                 examples=["2026-01-05T00:03:00Z"])
-    symbol: str = Field(min_length=1, max_length=MAX_SYMBOL_CHARS, description="Ticker of the asset.",
-                        examples=["AURX"])
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    timestamp: Annotated[str, Field(max_length=MAX_TIME_CHARS, description="Close time of the bar, RFC 3339 with "
+                                    "an offset.", examples=["2026-01-05T00:03:00Z"], json_schema_extra={
+                                        "format": "date-time"})]
+    symbol: Annotated[str, Field(min_length=1, max_length=MAX_SYMBOL_CHARS, description="Ticker of the asset.",
+                                 examples=["AURX"])]
     open: Price
-    high: Price
-    low: Price
+    high: Annotated[float, Field(gt=0, allow_inf_nan=False, description="High price, finite, >= open and close.",
+                                 examples=[100.21])]
+    low: Annotated[float, Field(gt=0, allow_inf_nan=False, description="Low price, finite, > 0, <= open and close.",
+                                examples=[99.93])]
     close: Price
-    volume: float = Field(ge=0, allow_inf_nan=False, description="Traded volume, finite and >= 0.",
-                          examples=[5123.0])
-
-    @model_validator(mode="after")
-    def _high_low_bound_the_body(self) -> BarIn:
-        o, h, lo, c = self.open, self.high, self.low, self.close  # plain comparisons: this runs once per bar
-        if h < o or h < c or lo > o or lo > c:
-            raise ValueError(f"high {self.high} and low {self.low} must bound open {self.open} and close "
-                             f"{self.close} ({self.symbol} at {self.timestamp.isoformat()})")
-        return self
+    volume: Annotated[float, Field(ge=0, allow_inf_nan=False, description="Traded volume, finite and >= 0.",
+                                   examples=[5123.0])]
 
 
 class NewsIn(BaseModel):

@@ -16,12 +16,13 @@ from google.protobuf import json_format
 from pydantic import ValidationError
 
 from serving.client import request_to_proto
+from serving.column_checks import check_columns
 from serving.errors import RequestError
 from serving.proto import neuralfusion_pb2 as pb
 from serving.proto_convert import (
+    columns_from_request_proto,
     history_query_from_proto,
     history_to_proto,
-    predict_request_from_proto,
     prediction_from_proto,
     prediction_to_proto,
     timestamp,
@@ -64,6 +65,13 @@ def refusal(payload: dict[str, Any], **kwargs: Any) -> str:
     return str(caught.value)
 
 
+def rows_refusal(payload: dict[str, Any]) -> str:
+    """Why /predict refuses a body: its model, or the array checks every body passes (the bar times and high/low)."""
+    with pytest.raises((ValidationError, RequestError)) as caught:
+        request_frames(PredictRequest.model_validate(payload))
+    return str(caught.value)
+
+
 def test_example_input_is_a_valid_request_for_a_two_bar_model() -> None:
     request = PredictRequest.model_validate(EXAMPLE_INPUT)
     bars, news = check_request_against_model(request, SYMBOLS, bars_needed=2, interval=STEP)
@@ -99,7 +107,9 @@ def test_non_positive_prices_are_refused(price: float) -> None:
 
 @pytest.mark.parametrize("prices", [{"high": 100.2}, {"low": 100.4}])
 def test_high_and_low_must_bound_open_and_close(prices: dict[str, float]) -> None:
-    assert "must bound open 100.0 and close 100.5 (AURX at" in refusal(example(bars=[bar(**prices)]))
+    PredictRequest.model_validate(example(bars=[bar(**prices)]))  # an array rule: no object per bar checks it
+    assert "bars row 0 (AURX at 2026-01-05T00:03:00Z): high" in rows_refusal(example(bars=[bar(**prices)]))
+    assert "must bound open 100.0 and close 100.5" in rows_refusal(example(bars=[bar(**prices)]))
 
 
 def test_negative_volume_is_refused() -> None:
@@ -107,7 +117,7 @@ def test_negative_volume_is_refused() -> None:
 
 
 def test_naive_timestamps_are_refused_with_the_fix() -> None:
-    bars_message = refusal(example(bars=[{**bar(), "timestamp": "2026-01-05T00:03:00"}]))
+    bars_message = rows_refusal(example(bars=[{**bar(), "timestamp": "2026-01-05T00:03:00"}]))
     news = [{**EXAMPLE_INPUT["news"][0], "published_at": "2026-01-05T00:04:41"}]
     news_message = refusal(example(news=news))
     for message in (bars_message, news_message):
@@ -172,7 +182,7 @@ def test_request_limits_from_env_read_each_variable() -> None:
 def test_times_outside_1970_to_2200_are_refused_before_pandas_sees_them(when: str) -> None:
     for payload in (example(bars=[{**EXAMPLE_INPUT["bars"][0], "timestamp": when}]),
                     example(news=[{**EXAMPLE_INPUT["news"][0], "published_at": when}])):
-        assert "is outside 1970-01-01T00:00:00+00:00 .. 2200-01-01T00:00:00+00:00" in refusal(payload)
+        assert "is outside 1970-01-01T00:00:00+00:00 .. 2200-01-01T00:00:00+00:00" in rows_refusal(payload)
     with pytest.raises(ValidationError, match="is outside"):
         HistoryQuery.model_validate({"end": when})
 
@@ -278,30 +288,54 @@ def test_last_bar_off_the_grid_is_refused() -> None:
         check_request_against_model(request, SYMBOLS, bars_needed=2, interval=STEP)
 
 
-def test_proto_request_validates_to_the_same_model_as_json() -> None:
-    assert predict_request_from_proto(request_to_proto(EXAMPLE_INPUT)) == PredictRequest.model_validate(EXAMPLE_INPUT)
+def test_proto_request_reads_as_the_json_rows_do() -> None:
+    from_proto = check_columns(columns_from_request_proto(request_to_proto(EXAMPLE_INPUT)), RequestLimits())
+    from_json = request_frames(PredictRequest.model_validate(EXAMPLE_INPUT))
+    pd.testing.assert_frame_equal(from_proto.bars, from_json[0])
+    pd.testing.assert_frame_equal(from_proto.news, from_json[1])
+    assert inputs_sha256(from_proto) == inputs_sha256(PredictRequest.model_validate(EXAMPLE_INPUT))
 
 
 def test_proto_empty_strings_mean_unset() -> None:
-    request = predict_request_from_proto(request_to_proto(example(request_id=None)))
-    assert request.request_id is None
-    assert request.news[1].symbols is None  # has_symbols=false: match aliases
+    columns = columns_from_request_proto(request_to_proto(example(request_id=None)))
+    assert columns.request_id is None
+    assert columns.news["symbols"][1] is None  # has_symbols=false: match aliases
 
 
-def test_proto_request_errors_name_the_field() -> None:
-    message = request_to_proto(example(bars=[bar(high=float("nan"))]))
-    with pytest.raises(RequestError, match=r"^bars\[0\]\.high: Input should be a finite number$"):
-        predict_request_from_proto(message)
+@pytest.mark.parametrize(("changed", "expected"), [
+    ({"high": float("nan")}, r"^bars row 0 \(AURX at 2026-01-05T00:03:00Z\): high nan must be a finite number > 0$"),
+    ({"high": 100.2}, r"^bars row 0 \(AURX at 2026-01-05T00:03:00Z\): high 100.2 and low 99.0 must bound"),
+])
+def test_proto_request_errors_are_the_array_checks_errors(changed: dict[str, float], expected: str) -> None:
+    with pytest.raises(RequestError, match=expected):
+        check_columns(columns_from_request_proto(request_to_proto(example(bars=[bar(**changed)]))), RequestLimits())
 
 
-def test_proto_request_errors_from_model_validators_read_plainly() -> None:
-    with pytest.raises(RequestError, match=r"^bars\[0\]: high 100.2 and low 99.0 must bound"):
-        predict_request_from_proto(request_to_proto(example(bars=[bar(high=100.2)])))
+def test_proto_and_json_rows_are_refused_in_the_same_words() -> None:
+    body = example(bars=[bar(high=100.2)])
+    with pytest.raises(RequestError) as caught:
+        check_columns(columns_from_request_proto(request_to_proto(body)), RequestLimits())
+    assert str(caught.value) == rows_refusal(body)
 
 
-def test_proto_request_honours_given_limits() -> None:
-    with pytest.raises(RequestError, match=r"^request: 4 bars are over the limit of 2"):
-        predict_request_from_proto(request_to_proto(EXAMPLE_INPUT), RequestLimits(max_bars=2))
+def test_proto_request_without_a_time_is_refused_naming_the_row() -> None:
+    message = request_to_proto(EXAMPLE_INPUT)
+    message.bars[2].ClearField("timestamp")
+    with pytest.raises(RequestError, match=r"^bars row 2 \(AURX\): timestamp is missing$"):
+        columns_from_request_proto(message)
+
+
+@pytest.mark.parametrize("seconds", [-(2**62), 2**62, 365 * 86400 * 300])
+def test_proto_times_far_outside_the_range_are_refused_not_overflowed(seconds: int) -> None:
+    message = request_to_proto(EXAMPLE_INPUT)
+    message.bars[0].timestamp.seconds = seconds
+    with pytest.raises(RequestError, match=r"^bars row 0 \(AURX\): timestamp .* is outside 1970"):
+        check_columns(columns_from_request_proto(message), RequestLimits())
+
+
+def test_proto_request_honours_the_limits() -> None:
+    with pytest.raises(RequestError, match=r"^4 bars are over the limit of 2"):
+        check_columns(columns_from_request_proto(request_to_proto(EXAMPLE_INPUT)), RequestLimits(max_bars=2))
 
 
 def prediction() -> PredictionOut:
