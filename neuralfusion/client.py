@@ -47,6 +47,7 @@ import pandas as pd
 from neuralfusion.request_body import ARROW_MEDIA_TYPE, arrow_body
 
 __all__ = [
+    "KEEPALIVE_EXPIRY_S",
     "AsyncClient",
     "BadRequest",
     "Client",
@@ -227,6 +228,10 @@ class RetryPolicy:
         return min(self.backoff_s * 2 ** attempt, self.max_backoff_s)
 
 
+def _limits() -> httpx.Limits:
+    return httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S)
+
+
 def _retry_after_s(value: str | None) -> float | None:
     """Retry-After as seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
     if not value:
@@ -242,6 +247,9 @@ def _retry_after_s(value: str | None) -> float | None:
     return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
+# the service's HTTP server (uvicorn under BentoML) closes a connection idle for 5 s; httpx keeps one for 5 s too, so
+# a request sent on a connection at the moment the server closes it fails. Expiring ours first avoids that race.
+KEEPALIVE_EXPIRY_S = 4.0
 RETRIED_ERRORS = (httpx.TransportError,)  # connection refused or dropped, timeouts, a broken answer
 
 
@@ -412,7 +420,7 @@ class Client:
                  backoff_s: float = 0.5, http: httpx.Client | None = None) -> None:
         """`http`: an httpx.Client of your own (proxies, TLS, transport); its base_url and headers are set here."""
         self.retry = RetryPolicy(retries=retries, backoff_s=backoff_s)
-        self._http = http or httpx.Client(timeout=timeout)
+        self._http = http or httpx.Client(timeout=timeout, limits=_limits())
         self._http.base_url = url
         self._http.headers.update(_headers(api_key))
 
@@ -483,7 +491,7 @@ class AsyncClient:
     def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 60.0, retries: int = 3,
                  backoff_s: float = 0.5, http: httpx.AsyncClient | None = None) -> None:
         self.retry = RetryPolicy(retries=retries, backoff_s=backoff_s)
-        self._http = http or httpx.AsyncClient(timeout=timeout)
+        self._http = http or httpx.AsyncClient(timeout=timeout, limits=_limits())
         self._http.base_url = url
         self._http.headers.update(_headers(api_key))
 

@@ -56,8 +56,19 @@ def test_must_hold_checks_served_over_raw_byref_batching_and_the_database():
     assert "byref served/raw >= 0.7 at concurrency 8" not in held  # by reference is not an inline request
     assert held["byref >= 3x inline rows req/s at concurrency 8"] is False  # 2.67x
     assert held["batching not below batch size 1 beyond noise (>= 0.9) at concurrency 8"] is True  # 0.94x
+    assert held["byref >= 3x the issue's inline 16 req/s at concurrency 8 (2-core host)"] is False  # 1.25x
     database = [name for name in held if name.startswith("byref at concurrency 8")]
     assert len(database) == 1 and held[database[0]] is False  # an error and a database that does not match
+
+
+def test_served_over_raw_cached_is_beside_raw_and_no_served_mode():
+    levels = [level("raw", 8, 10.0, cpu_ms=30.0), level("raw-cached", 8, 40.0, cpu_ms=8.0),
+              level("rows", 8, 20.0, cpu_ms=40.0), level("byref", 8, 50.0)]
+    assert served_over_raw(levels, "raw-cached") == {"rows": {8: 0.5}, "byref": {8: 1.25}}
+    assert served_over_raw_cpu(levels, "raw-cached") == {"rows": {8: 0.2}, "byref": {8: 0.2}}
+    held = {check["check"]: check["held"] for check in must_hold(levels, "cpu")}
+    assert not any(name.startswith("raw") for name in held)  # the limits are not checked as served modes
+    assert held["byref >= 3x the issue's inline 16 req/s at concurrency 8 (2-core host)"] is True  # 50 req/s
 
 
 def test_quick_settings_and_refused_options():
