@@ -763,7 +763,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="concurrency 8 and 64, a warm-up of 16 requests, then 2 rounds of bursts of max(16, "
                              "concurrency): < 5 minutes on 2 cores")
     parser.add_argument("--concurrency", type=int, nargs="+", help="default 1 8 64")
-    parser.add_argument("--rounds", type=int, help="measured rounds per concurrency (default 3; --quick 2)")
+    parser.add_argument("--rounds", type=int, help="measured rounds per concurrency (default 3)")
     parser.add_argument("--burst-factor", type=int, help="burst = max(16, factor x concurrency) requests "
                                                          "(default 2; --quick 1)")
     parser.add_argument("--warmup", type=int, help="warm-up requests per mode and concurrency (default: one burst; "
@@ -782,7 +782,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra setting for both servers, e.g. NFC_ORT_THREADS=1 (repeatable)")
     args = parser.parse_args(argv)
     args.concurrency = args.concurrency or ([8, 64] if args.quick else [1, 8, 64])
-    args.rounds = args.rounds or (2 if args.quick else 3)
+    args.rounds = args.rounds or 3
     args.burst_factor = args.burst_factor or (1 if args.quick else 2)
     if args.warmup is None and args.quick:
         args.warmup = 16

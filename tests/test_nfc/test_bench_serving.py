@@ -73,7 +73,7 @@ def test_served_over_raw_cached_is_beside_raw_and_no_served_mode():
 
 def test_quick_settings_and_refused_options():
     args = parse_args(["--quick", "--out", "x"])
-    assert (args.concurrency, args.rounds, args.burst_factor, args.warmup) == ([8, 64], 2, 1, 16)
+    assert (args.concurrency, args.rounds, args.burst_factor, args.warmup) == ([8, 64], 3, 1, 16)
     with pytest.raises(SystemExit):
         parse_args(["--out", "x", "--set", "NFC_PREDICT_MAX_BATCH=4"])  # the benchmark sets it per server
     with pytest.raises(SystemExit):
