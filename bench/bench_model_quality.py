@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import machine, machine_line, markdown_table
-from scipy import stats
+from machine import machine, machine_line, markdown_table, t_interval
 
 from neuralfusion.backtest import equal_weights, momentum_weights, offset_rebalance_anchors, walk_forward
 from neuralfusion.dataset import load_data_dir
@@ -78,15 +77,6 @@ def parse_args() -> argparse.Namespace:
     if args.train and args.runs:
         parser.error("--train trains its own runs; score other run folders in a separate call")
     return args
-
-
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and the two ends of its 95% Student-t confidence interval (NaN ends with fewer than 2 values)."""
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
-    return mean, mean - half, mean + half
 
 
 def build_preset(preset: str, market_seed: int, seeds: list[int], variants: list[str], workdir: Path,

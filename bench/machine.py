@@ -4,16 +4,22 @@ The benchmarks run on small shared machines, where a number means little without
 the load from other processes at the time; `machine()` goes into each results file and each printed header.
 Wall-clock throughput on such a machine drifts with the others' load, so the serving benchmarks also read the
 CPU time each server process spent (`process_tree_cpu`), which the others' load does not change much.
+`t_interval` is the
+95% Student-t interval the benchmarks give over seeds or rounds.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_average", "machine", "machine_line", "markdown_table", "process_tree_cpu"]
+import numpy as np
+from scipy import stats
+
+__all__ = ["load_average", "machine", "machine_line", "markdown_table", "process_tree_cpu", "t_interval"]
 
 
 def _cpu_model() -> str:
@@ -86,3 +92,12 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and the two ends of its 95% Student-t confidence interval (NaN ends with fewer than 2 values)."""
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
+    return mean, mean - half, mean + half

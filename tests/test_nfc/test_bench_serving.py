@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # the scripts import each other by name
@@ -55,10 +56,25 @@ def test_must_hold_checks_served_over_raw_byref_batching_and_the_database():
     assert held["grpc served/raw >= 0.7 at concurrency 8"] is False
     assert "byref served/raw >= 0.7 at concurrency 8" not in held  # by reference is not an inline request
     assert held["byref >= 3x inline rows req/s at concurrency 8"] is False  # 2.67x
-    assert held["batching not below batch size 1 beyond noise (>= 0.9) at concurrency 8"] is True  # 0.94x
+    assert held["batching not below batch size 1 beyond noise at concurrency 8 (ratio >= 0.9, or the rounds' 95% "
+                "interval reaching 1)"] is True  # 0.94x
     assert held["byref >= 3x the issue's inline 16 req/s at concurrency 8 (2-core host)"] is False  # 1.25x
     database = [name for name in held if name.startswith("byref at concurrency 8")]
     assert len(database) == 1 and held[database[0]] is False  # an error and a database that does not match
+
+
+def test_batching_is_below_batch_size_1_only_beyond_the_rounds_noise():
+    def pair(batching: list[float], b1: list[float]) -> list[Level]:
+        levels = [level("rows", 64, float(np.mean(batching))), level("rows-b1", 64, float(np.mean(b1)))]
+        levels[0].burst_rps[:], levels[1].burst_rps[:] = batching, b1
+        return levels
+
+    def held(levels: list[Level]) -> bool:
+        [check] = [c for c in must_hold(levels, "cpu") if c["check"].startswith("batching not below")]
+        return check["held"]
+
+    assert held(pair([34.7, 26.8, 23.2], [35.1, 35.5, 28.6]))  # 0.84x, rounds 0.99 / 0.76 / 0.81: noise
+    assert not held(pair([25.0, 26.0, 24.0], [33.0, 34.0, 32.0]))  # 0.75x in every round: below beyond noise
 
 
 def test_served_over_raw_cached_is_beside_raw_and_no_served_mode():
