@@ -7,8 +7,8 @@ Builds the demo-shaped request (the model's window of every symbol: 160 bars x 1
 and the news of its lookback) for distinct as-of bars of the data folder, in each format, then runs the server's
 own per-request work on each, interleaved request by request (rows, columns, arrow, then the next request), so
 load from other processes falls on all three alike:
-  parse:    body -> checked RequestFrames: pydantic row models + the array checks (rows), pydantic arrays + the
-            array checks (columns), the Arrow reader + the array checks (arrow);
+  parse:    body -> checked RequestFrames: pydantic rows (TypedDicts) + the array checks (rows), pydantic arrays +
+            the array checks (columns), the Arrow reader + the array checks (arrow);
   prepare:  PortfolioRuntime.prepare (model checks, grid, features, the window) and the inputs hash.
 Prints CPU ms per request (of this process: steadier than wall time on a busy host) and each format's total
 relative to rows, and checks on the way that every format gives the same inputs hash.
