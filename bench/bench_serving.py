@@ -257,17 +257,28 @@ def start_server(name: str, args: argparse.Namespace, mongo_uri: str, workdir: P
 @contextmanager
 def running_servers(names: list[str], args: argparse.Namespace, mongo_uri: str,
                     workdir: Path) -> Iterator[dict[str, Server]]:
-    """The named servers, started at the same time and ready; stopped by pid on exit."""
+    """The named servers, started at the same time and ready; stopped by pid on exit. A server that lost its port
+    to another process between `free_port` and its bind (the other server's inner services take free ports too)
+    starts again once on new ports."""
     with ExitStack() as stack:
         servers: dict[str, Server] = {}
         for name in names:
             server = start_server(name, args, mongo_uri, workdir)
             stack.callback(stop_process, server.process, STOP_TIMEOUT_S, group=True)
             servers[name] = server
-        for name, server in servers.items():
-            if not wait_until_ready(server.url, server.process, STARTUP_TIMEOUT_S):
+        for name in list(servers):
+            for attempt in range(2):
+                server = servers[name]
+                if wait_until_ready(server.url, server.process, STARTUP_TIMEOUT_S):
+                    break
                 log_text = (args.out / f"serve-{name}.log").read_text()[-3000:]
-                raise RuntimeError(f"bentoml serve ({name}) did not become ready; its log:\n{log_text}")
+                if attempt or "Address already in use" not in log_text:
+                    raise RuntimeError(f"bentoml serve ({name}) did not become ready; its log:\n{log_text}")
+                log.warning("%s server lost its port to another process; starting it again on new ports", name)
+                stop_process(server.process, STOP_TIMEOUT_S, group=True)
+                servers[name] = start_server(name, args, mongo_uri, workdir)
+                stack.callback(stop_process, servers[name].process, STOP_TIMEOUT_S, group=True)
+            server = servers[name]
             server.routes = set(httpx.get(f"{server.url}/docs.json", timeout=30).json()["paths"])
             log.info("%s server ready at %s (gRPC %s)", name, server.url, server.grpc_target)
         yield servers
