@@ -39,7 +39,7 @@ On a machine with one NVIDIA GPU this script would:
      parity on CUDA (encoder fp32 and fp16, fusion fp32) against torch fp32 on the GPU; encoder sequences/s at
      batch 1/32/256 and 128/512 tokens, torch eager fp32/bf16 vs ONNX Runtime CUDA fp32/fp16, and a BigBird-base
      shape at 512 tokens; served requests/s at concurrency 1/8/64 with batching and at batch size 1
-     (bench/bench_serving.py --device cuda --modes rows rows-b1 raw)
+     (bench/bench_serving.py --device cuda --modes rows rows-b1 raw raw-cached)
   4. print one table, and write it to $OUT/gpu_check.md and gpu_check.json
 EOF
 }
