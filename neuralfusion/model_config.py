@@ -34,12 +34,19 @@ class CgaConfig:
     n_features: int = 7
     # width of the news encoder's article embedding (the offline BigBird default)
     embed_dim: int = 256
+    # the news stream first projects every embedding onto this many learned directions (0: no projection), so it
+    # reads what the news says (its sentiment) through a few numbers and has little room to learn which company or
+    # template an item is (docs/MODEL.md)
+    news_rank: int = 0
     # bars per input window (WindowSpec.lookback); the model holds a learned position per bar
     lookback: int = 80
     # channels of each asset's sequence: every asset is its own sequence (B·N of them per batch), so the width
     # sets the cost of a training step; 16 with 2 heads learns the synthetic signal at a CPU-sized step
     # (measured costs: docs/MODEL.md)
     d_model: int = 16
+    # channels of the market stream alone (0: d_model); its output is projected to d_model for the fusion. A
+    # narrower market stream has less room to memorise training windows through the bars (docs/MODEL.md)
+    market_channels: int = 0
     n_heads: int = 2
     lstm_layers: int = 1
     # TimesNet: fixed periods in bars (fit on the training set with `dominant_periods`);
@@ -95,6 +102,10 @@ class CgaConfig:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.news_rank < 0:
+            problems.append(f"news_rank must be >= 0 (0: no projection), got {self.news_rank}")
+        if self.market_channels < 0:
+            problems.append(f"market_channels must be >= 0 (0: d_model), got {self.market_channels}")
         if self.lookback < 2:
             problems.append(f"lookback must be >= 2, got {self.lookback}")
         if self.n_heads >= 1 and self.d_model % self.n_heads:

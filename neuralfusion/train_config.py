@@ -46,6 +46,9 @@ class TrainConfig:
     # serving clips the same. On heavy-tailed bars (the `realistic` preset) single outliers many sds wide let the
     # market stream fit noise; 2 there raised the CGA's test Sharpe (docs/MODEL.md). Off by default
     feature_clip: float = 0.0
+    # learning rate of the CGA model's market side (its stream, the gate into it, its own head) as a fraction of
+    # `lr`: the bars let the model memorise training windows far faster than the news teaches it (docs/MODEL.md)
+    market_lr_scale: float = 1.0
     # torch intra-op threads (0: torch's default)
     threads: int = 0
 
@@ -61,6 +64,8 @@ class TrainConfig:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not (math.isfinite(self.feature_clip) and self.feature_clip >= 0):
             raise ValueError(f"feature_clip must be a finite number >= 0 (0: no clipping), got {self.feature_clip}")
+        if not 0.0 <= self.market_lr_scale <= 1.0:
+            raise ValueError(f"market_lr_scale must be in [0, 1], got {self.market_lr_scale}")
         if self.patience < 0 or self.threads < 0:
             raise ValueError(f"patience and threads must be >= 0, got {self.patience}, {self.threads}")
 

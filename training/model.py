@@ -184,34 +184,35 @@ class CgaTimesBlock(nn.Module):
 class CgaMarketEncoder(nn.Module):
     """Market stream, one sequence per asset with shared weights: features + universe mean, TimesNet -> M.
 
-    `asset_inputs` embeds every asset's bars beside the universe mean, (B, L, N, F) -> (B, L, N, C);
-    `forward` runs one asset's sequence, (B·N, L, C) -> (B·N, L, C).
+    `asset_inputs` embeds every asset's bars beside the universe mean, (B, L, N, F) -> (B, L, N, C_market);
+    `forward` runs one asset's sequence, (B·N, L, C_market) -> (B·N, L, C), C_market = `market_channels` or C.
     """
 
     def __init__(self, config: CgaConfig) -> None:
         super().__init__()
+        width = config.market_channels or config.d_model
         # each asset's features beside the universe mean of each feature (the common move it is measured against)
-        self.embed = nn.Sequential(
-            nn.Linear(2 * config.n_features, config.d_model), nn.GELU(), nn.Linear(config.d_model, config.d_model)
-        )
+        self.embed = nn.Sequential(nn.Linear(2 * config.n_features, width), nn.GELU(), nn.Linear(width, width))
         # the TimesNet grids see order, but the cross-attention over time needs each bar's position
-        self.position = nn.Parameter(torch.randn(config.lookback, config.d_model) * 0.02)
+        self.position = nn.Parameter(torch.randn(config.lookback, width) * 0.02)
         self.blocks = nn.ModuleList(
-            CgaTimesBlock(config.d_model, config.lookback, config.periods, config.conv_kernels)
+            CgaTimesBlock(width, config.lookback, config.periods, config.conv_kernels)
             for _ in range(config.times_layers)
         )
-        self.norms = nn.ModuleList(nn.LayerNorm(config.d_model) for _ in range(config.times_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(config.times_layers))
         self.dropout = nn.Dropout(config.dropout)
+        # a narrower stream (`market_channels`) is widened to d_model for the fusion and the head
+        self.out = nn.Linear(width, config.d_model) if width != config.d_model else nn.Identity()
 
-    def asset_inputs(self, market: Tensor) -> Tensor:  # (B, L, N, F) -> (B, L, N, C)
+    def asset_inputs(self, market: Tensor) -> Tensor:  # (B, L, N, F) -> (B, L, N, C_market)
         context = market.mean(dim=2, keepdim=True).expand_as(market)  # (B, L, N, F)
         return self.embed(torch.cat([market, context], dim=-1))
 
-    def forward(self, x: Tensor) -> Tensor:  # (B·N, L, C) -> (B·N, L, C)
+    def forward(self, x: Tensor) -> Tensor:  # (B·N, L, C_market) -> (B·N, L, C)
         h = self.dropout(x + self.position)
         for block, norm in zip(self.blocks, self.norms, strict=True):
-            h = norm(block(h))  # (B·N, L, C)
-        return h
+            h = norm(block(h))  # (B·N, L, C_market)
+        return self.out(h)  # (B·N, L, C)
 
 
 class CgaNewsEncoder(nn.Module):
@@ -228,8 +229,11 @@ class CgaNewsEncoder(nn.Module):
         super().__init__()
         self.no_news = nn.Parameter(torch.randn(config.embed_dim) * 0.02)  # [NO_NEWS]: no item names this asset
         self.no_market_news = nn.Parameter(torch.randn(config.embed_dim) * 0.02)  # no item naming no asset
-        self.asset_news = nn.Linear(config.embed_dim, config.d_model)  # the news naming this asset
-        self.market_news = nn.Linear(config.embed_dim + 1, config.d_model)  # news naming none, how many are named
+        # `news_rank` learned directions shared by both channels' embeddings (or none: the whole embedding)
+        self.reduce = nn.Linear(config.embed_dim, config.news_rank, bias=False) if config.news_rank else nn.Identity()
+        width = config.news_rank or config.embed_dim
+        self.asset_news = nn.Linear(width, config.d_model)  # the news naming this asset
+        self.market_news = nn.Linear(width + 1, config.d_model)  # news naming none, how many are named
         self.lstm = nn.LSTM(
             config.d_model,
             config.d_model,
@@ -249,8 +253,9 @@ class CgaNewsEncoder(nn.Module):
         # where(), not a blend: whatever sits in the embeddings where there is no news never reaches the output
         own = torch.where(coverage.unsqueeze(-1) > 0.5, news_emb, self.no_news)  # (B, L, N, D)
         market = torch.where(market_news_mask.unsqueeze(-1) > 0.5, market_news_emb, self.no_market_news)  # (B, L, D)
-        shared = self.market_news(torch.cat([market, coverage.sum(dim=-1, keepdim=True)], dim=-1))  # (B, L, C)
-        return self.asset_news(own) + shared.unsqueeze(2)  # (B, L, N, C)
+        named = coverage.sum(dim=-1, keepdim=True)  # (B, L, 1)
+        shared = self.market_news(torch.cat([self.reduce(market), named], dim=-1))  # (B, L, C)
+        return self.asset_news(self.reduce(own)) + shared.unsqueeze(2)  # (B, L, N, C)
 
     def forward(self, x: Tensor) -> Tensor:  # (B·N, L, C) -> (B·N, L, C)
         out, _ = self.lstm(self.dropout(F.gelu(x)))
@@ -410,23 +415,27 @@ class CgaModel(nn.Module):
                     f"{name} must have shape (B, {', '.join(map(str, trailing))}), got {tuple(tensor.shape)}"
                 )
 
-    def configure_optimizers(self, weight_decay: float, lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
-        """AdamW decaying only matrices and kernels (>= 2-D); biases, norms and [NO_NEWS] are not decayed."""
+    def market_parameters(self) -> list[nn.Parameter]:
+        """The market side: its stream encoder, the gate that lets news into it and its own training head."""
+        parts = [self.market, self.fusion.market_gate, self.stream_heads["market"] if self.stream_heads else None]
+        return [p for part in parts if part is not None for p in part.parameters()]
+
+    def configure_optimizers(
+        self, weight_decay: float, lr: float, betas: tuple[float, float], market_lr_scale: float = 1.0
+    ) -> torch.optim.AdamW:
+        """AdamW decaying only matrices and kernels (>= 2-D); biases, norms and [NO_NEWS] are not decayed. With
+        `market_lr_scale` != 1 the market side (`market_parameters`) has its own two groups at lr x that scale."""
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        logger.debug(
-            "AdamW: %d decayed tensors (%d values), %d not decayed (%d values)",
-            len(decay),
-            sum(p.numel() for p in decay),
-            len(no_decay),
-            sum(p.numel() for p in no_decay),
-        )
-        return torch.optim.AdamW(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr,
-            betas=betas,
-        )
+        market = {id(p) for p in self.market_parameters()} if market_lr_scale != 1.0 else set()
+        sides = [(1.0, [p for p in params if id(p) not in market])]
+        if market:
+            sides.append((market_lr_scale, [p for p in params if id(p) in market]))
+        groups = [{"params": [p for p in chosen if (p.dim() >= 2) == decayed], "lr": lr * scale,
+                   "weight_decay": weight_decay if decayed else 0.0}
+                  for scale, chosen in sides for decayed in (True, False)]
+        logger.debug("AdamW groups (lr, weight decay, values): %s",
+                     [(g["lr"], g["weight_decay"], sum(p.numel() for p in g["params"])) for g in groups])
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
     def load_checked_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Copy weights after checking that key count, names and every shape match this model."""

@@ -302,7 +302,8 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
     if init_state is not None:
         raw_model.load_checked_state_dict(init_state)
     torch.manual_seed(train.seed + rank)  # dropout differs per rank
-    optimizer = raw_model.configure_optimizers(train.weight_decay, train.lr, (train.beta1, train.beta2))
+    optimizer = raw_model.configure_optimizers(train.weight_decay, train.lr, (train.beta1, train.beta2),
+                                               train.market_lr_scale)
     train_anchors = prepared.splits.train[:: train.train_stride]
     if len(train_anchors) < world:
         raise DataError(f"{len(train_anchors)} training windows cannot be shared by {world} processes; lower "

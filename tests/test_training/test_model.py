@@ -240,8 +240,53 @@ def test_no_news_vectors_are_what_bars_without_news_see(vector):
     assert (before - logits_of(model, inputs)).abs().max() > 1e-4
 
 
-def test_every_parameter_gets_a_gradient():
-    model = tiny_model().train()
+def test_news_rank_reads_the_embeddings_only_along_its_learned_directions():
+    """With news_rank r, moving every embedding (the asset's own and the market-wide) orthogonally to the r learned
+    directions leaves the logits as they were; moving it along one of them does not."""
+    model = tiny_model(news_rank=2)
+    news_emb, coverage, market_emb, market_mask, market = cga_example_inputs(model.config, 4)
+    directions = model.news.reduce.weight.detach()  # (r, D)
+    assert directions.shape == (2, model.config.embed_dim)
+    noise = torch.randn(model.config.embed_dim)
+    orthogonal = noise - torch.linalg.lstsq(directions.T, noise).solution @ directions  # noise less its projection
+    before = logits_of(model, (news_emb, coverage, market_emb, market_mask, market))
+    moved = logits_of(model, (news_emb + orthogonal, coverage, market_emb + orthogonal, market_mask, market))
+    torch.testing.assert_close(moved, before, atol=1e-5, rtol=0)
+    along = logits_of(model, (news_emb + directions[0], coverage, market_emb, market_mask, market))
+    assert (along - before).abs().max() > 1e-4
+
+
+def market_sequence_spectrum(model: CgaModel) -> torch.Tensor:
+    """Singular values of the market stream's output (less the output map's bias, if any) over all bars and assets."""
+    *_, market = cga_example_inputs(model.config, 4)
+    with torch.no_grad():
+        embedded = model.market.asset_inputs(market)  # (B, L, N, C_market)
+        sequence = model.market(embedded.permute(0, 2, 1, 3).reshape(-1, *embedded.shape[1:2], embedded.shape[-1]))
+        bias = getattr(model.market.out, "bias", torch.zeros(model.config.d_model))
+        return torch.linalg.svdvals((sequence - bias).reshape(-1, model.config.d_model))
+
+
+def test_a_narrow_market_stream_spans_only_its_channels():
+    """market_channels=3: the market sequence handed to the fusion has d_model channels, one linear map of 3, so over
+    all bars and assets it spans at most 3 directions; the default stream's 16 channels span more."""
+    narrow, default = tiny_model(market_channels=3), tiny_model()
+    singular = market_sequence_spectrum(narrow)
+    assert singular.shape == (narrow.config.d_model,)
+    assert singular[1] > 1e-3 * singular[0] and singular[3] < 1e-4 * singular[0]
+    wide = market_sequence_spectrum(default)
+    assert wide[3] > 1e-2 * wide[0]
+    assert sum(p.numel() for p in narrow.market.parameters()) < sum(p.numel() for p in default.market.parameters())
+
+
+@pytest.mark.parametrize("setting", ["news_rank", "market_channels"])
+def test_config_rejects_a_negative_stream_width(setting):
+    with pytest.raises(ValueError, match=f"{setting} must be >= 0"):
+        tiny_config(**{setting: -1})
+
+
+@pytest.mark.parametrize("overrides", [{}, {"news_rank": 2, "market_channels": 4}])
+def test_every_parameter_gets_a_gradient(overrides):
+    model = tiny_model(**overrides).train()
     out = model(*cga_example_inputs(model.config, 8), targets=targets_for(8), prev_weights=torch.zeros(8, N_ASSETS))
     out.loss.backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -390,6 +435,18 @@ def test_configure_optimizers_decays_only_matrices_and_kernels():
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert any(p is model.news.no_news for p in no_decay["params"])
+
+
+def test_market_lr_scale_puts_the_market_side_in_its_own_slower_groups():
+    model = tiny_model()
+    groups = model.configure_optimizers(weight_decay=0.1, lr=1e-3, betas=(0.9, 0.95), market_lr_scale=0.1).param_groups
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(1e-3, 0.1), (1e-3, 0.0), (1e-4, 0.1), (1e-4, 0.0)]
+    slow = {id(p) for g in groups[2:] for p in g["params"]}
+    assert slow == {id(p) for p in model.market_parameters()}
+    assert all(id(p) in slow for p in model.market.parameters()) and all(
+        id(p) in slow for p in model.fusion.market_gate.parameters())
+    assert not any(id(p) in slow for p in (*model.news.parameters(), *model.head.parameters()))
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path):

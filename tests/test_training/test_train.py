@@ -233,3 +233,35 @@ def test_the_previous_book_is_the_current_one_for_the_same_window(market):
     first = int(prepared.splits.train[0])
     assert float(turnover_loss(current, previous_books(model, prepared.grid, anchors, 0, first))) < 1e-6
     assert float(turnover_loss(current, previous_books(model, prepared.grid, anchors, 8, first))) > 1e-3
+
+
+def test_market_lr_scale_zero_trains_the_news_side_and_leaves_the_market_side_as_initialised(market):
+    import torch
+
+    from neuralfusion.dataset import load_data_dir
+    from neuralfusion.specs import PortfolioSpec, WindowSpec
+    from neuralfusion.train_config import TrainConfig
+    from training.model import CgaModel
+    from training.train import model_config_for, prepare, train_model
+
+    data_dir, emb = market
+    window = WindowSpec(lookback=16, horizon=8)
+    prepared = prepare(load_data_dir(data_dir), emb, window)
+    train = TrainConfig(epochs=1, batch_size=32, train_stride=8, threads=1, market_lr_scale=0.0)
+    config = model_config_for(prepared, window, PortfolioSpec(), train, "cga", {"d_model": 16, "n_heads": 2})
+    torch.manual_seed(train.seed)  # what train_model starts from
+    initial = {k: v.clone() for k, v in CgaModel(config).state_dict().items()}
+    trained = train_model(prepared, config, train, window, portfolio=PortfolioSpec(), progress=False).model
+    market = {name for name, _ in trained.named_parameters() if name.startswith(("market.", "fusion.market_gate."))}
+    state = trained.state_dict()
+    assert market and all(torch.equal(state[name], initial[name]) for name in market)
+    assert not torch.equal(state["news.asset_news.weight"], initial["news.asset_news.weight"])
+    assert not torch.equal(state["head.out.weight"], initial["head.out.weight"])
+
+
+@pytest.mark.parametrize("scale", [-0.1, 1.5])
+def test_market_lr_scale_outside_zero_to_one_is_refused(scale):
+    from neuralfusion.train_config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"market_lr_scale must be in \[0, 1\]"):
+        TrainConfig(market_lr_scale=scale)
