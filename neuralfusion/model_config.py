@@ -81,6 +81,10 @@ class CgaConfig:
     # first and the head leans on it (multi-modal nets trail their best single modality; Wang et al. 2020,
     # "What makes training multi-modal classification networks hard?", fix it with per-modality losses)
     lambda_streams: float = 0.5
+    # training only, with both streams: weight of the sum of squares of the head's weights on the market half of the
+    # fused sequence; above 0 those weights also start at 0, so the model starts as its news side and reads the bars
+    # only as far as they lower the loss by more than the penalty (docs/MODEL.md)
+    lambda_market_head: float = 0.0
     # added to the variance of per-bar portfolio returns (units: return²; 3-minute bars have ~1e-6)
     sharpe_eps: float = 1e-12
     # the input layout the model reads (NEWS_LAYOUTS)
@@ -127,7 +131,7 @@ class CgaConfig:
             problems.append(f"streams must be one of {list(STREAMS)}, got {self.streams!r}")
         if not 0.0 <= self.surrogate_mix <= 1.0:
             problems.append(f"surrogate_mix must be in [0, 1], got {self.surrogate_mix}")
-        for name in ("lambda_div", "lambda_net", "lambda_turnover", "lambda_streams"):
+        for name in ("lambda_div", "lambda_net", "lambda_turnover", "lambda_streams", "lambda_market_head"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.sharpe_eps <= 0:

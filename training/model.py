@@ -337,6 +337,9 @@ class CgaModel(nn.Module):
         self.market: CgaMarketEncoder | None = CgaMarketEncoder(config) if config.streams != "news" else None
         self.fusion = CgaFusion(config)
         self.head = CgaHead(self.fusion.out_dim, config.dropout)
+        if config.streams == "both" and config.lambda_market_head > 0:
+            with torch.no_grad():
+                self.head.out.weight[:, self.market_head_columns()] = 0.0
         # training-only heads on each stream alone (CgaConfig.lambda_streams); the inference graph never uses them
         self.stream_heads = (
             nn.ModuleDict({name: CgaHead(config.d_model, config.dropout) for name in STREAM_NAMES})
@@ -383,6 +386,10 @@ class CgaModel(nn.Module):
             lambda_turnover=self.config.lambda_turnover,
             sharpe_eps=self.config.sharpe_eps,
         )
+        if self.training and self.config.lambda_market_head > 0 and self.config.streams == "both":
+            market_weights = self.head.out.weight[:, self.market_head_columns()]
+            loss = loss + self.config.lambda_market_head * market_weights.square().sum()
+            terms["market_head_norm"] = market_weights.detach().square().sum()
         if self.training and self.stream_heads is not None:
             for name, seq in zip(STREAM_NAMES, (news_seq, market_seq), strict=True):
                 stream_logits = self._scores(self.stream_heads[name](seq))  # (B·N, 1) -> (B, N)
@@ -391,6 +398,12 @@ class CgaModel(nn.Module):
                 loss = loss + self.config.lambda_streams * own
                 terms[f"{name}_stream_sharpe"] = own.detach()
         return CgaOutput(logits=logits, weights=weights, loss=loss, loss_terms=terms)
+
+    def market_head_columns(self) -> Tensor:
+        """Indices of the head's inputs that read the market half of the fused sequence: the pooled vector is
+        [mean over time, last bar] of [news C, market C]."""
+        c = self.config.d_model
+        return torch.cat([torch.arange(c, 2 * c), torch.arange(3 * c, 4 * c)])
 
     def _scores(self, per_asset: Tensor) -> Tensor:
         """(B·N, 1) head outputs -> (B, N) logits, less each window's universe mean when `centre_logits`."""

@@ -484,6 +484,24 @@ def test_training_loss_adds_each_streams_own_sharpe_from_its_own_head():
     assert tiny_model(streams="news").stream_heads is None
 
 
+def test_lambda_market_head_starts_the_model_as_its_news_side_and_penalises_reading_the_bars():
+    model = tiny_model(lambda_market_head=0.5, lambda_streams=0.0).train()
+    columns = model.market_head_columns()
+    assert columns.tolist() == [*range(16, 32), *range(48, 64)]  # d_model 16: [news, market] x [mean, last]
+    assert not model.head.out.weight[:, columns].any() and model.head.out.weight.abs().sum() > 0
+    inputs, targets = cga_example_inputs(model.config, 4), targets_for(4)
+    without = tiny_model(lambda_market_head=0.0, lambda_streams=0.0).train()
+    without.load_state_dict(model.state_dict())
+    assert torch.equal(model(*inputs, targets=targets).loss, without(*inputs, targets=targets).loss)  # weights at 0
+    with torch.no_grad():
+        model.head.out.weight[:, columns] = 0.1
+        without.head.out.weight[:, columns] = 0.1
+    out = model(*inputs, targets=targets)
+    torch.testing.assert_close(out.loss, without(*inputs, targets=targets).loss + 0.5 * 32 * 0.01)
+    torch.testing.assert_close(out.loss_terms["market_head_norm"], torch.tensor(0.32))
+    assert "market_head_norm" not in model.eval()(*inputs, targets=targets).loss_terms
+
+
 def test_an_assets_logit_follows_the_asset_not_its_slot():
     """Shared per-asset weights: permuting the universe permutes the logits, nothing else changes."""
     model = tiny_model()
