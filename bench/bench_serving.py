@@ -38,7 +38,8 @@ server's database must hold exactly as many predictions as OK answers so far, an
 ids.
 
 Around each burst it reads the CPU time (utime + stime, /proc/PID/stat) of every process of that server (the entry,
-encoder and fusion workers and BentoML's supervisor), and reports CPU ms per request per process, with req/s,
+encoder and fusion workers and BentoML's supervisor), and reports CPU ms per request per process (and, beside the
+server's total, what its own client and the MongoDB server spent: on a small host they share its cores), with req/s,
 p50/p99 latency (checked against NFC_PREDICT_MAX_LATENCY_MS) and errors. It prints served/raw and
 served/raw-cached for every mode and concurrency, batching/b1, byref/rows, columns/rows and grpc/rows, and the
 issue's must-hold checks; it writes results.json (`served_over_raw`: {mode: {concurrency: req/s ratio}};
@@ -121,6 +122,7 @@ MODES: dict[str, ModeSpec] = {
 }
 DEFAULT_MODES = ("rows", "rows-b1", "grpc", "columns", "byref", "raw", "raw-cached")  # arrow, grpc-columns: --modes
 LIMITS = ("raw", "raw-cached")  # the modes without a server: what ONNX Runtime alone does
+BESIDE = ("client", "mongodb")  # what shares the host with a server's burst without being the server
 SERVERS = ("batching", "b1")
 # settings each server gets from the benchmark itself
 BENCH_OWNED = ("NFC_MONGO_URI", "NFC_MONGO_DB", "NFC_MODEL", "NFC_MODEL_PATH", "NFC_GRPC_PORT", "NFC_GRPC_HOST",
@@ -330,6 +332,9 @@ class Burst:
     cpu_s: dict[str, float]  # per process label (raw: "bench"), CPU seconds spent during the burst
     batches: dict[str, dict[int, int]]  # per graph, runs by batch size during the burst
     stored_as_answered: bool | None  # the database holds as many predictions as OK answers (None: raw)
+    # CPU seconds of what shares the host with a server during its burst but is not the server: this benchmark's
+    # client (its own process) and the MongoDB server (nx-27017); not in the server's total
+    beside_s: dict[str, float] = field(default_factory=dict)
 
 
 def http_sender(client: httpx.AsyncClient, url: str, spec: ModeSpec, work: Workload) -> Send:
@@ -398,11 +403,13 @@ def cpu_by_label(before: dict[int, tuple[str, float]], after: dict[int, tuple[st
 
 
 async def server_burst(send: Send, server: Server, work: Workload, indices: range, concurrency: int,
-                       mongo_uri: str) -> Burst:
+                       mongo_uri: str, mongo_pid: int | None) -> Burst:
     """One burst to a server, with its CPU per process, batch sizes and the database check around it."""
     batches_before = await asyncio.to_thread(batch_sizes, server.url)
     cpu_before = process_tree_cpu(server.process.pid)
+    beside_before = _beside_cpu(mongo_pid)
     latencies, errors, ok, wall = await drive(send, indices, concurrency)
+    beside = {label: seconds - beside_before[label] for label, seconds in _beside_cpu(mongo_pid).items()}
     cpu_after = process_tree_cpu(server.process.pid)
     batches_after = await asyncio.to_thread(batch_sizes, server.url)
     ok_ids = [work.ids[i] for i in ok]
@@ -411,7 +418,15 @@ async def server_burst(send: Send, server: Server, work: Workload, indices: rang
     return Burst(latencies, errors, wall, ok_ids, cpu_by_label(cpu_before, cpu_after),
                  {graph: {n: c - batches_before[graph].get(n, 0) for n, c in sizes.items()
                           if c > batches_before[graph].get(n, 0)} for graph, sizes in batches_after.items()},
-                 in_db == len(server.answered))
+                 in_db == len(server.answered), beside)
+
+
+def _beside_cpu(mongo_pid: int | None) -> dict[str, float]:
+    """CPU seconds so far of this process (the client) and of the MongoDB server."""
+    out = {"client": time.process_time()}
+    if mongo_pid is not None:
+        out["mongodb"] = sum(seconds for _, seconds in process_tree_cpu(mongo_pid).values())
+    return out
 
 
 class RawRunner:
@@ -479,6 +494,7 @@ class Level:
     burst_rps: list[float]
     load_before: list[float]
     error_samples: list[str] = field(default_factory=list)
+    beside_cpu_ms_per_request: dict[str, float] = field(default_factory=dict)  # the client's and MongoDB's
 
 
 def summarise(mode: str, concurrency: int, bursts: list[Burst], max_latency_ms: int, load: list[float]) -> Level:
@@ -493,6 +509,10 @@ def summarise(mode: str, concurrency: int, bursts: list[Burst], max_latency_ms: 
             cpu[label] = cpu.get(label, 0.0) + seconds
     cpu_ms = {label: round(1000 * seconds / max(ok, 1), 1) for label, seconds in sorted(cpu.items())}
     cpu_ms["total"] = round(sum(cpu_ms.values()), 1)
+    beside: dict[str, float] = {}
+    for b in bursts:
+        for label, seconds in b.beside_s.items():
+            beside[label] = beside.get(label, 0.0) + seconds
     runs: dict[str, dict[int, int]] = {}
     for b in bursts:
         for graph, sizes in b.batches.items():
@@ -508,7 +528,9 @@ def summarise(mode: str, concurrency: int, bursts: list[Burst], max_latency_ms: 
                  max_latency_ms=max_latency_ms, p99_inside_max_latency=bool(p99 <= max_latency_ms),
                  cpu_ms_per_request=cpu_ms, mean_batch=mean_batch, stored_as_answered=all(checks) if checks else None,
                  burst_rps=[round(len(b.ok_ids) / b.wall_s, 2) for b in bursts], load_before=load,
-                 error_samples=sorted(set(errors))[:5])
+                 error_samples=sorted(set(errors))[:5],
+                 beside_cpu_ms_per_request={label: round(1000 * seconds / max(ok, 1), 1)
+                                            for label, seconds in sorted(beside.items())})
 
 
 def burst_size(args: argparse.Namespace, concurrency: int) -> int:
@@ -524,7 +546,7 @@ def requests_per_mode(args: argparse.Namespace) -> int:
 
 
 async def measure(modes: list[str], servers: dict[str, Server], works: dict[str, Workload], raw: RawRunner | None,
-                  args: argparse.Namespace, mongo_uri: str) -> list[Level]:
+                  args: argparse.Namespace, mongo_uri: str, mongo_pid: int | None = None) -> list[Level]:
     """Every concurrency: one warm-up burst per mode, then --rounds rounds of one burst per mode in turn."""
     timeout_s = args.max_latency_ms / 1000 + 60
     limits = httpx.Limits(max_connections=max(args.concurrency), max_keepalive_connections=max(args.concurrency),
@@ -553,7 +575,7 @@ async def measure(modes: list[str], servers: dict[str, Server], works: dict[str,
                 assert raw is not None
                 return await asyncio.to_thread(raw.burst, works[mode], indices, concurrency, mode == "raw-cached")
             return await server_burst(senders[mode], servers[spec.server], works[mode], indices, concurrency,
-                                      mongo_uri)
+                                      mongo_uri, mongo_pid)
 
         cursor = 0  # every mode sends its own requests in the same order, so rows, rows-b1 and raw share theirs
         for concurrency in args.concurrency:
@@ -674,10 +696,11 @@ def levels_table(levels: list[Level]) -> str:
         rows.append([lv.mode, lv.concurrency, lv.ok, lv.errors, f"{lv.rps:.2f}",
                      "" if ratio is None else f"{ratio:.2f}", f"{lv.p50_ms:.0f}", f"{lv.p99_ms:.0f}",
                      *(lv.cpu_ms_per_request.get(label, "") for label in labels), lv.cpu_ms_per_request["total"],
+                     *(lv.beside_cpu_ms_per_request.get(label, "") for label in BESIDE),
                      lv.mean_batch.get("fusion", ""), {None: "", True: "yes", False: "NO"}[lv.stored_as_answered]])
     return markdown_table(["mode", "concurrency", "ok", "errors", "req/s", "served/raw", "p50 ms", "p99 ms",
-                           *(f"CPU ms/req {label}" for label in labels), "CPU ms/req total", "mean fusion batch",
-                           "stored = OK"], rows)
+                           *(f"CPU ms/req {label}" for label in labels), "CPU ms/req total",
+                           *(f"beside: {label} ms/req" for label in BESIDE), "mean fusion batch", "stored = OK"], rows)
 
 
 def plot(levels: list[Level], path: Path, title: str) -> None:
@@ -749,11 +772,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     with EmbeddedMongo(workdir / "mongo") as mongo:
         if "byref" in args.modes:
             seed_news(mongo.uri, market.news)
-        return measure_servers(names, args, mongo.uri, market, workdir)
+        return measure_servers(names, args, mongo.uri, market, workdir,
+                               mongo.process.pid if mongo.process is not None else None)
 
 
 def measure_servers(names: list[str], args: argparse.Namespace, mongo_uri: str, market: Market,
-                    workdir: Path) -> dict[str, Any]:
+                    workdir: Path, mongo_pid: int | None = None) -> dict[str, Any]:
     """Start the servers, build each available mode's requests, measure, and check the databases at the end."""
     with running_servers(names, args, mongo_uri, workdir) as servers:
         modes = available_modes(args.modes, servers)
@@ -763,7 +787,7 @@ def measure_servers(names: list[str], args: argparse.Namespace, mongo_uri: str, 
             threads = ServeSettings.from_env(dict(item.split("=", 1) for item in args.set)).ort_threads
             raw = RawRunner(args.package, args.device, threads, args.max_batch)
             raw.prepare(works[limits[0]].bodies)
-        levels = asyncio.run(measure(modes, servers, works, raw, args, mongo_uri))
+        levels = asyncio.run(measure(modes, servers, works, raw, args, mongo_uri, mongo_pid))
         stored = {}
         for name, server in servers.items():
             in_db = stored_ids(mongo_uri, server.database)
