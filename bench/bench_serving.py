@@ -503,16 +503,8 @@ def summarise(mode: str, concurrency: int, bursts: list[Burst], max_latency_ms: 
     ok = sum(len(b.ok_ids) for b in bursts)
     errors = [e for b in bursts for e in b.errors]
     wall = sum(b.wall_s for b in bursts)
-    cpu: dict[str, float] = {}
-    for b in bursts:
-        for label, seconds in b.cpu_s.items():
-            cpu[label] = cpu.get(label, 0.0) + seconds
-    cpu_ms = {label: round(1000 * seconds / max(ok, 1), 1) for label, seconds in sorted(cpu.items())}
+    cpu_ms = _ms_per_request([b.cpu_s for b in bursts], ok)
     cpu_ms["total"] = round(sum(cpu_ms.values()), 1)
-    beside: dict[str, float] = {}
-    for b in bursts:
-        for label, seconds in b.beside_s.items():
-            beside[label] = beside.get(label, 0.0) + seconds
     runs: dict[str, dict[int, int]] = {}
     for b in bursts:
         for graph, sizes in b.batches.items():
@@ -529,8 +521,16 @@ def summarise(mode: str, concurrency: int, bursts: list[Burst], max_latency_ms: 
                  cpu_ms_per_request=cpu_ms, mean_batch=mean_batch, stored_as_answered=all(checks) if checks else None,
                  burst_rps=[round(len(b.ok_ids) / b.wall_s, 2) for b in bursts], load_before=load,
                  error_samples=sorted(set(errors))[:5],
-                 beside_cpu_ms_per_request={label: round(1000 * seconds / max(ok, 1), 1)
-                                            for label, seconds in sorted(beside.items())})
+                 beside_cpu_ms_per_request=_ms_per_request([b.beside_s for b in bursts], ok))
+
+
+def _ms_per_request(per_burst: list[dict[str, float]], ok: int) -> dict[str, float]:
+    """CPU seconds by label, summed over the bursts, as ms per OK request."""
+    total: dict[str, float] = {}
+    for seconds_by_label in per_burst:
+        for label, seconds in seconds_by_label.items():
+            total[label] = total.get(label, 0.0) + seconds
+    return {label: round(1000 * seconds / max(ok, 1), 1) for label, seconds in sorted(total.items())}
 
 
 def burst_size(args: argparse.Namespace, concurrency: int) -> int:
@@ -546,7 +546,7 @@ def requests_per_mode(args: argparse.Namespace) -> int:
 
 
 async def measure(modes: list[str], servers: dict[str, Server], works: dict[str, Workload], raw: RawRunner | None,
-                  args: argparse.Namespace, mongo_uri: str, mongo_pid: int | None = None) -> list[Level]:
+                  args: argparse.Namespace, mongo_uri: str, mongo_pid: int | None) -> list[Level]:
     """Every concurrency: one warm-up burst per mode, then --rounds rounds of one burst per mode in turn."""
     timeout_s = args.max_latency_ms / 1000 + 60
     limits = httpx.Limits(max_connections=max(args.concurrency), max_keepalive_connections=max(args.concurrency),
@@ -746,8 +746,8 @@ def available_modes(wanted: list[str], servers: dict[str, Server]) -> list[str]:
     return modes
 
 
-SHARED_REQUESTS = {"rows-b1": "rows", "raw": "rows", "raw-cached": "rows"}  # sent the rows requests (another
-# server, or none)
+# modes sent the rows requests (another server, or none)
+SHARED_REQUESTS = {"rows-b1": "rows", "raw": "rows", "raw-cached": "rows"}
 
 
 def workloads(modes: list[str], market: Market, args: argparse.Namespace) -> dict[str, Workload]:
@@ -777,7 +777,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def measure_servers(names: list[str], args: argparse.Namespace, mongo_uri: str, market: Market,
-                    workdir: Path, mongo_pid: int | None = None) -> dict[str, Any]:
+                    workdir: Path, mongo_pid: int | None) -> dict[str, Any]:
     """Start the servers, build each available mode's requests, measure, and check the databases at the end."""
     with running_servers(names, args, mongo_uri, workdir) as servers:
         modes = available_modes(args.modes, servers)
@@ -804,7 +804,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="folder for results.json, throughput.png, logs")
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(DEFAULT_MODES))
     parser.add_argument("--quick", action="store_true",
-                        help="concurrency 8 and 64, a warm-up of 16 requests, then 2 rounds of bursts of max(16, "
+                        help="concurrency 8 and 64, a warm-up of 16 requests, then 3 rounds of bursts of max(16, "
                              "concurrency): < 5 minutes on 2 cores")
     parser.add_argument("--concurrency", type=int, nargs="+", help="default 1 8 64")
     parser.add_argument("--rounds", type=int, help="measured rounds per concurrency (default 3)")

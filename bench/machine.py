@@ -4,8 +4,7 @@ The benchmarks run on small shared machines, where a number means little without
 the load from other processes at the time; `machine()` goes into each results file and each printed header.
 Wall-clock throughput on such a machine drifts with the others' load, so the serving benchmarks also read the
 CPU time each server process spent (`process_tree_cpu`), which the others' load does not change much.
-`t_interval` is the
-95% Student-t interval the benchmarks give over seeds or rounds.
+`t_interval` is the 95% Student-t interval the benchmarks give over seeds or rounds.
 """
 
 from __future__ import annotations

@@ -316,6 +316,13 @@ class CgaHead(nn.Module):
         pooled = torch.cat([fused.mean(dim=1), fused[:, -1]], dim=-1)  # (B·N, 2C')
         return self.out(self.dropout(pooled))
 
+    def columns_of(self, channels: range) -> Tensor:
+        """Indices of `out`'s inputs that read the fused channels `channels`: once through the mean over time,
+        once through the last bar."""
+        width = self.out.in_features // 2
+        return torch.cat([torch.arange(channels.start, channels.stop),
+                          torch.arange(width + channels.start, width + channels.stop)])
+
 
 @dataclass
 class CgaOutput:
@@ -400,10 +407,9 @@ class CgaModel(nn.Module):
         return CgaOutput(logits=logits, weights=weights, loss=loss, loss_terms=terms)
 
     def market_head_columns(self) -> Tensor:
-        """Indices of the head's inputs that read the market half of the fused sequence: the pooled vector is
-        [mean over time, last bar] of [news C, market C]."""
+        """Indices of the head's inputs that read the market half of the fused sequence ([news C, market C])."""
         c = self.config.d_model
-        return torch.cat([torch.arange(c, 2 * c), torch.arange(3 * c, 4 * c)])
+        return self.head.columns_of(range(c, 2 * c))
 
     def _scores(self, per_asset: Tensor) -> Tensor:
         """(B·N, 1) head outputs -> (B, N) logits, less each window's universe mean when `centre_logits`."""
