@@ -15,7 +15,10 @@ late); an as-of the buffer already covers reads nothing; an older window than th
 once without replacing it. The buffer is trimmed to the window of its newest as-of and one window's span before it
 (concurrent asks arrive out of order), so it stays as large as two windows. The article vectors of those news
 stay in the worker's memo of the encoder's answers and in the encoder worker's vector cache
-(serving/vector_cache.py).
+(serving/vector_cache.py). Beside the bar buffer the worker keeps its rows on the model's grid, checked once
+(serving/bar_grid.py): when every bar of a window sits on its grid close and passes the request rules, as a
+complete feed's bars do, the window is a slice of those arrays; otherwise it is built the full way (grid the rows,
+check staleness, check every bar), which says what is wrong. Both give the same frames, to the bit.
 A worker also remembers the inputs hash of the bars it built (while its buffers are unchanged), so a bar asked again
 is answered from MongoDB when the stored prediction was made from the same inputs: no read, no build, no model run.
 
@@ -50,8 +53,9 @@ from neuralfusion.dataset import find_data_file
 from neuralfusion.errors import DataError, SourceUnavailable
 from neuralfusion.redact import encode_userinfo
 from neuralfusion.specs import BarSpec, Universe
+from serving.bar_grid import BarGrid
 from serving.client import window_frames
-from serving.column_checks import RequestColumns, check_columns
+from serving.column_checks import RequestColumns, RequestFrames, check_columns, check_news_count, checked_news
 from serving.errors import NotFound, RequestError, Unavailable
 from serving.live_sources import FileBars, FileNews, check_staleness, grid_bars, grid_name
 from serving.request_checks import CheckedRequest, inputs_sha256
@@ -81,8 +85,9 @@ class WindowBuffer:
     """The rows of one source in (lo, hi], extended by incremental reads (module docstring); thread-safe."""
 
     def __init__(self, load: Callable[[pd.Timestamp, pd.Timestamp], pd.DataFrame], time_column: str,
-                 keys: list[str], overlap: pd.Timedelta = OVERLAP) -> None:
+                 keys: list[str], overlap: pd.Timedelta = OVERLAP, grid: BarGrid | None = None) -> None:
         self._load = load
+        self.grid = grid  # told every change of the rows held (bars only)
         self.time_column = time_column
         self.keys = keys
         self.overlap = overlap
@@ -92,6 +97,7 @@ class WindowBuffer:
         self.reads: deque[Read] = deque(maxlen=READS_KEPT)
         self.generation = 0  # counts the changes of the rows held: what a request built from them depends on
         self._order = [time_column, *[k for k in keys if k != time_column]]
+        self._frame_times: tuple[pd.DataFrame, np.ndarray] | None = None
         self._lock = threading.Lock()
 
     def clear(self) -> None:
@@ -99,6 +105,8 @@ class WindowBuffer:
         with self._lock:
             self.frame = self.lo = self.hi = None
             self.generation += 1
+            if self.grid is not None:
+                self.grid.cleared()
 
     def rows(self, first: pd.Timestamp, last: pd.Timestamp) -> pd.DataFrame:
         """The source's rows with first < time <= last, reading only what the buffer lacks."""
@@ -108,6 +116,8 @@ class WindowBuffer:
                 if self.hi is None or last >= self.hi:  # the newest window yet: it becomes the buffer
                     self.frame, self.lo, self.hi = fresh, first, last
                     self.generation += 1
+                    if self.grid is not None:
+                        self.grid.replaced(fresh, first, last)
                 return self._between(fresh, first, last)
             if last > self.hi:
                 start = max(first, self.hi - self.overlap)
@@ -118,10 +128,14 @@ class WindowBuffer:
                 kept = self._between(self.frame, keep_from, start)
                 merged = pd.concat([part for part in (kept, fresh) if len(part)] or [fresh], ignore_index=True)
                 # both parts are sorted and fresh starts after kept: a row twice is a source's answer beyond its range
+                # (keyed by time, only a fresh row at or before `start` can be one), or an item whose time changed
+                beyond = self.time_column not in self.keys or (len(fresh) and self._times_of(fresh)[0] <= start.value)
                 self.frame = merged.drop_duplicates(self.keys, keep="last").sort_values(
-                    self._order, ignore_index=True) if merged.duplicated(self.keys).any() else merged
+                    self._order, ignore_index=True) if beyond and merged.duplicated(self.keys).any() else merged
                 self.lo, self.hi = keep_from, last
                 self.generation += 1
+                if self.grid is not None:
+                    self.grid.extended(self.frame, start, keep_from, last)
             return self._between(self.frame, first, last)
 
     def _read(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
@@ -135,9 +149,18 @@ class WindowBuffer:
         """The rows with first < time <= last of a frame sorted by time (two binary searches, no mask)."""
         if frame.empty:
             return frame
-        times = pd.DatetimeIndex(frame[self.time_column])
-        lo, hi = times.searchsorted(first, side="right"), times.searchsorted(last, side="right")
+        times = self._times_of(frame)
+        lo, hi = np.searchsorted(times, first.value, side="right"), np.searchsorted(times, last.value, side="right")
         return frame.iloc[lo:hi].reset_index(drop=True)
+
+    def _times_of(self, frame: pd.DataFrame) -> np.ndarray:
+        """The frame's times as UTC nanoseconds; the held frame's are computed once per change."""
+        if frame is self.frame and self._frame_times is not None and self._frame_times[0] is frame:
+            return self._frame_times[1]
+        times = pd.DatetimeIndex(frame[self.time_column]).as_unit("ns").asi8
+        if frame is self.frame:
+            self._frame_times = (frame, times)
+        return times
 
 
 @dataclass(frozen=True)
@@ -159,8 +182,11 @@ class ReferenceSources:
     checked frames and inputs hash of the request /predict would get. Connections open on first use and close
     with `close()`."""
 
-    def __init__(self, settings: ServeSettings, limits: RequestLimits | None = None) -> None:
+    def __init__(self, settings: ServeSettings, limits: RequestLimits | None = None, grid: bool = True) -> None:
+        """`grid`: keep the bars on the model's grid between asks (serving.bar_grid); without it every window is
+        built the full way from the buffer's rows, which the grid's windows must equal."""
         self.settings = settings
+        self.grid = grid
         self.limits = limits or RequestLimits.from_env()
         self.limit = pd.Timedelta(settings.max_staleness)
         self._stack = ExitStack()
@@ -202,17 +228,20 @@ class ReferenceSources:
             first = clock.earlier(as_of, window.bars_needed + 1) - self.limit
             raw = bars_buffer.rows(first, as_of)
             news = news_buffer.rows(clock.earlier(as_of, min(window.lookback, window.bars_needed)), as_of)
-            if raw.empty or raw["timestamp"].max() < as_of:
-                newest = "none" if raw.empty else raw["timestamp"].max().isoformat()
-                raise NotFound(f"{source.name} has no bars for the as-of bar {as_of.isoformat()} yet (its newest "
-                               f"bar after {first.isoformat()}: {newest}); ask again once the bar has closed and "
-                               "been written, or name an earlier as_of")
-            check_staleness(raw, window.universe.symbols, [as_of], self.limit, clock, source.name)
-            bars = grid_bars(raw, window.universe, window.bar_spec, source.name)
-        columns = _request_columns(*window_frames(bars, news, as_of, window.bars_needed, clock, window.lookback),
-                                   query.request_id)
+            clean, grid = None, bars_buffer.grid
+            if grid is not None and window.bars_needed * len(window.universe.symbols) <= self.limits.max_bars:
+                clean = grid.window(first, clock.earlier(as_of, window.bars_needed - 1), as_of)
+            if clean is None:  # not all clean on the grid: the full way, which names what is wrong
+                bars = self._gridded_window(raw, window, as_of, first, source)
         try:
-            frames = check_columns(columns, self.limits)
+            if clean is None:
+                frames = check_columns(_request_columns(
+                    *window_frames(bars, news, as_of, window.bars_needed, clock, window.lookback), query.request_id),
+                    self.limits)
+            else:  # `news` is the window's news (the lookback), as window_frames would cut it
+                check_news_count(len(news), self.limits)
+                frames = RequestFrames(clean, checked_news(_news_columns(news), len(news), self.limits),
+                                       query.request_id)
         except RequestError as err:  # e.g. more news in the window than NFC_MAX_NEWS allows a request
             raise NotFound(f"the source's window of {as_of.isoformat()} cannot be sent to the model: "
                            f"{err.message}") from None
@@ -226,6 +255,18 @@ class ReferenceSources:
 
     # -- internals ---------------------------------------------------------------------------------------------
 
+    def _gridded_window(self, raw: pd.DataFrame, window: ModelWindow, as_of: pd.Timestamp, first: pd.Timestamp,
+                        source: _BarSource) -> pd.DataFrame:
+        """The source's rows of the window (and the staleness margin before it) checked for the as-of bar and put
+        on the model's grid; NotFound or DataError (made NotFound by `_translated`) when they cannot be."""
+        if raw.empty or raw["timestamp"].max() < as_of:
+            newest = "none" if raw.empty else raw["timestamp"].max().isoformat()
+            raise NotFound(f"{source.name} has no bars for the as-of bar {as_of.isoformat()} yet (its newest "
+                           f"bar after {first.isoformat()}: {newest}); ask again once the bar has closed and "
+                           "been written, or name an earlier as_of")
+        check_staleness(raw, window.universe.symbols, [as_of], self.limit, window.bar_spec.clock, source.name)
+        return grid_bars(raw, window.universe, window.bar_spec, source.name)
+
     def _buffers(self, window: ModelWindow) -> tuple[WindowBuffer, WindowBuffer, _BarSource]:
         """The sources (opened once) and the buffers of `window` (new ones after a model swap changed it)."""
         if self._bars is None:
@@ -234,7 +275,9 @@ class ReferenceSources:
         if self._window != window or self.bar_buffer is None or self.news_buffer is None:
             bars = self._bars
             self.bar_buffer = WindowBuffer(lambda start, end: bars.load(window.universe.symbols, start, end),
-                                           "timestamp", ["timestamp", "symbol"])
+                                           "timestamp", ["timestamp", "symbol"],
+                                           grid=BarGrid(window.universe.symbols, window.bar_spec.clock)
+                                           if self.grid else None)
             self.news_buffer = WindowBuffer(self._news_load, "published_at", ["id"])  # type: ignore[arg-type]
             self._window = window
         return self.bar_buffer, self.news_buffer, self._bars
@@ -369,10 +412,13 @@ def _request_columns(bars: pd.DataFrame, news: pd.DataFrame, request_id: str | N
     return RequestColumns(
         bars={"timestamp": pd.DatetimeIndex(bars["timestamp"]).as_unit("ns").asi8, "symbol": bars["symbol"].tolist(),
               **{column: bars[column].to_numpy(np.float64) for column in BAR_COLUMNS[2:]}},
-        news={"id": news["id"].tolist(), "published_at": pd.DatetimeIndex(news["published_at"]).as_unit("ns").asi8,
-              "title": news["title"].fillna("").tolist(), "body": news["body"].fillna("").tolist(),
-              "symbols": [None if s is None else list(s) for s in news["symbols"]]},
-        request_id=request_id)
+        news=_news_columns(news), request_id=request_id)
+
+
+def _news_columns(news: pd.DataFrame) -> dict[str, Any]:
+    return {"id": news["id"].tolist(), "published_at": pd.DatetimeIndex(news["published_at"]).as_unit("ns").asi8,
+            "title": news["title"].fillna("").tolist(), "body": news["body"].fillna("").tolist(),
+            "symbols": [None if s is None else list(s) for s in news["symbols"]]}
 
 
 def _no_news(start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:

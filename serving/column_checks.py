@@ -35,13 +35,15 @@ from serving.schemas import (
 )
 from serving.store import MAX_KEY_CHARS
 
-__all__ = ["RequestColumns", "RequestFrames", "check_columns", "utc_text"]
+__all__ = ["BAR_VALUES", "RequestColumns", "RequestFrames", "bar_rule_breaks", "check_columns", "check_news_count",
+           "checked_news", "request_bars", "utc_text"]
 
 EARLIEST_NS = pd.Timestamp(EARLIEST_TIME).value
 LATEST_NS = pd.Timestamp(LATEST_TIME).value
 # an RFC 3339 time ends with its offset: Z, +01:00 (or +0100); anything else is naive
 _OFFSET = r"(?:[Zz]|[+-]\d\d:?\d\d)$"
 _RANGE = f"{EARLIEST_TIME.isoformat()} .. {LATEST_TIME.isoformat()}"
+BAR_VALUES = (*PRICE_COLUMNS, "volume")  # the numeric columns of a bar, in the contract's order
 
 
 @dataclass(frozen=True)
@@ -83,18 +85,48 @@ def check_columns(columns: RequestColumns, limits: RequestLimits) -> RequestFram
     if n_bars > limits.max_bars:
         raise RequestError(f"{n_bars} bars are over the limit of {limits.max_bars} (NFC_MAX_BARS): send only the "
                            "model's window")
-    if n_news > limits.max_news:
-        raise RequestError(f"{n_news} news items are over the limit of {limits.max_news} (NFC_MAX_NEWS): send only "
-                           "the news of the model's window")
+    check_news_count(n_news, limits)
     if columns.request_id is not None and not 0 < len(columns.request_id) <= MAX_KEY_CHARS:
         raise RequestError(f"request_id must have 1 to {MAX_KEY_CHARS} characters, got {len(columns.request_id)}")
-    bars = _checked_bars(columns.bars, n_bars)
-    news = _checked_news(columns.news, n_news, limits)
+    return RequestFrames(_checked_bars(columns.bars, n_bars), checked_news(columns.news, n_news, limits),
+                         columns.request_id)
+
+
+def check_news_count(n: int, limits: RequestLimits) -> None:
+    """At most NFC_MAX_NEWS items a request."""
+    if n > limits.max_news:
+        raise RequestError(f"{n} news items are over the limit of {limits.max_news} (NFC_MAX_NEWS): send only "
+                           "the news of the model's window")
+
+
+def checked_news(news: Mapping[str, Any], n: int, limits: RequestLimits) -> pd.DataFrame:
+    """The news columns of a request (`n` items, counted within NFC_MAX_NEWS) as the contract's validated frame;
+    the first violated rule is a RequestError naming the item."""
     try:
-        return RequestFrames(validate_bars(bars, source="request bars"), validate_news(news, source="request news"),
-                             columns.request_id)
+        return validate_news(_checked_news(news, n, limits), source="request news")
     except DataError as err:
         raise RequestError(str(err)) from None
+
+
+def request_bars(ns: np.ndarray, symbol: pd.Series, values: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Bars whose per-bar rules hold (`bar_rule_breaks` marks none) as the contract's validated frame: int64 UTC
+    nanoseconds, symbols, and the PRICE_COLUMNS and volume arrays. Frame-level rules (duplicates) are a
+    RequestError."""
+    frame = pd.DataFrame({"timestamp": pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC"),
+                          "symbol": symbol.array, **{name: values[name] + 0.0 for name in BAR_VALUES}})  # -0.0 -> 0.0
+    try:
+        return validate_bars(frame, source="request bars")
+    except DataError as err:
+        raise RequestError(str(err)) from None
+
+
+def bar_rule_breaks(ns: np.ndarray, values: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Which bars break a per-bar rule (time range, prices, volume, high/low): what `check_columns` refuses, as a
+    mask, for callers that route such bars elsewhere rather than refuse them."""
+    bad = (ns < EARLIEST_NS) | (ns >= LATEST_NS)
+    for broken, _ in _bar_rules(values):
+        bad |= broken
+    return bad
 
 
 def _length(table: Mapping[str, Any], names: Sequence[str], required: Sequence[str], what: str) -> int:
@@ -138,19 +170,25 @@ def _checked_bars(bars: Mapping[str, Any], n: int) -> pd.DataFrame:
         ~((size >= 1) & (size <= MAX_SYMBOL_CHARS)),
         lambda row: f"symbol {symbol.iat[row]!r} must have 1 to {MAX_SYMBOL_CHARS} characters")
     rows = _Rows("bars", lambda row: f"{symbol.iat[row]} at {utc_text(ns[row])}")
-    values = {c: np.asarray(bars[c], dtype=np.float64) for c in (*PRICE_COLUMNS, "volume")}
-    for column in PRICE_COLUMNS:
-        value = values[column]
-        rows.check(~(np.isfinite(value) & (value > 0)),
-                   lambda row, c=column: f"{c} {values[c][row]} must be a finite number > 0")
+    values = {c: np.asarray(bars[c], dtype=np.float64) for c in BAR_VALUES}
+    for broken, message in _bar_rules(values):
+        rows.check(broken, message)
+    return request_bars(ns, symbol, values)
+
+
+def _bar_rules(values: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, Callable[[int], str]]]:
+    """The per-bar value rules in the order they are checked: (bars breaking it, what is wrong with a row)."""
+    rules: list[tuple[np.ndarray, Callable[[int], str]]] = [
+        (~(np.isfinite(values[name]) & (values[name] > 0)),
+         lambda row, name=name: f"{name} {values[name][row]} must be a finite number > 0")
+        for name in PRICE_COLUMNS]
     volume = values["volume"]
-    rows.check(~(np.isfinite(volume) & (volume >= 0)),
-               lambda row: f"volume {volume[row]} must be a finite number >= 0")
+    rules.append((~(np.isfinite(volume) & (volume >= 0)),
+                  lambda row: f"volume {volume[row]} must be a finite number >= 0"))
     o, h, lo, c = (values[name] for name in PRICE_COLUMNS)
-    rows.check((h < np.maximum(o, c)) | (lo > np.minimum(o, c)),
-               lambda row: f"high {h[row]} and low {lo[row]} must bound open {o[row]} and close {c[row]}")
-    return pd.DataFrame({"timestamp": pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC"),
-                         "symbol": symbol.array, **{name: values[name] + 0.0 for name in values}})  # -0.0 -> 0.0
+    rules.append(((h < np.maximum(o, c)) | (lo > np.minimum(o, c)),
+                  lambda row: f"high {h[row]} and low {lo[row]} must bound open {o[row]} and close {c[row]}"))
+    return rules
 
 
 def _checked_news(news: Mapping[str, Any], n: int, limits: RequestLimits) -> pd.DataFrame:

@@ -60,22 +60,20 @@ class FileBars:
     when its size or modification time changed, so a service asking for one window after another parses it once."""
 
     path: Path
-    _held: dict[tuple[int, int], tuple[pd.DataFrame, frozenset[str]]] = field(default_factory=dict, compare=False,
-                                                                              repr=False)
+    _held: dict[tuple[int, int], _TimedFrame] = field(default_factory=dict, compare=False, repr=False)
 
     def load(self, symbols: list[str] | tuple[str, ...], start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        frame, held_symbols = self._frame()
-        unknown = sorted(set(symbols) - held_symbols)
+        held = self._frame()
+        unknown = sorted(set(symbols) - held.symbols)
         if unknown:
             raise DataError(f"symbols {unknown} have no bars in this file", source=str(self.path))
-        times = pd.DatetimeIndex(frame["timestamp"])  # sorted by time (validate_bars): two binary searches
-        rows = frame.iloc[times.searchsorted(start, side="right"):times.searchsorted(end, side="right")]
-        return rows[rows["symbol"].isin(symbols)].reset_index(drop=True)
+        rows = held.frame.iloc[held.between(start, end)]
+        return (rows if held.symbols <= set(symbols) else rows[rows["symbol"].isin(symbols)]).reset_index(drop=True)
 
     def latest(self) -> pd.Timestamp:
-        return self._frame()[0]["timestamp"].iat[-1]
+        return self._frame().frame["timestamp"].iat[-1]
 
-    def _frame(self) -> tuple[pd.DataFrame, frozenset[str]]:
+    def _frame(self) -> _TimedFrame:
         return _read_when_changed(self.path, self._held, _read_bar_file)
 
 
@@ -84,18 +82,42 @@ class FileNews:
     """A news file as a NewsReader, read again only when it changed (as FileBars)."""
 
     path: Path
-    _held: dict[tuple[int, int], pd.DataFrame] = field(default_factory=dict, compare=False, repr=False)
+    _held: dict[tuple[int, int], _TimedFrame] = field(default_factory=dict, compare=False, repr=False)
 
     def load(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        news = _read_when_changed(self.path, self._held, read_news)
-        return news[(news["published_at"] > start) & (news["published_at"] <= end)].reset_index(drop=True)
+        held = _read_when_changed(self.path, self._held, _read_news_file)
+        return held.frame.iloc[held.between(start, end)].reset_index(drop=True)
 
 
-def _read_bar_file(path: Path) -> tuple[pd.DataFrame, frozenset[str]]:
+@dataclass(frozen=True)
+class _TimedFrame:
+    """A validated file's rows (sorted by time) with their times as UTC nanoseconds and their symbols: a window is
+    two binary searches."""
+
+    frame: pd.DataFrame
+    times: np.ndarray
+    symbols: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, time_column: str, symbols: frozenset[str] = frozenset()) -> _TimedFrame:
+        return cls(frame, pd.DatetimeIndex(frame[time_column]).as_unit("ns").asi8, symbols)
+
+    def between(self, start: pd.Timestamp, end: pd.Timestamp) -> slice:
+        """The positions of the rows with start < time <= end."""
+        return slice(int(np.searchsorted(self.times, start.value, side="right")),
+                     int(np.searchsorted(self.times, end.value, side="right")))
+
+
+def _read_bar_file(path: Path) -> _TimedFrame:
     """The validated bars of a file (sorted by time and symbol) and their symbols (each load checks the symbols it
     asks)."""
     frame = BarFileSource(path).read()
-    return frame, frozenset(frame["symbol"].unique())
+    return _TimedFrame.of(frame, "timestamp", frozenset(frame["symbol"].unique()))
+
+
+def _read_news_file(path: Path) -> _TimedFrame:
+    """The validated news of a file (sorted by publication time and id)."""
+    return _TimedFrame.of(read_news(path), "published_at")
 
 
 def _read_when_changed(path: Path, held: dict[tuple[int, int], T], read: Callable[[Path], T]) -> T:

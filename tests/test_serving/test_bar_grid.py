@@ -1,0 +1,164 @@
+"""The by-reference grid (serving/bar_grid.py): a window sliced from the checked bars on the model's grid equals,
+frame and inputs hash, the window built the full way from the same source rows, as-of bar after as-of bar, while
+the feed is complete, while a vendor corrects a bar inside the re-read overlap, while a bar is missing and then
+arrives late, with rows between grid closes, on an exchange calendar; and a window the grid cannot vouch for goes
+the full way, with the full way's refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from builders import STEP, make_bars, make_news, session_times, walk_bars
+
+from neuralfusion.specs import BarSpec, Universe
+from serving.bar_grid import BarGrid
+from serving.by_reference import OVERLAP, ModelWindow, ReferenceSources
+from serving.schemas import PredictAtRequest
+from serving.settings import ServeSettings
+
+SYMBOLS = ("AAA", "BBB", "CCC", "DDD")
+WINDOW = ModelWindow(Universe(symbols=SYMBOLS), BarSpec(interval="3min"), bars_needed=30, lookback=12)
+
+
+def write_folder(folder: Path, bars: pd.DataFrame, news: pd.DataFrame | None = None) -> Path:
+    folder.mkdir(exist_ok=True)
+    bars.to_parquet(folder / "bars.parquet")
+    if news is not None:
+        news.to_parquet(folder / "news.parquet")
+    return folder
+
+
+class Pair:
+    """The same data folder read by a worker with the grid and by one without it (the full way only)."""
+
+    def __init__(self, folder: Path, window: ModelWindow = WINDOW) -> None:
+        self.window = window
+        self.with_grid = ReferenceSources(ServeSettings(bars_dir=str(folder)))
+        self.full_way = ReferenceSources(ServeSettings(bars_dir=str(folder)), grid=False)
+        self.from_grid = 0
+
+    def ask(self, as_of: pd.Timestamp) -> None:
+        """Both workers' windows of `as_of` are the same frames and hash; counts the grid's answers."""
+        query = PredictAtRequest(as_of=as_of.to_pydatetime(), request_id="same")
+        sliced, built = self.with_grid.request(self.window, query), self.full_way.request(self.window, query)
+        assert sliced.inputs_sha256 == built.inputs_sha256, as_of
+        pd.testing.assert_frame_equal(sliced.frames.bars, built.frames.bars)
+        pd.testing.assert_frame_equal(sliced.frames.news, built.frames.news)
+        assert sliced.frames.bars.attrs == built.frames.bars.attrs
+        clock = self.window.bar_spec.clock
+        first = clock.earlier(as_of, self.window.bars_needed + 1) - self.with_grid.limit
+        grid = self.with_grid.bar_buffer.grid
+        self.from_grid += grid.window(first, clock.earlier(as_of, self.window.bars_needed - 1), as_of) is not None
+
+    def close(self) -> None:
+        self.with_grid.close()
+        self.full_way.close()
+
+
+def closes_of(bars: pd.DataFrame) -> list[pd.Timestamp]:
+    return [pd.Timestamp(t) for t in np.sort(bars["timestamp"].unique())]
+
+
+def test_a_complete_feed_is_answered_from_the_grid_as_the_full_way_builds_it(tmp_path):
+    bars = make_bars(SYMBOLS, n_bars=200)
+    pair = Pair(write_folder(tmp_path / "data", bars, make_news(SYMBOLS, n_items=150, n_bars=200)))
+    try:
+        asked = closes_of(bars)[60:140]
+        for as_of in asked:
+            pair.ask(as_of)
+        for as_of in asked[-6:-1]:  # a few bars older than the newest, as concurrent asks arrive
+            pair.ask(as_of)
+    finally:
+        pair.close()
+    assert pair.from_grid == len(asked) + 5  # every window: only the first was gridded whole
+
+
+def test_a_corrected_bar_and_a_late_bar_inside_the_overlap_give_the_full_ways_windows(tmp_path):
+    bars = make_bars(SYMBOLS, n_bars=200)
+    closes = closes_of(bars)
+    late = (bars["symbol"] == "BBB") & (bars["timestamp"] == closes[99])  # written after its bar was first asked
+    folder = write_folder(tmp_path / "data", bars[~late])
+    pair = Pair(folder)
+    try:
+        for as_of in closes[60:100]:
+            pair.ask(as_of)
+        assert pair.from_grid == 39  # without BBB's bar at closes[99] that window is built the full way
+        corrected = bars.copy()
+        fix = (corrected["symbol"] == "CCC") & (corrected["timestamp"] == closes[97])
+        corrected.loc[fix, ["high", "close"]] = corrected.loc[fix, ["high", "close"]] * 1.01  # a vendor's correction
+        write_folder(folder, corrected)
+        assert closes[99] - closes[97] <= OVERLAP  # both changes lie inside the rows read again
+        for as_of in closes[100:130]:
+            pair.ask(as_of)
+        grid = pair.with_grid.bar_buffer.grid
+        window = grid.window(closes[96], closes[97], closes[99])
+        assert window is not None  # the late bar arrived and the correction replaced what was held
+        held = window.set_index(["timestamp", "symbol"])
+        assert held.loc[(closes[97], "CCC"), "close"] == corrected.loc[fix, "close"].iat[0]
+        assert held.loc[(closes[99], "BBB"), "close"] == bars.loc[late, "close"].iat[0]
+    finally:
+        pair.close()
+    assert pair.from_grid == 39 + 30
+
+
+def test_a_gap_goes_the_full_way_until_it_leaves_the_window(tmp_path):
+    bars = make_bars(SYMBOLS, n_bars=200)
+    closes = closes_of(bars)
+    gap = (bars["symbol"] == "DDD") & (bars["timestamp"] == closes[100])  # never delivered
+    pair = Pair(write_folder(tmp_path / "data", bars[~gap]))
+    asked = closes[101:170]
+    try:
+        for as_of in asked:
+            pair.ask(as_of)
+    finally:
+        pair.close()
+    # windows reading closes[100] (and its staleness margin) go the full way, which grids the gap as a stale bar
+    touched = [a for a in asked if WINDOW.bar_spec.clock.earlier(a, WINDOW.bars_needed + 1) - pd.Timedelta("15min")
+               < closes[100]]
+    assert 0 < len(touched) < len(asked) and pair.from_grid == len(asked) - len(touched)
+
+
+def test_rows_between_grid_closes_are_never_sliced(tmp_path):
+    one_minute = walk_bars(pd.date_range("2026-01-05 00:01", periods=600, freq="1min", tz="UTC"), SYMBOLS)
+    pair = Pair(write_folder(tmp_path / "data", one_minute))
+    try:
+        for as_of in closes_of(one_minute)[170:200:3]:  # 3-minute closes of a 1-minute feed
+            pair.ask(as_of)
+    finally:
+        pair.close()
+    assert pair.from_grid == 0
+
+
+def test_the_grid_vouches_only_for_closes_whose_rows_pass_every_request_rule():
+    """Readers validate their rows, and a request's rules are stricter in places (high and low must bound open and
+    close exactly): a close with a row that a request would refuse is never sliced."""
+    bars = make_bars(SYMBOLS, n_bars=40)
+    closes = closes_of(bars)
+    grid = BarGrid(SYMBOLS, WINDOW.bar_spec.clock)
+    grid.replaced(bars, closes[0] - STEP, closes[-1])
+    assert grid.window(closes[5], closes[10], closes[-1]) is not None
+    loose = bars.copy()
+    row = loose.index[(loose["symbol"] == "CCC") & (loose["timestamp"] == closes[20])][0]
+    loose.loc[row, "high"] = max(loose.loc[row, "open"], loose.loc[row, "close"]) * (1 - 1e-12)
+    grid.replaced(loose, closes[0] - STEP, closes[-1])
+    assert grid.window(closes[5], closes[10], closes[-1]) is None  # close 20 is inside
+    assert grid.window(closes[21], closes[25], closes[-1]) is not None  # after it
+    assert grid.window(closes[5], closes[10], closes[19]) is not None  # before it
+    assert not grid.clean[20] and grid.clean[19] and grid.clean[21]
+
+
+def test_an_exchange_calendar_feed_is_sliced_across_nights_and_weekends(tmp_path):
+    times = session_times("XNYS", "30min", "2025-03-03", "2025-03-21")
+    bars = walk_bars(times, SYMBOLS)
+    window = ModelWindow(Universe(symbols=SYMBOLS), BarSpec(interval="30min", calendar="XNYS"), bars_needed=20,
+                         lookback=8)
+    pair = Pair(write_folder(tmp_path / "data", bars), window)
+    try:
+        asked = closes_of(bars)[30:100]  # crosses two weekends and every night between
+        for as_of in asked:
+            pair.ask(as_of)
+    finally:
+        pair.close()
+    assert pair.from_grid == len(asked)
