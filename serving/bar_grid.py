@@ -88,7 +88,8 @@ class BarGrid:
         n = len(self.symbols)
         symbol = pd.Series(np.tile(np.array(self.symbols, dtype=object), len(closes)), dtype="str")
         flat = values.reshape(len(closes) * n, len(BAR_VALUES))
-        return request_bars(np.repeat(closes, n), symbol, {name: flat[:, i] for i, name in enumerate(BAR_VALUES)})
+        return request_bars(np.repeat(closes, n), symbol, {name: flat[:, i] for i, name in enumerate(BAR_VALUES)},
+                            in_order=True)
 
     def _gridded(self, rows: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

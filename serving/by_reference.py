@@ -38,7 +38,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio.to_thread
 import numpy as np
@@ -63,13 +63,24 @@ from serving.schemas import PredictAtRequest, PredictionOut, RequestLimits
 from serving.settings import ServeSettings
 from serving.store import PredictionRecord
 
-__all__ = ["OVERLAP", "ModelWindow", "Read", "ReferenceSources", "WindowBuffer", "predict_by_reference"]
+__all__ = ["OVERLAP", "BufferView", "ModelWindow", "Read", "ReferenceSources", "WindowBuffer", "predict_by_reference"]
 
 log = logging.getLogger(__name__)
 
 OVERLAP = pd.Timedelta("15min")  # rows re-read before the newest buffered one: a bar or item inserted late
 READS_KEPT = 32  # recent reads per buffer: what a test or a debugging session inspects
 KNOWN_KEPT = 4096  # as-of bars whose inputs hash a worker remembers (a hash each: ~100 bytes)
+
+
+class BufferView(Protocol):
+    """What a buffer tells a view of its rows (serving.bar_grid.BarGrid), under the buffer's lock: the rows it holds
+    after each change, all of the source's rows in (lo, hi], sorted by time."""
+
+    def replaced(self, rows: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp) -> None: ...
+
+    def extended(self, rows: pd.DataFrame, start: pd.Timestamp, lo: pd.Timestamp, hi: pd.Timestamp) -> None: ...
+
+    def cleared(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -85,9 +96,9 @@ class WindowBuffer:
     """The rows of one source in (lo, hi], extended by incremental reads (module docstring); thread-safe."""
 
     def __init__(self, load: Callable[[pd.Timestamp, pd.Timestamp], pd.DataFrame], time_column: str,
-                 keys: list[str], overlap: pd.Timedelta = OVERLAP, grid: BarGrid | None = None) -> None:
+                 keys: list[str], overlap: pd.Timedelta = OVERLAP, view: BufferView | None = None) -> None:
         self._load = load
-        self.grid = grid  # told every change of the rows held (bars only)
+        self.view = view  # told every change of the rows held
         self.time_column = time_column
         self.keys = keys
         self.overlap = overlap
@@ -105,8 +116,8 @@ class WindowBuffer:
         with self._lock:
             self.frame = self.lo = self.hi = None
             self.generation += 1
-            if self.grid is not None:
-                self.grid.cleared()
+            if self.view is not None:
+                self.view.cleared()
 
     def rows(self, first: pd.Timestamp, last: pd.Timestamp) -> pd.DataFrame:
         """The source's rows with first < time <= last, reading only what the buffer lacks."""
@@ -116,8 +127,8 @@ class WindowBuffer:
                 if self.hi is None or last >= self.hi:  # the newest window yet: it becomes the buffer
                     self.frame, self.lo, self.hi = fresh, first, last
                     self.generation += 1
-                    if self.grid is not None:
-                        self.grid.replaced(fresh, first, last)
+                    if self.view is not None:
+                        self.view.replaced(fresh, first, last)
                 return self._between(fresh, first, last)
             if last > self.hi:
                 start = max(first, self.hi - self.overlap)
@@ -130,12 +141,15 @@ class WindowBuffer:
                 # both parts are sorted and fresh starts after kept: a row twice is a source's answer beyond its range
                 # (keyed by time, only a fresh row at or before `start` can be one), or an item whose time changed
                 beyond = self.time_column not in self.keys or (len(fresh) and self._times_of(fresh)[0] <= start.value)
+                twice = beyond and merged.duplicated(self.keys).any()
                 self.frame = merged.drop_duplicates(self.keys, keep="last").sort_values(
-                    self._order, ignore_index=True) if beyond and merged.duplicated(self.keys).any() else merged
+                    self._order, ignore_index=True) if twice else merged
                 self.lo, self.hi = keep_from, last
                 self.generation += 1
-                if self.grid is not None:
-                    self.grid.extended(self.frame, start, keep_from, last)
+                if self.view is not None and twice:  # rows before `start` were dropped too: the view starts again
+                    self.view.replaced(self.frame, keep_from, last)
+                elif self.view is not None:
+                    self.view.extended(self.frame, start, keep_from, last)
             return self._between(self.frame, first, last)
 
     def _read(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
@@ -182,11 +196,11 @@ class ReferenceSources:
     checked frames and inputs hash of the request /predict would get. Connections open on first use and close
     with `close()`."""
 
-    def __init__(self, settings: ServeSettings, limits: RequestLimits | None = None, grid: bool = True) -> None:
-        """`grid`: keep the bars on the model's grid between asks (serving.bar_grid); without it every window is
-        built the full way from the buffer's rows, which the grid's windows must equal."""
+    def __init__(self, settings: ServeSettings, limits: RequestLimits | None = None, views: bool = True) -> None:
+        """`views`: keep the bar buffer's rows on the model's grid between asks (serving.bar_grid); without it every
+        window is built the full way from the buffer's rows, which the grid's windows must equal."""
         self.settings = settings
-        self.grid = grid
+        self.views = views
         self.limits = limits or RequestLimits.from_env()
         self.limit = pd.Timedelta(settings.max_staleness)
         self._stack = ExitStack()
@@ -227,9 +241,11 @@ class ReferenceSources:
             as_of = self._as_of(query, window, source, now or pd.Timestamp.now(tz="UTC"))
             first = clock.earlier(as_of, window.bars_needed + 1) - self.limit
             raw = bars_buffer.rows(first, as_of)
-            news = news_buffer.rows(clock.earlier(as_of, min(window.lookback, window.bars_needed)), as_of)
-            clean, grid = None, bars_buffer.grid
-            if grid is not None and window.bars_needed * len(window.universe.symbols) <= self.limits.max_bars:
+            news_from = clock.earlier(as_of, min(window.lookback, window.bars_needed))
+            news = news_buffer.rows(news_from, as_of)
+            clean = None
+            if isinstance(grid := bars_buffer.view, BarGrid) and \
+                    window.bars_needed * len(window.universe.symbols) <= self.limits.max_bars:
                 clean = grid.window(first, clock.earlier(as_of, window.bars_needed - 1), as_of)
             if clean is None:  # not all clean on the grid: the full way, which names what is wrong
                 bars = self._gridded_window(raw, window, as_of, first, source)
@@ -276,8 +292,8 @@ class ReferenceSources:
             bars = self._bars
             self.bar_buffer = WindowBuffer(lambda start, end: bars.load(window.universe.symbols, start, end),
                                            "timestamp", ["timestamp", "symbol"],
-                                           grid=BarGrid(window.universe.symbols, window.bar_spec.clock)
-                                           if self.grid else None)
+                                           view=BarGrid(window.universe.symbols, window.bar_spec.clock)
+                                           if self.views else None)
             self.news_buffer = WindowBuffer(self._news_load, "published_at", ["id"])  # type: ignore[arg-type]
             self._window = window
         return self.bar_buffer, self.news_buffer, self._bars
@@ -416,6 +432,7 @@ def _request_columns(bars: pd.DataFrame, news: pd.DataFrame, request_id: str | N
 
 
 def _news_columns(news: pd.DataFrame) -> dict[str, Any]:
+    """Contract news rows as the arrays a columnar body carries (times as epoch nanoseconds)."""
     return {"id": news["id"].tolist(), "published_at": pd.DatetimeIndex(news["published_at"]).as_unit("ns").asi8,
             "title": news["title"].fillna("").tolist(), "body": news["body"].fillna("").tolist(),
             "symbols": [None if s is None else list(s) for s in news["symbols"]]}

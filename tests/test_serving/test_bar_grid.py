@@ -36,7 +36,7 @@ class Pair:
     def __init__(self, folder: Path, window: ModelWindow = WINDOW) -> None:
         self.window = window
         self.with_grid = ReferenceSources(ServeSettings(bars_dir=str(folder)))
-        self.full_way = ReferenceSources(ServeSettings(bars_dir=str(folder)), grid=False)
+        self.full_way = ReferenceSources(ServeSettings(bars_dir=str(folder)), views=False)
         self.from_grid = 0
 
     def ask(self, as_of: pd.Timestamp) -> None:
@@ -49,7 +49,7 @@ class Pair:
         assert sliced.frames.bars.attrs == built.frames.bars.attrs
         clock = self.window.bar_spec.clock
         first = clock.earlier(as_of, self.window.bars_needed + 1) - self.with_grid.limit
-        grid = self.with_grid.bar_buffer.grid
+        grid = self.with_grid.bar_buffer.view
         self.from_grid += grid.window(first, clock.earlier(as_of, self.window.bars_needed - 1), as_of) is not None
 
     def close(self) -> None:
@@ -92,7 +92,7 @@ def test_a_corrected_bar_and_a_late_bar_inside_the_overlap_give_the_full_ways_wi
         assert closes[99] - closes[97] <= OVERLAP  # both changes lie inside the rows read again
         for as_of in closes[100:130]:
             pair.ask(as_of)
-        grid = pair.with_grid.bar_buffer.grid
+        grid = pair.with_grid.bar_buffer.view
         window = grid.window(closes[96], closes[97], closes[99])
         assert window is not None  # the late bar arrived and the correction replaced what was held
         held = window.set_index(["timestamp", "symbol"])
