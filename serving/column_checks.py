@@ -13,6 +13,8 @@ giving the `RequestFrames` that the model checks, the preparation and the inputs
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,8 +37,8 @@ from serving.schemas import (
 )
 from serving.store import MAX_KEY_CHARS
 
-__all__ = ["BAR_VALUES", "RequestColumns", "RequestFrames", "bar_rule_breaks", "check_columns", "check_news_count",
-           "checked_news", "request_bars", "utc_text"]
+__all__ = ["BAR_VALUES", "NEWS_MEMO_SIZE", "RequestColumns", "RequestFrames", "bar_rule_breaks", "check_columns",
+           "check_news_count", "checked_news", "request_bars", "utc_text"]
 
 EARLIEST_NS = pd.Timestamp(EARLIEST_TIME).value
 LATEST_NS = pd.Timestamp(LATEST_TIME).value
@@ -44,6 +46,9 @@ LATEST_NS = pd.Timestamp(LATEST_TIME).value
 _OFFSET = r"(?:[Zz]|[+-]\d\d:?\d\d)$"
 _RANGE = f"{EARLIEST_TIME.isoformat()} .. {LATEST_TIME.isoformat()}"
 BAR_VALUES = (*PRICE_COLUMNS, "volume")  # the numeric columns of a bar, in the contract's order
+NEWS_MEMO_SIZE = 256  # checked news sets a process remembers (`checked_news`): a window's few items each
+_NEWS_MEMO: OrderedDict[tuple[Any, ...], pd.DataFrame] = OrderedDict()
+_NEWS_MEMO_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -101,11 +106,40 @@ def check_news_count(n: int, limits: RequestLimits) -> None:
 
 def checked_news(news: Mapping[str, Any], n: int, limits: RequestLimits) -> pd.DataFrame:
     """The news columns of a request (`n` items, counted within NFC_MAX_NEWS) as the contract's validated frame;
-    the first violated rule is a RequestError naming the item."""
+    the first violated rule is a RequestError naming the item.
+
+    Consecutive windows carry mostly the same few items, and checking a handful costs ~2 ms of pandas whatever
+    their number, so a process remembers the last NEWS_MEMO_SIZE checked sets by their content: a set seen before
+    (the same values in every column, the same text limit) is one dictionary lookup. Only checked sets are
+    remembered; the frame handed out is shared, and read only (pandas copies on write)."""
+    key = _news_key(news, n, limits)
+    with _NEWS_MEMO_LOCK:
+        held = _NEWS_MEMO.get(key) if key is not None else None
+        if held is not None:
+            _NEWS_MEMO.move_to_end(key)
+            return held
     try:
-        return validate_news(_checked_news(news, n, limits), source="request news")
+        frame = validate_news(_checked_news(news, n, limits), source="request news")
     except DataError as err:
         raise RequestError(str(err)) from None
+    if key is not None:
+        with _NEWS_MEMO_LOCK:
+            _NEWS_MEMO[key] = frame
+            while len(_NEWS_MEMO) > NEWS_MEMO_SIZE:
+                _NEWS_MEMO.popitem(last=False)
+    return frame
+
+
+def _news_key(news: Mapping[str, Any], n: int, limits: RequestLimits) -> tuple[Any, ...] | None:
+    """Every value of the news columns that the checks read, as a dictionary key; None when one is not hashable
+    (then the set is checked without the memo)."""
+    try:
+        key = (limits.max_text_chars, n, *(None if name not in news else tuple(
+            tuple(v) if isinstance(v, list | np.ndarray) else v for v in news[name]) for name in NEWS_COLUMNS))
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def request_bars(ns: np.ndarray, symbol: pd.Series, values: Mapping[str, np.ndarray],

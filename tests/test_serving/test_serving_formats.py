@@ -186,6 +186,21 @@ def test_limits_are_checked_before_any_row():
     assert "4 bars are over the limit of 3" in columns_refusal(body, RequestLimits(max_bars=3))
 
 
+def test_a_news_set_seen_before_is_remembered_by_its_content_and_the_text_limit():
+    def news_of(body: dict[str, Any], limits: RequestLimits = LIMITS) -> pd.DataFrame:
+        return check_columns(columns_from_json(PredictColumnsRequest.model_validate(body)), limits).news
+
+    first = news_of(EXAMPLE_COLUMNS)
+    assert news_of(copy.deepcopy(EXAMPLE_COLUMNS)) is first  # the same values: checked once
+    edited = news_of(changed("news.body", 0, "An edited body."))
+    assert edited is not first and edited["body"].tolist()[0] == "An edited body."
+    assert edited["body"].tolist()[1:] == first["body"].tolist()[1:]
+    assert news_of(changed("news.symbols", 1, None))["symbols"].tolist()[1] is None
+    # remembered under the default limits, refused under a lower one
+    assert "over the limit of 40" in columns_refusal(EXAMPLE_COLUMNS, RequestLimits(max_text_chars=40))
+    assert news_of(EXAMPLE_COLUMNS) is first
+
+
 def test_columns_of_different_lengths_and_missing_columns_are_refused():
     body = copy.deepcopy(EXAMPLE_COLUMNS)
     body["bars"]["close"].pop()
