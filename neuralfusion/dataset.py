@@ -27,7 +27,7 @@ from neuralfusion.features import market_features, simple_returns
 from neuralfusion.specs import BarSpec, Universe
 
 __all__ = ["FolderConfig", "MarketData", "find_data_file", "load_data_dir", "load_folder_config", "load_universe",
-           "market_data"]
+           "market_data", "panel_market_data"]
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,17 @@ def market_data(bars: pd.DataFrame, news: pd.DataFrame, universe: Universe, bar_
     """Grid, features, returns and aligned news from validated bar and news frames (bars' attrs["widened_bars"]
     counts the bars whose high/low validation widened)."""
     panel = resample_bars(bars, universe, bar_spec, label=label, source=source)
+    return panel_market_data(panel, news, universe, bar_spec, source, int(bars.attrs.get("widened_bars", 0)))
+
+
+def panel_market_data(panel: BarPanel, news: pd.DataFrame, universe: Universe, bar_spec: BarSpec,
+                      source: str = "data", widened_bars: int = 0) -> MarketData:
+    """`market_data` of bars already on the grid (`resample_bars`' panel, or one equal to it)."""
     aligned = align_news(news, panel.times, panel.previous_close, universe, source=source)
     return MarketData(universe=universe, bar_spec=bar_spec, panel=panel, news=news, aligned=aligned,
                       features=market_features(panel), returns=simple_returns(panel.close),
                       bars_per_year=grid_bars_per_year(bar_spec.calendar, bar_spec.timedelta, panel.times),
-                      widened_bars=int(bars.attrs.get("widened_bars", 0)))
+                      widened_bars=widened_bars)
 
 
 def load_data_dir(directory: Path | str, universe: Universe | None = None) -> MarketData:

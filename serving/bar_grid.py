@@ -15,24 +15,37 @@ the full way, which says what is wrong with it.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from neuralfusion.calendar import BarClock
+from neuralfusion.data.bars import BarPanel
 from serving.column_checks import BAR_VALUES, bar_rule_breaks, request_bars
 
-__all__ = ["BarGrid"]
+__all__ = ["BarGrid", "GridWindow"]
 
 _AFTER = pd.Timedelta(1, "ns")  # BarClock.closes includes its first time; a span (lo, hi] does not
+
+
+@dataclass(frozen=True)
+class GridWindow:
+    """A window's checked bars (`request_bars`' frame, what the inputs hash reads) and the same bars as the panel
+    `resample_bars` would grid them into (what the model's preparation reads)."""
+
+    bars: pd.DataFrame
+    panel: BarPanel
 
 
 class BarGrid:
     """The clean closes of one bar buffer's span (module docstring); thread-safe. Changes come from the buffer,
     one at a time (under its lock); `window` may be called from any thread."""
 
-    def __init__(self, symbols: tuple[str, ...], clock: BarClock) -> None:
-        self.symbols = tuple(sorted(symbols))  # the contract's order within one bar time
+    def __init__(self, universe: tuple[str, ...], clock: BarClock) -> None:
+        self.universe = universe  # the model's order: a panel's
+        self.symbols = tuple(sorted(universe))  # the contract's order within one bar time: the frames'
+        self._to_universe = np.array([self.symbols.index(s) for s in universe])
         self.clock = clock
         self._index = pd.Index(self.symbols)
         self._lock = threading.Lock()
@@ -72,9 +85,9 @@ class BarGrid:
             self.values = np.concatenate([self.values[keep], values])
             self.lo, self.hi = lo, hi
 
-    def window(self, first: pd.Timestamp, start: pd.Timestamp, as_of: pd.Timestamp) -> pd.DataFrame | None:
-        """The checked bars (`request_bars`' frame) of the closes from `start` to `as_of` when every close after
-        `first` up to `as_of` is clean; None when some is not, or the span does not reach from `first` to `as_of`."""
+    def window(self, first: pd.Timestamp, start: pd.Timestamp, as_of: pd.Timestamp) -> GridWindow | None:
+        """The bars of the closes from `start` to `as_of` when every close after `first` up to `as_of` is clean;
+        None when some is not, or the span does not reach from `first` to `as_of`."""
         with self._lock:
             if self.lo is None or self.hi is None or self.lo > first or self.hi < as_of:
                 return None
@@ -88,8 +101,16 @@ class BarGrid:
         n = len(self.symbols)
         symbol = pd.Series(np.tile(np.array(self.symbols, dtype=object), len(closes)), dtype="str")
         flat = values.reshape(len(closes) * n, len(BAR_VALUES))
-        return request_bars(np.repeat(closes, n), symbol, {name: flat[:, i] for i, name in enumerate(BAR_VALUES)},
+        bars = request_bars(np.repeat(closes, n), symbol, {name: flat[:, i] for i, name in enumerate(BAR_VALUES)},
                             in_order=True)
+        # every bar is real and on its close: gridding changes nothing, nothing is stale or dropped, the times are
+        # the grid's own index (its frequency too) and the bar before the first is the calendar's previous_close
+        times = self.clock.closes(start, as_of).as_unit("ns")
+        ordered = values[:, self._to_universe]
+        panel = BarPanel(times=times, symbols=self.universe, stale=np.zeros(ordered.shape[:2], bool),
+                         previous_close=self.clock.earlier(times[0], 1),
+                         **{name: ordered[:, :, i].copy() for i, name in enumerate(BAR_VALUES)})
+        return GridWindow(bars, panel)
 
     def _gridded(self, rows: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -53,7 +53,7 @@ from neuralfusion.dataset import find_data_file
 from neuralfusion.errors import DataError, SourceUnavailable
 from neuralfusion.redact import encode_userinfo
 from neuralfusion.specs import BarSpec, Universe
-from serving.bar_grid import BarGrid
+from serving.bar_grid import BarGrid, GridWindow
 from serving.client import window_frames
 from serving.column_checks import RequestColumns, RequestFrames, check_columns, check_news_count, checked_news
 from serving.errors import NotFound, RequestError, Unavailable
@@ -243,7 +243,7 @@ class ReferenceSources:
             raw = bars_buffer.rows(first, as_of)
             news_from = clock.earlier(as_of, min(window.lookback, window.bars_needed))
             news = news_buffer.rows(news_from, as_of)
-            clean = None
+            clean: GridWindow | None = None
             if isinstance(grid := bars_buffer.view, BarGrid) and \
                     window.bars_needed * len(window.universe.symbols) <= self.limits.max_bars:
                 clean = grid.window(first, clock.earlier(as_of, window.bars_needed - 1), as_of)
@@ -256,12 +256,12 @@ class ReferenceSources:
                     self.limits)
             else:  # `news` is the window's news (the lookback), as window_frames would cut it
                 check_news_count(len(news), self.limits)
-                frames = RequestFrames(clean, checked_news(_news_columns(news), len(news), self.limits),
+                frames = RequestFrames(clean.bars, checked_news(_news_columns(news), len(news), self.limits),
                                        query.request_id)
         except RequestError as err:  # e.g. more news in the window than NFC_MAX_NEWS allows a request
             raise NotFound(f"the source's window of {as_of.isoformat()} cannot be sent to the model: "
                            f"{err.message}") from None
-        reference = CheckedRequest(frames, inputs_sha256(frames))
+        reference = CheckedRequest(frames, inputs_sha256(frames), None if clean is None else clean.panel)
         with self._lock:
             self._known[as_of] = ((bars_buffer.generation, news_buffer.generation), reference.inputs_sha256)
             self._known.move_to_end(as_of)

@@ -18,7 +18,7 @@ from pandas.tseries.frequencies import to_offset
 from pydantic import ValidationError
 
 from neuralfusion.calendar import BarClock, is_continuous
-from neuralfusion.data.bars import BAR_COLUMNS
+from neuralfusion.data.bars import BAR_COLUMNS, BarPanel
 from serving.column_checks import RequestFrames, check_columns
 from serving.columns import columns_from_rows
 from serving.errors import RequestError
@@ -33,10 +33,12 @@ _HASH_VERSION = b"nfc-inputs-2\0"  # the canonical form below; a change of form 
 @dataclass(frozen=True)
 class CheckedRequest:
     """A request's checked frames with their `inputs_sha256`, as predictions by reference build them: the service
-    prepares these without checking or hashing them again."""
+    prepares these without checking or hashing them again. `panel`: the bars on the model's grid, when the builder
+    had them so (serving/bar_grid.py): the preparation reads it rather than checking and gridding the bars again."""
 
     frames: RequestFrames
     inputs_sha256: str
+    panel: BarPanel | None = None
 
 
 def describe_validation_error(err: ValidationError) -> str:

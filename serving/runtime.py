@@ -37,8 +37,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from neuralfusion.data.bars import BarPanel
 from neuralfusion.data.news import article_text
-from neuralfusion.dataset import market_data
+from neuralfusion.dataset import market_data, panel_market_data
 from neuralfusion.errors import DataError
 from neuralfusion.features import FEATURE_NAMES
 from neuralfusion.inputs import BAR_POOLED_INPUT_NAMES, INPUT_LAYOUT, INPUT_NAMES, GridInputs, grid_inputs, pool_news
@@ -47,7 +48,7 @@ from serving.column_checks import RequestFrames
 from serving.errors import RequestError
 from serving.model_store import load_verified_manifest
 from serving.providers import CPU, CUDA, DeviceError, ExecutionChoice, choose_device
-from serving.request_checks import check_request_against_model
+from serving.request_checks import as_frames, check_request_against_model
 from serving.schemas import PredictRequest
 from serving.store import PredictionRecord
 
@@ -353,13 +354,19 @@ class PortfolioRuntime:
     def provider(self) -> str:
         return self.graph.provider
 
-    def prepare(self, request: PredictRequest | RequestFrames) -> PreparedRequest:
+    def prepare(self, request: PredictRequest | RequestFrames, panel: BarPanel | None = None) -> PreparedRequest:
         """Check `request` (a /predict body, or the frames of any body format) against the model and reduce it to
-        the model's window; a RequestError says what to fix."""
-        bars, news = check_request_against_model(request, self.universe.symbols, self.bars_needed,
-                                                 self.bar_spec.clock)
+        the model's window; a RequestError says what to fix. `panel`: the request's bars as `resample_bars` grids
+        them, every symbol's from the window's first bar on (the by-reference grid's, serving/bar_grid.py): then
+        they are neither checked against the model nor gridded again."""
+        if panel is None:
+            bars, news = check_request_against_model(request, self.universe.symbols, self.bars_needed,
+                                                     self.bar_spec.clock)
+        else:
+            news = as_frames(request).news
         try:
-            data = market_data(bars, news, self.universe, self.bar_spec, source="request")
+            data = market_data(bars, news, self.universe, self.bar_spec, source="request") if panel is None else \
+                panel_market_data(panel, news, self.universe, self.bar_spec, source="request")
             anchor = data.n_bars - 1
             # article vectors cannot make a window invalid: zeros stand in for them in the window's checks
             window = grid_inputs(data, np.zeros((len(data.news), self.embed_dim), np.float32),

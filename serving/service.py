@@ -486,7 +486,7 @@ def _prepare(runtime: PortfolioRuntime, read: Callable[[], RequestColumns | Chec
     body = read()
     checked = body if isinstance(body, CheckedRequest) else _checked(body, limits)
     check_as_of(checked.frames, runtime.bar_spec.timedelta, lead_bars)
-    return runtime.prepare(checked.frames), checked.inputs_sha256
+    return runtime.prepare(checked.frames, checked.panel), checked.inputs_sha256
 
 
 def _checked(columns: RequestColumns, limits: RequestLimits) -> CheckedRequest:

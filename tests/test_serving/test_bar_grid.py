@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 from builders import STEP, make_bars, make_news, session_times, walk_bars
 
+from neuralfusion.data.bars import BarPanel, resample_bars
 from neuralfusion.specs import BarSpec, Universe
 from serving.bar_grid import BarGrid
 from serving.by_reference import OVERLAP, ModelWindow, ReferenceSources
+from serving.request_checks import check_request_against_model
 from serving.schemas import PredictAtRequest
 from serving.settings import ServeSettings
 
@@ -31,7 +33,8 @@ def write_folder(folder: Path, bars: pd.DataFrame, news: pd.DataFrame | None = N
 
 
 class Pair:
-    """The same data folder read by a worker with the grid and by one without it (the full way only)."""
+    """The same data folder read by a worker with the grid and by one without it (the full way only); counts the
+    windows the grid answered (with its panel)."""
 
     def __init__(self, folder: Path, window: ModelWindow = WINDOW) -> None:
         self.window = window
@@ -40,21 +43,33 @@ class Pair:
         self.from_grid = 0
 
     def ask(self, as_of: pd.Timestamp) -> None:
-        """Both workers' windows of `as_of` are the same frames and hash; counts the grid's answers."""
+        """Both workers' windows of `as_of` are the same frames and hash, and the grid's panel is what the
+        preparation would grid from those frames."""
         query = PredictAtRequest(as_of=as_of.to_pydatetime(), request_id="same")
         sliced, built = self.with_grid.request(self.window, query), self.full_way.request(self.window, query)
         assert sliced.inputs_sha256 == built.inputs_sha256, as_of
         pd.testing.assert_frame_equal(sliced.frames.bars, built.frames.bars)
         pd.testing.assert_frame_equal(sliced.frames.news, built.frames.news)
         assert sliced.frames.bars.attrs == built.frames.bars.attrs
-        clock = self.window.bar_spec.clock
-        first = clock.earlier(as_of, self.window.bars_needed + 1) - self.with_grid.limit
-        grid = self.with_grid.bar_buffer.view
-        self.from_grid += grid.window(first, clock.earlier(as_of, self.window.bars_needed - 1), as_of) is not None
+        assert built.panel is None
+        if sliced.panel is not None:  # the grid's panel is the one the preparation would grid from the bars
+            spec, symbols = self.window.bar_spec, self.window.universe.symbols
+            check_request_against_model(built.frames, symbols, self.window.bars_needed, spec.clock)
+            assert_same_panel(sliced.panel, resample_bars(built.frames.bars, self.window.universe, spec))
+            self.from_grid += 1
 
     def close(self) -> None:
         self.with_grid.close()
         self.full_way.close()
+
+
+def assert_same_panel(panel: BarPanel, expected: BarPanel) -> None:
+    pd.testing.assert_index_equal(panel.times, expected.times)
+    assert panel.symbols == expected.symbols and panel.previous_close == expected.previous_close
+    assert panel.outside_sessions == expected.outside_sessions
+    for name in ("open", "high", "low", "close", "volume", "stale"):
+        got, want = getattr(panel, name), getattr(expected, name)
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
 
 
 def closes_of(bars: pd.DataFrame) -> list[pd.Timestamp]:
@@ -95,7 +110,7 @@ def test_a_corrected_bar_and_a_late_bar_inside_the_overlap_give_the_full_ways_wi
         grid = pair.with_grid.bar_buffer.view
         window = grid.window(closes[96], closes[97], closes[99])
         assert window is not None  # the late bar arrived and the correction replaced what was held
-        held = window.set_index(["timestamp", "symbol"])
+        held = window.bars.set_index(["timestamp", "symbol"])
         assert held.loc[(closes[97], "CCC"), "close"] == corrected.loc[fix, "close"].iat[0]
         assert held.loc[(closes[99], "BBB"), "close"] == bars.loc[late, "close"].iat[0]
     finally:
