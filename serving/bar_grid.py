@@ -24,7 +24,7 @@ from neuralfusion.calendar import BarClock
 from neuralfusion.data.bars import BarPanel
 from serving.column_checks import BAR_VALUES, bar_rule_breaks, request_bars
 
-__all__ = ["BarGrid", "GridWindow"]
+__all__ = ["BarGrid", "GridWindow", "clean_panel"]
 
 _AFTER = pd.Timedelta(1, "ns")  # BarClock.closes includes its first time; a span (lo, hi] does not
 
@@ -88,6 +88,25 @@ class BarGrid:
     def window(self, first: pd.Timestamp, start: pd.Timestamp, as_of: pd.Timestamp) -> GridWindow | None:
         """The bars of the closes from `start` to `as_of` when every close after `first` up to `as_of` is clean;
         None when some is not, or the span does not reach from `first` to `as_of`."""
+        held = self._clean_slice(first, start, as_of)
+        if held is None:
+            return None
+        closes, values = held
+        n = len(self.symbols)
+        symbol = pd.Series(np.tile(np.array(self.symbols, dtype=object), len(closes)), dtype="str")
+        flat = values.reshape(len(closes) * n, len(BAR_VALUES))
+        bars = request_bars(np.repeat(closes, n), symbol, {name: flat[:, i] for i, name in enumerate(BAR_VALUES)},
+                            in_order=True)
+        return GridWindow(bars, self._panel(values, start, as_of))
+
+    def panel(self, first: pd.Timestamp, start: pd.Timestamp, as_of: pd.Timestamp) -> BarPanel | None:
+        """`window`'s panel alone."""
+        held = self._clean_slice(first, start, as_of)
+        return None if held is None else self._panel(held[1], start, as_of)
+
+    def _clean_slice(self, first: pd.Timestamp, start: pd.Timestamp, as_of: pd.Timestamp
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(closes, values) from `start` to `as_of` when every close after `first` up to `as_of` is clean."""
         with self._lock:
             if self.lo is None or self.hi is None or self.lo > first or self.hi < as_of:
                 return None
@@ -97,20 +116,16 @@ class BarGrid:
             if not self.clean[int(np.searchsorted(self.closes, first.value, side="right")):end].all():
                 return None
             begin = int(np.searchsorted(self.closes, start.value, side="left"))
-            closes, values = self.closes[begin:end], self.values[begin:end]
-        n = len(self.symbols)
-        symbol = pd.Series(np.tile(np.array(self.symbols, dtype=object), len(closes)), dtype="str")
-        flat = values.reshape(len(closes) * n, len(BAR_VALUES))
-        bars = request_bars(np.repeat(closes, n), symbol, {name: flat[:, i] for i, name in enumerate(BAR_VALUES)},
-                            in_order=True)
-        # every bar is real and on its close: gridding changes nothing, nothing is stale or dropped, the times are
-        # the grid's own index (its frequency too) and the bar before the first is the calendar's previous_close
-        times = self.clock.closes(start, as_of).as_unit("ns")
+            return self.closes[begin:end], self.values[begin:end]
+
+    def _panel(self, values: np.ndarray, start: pd.Timestamp, as_of: pd.Timestamp) -> BarPanel:
+        """Every bar is real and on its close: gridding changes nothing, nothing is stale or dropped, the times are
+        the grid's own index (its frequency too) and the bar before the first is the calendar's previous_close."""
         ordered = values[:, self._to_universe]
-        panel = BarPanel(times=times, symbols=self.universe, stale=np.zeros(ordered.shape[:2], bool),
-                         previous_close=self.clock.earlier(times[0], 1),
-                         **{name: ordered[:, :, i].copy() for i, name in enumerate(BAR_VALUES)})
-        return GridWindow(bars, panel)
+        times = self.clock.closes(start, as_of).as_unit("ns")
+        return BarPanel(times=times, symbols=self.universe, stale=np.zeros(ordered.shape[:2], bool),
+                        previous_close=self.clock.earlier(times[0], 1),
+                        **{name: ordered[:, :, i].copy() for i, name in enumerate(BAR_VALUES)})
 
     def _gridded(self, rows: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -131,3 +146,18 @@ class BarGrid:
         values = np.full((n_closes, n_symbols, len(BAR_VALUES)), np.nan)
         values[slot[on_close], symbol[on_close]] = np.column_stack([row_values[name][on_close] for name in BAR_VALUES])
         return closes, once.all(axis=1) & ~spoiled[:n_closes], values
+
+
+def clean_panel(bars: pd.DataFrame, universe: tuple[str, ...], clock: BarClock, bars_needed: int) -> BarPanel | None:
+    """The panel `resample_bars` grids a request's checked bars (sorted by time) into, when every bar sits on its
+    close, every symbol of the universe (and no other) has one at every close from the first to the last, the last
+    is a close and there are at least `bars_needed` of them: what `check_request_against_model` asks of a request,
+    and more. None otherwise: then the request is checked against the model and gridded the full way, which names
+    what is wrong."""
+    first, last = bars["timestamp"].iat[0], bars["timestamp"].iat[-1]
+    before = clock.earlier(clock.last_close(first), 1)  # the span starts a bar before the first: every bar is in it
+    grid = BarGrid(universe, clock)
+    grid.replaced(bars, before, last)
+    if len(grid.closes) < bars_needed:
+        return None
+    return grid.panel(before, grid.clock.next_close(before), last)

@@ -44,6 +44,7 @@ from neuralfusion.errors import DataError
 from neuralfusion.features import FEATURE_NAMES
 from neuralfusion.inputs import BAR_POOLED_INPUT_NAMES, INPUT_LAYOUT, INPUT_NAMES, GridInputs, grid_inputs, pool_news
 from neuralfusion.manifest import PackageError, PackageManifest
+from serving.bar_grid import clean_panel
 from serving.column_checks import RequestFrames
 from serving.errors import RequestError
 from serving.model_store import load_verified_manifest
@@ -356,14 +357,17 @@ class PortfolioRuntime:
 
     def prepare(self, request: PredictRequest | RequestFrames, panel: BarPanel | None = None) -> PreparedRequest:
         """Check `request` (a /predict body, or the frames of any body format) against the model and reduce it to
-        the model's window; a RequestError says what to fix. `panel`: the request's bars as `resample_bars` grids
-        them, every symbol's from the window's first bar on (the by-reference grid's, serving/bar_grid.py): then
-        they are neither checked against the model nor gridded again."""
+        the model's window; a RequestError says what to fix. Bars that sit on the model's grid, complete, are read
+        straight into its panel (serving.bar_grid.clean_panel; the by-reference grid hands its own as `panel`);
+        any others are checked against the model and gridded by `resample_bars`, which gives the same panel for
+        such bars."""
+        frames = as_frames(request)
+        panel = panel or clean_panel(frames.bars, self.universe.symbols, self.bar_spec.clock, self.bars_needed)
         if panel is None:
-            bars, news = check_request_against_model(request, self.universe.symbols, self.bars_needed,
+            bars, news = check_request_against_model(frames, self.universe.symbols, self.bars_needed,
                                                      self.bar_spec.clock)
         else:
-            news = as_frames(request).news
+            news = frames.news
         try:
             data = market_data(bars, news, self.universe, self.bar_spec, source="request") if panel is None else \
                 panel_market_data(panel, news, self.universe, self.bar_spec, source="request")

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from builders import STEP, make_bars, make_news, session_times, walk_bars
 
 from neuralfusion.data.bars import BarPanel, resample_bars
 from neuralfusion.specs import BarSpec, Universe
-from serving.bar_grid import BarGrid
+from serving.bar_grid import BarGrid, clean_panel
 from serving.by_reference import OVERLAP, ModelWindow, ReferenceSources
+from serving.column_checks import RequestColumns, check_columns
 from serving.request_checks import check_request_against_model
-from serving.schemas import PredictAtRequest
+from serving.schemas import PredictAtRequest, RequestLimits
 from serving.settings import ServeSettings
 
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD")
@@ -177,3 +179,48 @@ def test_an_exchange_calendar_feed_is_sliced_across_nights_and_weekends(tmp_path
     finally:
         pair.close()
     assert pair.from_grid == len(asked)
+
+
+def request_frames_of(bars: pd.DataFrame, first: pd.Timestamp, last: pd.Timestamp) -> pd.DataFrame:
+    """A request's checked bars: the rows of [first, last], as the array checks hand them on."""
+    window = bars[(bars["timestamp"] >= first) & (bars["timestamp"] <= last)]
+    return check_columns(RequestColumns(bars={c: window[c].tolist() if c == "symbol" else window[c].to_numpy()
+                                              for c in window.columns} | {
+        "timestamp": pd.DatetimeIndex(window["timestamp"]).as_unit("ns").asi8}, news={}), RequestLimits()).bars
+
+
+@pytest.mark.parametrize("calendar", ["24/7", "XNYS"])
+def test_a_complete_request_is_read_into_the_panel_resample_bars_would_build(calendar):
+    if calendar == "XNYS":
+        spec = BarSpec(interval="30min", calendar="XNYS")
+        bars = walk_bars(session_times("XNYS", "30min", "2025-03-03", "2025-03-14"), SYMBOLS)
+    else:
+        spec, bars = WINDOW.bar_spec, make_bars(SYMBOLS, n_bars=120)
+    closes, needed = closes_of(bars), 40
+    universe = Universe(symbols=SYMBOLS)
+    for first, last in ((closes[10], closes[49]), (closes[0], closes[-1]), (closes[30], closes[80])):
+        frames = request_frames_of(bars, first, last)
+        assert_same_panel(clean_panel(frames, SYMBOLS, spec.clock, needed), resample_bars(frames, universe, spec))
+    # the universe in another order than the contract's: the panel is in the model's order
+    reordered = clean_panel(request_frames_of(bars, closes[10], closes[49]), SYMBOLS[::-1], spec.clock, needed)
+    assert reordered.symbols == SYMBOLS[::-1]
+    assert_same_panel(reordered, resample_bars(request_frames_of(bars, closes[10], closes[49]),
+                                               Universe(symbols=SYMBOLS[::-1]), spec))
+
+
+def test_a_request_that_is_not_complete_on_the_grid_is_gridded_the_full_way():
+    bars = make_bars(SYMBOLS, n_bars=120)
+    closes, clock, needed = closes_of(bars), WINDOW.bar_spec.clock, 40
+    whole = request_frames_of(bars, closes[10], closes[59])
+    assert clean_panel(whole, SYMBOLS, clock, needed) is not None
+    assert clean_panel(whole, SYMBOLS, clock, 51) is None  # fewer bars than the model reads
+    assert clean_panel(whole, SYMBOLS[:3], clock, needed) is None  # a symbol the model does not trade
+    assert clean_panel(whole, (*SYMBOLS, "EEE"), clock, needed) is None  # a symbol without bars
+    gap = whole[~((whole["symbol"] == "BBB") & (whole["timestamp"] == closes[30]))].reset_index(drop=True)
+    assert clean_panel(gap, SYMBOLS, clock, needed) is None
+    late = whole.assign(timestamp=whole["timestamp"] + pd.Timedelta("1min"))  # every bar between closes
+    assert clean_panel(late, SYMBOLS, clock, needed) is None
+    one_minute = walk_bars(pd.date_range("2026-01-05 00:01", periods=200, freq="1min", tz="UTC"), SYMBOLS)
+    frames = request_frames_of(one_minute, pd.Timestamp("2026-01-05 00:03", tz="UTC"),
+                               pd.Timestamp("2026-01-05 03:00", tz="UTC"))
+    assert clean_panel(frames, SYMBOLS, clock, needed) is None

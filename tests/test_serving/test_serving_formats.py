@@ -258,6 +258,24 @@ def test_rows_columns_and_arrow_give_the_same_frames_and_hash():
         assert inputs_sha256(other) == inputs_sha256(rows)
 
 
+def test_bars_in_any_order_give_the_frames_of_the_sorted_request(tiny):
+    """Bars sent sorted (time, then symbol) and without a repeat are taken as the validated frame; any other order
+    is sorted by the data contract: both give the same frames and hash, and a repeated bar is still refused."""
+    bars = BarFileSource(tiny.data / "bars.parquet").read()
+    news = read_news(tiny.data / "news.jsonl")
+    end = pd.Timestamp(np.sort(bars["timestamp"].unique())[200])
+    body = columns_payload(bars, news, end, 120, STEP, "ordered")
+    in_order = check_columns(columns_from_json(PredictColumnsRequest.model_validate(body)), LIMITS)
+    shuffled = np.random.default_rng(0).permutation(len(body["bars"]["symbol"]))
+    for order in (shuffled, np.arange(len(shuffled))[::-1]):
+        other = {**body, "bars": {name: [values[i] for i in order] for name, values in body["bars"].items()}}
+        frames = check_columns(columns_from_json(PredictColumnsRequest.model_validate(other)), LIMITS)
+        pd.testing.assert_frame_equal(frames.bars, in_order.bars)
+        assert frames.bars.attrs == in_order.bars.attrs and inputs_sha256(frames) == inputs_sha256(in_order)
+    twice = {**body, "bars": {name: values[:3] + values[2:] for name, values in body["bars"].items()}}
+    assert "duplicate (timestamp, symbol)" in columns_refusal(twice)
+
+
 def test_the_example_columns_are_the_example_rows_and_the_schema_documents_them():
     frames = as_frames(PredictRequest.model_validate(EXAMPLE_INPUT))
     written = columns_body(frames.bars, frames.news, "example-1")
