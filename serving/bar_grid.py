@@ -130,7 +130,10 @@ class BarGrid:
     def _gridded(self, rows: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(closes, clean, values) of the grid closes in (lo, hi] from the source's rows in that span."""
-        closes = self.clock.closes(lo + _AFTER, hi).as_unit("ns").asi8
+        try:
+            closes = self.clock.closes(lo + _AFTER, hi).as_unit("ns").asi8
+        except ValueError:  # outside the calendar's sessions: nothing is clean, the full way says what is wrong
+            closes = np.empty(0, np.int64)
         n_closes, n_symbols = len(closes), len(self.symbols)
         if not n_closes:
             return closes, np.empty(0, bool), np.empty((0, n_symbols, len(BAR_VALUES)))
@@ -155,7 +158,10 @@ def clean_panel(bars: pd.DataFrame, universe: tuple[str, ...], clock: BarClock, 
     and more. None otherwise: then the request is checked against the model and gridded the full way, which names
     what is wrong."""
     first, last = bars["timestamp"].iat[0], bars["timestamp"].iat[-1]
-    before = clock.earlier(clock.last_close(first), 1)  # the span starts a bar before the first: every bar is in it
+    try:
+        before = clock.earlier(clock.last_close(first), 1)  # the span starts a bar before the first: all are in it
+    except (ValueError, IndexError):  # before the calendar's first session: the full way says so
+        return None
     grid = BarGrid(universe, clock)
     grid.replaced(bars, before, last)
     if len(grid.closes) < bars_needed:

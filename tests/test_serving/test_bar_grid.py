@@ -17,7 +17,8 @@ from neuralfusion.data.bars import BarPanel, resample_bars
 from neuralfusion.specs import BarSpec, Universe
 from serving.bar_grid import BarGrid, clean_panel
 from serving.by_reference import OVERLAP, ModelWindow, ReferenceSources
-from serving.column_checks import RequestColumns, check_columns
+from serving.column_checks import RequestColumns, RequestFrames, check_columns
+from serving.errors import RequestError
 from serving.request_checks import check_request_against_model
 from serving.schemas import PredictAtRequest, RequestLimits
 from serving.settings import ServeSettings
@@ -224,3 +225,16 @@ def test_a_request_that_is_not_complete_on_the_grid_is_gridded_the_full_way():
     frames = request_frames_of(one_minute, pd.Timestamp("2026-01-05 00:03", tz="UTC"),
                                pd.Timestamp("2026-01-05 03:00", tz="UTC"))
     assert clean_panel(frames, SYMBOLS, clock, needed) is None
+
+
+def test_bars_at_or_outside_the_calendars_ends_go_the_full_way_which_refuses_what_it_cannot_place():
+    xnys = BarSpec(interval="1D", calendar="XNYS")
+    first_sessions = walk_bars(pd.date_range("1990-01-02 21:00", periods=50, freq="B", tz="UTC"), SYMBOLS)
+    assert clean_panel(first_sessions, SYMBOLS, xnys.clock, 20) is None  # no bar before the first to start from
+    no_news = pd.DataFrame(columns=["id", "published_at", "title", "body", "symbols"])
+    check_request_against_model(RequestFrames(first_sessions, no_news), SYMBOLS, 20, xnys.clock)
+    for start in ("1975-01-02 21:00", "2199-01-02 21:00"):
+        outside = walk_bars(pd.date_range(start, periods=50, freq="B", tz="UTC"), SYMBOLS)
+        assert clean_panel(outside, SYMBOLS, xnys.clock, 20) is None
+        with pytest.raises(RequestError, match=r"outside the model's 24h XNYS calendar: calendar XNYS covers"):
+            check_request_against_model(RequestFrames(outside, no_news), SYMBOLS, 20, xnys.clock)
