@@ -17,7 +17,9 @@ start at evenly spaced bars inside the first horizon (one walk moves with its st
 the table gives the mean over training seeds and its 95% confidence interval from Student's t distribution
 with n-1 degrees of freedom (mean ± t_0.975,n-1 · sd / sqrt(n)): it measures how much training seeds disagree
 on these test bars, not the sampling noise of the test period (which every variant shares). The oracle
-(oracle.json), equal weight and momentum (top-k on the L-bar return) are scored on the same walks.
+(oracle.json), equal weight and momentum (top-k on the L-bar return) are scored on the same walks. Each run's
+mean test book per asset (offset 0) is logged and kept in --json: a weight far from 0 there is a bet the model holds
+on that asset whatever the news.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import datetime
 import json
 import logging
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,11 +114,11 @@ def build_preset(preset: str, market_seed: int, seeds: list[int], variants: list
     return data, embeddings, runs
 
 
-def walk_sharpes(weights_at: Callable[[np.ndarray], np.ndarray], anchors_by_offset: list[np.ndarray],
+def walk_sharpes(books: list[np.ndarray], anchors_by_offset: list[np.ndarray],
                  returns: np.ndarray, hold: int, cost_bps: float, bars_per_year: float) -> list[float]:
-    """Test Sharpe of one strategy (weights_at(anchors) -> (R, N)) for each walk-forward start."""
-    return [walk_forward(anchors, weights_at(anchors), returns, hold, cost_bps).metrics(bars_per_year)["sharpe"]
-            for anchors in anchors_by_offset]
+    """Test Sharpe of one strategy's books (R, N) for each walk-forward start."""
+    return [walk_forward(anchors, weights, returns, hold, cost_bps).metrics(bars_per_year)["sharpe"]
+            for anchors, weights in zip(anchors_by_offset, books, strict=True)]
 
 
 def score(data_dir: Path, embeddings: Path, run_dirs: list[Path], offsets: int,
@@ -135,18 +136,23 @@ def score(data_dir: Path, embeddings: Path, run_dirs: list[Path], offsets: int,
         anchors = offset_rebalance_anchors(prepared.splits.test, horizon, data.n_bars, offsets)
         walk = {"anchors_by_offset": anchors, "returns": data.returns, "hold": horizon, "cost_bps": cost,
                 "bars_per_year": data.bars_per_year}
-        model = walk_sharpes(lambda a, r=run, p=prepared: run_weights(r, p.grid, a, progress=False), **walk)
+        books = [run_weights(run, prepared.grid, a, progress=False) for a in anchors]
+        model = walk_sharpes(books, **walk)
         if not baselines:  # the same walks for every run of one data folder
+            n = data.universe.n_assets
             baselines = {
-                "equal weight": walk_sharpes(lambda a, n=data.universe.n_assets: equal_weights(len(a), n), **walk),
-                "momentum": walk_sharpes(lambda a, c=data.panel.close, r=run: momentum_weights(
-                    c, a, r.window.lookback, r.portfolio.top_k), **walk),
+                "equal weight": walk_sharpes([equal_weights(len(a), n) for a in anchors], **walk),
+                "momentum": walk_sharpes([momentum_weights(data.panel.close, a, run.window.lookback,
+                                                           run.portfolio.top_k) for a in anchors], **walk),
             }
         config = run.model_config
         variant = config.fusion if config.streams == "both" else config.streams
+        # a book that holds the same sign on an asset whatever the news is a bet on that asset's drift
+        mean_book = books[0].mean(axis=0).round(4).tolist()
         rows.append({"run": str(path), "variant": variant, "seed": run.train_config.seed, "offset0": model[0],
-                     "mean_of_offsets": float(np.mean(model)), "per_offset": model})
-        log.info("%s: offset 0 %.2f, mean of %d %.2f", path, model[0], offsets, np.mean(model))
+                     "mean_of_offsets": float(np.mean(model)), "per_offset": model, "mean_book": mean_book})
+        log.info("%s: offset 0 %.2f, mean of %d %.2f; mean test book (offset 0) per asset %s", path, model[0],
+                 offsets, np.mean(model), mean_book)
     variants = {}
     for variant in sorted({r["variant"] for r in rows}, key=VARIANT_ORDER.index):
         chosen = [r for r in rows if r["variant"] == variant]

@@ -85,6 +85,10 @@ class CgaConfig:
     # fused sequence; above 0 those weights also start at 0, so the model starts as its news side and reads the bars
     # only as far as they lower the loss by more than the penalty (docs/MODEL.md)
     lambda_market_head: float = 0.0
+    # training: weight of the squared mean book per asset over the batch (`training.loss.tilt_loss`), against bets
+    # held on an asset whatever the news; on the `realistic` market the fused books held the same per-asset tilts
+    # in every run, the training split's drifts (docs/MODEL.md). Off by default
+    lambda_tilt: float = 0.0
     # added to the variance of per-bar portfolio returns (units: return²; 3-minute bars have ~1e-6)
     sharpe_eps: float = 1e-12
     # the input layout the model reads (NEWS_LAYOUTS)
@@ -131,7 +135,8 @@ class CgaConfig:
             problems.append(f"streams must be one of {list(STREAMS)}, got {self.streams!r}")
         if not 0.0 <= self.surrogate_mix <= 1.0:
             problems.append(f"surrogate_mix must be in [0, 1], got {self.surrogate_mix}")
-        for name in ("lambda_div", "lambda_net", "lambda_turnover", "lambda_streams", "lambda_market_head"):
+        for name in ("lambda_div", "lambda_net", "lambda_turnover", "lambda_streams", "lambda_market_head",
+                     "lambda_tilt"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.sharpe_eps <= 0:

@@ -63,7 +63,7 @@ class TrainState:
     epoch: int  # epochs finished
     best_epoch: int
     best_val_sharpe: float
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     windows_seen: int
     seconds: float  # training time so far, over every session of the run
     stopped: bool  # early stop or last epoch reached: a resume has nothing left to train

@@ -1,7 +1,7 @@
 """The CGA training objective as pure functions, one per term, so each can be tested and logged alone.
 
 loss = -Sharpe(per-bar portfolio returns over the horizon) + λ_div·mean(w²) + λ_net·(Σw)²
-       + λ_turnover·Σ|w - w_prev|, each term averaged over the batch.
+       + λ_turnover·Σ|w - w_prev|, each term averaged over the batch, + λ_tilt·Σ_n (mean over the batch of w_n)².
 
 Weights are held constant over the horizon: the path is r_p[t] = Σ_n w_n r[t, n] for the H bars after
 the window's as-of bar, the same book `neuralfusion.portfolio.portfolio_returns` would hold.
@@ -19,6 +19,7 @@ __all__ = [
     "per_sample_sharpe",
     "portfolio_path",
     "sharpe_loss",
+    "tilt_loss",
     "turnover_loss",
 ]
 
@@ -64,6 +65,17 @@ def net_exposure_loss(weights: Tensor) -> Tensor:
     return weights.sum(dim=-1).pow(2).mean()
 
 
+def tilt_loss(weights: Tensor) -> Tensor:
+    """Σ_n (mean over the batch of w_n)²: the squared mean book per asset, a penalty on persistent per-asset bets.
+
+    A book whose sign on an asset changes with the news averages out over a batch of windows drawn from across
+    the training period (training shuffles them); a bet the model holds on an asset whatever the news (a drift
+    of the training split it learned to tell that asset by) does not. Unlike `net_exposure_loss`, which looks
+    at each book alone, this looks across the batch, so it leaves every single book free.
+    """
+    return weights.mean(dim=0).pow(2).sum()
+
+
 def turnover_loss(weights: Tensor, prev_weights: Tensor | None) -> Tensor:
     """Σ_n |w_n - w_prev_n| averaged over the batch; 0 without a previous book.
 
@@ -85,6 +97,7 @@ def cga_loss(
     lambda_div: float,
     lambda_net: float,
     lambda_turnover: float,
+    lambda_tilt: float,
     sharpe_eps: float,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total loss (scalar) and its unweighted terms (detached scalars, for logging)."""
@@ -93,11 +106,13 @@ def cga_loss(
         "diversification": diversification_loss(weights),
         "net_exposure": net_exposure_loss(weights),
         "turnover": turnover_loss(weights, prev_weights),
+        "tilt": tilt_loss(weights),
     }
     total = (
         terms["sharpe"]
         + lambda_div * terms["diversification"]
         + lambda_net * terms["net_exposure"]
         + lambda_turnover * terms["turnover"]
+        + lambda_tilt * terms["tilt"]
     )
     return total, {name: value.detach() for name, value in terms.items()}

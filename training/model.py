@@ -391,6 +391,7 @@ class CgaModel(nn.Module):
             lambda_div=self.config.lambda_div,
             lambda_net=self.config.lambda_net,
             lambda_turnover=self.config.lambda_turnover,
+            lambda_tilt=self.config.lambda_tilt,
             sharpe_eps=self.config.sharpe_eps,
         )
         if self.training and self.config.lambda_market_head > 0 and self.config.streams == "both":

@@ -187,7 +187,7 @@ def previous_books(model: CgaModel, grid: GridInputs, anchors: np.ndarray, horiz
 @dataclass
 class TrainResult:
     model: CgaModel
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     best_epoch: int
     best_val_sharpe: float
     seconds: float  # over every session of a resumed run
@@ -334,7 +334,7 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
         shuffle = np.random.default_rng(train.seed + epoch)
         order = rank_shard(shuffle.permutation(train_anchors), rank, world)
         batches = range(0, len(order), train.batch_size)
-        losses = []
+        losses, term_sums = [], {}
         raw_model.train()
         for start in tqdm(batches, desc=f"epoch {epoch + 1}/{train.epochs}", disable=not progress or rank != 0,
                           leave=False):
@@ -351,14 +351,18 @@ def train_model(prepared: Prepared, config: CgaConfig, train: TrainConfig, windo
             optimizer.step()
             scheduler.step()
             losses.append(out.loss.detach().item())
+            for name, value in out.loss_terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + value.item()
             state.windows_seen += len(anchors)
         val = validation_sharpe(raw_model, prepared, prepared.splits.val, window, portfolio, train.val_offsets)
         seconds = time.perf_counter() - epoch_start
         state.epoch = epoch + 1
+        terms = {name: total / len(losses) for name, total in term_sums.items()}  # unweighted, as cga_loss gives them
         state.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_sharpe": val,
-                              "seconds": seconds})
+                              "seconds": seconds, "train_terms": terms})
         if rank == 0:
-            log.info("epoch %d: train loss %.4f, val Sharpe %.2f (%.1f s)", epoch + 1, np.mean(losses), val, seconds)
+            log.info("epoch %d: train loss %.4f, val Sharpe %.2f (%.1f s); terms %s", epoch + 1, np.mean(losses), val,
+                     seconds, ", ".join(f"{name} {value:.4g}" for name, value in terms.items()))
         if val > state.best_val_sharpe:
             state.best_val_sharpe, state.best_epoch = val, epoch + 1
             best_weights = copy.deepcopy(raw_model.state_dict())

@@ -14,6 +14,7 @@ from training.loss import (
     per_sample_sharpe,
     portfolio_path,
     sharpe_loss,
+    tilt_loss,
     turnover_loss,
 )
 
@@ -81,14 +82,36 @@ def test_turnover_loss_rejects_a_previous_book_of_another_shape():
         turnover_loss(WEIGHTS, torch.zeros(1, 2))
 
 
+def test_tilt_loss_penalises_a_book_held_in_every_window():
+    # long asset 0 and short asset 1 by 0.5 in all three windows: mean book (0.5, -0.5) -> 0.25 + 0.25
+    constant = torch.tensor([[0.5, -0.5, 0.0]]).repeat(3, 1)
+    torch.testing.assert_close(tilt_loss(constant), torch.tensor(0.5))
+    # WEIGHTS: mean book (0.75, -0.25) -> 0.5625 + 0.0625
+    torch.testing.assert_close(tilt_loss(WEIGHTS), torch.tensor(0.625))
+
+
+def test_tilt_loss_leaves_books_whose_sign_changes_across_windows_free():
+    # every book is fully invested, but the bets flip with the window: no asset is held on average
+    alternating = torch.tensor([[0.5, -0.5, 0.0], [-0.5, 0.5, 0.0], [0.0, 0.5, -0.5], [0.0, -0.5, 0.5]])
+    assert tilt_loss(alternating).item() == 0.0
+    assert diversification_loss(alternating).item() > 0.0
+
+
+def test_tilt_loss_gradient_pushes_each_window_against_the_mean_book():
+    weights = WEIGHTS.clone().requires_grad_(True)
+    tilt_loss(weights).backward()
+    # d/dw_bn of Σ_n m_n² with m = mean over B windows: 2·m_n / B, the same for every window
+    torch.testing.assert_close(weights.grad, torch.tensor([[0.75, -0.25], [0.75, -0.25]]))
+
+
 def test_cga_loss_is_the_weighted_sum_of_its_terms():
     prev = torch.tensor([[0.5, 0.5], [0.25, -0.75]])
     total, terms = cga_loss(
-        WEIGHTS, TARGETS, prev, lambda_div=0.1, lambda_net=0.2, lambda_turnover=0.3, sharpe_eps=1e-12
+        WEIGHTS, TARGETS, prev, lambda_div=0.1, lambda_net=0.2, lambda_turnover=0.3, lambda_tilt=0.4, sharpe_eps=1e-12
     )
     sharpe = -sum(statistics.mean(p) / statistics.stdev(p) for p in PATHS) / 2
-    expected = sharpe + 0.1 * 0.375 + 0.2 * 0.5 + 0.3 * 1.25
+    expected = sharpe + 0.1 * 0.375 + 0.2 * 0.5 + 0.3 * 1.25 + 0.4 * 0.625
     torch.testing.assert_close(total, torch.tensor(expected))
-    assert set(terms) == {"sharpe", "diversification", "net_exposure", "turnover"}
+    assert set(terms) == {"sharpe", "diversification", "net_exposure", "turnover", "tilt"}
     torch.testing.assert_close(terms["turnover"], torch.tensor(1.25))
     assert not any(t.requires_grad for t in terms.values())

@@ -71,7 +71,7 @@ def test_forward_computes_the_loss_only_with_targets():
     model = tiny_model()
     out = model(*cga_example_inputs(model.config, 3), targets=targets_for(3))
     assert out.loss.shape == ()
-    assert set(out.loss_terms) == {"sharpe", "diversification", "net_exposure", "turnover"}
+    assert set(out.loss_terms) == {"sharpe", "diversification", "net_exposure", "turnover", "tilt"}
 
 
 def configured_loss(config: CgaConfig, weights, targets, prev=None) -> torch.Tensor:
@@ -83,6 +83,7 @@ def configured_loss(config: CgaConfig, weights, targets, prev=None) -> torch.Ten
         lambda_div=config.lambda_div,
         lambda_net=config.lambda_net,
         lambda_turnover=config.lambda_turnover,
+        lambda_tilt=config.lambda_tilt,
         sharpe_eps=config.sharpe_eps,
     )
     return loss
@@ -528,3 +529,18 @@ def test_loading_refuses_a_state_with_missing_tensors():
     with pytest.raises(ValueError, match=r"checkpoint has \d+ tensors, the model has \d+"):
         model.load_checked_state_dict({k: torch.zeros_like(v) for k, v in state.items()})
     assert torch.equal(model.head.out.weight, before)  # nothing copied
+
+
+def test_lambda_tilt_adds_the_weighted_squared_mean_book_and_its_gradient_reaches_the_model():
+    model = tiny_model(lambda_tilt=2.0, lambda_streams=0.0, dropout=0.0).train()
+    without = tiny_model(lambda_tilt=0.0, lambda_streams=0.0, dropout=0.0).train()
+    without.load_state_dict(model.state_dict())
+    inputs, targets = cga_example_inputs(model.config, 4), targets_for(4)
+    out = model(*inputs, targets=targets)
+    train_weights = surrogate_weights(out.logits, model.config.top_k, model.config.surrogate_mix)
+    torch.testing.assert_close(out.loss_terms["tilt"], train_weights.detach().mean(dim=0).square().sum())
+    assert out.loss_terms["tilt"] > 0
+    penalty = out.loss - without(*inputs, targets=targets).loss
+    torch.testing.assert_close(penalty, 2.0 * out.loss_terms["tilt"])
+    penalty.backward()
+    assert model.head.out.weight.grad.abs().sum() > 0

@@ -65,6 +65,10 @@ def test_train_writes_a_complete_run_folder(run_dir):
     assert all(2 <= p <= 16 for p in run.model_config.periods)
     assert 1 <= run.metrics["best_epoch"] <= len(run.metrics["history"]) <= 2
     assert np.isfinite(run.metrics["best_val_sharpe"])
+    # each epoch keeps the mean of every unweighted loss term, so their sizes can be compared before choosing a weight
+    terms = run.metrics["history"][0]["train_terms"]
+    assert {"sharpe", "diversification", "net_exposure", "turnover", "tilt"} <= set(terms)
+    assert all(np.isfinite(value) for value in terms.values()) and terms["tilt"] > 0
 
 
 def test_training_is_deterministic(market, run_dir, tmp_path):
