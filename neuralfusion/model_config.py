@@ -89,6 +89,10 @@ class CgaConfig:
     # held on an asset whatever the news; on the `realistic` market the fused books held the same per-asset tilts
     # in every run, the training split's drifts (docs/MODEL.md). Off by default
     lambda_tilt: float = 0.0
+    # training only, CGA fusion: weight of the news side's mean gate g_N (how much of the news sequence is replaced by
+    # its attention over the bars). The head's market weights can be penalised (lambda_market_head), but the bars also
+    # reach the head through that attention; the gate lies in [0, 1], so rescaling cannot hide it (docs/MODEL.md)
+    lambda_news_gate: float = 0.0
     # added to the variance of per-bar portfolio returns (units: return²; 3-minute bars have ~1e-6)
     sharpe_eps: float = 1e-12
     # the input layout the model reads (NEWS_LAYOUTS)
@@ -136,7 +140,7 @@ class CgaConfig:
         if not 0.0 <= self.surrogate_mix <= 1.0:
             problems.append(f"surrogate_mix must be in [0, 1], got {self.surrogate_mix}")
         for name in ("lambda_div", "lambda_net", "lambda_turnover", "lambda_streams", "lambda_market_head",
-                     "lambda_tilt"):
+                     "lambda_tilt", "lambda_news_gate"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.sharpe_eps <= 0:

@@ -275,9 +275,13 @@ class CgaCrossGate(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, other: Tensor) -> Tensor:  # (B·N, L, C), (B·N, L, C) -> (B·N, L, C)
+        return self.blend(x, other)[0]
+
+    def blend(self, x: Tensor, other: Tensor) -> tuple[Tensor, Tensor]:
+        """x̃ and the gate g it was blended with, both (B·N, L, C)."""
         attended = self.dropout(self.attn(x, other, other, need_weights=False)[0])  # (B·N, L, C)
         gate = torch.sigmoid(self.gate(torch.cat([x, attended], dim=-1)))  # (B·N, L, C)
-        return gate * attended + (1.0 - gate) * x
+        return gate * attended + (1.0 - gate) * x, gate
 
 
 class CgaFusion(nn.Module):
@@ -292,11 +296,17 @@ class CgaFusion(nn.Module):
         self.out_dim = config.d_model * (2 if both else 1)
 
     def forward(self, news_seq: Tensor | None, market_seq: Tensor | None) -> Tensor:  # -> (B·N, L, out_dim)
+        return self.fuse(news_seq, market_seq)[0]
+
+    def fuse(self, news_seq: Tensor | None, market_seq: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The fused sequence (B·N, L, out_dim) and the news side's gate (B·N, L, C), None without cross-attention."""
         if news_seq is None or market_seq is None:
-            return market_seq if news_seq is None else news_seq
+            return (market_seq if news_seq is None else news_seq), None
+        news_gate = None
         if self.news_gate is not None and self.market_gate is not None:
-            news_seq, market_seq = self.news_gate(news_seq, market_seq), self.market_gate(market_seq, news_seq)
-        return torch.cat([news_seq, market_seq], dim=-1)  # (B·N, L, 2C)
+            fused_news, news_gate = self.news_gate.blend(news_seq, market_seq)
+            news_seq, market_seq = fused_news, self.market_gate(market_seq, news_seq)
+        return torch.cat([news_seq, market_seq], dim=-1), news_gate  # (B·N, L, 2C)
 
 
 class CgaHead(nn.Module):
@@ -378,7 +388,8 @@ class CgaModel(nn.Module):
             news_seq = self.news(_asset_sequences(news_in))  # (B·N, L, C)
         if self.market is not None:
             market_seq = self.market(_asset_sequences(self.market.asset_inputs(market)))  # (B·N, L, C)
-        logits = self._scores(self.head(self.fusion(news_seq, market_seq)))  # (B·N, 1) -> (B, N)
+        fused, news_gate = self.fusion.fuse(news_seq, market_seq)
+        logits = self._scores(self.head(fused))  # (B·N, 1) -> (B, N)
         weights = topk_weights(logits, self.config.top_k)  # (B, N)
         if targets is None:
             return CgaOutput(logits=logits, weights=weights)
@@ -398,6 +409,9 @@ class CgaModel(nn.Module):
             market_weights = self.head.out.weight[:, self.market_head_columns()]
             loss = loss + self.config.lambda_market_head * market_weights.square().sum()
             terms["market_head_norm"] = market_weights.detach().square().sum()
+        if self.training and self.config.lambda_news_gate > 0 and news_gate is not None:
+            loss = loss + self.config.lambda_news_gate * news_gate.mean()
+            terms["news_gate"] = news_gate.detach().mean()
         if self.training and self.stream_heads is not None:
             for name, seq in zip(STREAM_NAMES, (news_seq, market_seq), strict=True):
                 stream_logits = self._scores(self.stream_heads[name](seq))  # (B·N, 1) -> (B, N)

@@ -544,3 +544,30 @@ def test_lambda_tilt_adds_the_weighted_squared_mean_book_and_its_gradient_reache
     torch.testing.assert_close(penalty, 2.0 * out.loss_terms["tilt"])
     penalty.backward()
     assert model.head.out.weight.grad.abs().sum() > 0
+
+
+def test_lambda_news_gate_adds_the_weighted_mean_news_gate_and_closes_it():
+    model = tiny_model(lambda_news_gate=0.5, lambda_streams=0.0, dropout=0.0).train()
+    without = tiny_model(lambda_news_gate=0.0, lambda_streams=0.0, dropout=0.0).train()
+    without.load_state_dict(model.state_dict())
+    inputs, targets = cga_example_inputs(model.config, 4), targets_for(4)
+    out = model(*inputs, targets=targets)
+    gate = out.loss_terms["news_gate"]
+    assert 0.0 < gate.item() < 0.5  # the gates start mostly closed
+    penalty = out.loss - without(*inputs, targets=targets).loss
+    torch.testing.assert_close(penalty, 0.5 * gate)
+    penalty.backward()
+    assert (model.fusion.news_gate.gate.bias.grad > 0).all()  # every channel's gate is pushed shut
+    assert "news_gate" not in model.eval()(*inputs, targets=targets).loss_terms
+    concat = tiny_model(lambda_news_gate=0.5, fusion="concat").train()
+    assert "news_gate" not in concat(*inputs, targets=targets).loss_terms  # no cross-attention, nothing to penalise
+
+
+def test_fusion_fuse_gives_the_forward_sequence_and_the_news_gate_it_used():
+    model = tiny_model(dropout=0.0)
+    seq = torch.randn(2 * N_ASSETS, model.config.lookback, model.config.d_model)
+    other = torch.randn_like(seq)
+    fused, gate = model.fusion.fuse(seq, other)
+    torch.testing.assert_close(fused, model.fusion(seq, other))
+    attended = model.fusion.news_gate.attn(seq, other, other, need_weights=False)[0]
+    torch.testing.assert_close(fused[..., : model.config.d_model], gate * attended + (1 - gate) * seq)
