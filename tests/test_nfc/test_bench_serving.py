@@ -11,10 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pymongo import MongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # the scripts import each other by name
 
-from bench_serving import Level, cpu_by_label, must_hold, parse_args, served_over_raw, served_over_raw_cpu
+from bench_serving import (
+    Level,
+    Server,
+    cpu_by_label,
+    move_out,
+    must_hold,
+    parse_args,
+    served_over_raw,
+    served_over_raw_cpu,
+)
 from machine import process_tree_cpu
 
 BUSY = "import sys, time\nstart = time.process_time()\nwhile time.process_time() - start < 0.4: pass\nsys.stdin.read()"
@@ -94,3 +104,22 @@ def test_quick_settings_and_refused_options():
         parse_args(["--out", "x", "--set", "NFC_PREDICT_MAX_BATCH=4"])  # the benchmark sets it per server
     with pytest.raises(SystemExit):
         parse_args(["--out", "x", "--package", "somewhere"])  # --package needs --data
+
+
+@pytest.mark.mongo
+def test_each_concurrency_checks_its_predictions_then_empties_the_database(mongo_uri):
+    """`move_out`: the database must hold exactly the OK answers since the last move, which then leave it (so the
+    next concurrency starts from an empty collection) and count as stored for the run."""
+    server = Server(name="batching", process=None, url="", grpc_target="", database="bench_move_out")  # type: ignore[arg-type]
+    with MongoClient(mongo_uri) as client:
+        predictions = client[server.database]["predictions"]
+        predictions.insert_many([{"request_id": f"r{i}"} for i in range(3)])
+        server.answered |= {"r0", "r1", "r2"}
+        assert move_out(mongo_uri, server) and predictions.count_documents({}) == 0
+        assert server.moved == {"r0", "r1", "r2"}
+        predictions.insert_one({"request_id": "r3"})
+        server.answered |= {"r3", "r4"}  # r4 answered OK but never stored
+        assert not move_out(mongo_uri, server) and predictions.count_documents({}) == 0
+        predictions.insert_many([{"request_id": "r5"}, {"request_id": "stray"}])  # a document nobody was answered
+        server.answered.add("r5")
+        assert not move_out(mongo_uri, server)
