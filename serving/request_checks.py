@@ -85,11 +85,14 @@ def check_request_against_model(request: PredictRequest | RequestFrames, symbols
         raise RequestError(f"no bars for symbols {missing}; this model needs bars for every one of {list(symbols)}")
     last = bars["timestamp"].max()
     try:
-        _check_window(bars, clock, last, bars_needed)
+        if not clock.is_close(last):
+            raise RequestError(f"the last bar closes at {last.isoformat()}, not on the {_grid_text(clock)} bar "
+                               "grid, so the as-of bar would be incomplete: end the bars at "
+                               f"{clock.last_close(last).isoformat()}")
+        window_start = clock.earlier(last, bars_needed - 1)
+        slot = pd.Series(clock.ceil(pd.DatetimeIndex(bars["timestamp"])), index=bars.index)
     except ValueError as err:  # times outside the calendar's known sessions
         raise RequestError(f"the bars' times are outside the model's {_grid_text(clock)} calendar: {err}") from None
-    window_start = clock.earlier(last, bars_needed - 1)
-    slot = pd.Series(clock.ceil(pd.DatetimeIndex(bars["timestamp"])), index=bars.index)
     column = np.array([symbols.index(s) for s in distinct], dtype=np.int64)[codes]
     # each symbol's first grid bar is at its first row: the frames are sorted by time, and every symbol is sent
     first = slot.array.asi8[np.unique(column, return_index=True)[1]]
@@ -101,16 +104,6 @@ def check_request_against_model(request: PredictRequest | RequestFrames, symbols
                            f"symbol, from {window_start.isoformat()} to {last.isoformat()}; {detail}: "
                            f"send bars from {window_start.isoformat()} on")
     return bars, news
-
-
-def _check_window(bars: pd.DataFrame, clock: BarClock, last: pd.Timestamp, bars_needed: int) -> None:
-    """The last bar closes on the grid and the calendar knows the window's first bar (ValueError otherwise)."""
-    if not clock.is_close(last):
-        raise RequestError(f"the last bar closes at {last.isoformat()}, not on the {_grid_text(clock)} bar "
-                           "grid, so the as-of bar would be incomplete: end the bars at "
-                           f"{clock.last_close(last).isoformat()}")
-    clock.earlier(last, bars_needed - 1)
-    clock.ceil(pd.DatetimeIndex(bars["timestamp"][:1]))
 
 
 def _grid_text(clock: BarClock) -> str:
