@@ -17,6 +17,7 @@ from training.loss import cga_loss, sharpe_loss
 from training.model import (
     CgaInception,
     CgaModel,
+    CgaOutput,
     cga_example_inputs,
     surrogate_weights,
     topk_weights,
@@ -531,33 +532,35 @@ def test_loading_refuses_a_state_with_missing_tensors():
     assert torch.equal(model.head.out.weight, before)  # nothing copied
 
 
-def test_lambda_tilt_adds_the_weighted_squared_mean_book_and_its_gradient_reaches_the_model():
-    model = tiny_model(lambda_tilt=2.0, lambda_streams=0.0, dropout=0.0).train()
-    without = tiny_model(lambda_tilt=0.0, lambda_streams=0.0, dropout=0.0).train()
+def penalised(setting: str, weight: float) -> tuple[CgaModel, CgaOutput, torch.Tensor]:
+    """A tiny model with loss weight `setting` = `weight` in training mode, its output on 4 windows, and how much
+    its loss exceeds that of the same weights with the setting at 0."""
+    model = tiny_model(**{setting: weight}, lambda_streams=0.0, dropout=0.0).train()
+    without = tiny_model(**{setting: 0.0}, lambda_streams=0.0, dropout=0.0).train()
     without.load_state_dict(model.state_dict())
     inputs, targets = cga_example_inputs(model.config, 4), targets_for(4)
     out = model(*inputs, targets=targets)
+    return model, out, out.loss - without(*inputs, targets=targets).loss
+
+
+def test_lambda_tilt_adds_the_weighted_squared_mean_book_and_its_gradient_reaches_the_model():
+    model, out, penalty = penalised("lambda_tilt", 2.0)
     train_weights = surrogate_weights(out.logits, model.config.top_k, model.config.surrogate_mix)
     torch.testing.assert_close(out.loss_terms["tilt"], train_weights.detach().mean(dim=0).square().sum())
     assert out.loss_terms["tilt"] > 0
-    penalty = out.loss - without(*inputs, targets=targets).loss
     torch.testing.assert_close(penalty, 2.0 * out.loss_terms["tilt"])
     penalty.backward()
     assert model.head.out.weight.grad.abs().sum() > 0
 
 
 def test_lambda_news_gate_adds_the_weighted_mean_news_gate_and_closes_it():
-    model = tiny_model(lambda_news_gate=0.5, lambda_streams=0.0, dropout=0.0).train()
-    without = tiny_model(lambda_news_gate=0.0, lambda_streams=0.0, dropout=0.0).train()
-    without.load_state_dict(model.state_dict())
-    inputs, targets = cga_example_inputs(model.config, 4), targets_for(4)
-    out = model(*inputs, targets=targets)
+    model, out, penalty = penalised("lambda_news_gate", 0.5)
     gate = out.loss_terms["news_gate"]
     assert 0.0 < gate.item() < 0.5  # the gates start mostly closed
-    penalty = out.loss - without(*inputs, targets=targets).loss
     torch.testing.assert_close(penalty, 0.5 * gate)
     penalty.backward()
     assert (model.fusion.news_gate.gate.bias.grad > 0).all()  # every channel's gate is pushed shut
+    inputs, targets = cga_example_inputs(model.config, 4), targets_for(4)
     assert "news_gate" not in model.eval()(*inputs, targets=targets).loss_terms
     concat = tiny_model(lambda_news_gate=0.5, fusion="concat").train()
     assert "news_gate" not in concat(*inputs, targets=targets).loss_terms  # no cross-attention, nothing to penalise
