@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+from bench_serving import drive
 from machine import machine, machine_line, process_tree_cpu
 
 from neuralfusion.client import KEEPALIVE_EXPIRY_S
@@ -77,15 +78,17 @@ def request_bodies(route: str, data: Path, info: dict[str, Any], n: int) -> list
 
 
 async def burst(url: str, path: str, bodies: list[dict[str, Any]], concurrency: int) -> list[float]:
-    """Send `bodies` at `concurrency`; each request's latency in seconds."""
-    limit = asyncio.Semaphore(concurrency)
+    """Send `bodies` at `concurrency` with bench_serving's driver; each request's latency in seconds. A request
+    that does not answer 200 ends the run: a comparison of failures would measure nothing."""
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S)) as client:
-        async def one(body: dict[str, Any]) -> float:
-            async with limit:
-                started = time.perf_counter()
-                (await client.post(f"{url}{path}", json=body)).raise_for_status()
-                return time.perf_counter() - started
-        return list(await asyncio.gather(*(one(body) for body in bodies)))
+        async def send(i: int) -> str | None:
+            response = await client.post(f"{url}{path}", json=bodies[i])
+            return None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:300]}"
+
+        latencies_ms, errors, _, _ = await drive(send, range(len(bodies)), concurrency)
+    if errors:
+        sys.exit(f"{url}{path} failed: {errors[0]}")
+    return [ms / 1000 for ms in latencies_ms]
 
 
 def main() -> None:
