@@ -31,10 +31,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
-from bench_serving import drive
+from bench_serving import drive, load_session
 from machine import machine, machine_line, process_tree_cpu
 
-from neuralfusion.client import KEEPALIVE_EXPIRY_S
 from neuralfusion.data.bars import BarFileSource
 from neuralfusion.data.news import read_news
 from nfc.embedded_mongo import EmbeddedMongo, free_port
@@ -80,10 +79,10 @@ def request_bodies(route: str, data: Path, info: dict[str, Any], n: int) -> list
 async def burst(url: str, path: str, bodies: list[dict[str, Any]], concurrency: int) -> list[float]:
     """Send `bodies` at `concurrency` with bench_serving's driver; each request's latency in seconds. A request
     that does not answer 200 ends the run: a comparison of failures would measure nothing."""
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S)) as client:
+    async with load_session(concurrency, timeout_s=120) as session:
         async def send(i: int) -> str | None:
-            response = await client.post(f"{url}{path}", json=bodies[i])
-            return None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:300]}"
+            async with session.post(f"{url}{path}", json=bodies[i]) as response:
+                return None if response.status == 200 else f"HTTP {response.status}: {(await response.text())[:300]}"
 
         latencies_ms, errors, _, _ = await drive(send, range(len(bodies)), concurrency)
     if errors:

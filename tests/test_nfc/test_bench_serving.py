@@ -107,9 +107,9 @@ def test_quick_settings_and_refused_options():
 
 
 @pytest.mark.mongo
-def test_each_concurrency_checks_its_predictions_then_empties_the_database(mongo_uri):
+def test_each_burst_checks_its_predictions_then_empties_the_database(mongo_uri):
     """`move_out`: the database must hold exactly the OK answers since the last move, which then leave it (so the
-    next concurrency starts from an empty collection) and count as stored for the run."""
+    next burst starts from an empty collection) and count as stored for the run."""
     server = Server(name="batching", process=None, url="", grpc_target="", database="bench_move_out")  # type: ignore[arg-type]
     with MongoClient(mongo_uri) as client:
         predictions = client[server.database]["predictions"]
