@@ -133,7 +133,6 @@ SERVERS = ("batching", "b1")
 BENCH_OWNED = ("NFC_MONGO_URI", "NFC_MONGO_DB", "NFC_MODEL", "NFC_MODEL_PATH", "NFC_GRPC_PORT", "NFC_GRPC_HOST",
                "NFC_PREDICT_MAX_BATCH", "NFC_PREDICT_MAX_LATENCY_MS", "NFC_ENCODER_MAX_BATCH", "NFC_DEVICE",
                "NFC_BARS_DIR", "NFC_NEWS_MONGO_URI", "NFC_NEWS_DB", "NFC_NEWS_COLLECTION", "NFC_WORKERS")
-GRPC_CONNECTIONS = 8  # gRPC connections per mode, calls sent round-robin over them (as a load-balancing client)
 NEWS_DB, NEWS_COLLECTION = "bench_news", "news"  # where the by-reference server reads the news
 STARTUP_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
@@ -370,13 +369,22 @@ def http_sender(session: aiohttp.ClientSession, url: str, spec: ModeSpec, work: 
 
 
 def grpc_sender(calls: list[Callable[..., Any]], work: Workload, timeout_s: float) -> Send:
-    """Sends request i with calls[i % len(calls)], each a unary method (Predict, PredictColumns) of a stub on its own
-    connection."""
+    """Sends each request with a free one of `calls`, unary methods (Predict, PredictColumns) of stubs on their own
+    connections, one per request in flight: each connection carries one call at a time, as each of the HTTP client's
+    pooled connections does, so a worker whose connections answer sooner gets the next calls (calls sent round-robin
+    over a few connections follow the kernel's split of those connections between workers, not the workers' pace)."""
+    free: asyncio.Queue[Callable[..., Any]] = asyncio.Queue()
+    for call in calls:
+        free.put_nowait(call)
+
     async def send(i: int) -> str | None:
+        call = await free.get()
         try:
-            reply = await calls[i % len(calls)](work.bodies[i], timeout=timeout_s)
+            reply = await call(work.bodies[i], timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
             return f"gRPC {err.code().name}: {(err.details() or '')[:200]}"
+        finally:
+            free.put_nowait(call)
         if not reply.stored or reply.request_id != work.ids[i]:
             return f"answer for {reply.request_id} to {work.ids[i]}"
         return None
@@ -569,22 +577,25 @@ async def measure(modes: list[str], servers: dict[str, Server], works: dict[str,
     """Every concurrency: one warm-up burst per mode, then --rounds rounds of one burst per mode in turn."""
     timeout_s = args.max_latency_ms / 1000 + 60
     levels: list[Level] = []
-    async with load_session(max(args.concurrency), timeout_s) as client, AsyncExitStack() as stack:
+    async with load_session(max(args.concurrency), timeout_s) as client:
         senders: dict[str, Send] = {}
-        for mode in modes:
-            spec = MODES[mode]
-            if mode in ("grpc", "grpc-columns"):
-                # the workers' gRPC servers share one port (SO_REUSEPORT): the kernel spreads connections, not calls,
-                # so a client reaches every worker through several connections (a channel with its own subchannels)
-                calls = []
-                for _ in range(GRPC_CONNECTIONS):
-                    channel = await stack.enter_async_context(grpc.aio.insecure_channel(
-                        servers["batching"].grpc_target, options=[("grpc.use_local_subchannel_pool", 1)]))
-                    stub = pb_grpc.PortfolioServiceStub(channel)
-                    calls.append(stub.Predict if mode == "grpc" else stub.PredictColumns)
-                senders[mode] = grpc_sender(calls, works[mode], timeout_s)
-            elif spec.server is not None:
-                senders[mode] = http_sender(client, servers[spec.server].url, spec, works[mode])
+
+        async def connect(stack: AsyncExitStack, concurrency: int) -> None:
+            """Each mode's sender for one concurrency; gRPC modes get `concurrency` connections, closed with
+            `stack`: the workers' gRPC servers share one port (SO_REUSEPORT) and the kernel spreads connections, not
+            calls, between them."""
+            for mode in modes:
+                spec = MODES[mode]
+                if mode in ("grpc", "grpc-columns"):
+                    calls = []
+                    for _ in range(concurrency):
+                        channel = await stack.enter_async_context(grpc.aio.insecure_channel(
+                            servers["batching"].grpc_target, options=[("grpc.use_local_subchannel_pool", 1)]))
+                        stub = pb_grpc.PortfolioServiceStub(channel)
+                        calls.append(stub.Predict if mode == "grpc" else stub.PredictColumns)
+                    senders[mode] = grpc_sender(calls, works[mode], timeout_s)
+                elif spec.server is not None:
+                    senders[mode] = http_sender(client, servers[spec.server].url, spec, works[mode])
 
         async def burst(mode: str, indices: range, concurrency: int) -> Burst:
             spec = MODES[mode]
@@ -597,16 +608,18 @@ async def measure(modes: list[str], servers: dict[str, Server], works: dict[str,
         cursor = 0  # every mode sends its own requests in the same order, so rows, rows-b1 and raw share theirs
         for concurrency in args.concurrency:
             size, warmup = burst_size(args, concurrency), warmup_size(args, concurrency)
-            for mode in modes:  # not counted
-                await burst(mode, range(cursor, cursor + warmup), concurrency)
-            cursor += warmup
-            load = load_average()
             measured: dict[str, list[Burst]] = {mode: [] for mode in modes}
-            for round_ in range(args.rounds):
-                order = modes if round_ % 2 == 0 else modes[::-1]  # nobody always goes first
-                for mode in order:
-                    measured[mode].append(await burst(mode, range(cursor, cursor + size), concurrency))
-                cursor += size
+            async with AsyncExitStack() as connections:
+                await connect(connections, concurrency)
+                for mode in modes:  # not counted
+                    await burst(mode, range(cursor, cursor + warmup), concurrency)
+                cursor += warmup
+                load = load_average()
+                for round_ in range(args.rounds):
+                    order = modes if round_ % 2 == 0 else modes[::-1]  # nobody always goes first
+                    for mode in order:
+                        measured[mode].append(await burst(mode, range(cursor, cursor + size), concurrency))
+                    cursor += size
             for mode in modes:
                 level = summarise(mode, concurrency, measured[mode], args.max_latency_ms, load)
                 levels.append(level)
