@@ -40,6 +40,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
 import anyio.to_thread
 import numpy as np
 import pandas as pd
@@ -406,19 +407,21 @@ def _translated(bars: WindowBuffer) -> Iterator[None]:
 
 async def predict_by_reference(sources: ReferenceSources, window: ModelWindow, query: PredictAtRequest,
                                held: Callable[[datetime], Awaitable[PredictionRecord | None]],
-                               predict: Callable[[CheckedRequest], Awaitable[PredictionOut]]) -> PredictionOut:
+                               predict: Callable[[CheckedRequest], Awaitable[PredictionOut]],
+                               limiter: anyio.CapacityLimiter) -> PredictionOut:
     """The answer to `query`. A bar this worker built since its buffers last changed is looked up in MongoDB
     (`held`): stored from the same inputs, the stored prediction is the answer (`duplicate: true`), with no read,
     check or model run. Any other bar is read and checked here and handed to `predict` (which stores it; a bar
     stored before from the same inputs, e.g. by another worker, comes back from the store as `duplicate: true`,
-    and one stored from other inputs is the 409 /predict gives)."""
+    and one stored from other inputs is the 409 /predict gives). The read and checks take one of `limiter`'s
+    threads (the worker's NFC_PREPARE_THREADS)."""
     as_of, inputs_hash = await anyio.to_thread.run_sync(sources.known, window, query)
     pinned = query.model_copy(update={"as_of": as_of.to_pydatetime()})  # the default as-of, resolved once
     if inputs_hash is not None:
         record = await held(as_of.to_pydatetime())
         if record is not None and record.inputs_sha256 == inputs_hash:
             return PredictionOut.from_record(record, duplicate=True)
-    reference = await anyio.to_thread.run_sync(sources.request, window, pinned)
+    reference = await anyio.to_thread.run_sync(sources.request, window, pinned, limiter=limiter)
     return await predict(reference)
 
 

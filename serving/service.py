@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import aiohttp
+import anyio
 import anyio.to_thread
 import bentoml
 import numpy as np
@@ -263,6 +264,7 @@ class PortfolioService:
         self._indexed = False
         self._checked: PortfolioRuntime | None = None  # the runtime both inner services were found to run
         self.references = ReferenceSources(self.settings, self.limits)  # /predict/at's sources (opened on use)
+        self.prepare_threads = anyio.CapacityLimiter(self.settings.prepare_threads)  # NFC_PREPARE_THREADS
         # the vectors the encoder service answered this worker: a request whose texts it saw makes no encoder call
         self.known_vectors = KnownVectors(self.settings.vector_cache_size)
 
@@ -353,7 +355,7 @@ class PortfolioService:
         runtime = self._runtime()  # read once: a swap meanwhile does not mix versions in this answer
         await self._check_inner_services(runtime)
         prepared, inputs_hash = await anyio.to_thread.run_sync(
-            _prepare, runtime, read, self.limits, self.settings.as_of_lead_bars)
+            _prepare, runtime, read, self.limits, self.settings.as_of_lead_bars, limiter=self.prepare_threads)
         if prepared.texts:
             vectors = await self.known_vectors.vectors(
                 runtime.manifest.data["encoder"]["fingerprint"], prepared.texts, runtime.embed_dim,
@@ -375,7 +377,7 @@ class PortfolioService:
         return await predict_by_reference(
             self.references, ModelWindow.of(runtime), query,
             lambda as_of: self._store_call(lambda store: store.get(runtime.version, as_of)),
-            lambda checked: self.predict_inline(lambda: checked))
+            lambda checked: self.predict_inline(lambda: checked), self.prepare_threads)
 
     async def query_model_info(self) -> ModelInfo:
         """The served model: version, universe, window, execution providers, batch statistics."""

@@ -3,12 +3,14 @@ computed from what a run measured (the servers themselves are exercised by the b
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from pymongo import MongoClient
@@ -18,7 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # the sc
 from bench_serving import (
     Level,
     Server,
+    Workload,
     cpu_by_label,
+    drive,
+    grpc_sender,
     move_out,
     must_hold,
     parse_args,
@@ -26,6 +31,9 @@ from bench_serving import (
     served_over_raw_cpu,
 )
 from machine import process_tree_cpu
+
+from serving.proto import neuralfusion_pb2 as pb
+from serving.proto import neuralfusion_pb2_grpc as pb_grpc
 
 BUSY = "import sys, time\nstart = time.process_time()\nwhile time.process_time() - start < 0.4: pass\nsys.stdin.read()"
 
@@ -123,3 +131,47 @@ def test_each_burst_checks_its_predictions_then_empties_the_database(mongo_uri):
         predictions.insert_many([{"request_id": "r5"}, {"request_id": "stray"}])  # a document nobody was answered
         server.answered.add("r5")
         assert not move_out(mongo_uri, server)
+
+
+class OneCallPerConnection(pb_grpc.PortfolioServiceServicer):
+    """A loopback PortfolioService that answers Predict after a short wait and records, per client connection (the
+    peer's address and port), the most calls it held at once."""
+
+    def __init__(self) -> None:
+        self.in_flight: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+
+    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.Prediction:
+        peer = context.peer()
+        self.in_flight[peer] = self.in_flight.get(peer, 0) + 1
+        self.most[peer] = max(self.most.get(peer, 0), self.in_flight[peer])
+        await asyncio.sleep(0.005)
+        self.in_flight[peer] -= 1
+        return pb.Prediction(request_id=request.request_id, stored=True)
+
+
+def test_grpc_calls_go_one_at_a_time_on_each_connection_and_every_connection_is_used():
+    """bench_serving's gRPC sender: with as many connections as calls in flight, a connection never carries two calls
+    at once (each is a client slot, as a pooled HTTP connection is), and every request is answered as itself."""
+    async def run() -> tuple[OneCallPerConnection, list[str], list[int]]:
+        servicer = OneCallPerConnection()
+        server = grpc.aio.server()
+        pb_grpc.add_PortfolioServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(6)]
+        try:
+            work = Workload(ids=[f"r{i}" for i in range(60)], as_of=[],
+                            bodies=[pb.PredictRequest(request_id=f"r{i}") for i in range(60)])
+            send = grpc_sender([pb_grpc.PortfolioServiceStub(c).Predict for c in channels], work, timeout_s=30)
+            _, errors, ok, _ = await drive(send, range(60), 6)
+        finally:
+            for channel in channels:
+                await channel.close()
+            await server.stop(None)
+        return servicer, errors, ok
+
+    servicer, errors, ok = asyncio.run(run())
+    assert errors == [] and sorted(ok) == list(range(60))
+    assert len(servicer.most) == 6 and set(servicer.most.values()) == {1}

@@ -140,8 +140,11 @@ def test_settings_name_the_variable_at_fault():
         ServeSettings.from_env({"NFC_GRPC_PORT": "abc"})
     with pytest.raises(ValueError, match="NFC_DEVICE='tpu'"):
         ServeSettings.from_env({"NFC_DEVICE": "tpu"})
+    with pytest.raises(ValueError, match="NFC_PREPARE_THREADS='0' must be a positive integer"):
+        ServeSettings.from_env({"NFC_PREPARE_THREADS": "0"})
     settings = ServeSettings.from_env({"NFC_API_KEY": "s3cret", "NFC_PREDICT_MAX_BATCH": "8"})
-    assert settings.predict_max_batch == 8 and "s3cret" not in repr(settings)
+    assert settings.predict_max_batch == 8 and "s3cret" not in repr(settings) and settings.prepare_threads == 2
+    assert ServeSettings.from_env({"NFC_PREPARE_THREADS": "3"}).prepare_threads == 3
 
 
 def test_api_key_is_checked_in_constant_time_and_never_echoed():
