@@ -7,7 +7,7 @@ The first WARMUP_BARS bars have undefined features and no window may read them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,8 @@ import pandas as pd
 from neuralfusion.data.bars import BarPanel
 from neuralfusion.errors import DataError
 
-__all__ = ["FEATURE_NAMES", "WARMUP_BARS", "FeatureNormalizer", "market_features", "simple_returns"]
+__all__ = ["FEATURE_NAMES", "FLOW_EVENT_NAME", "WARMUP_BARS", "FeatureNormalizer", "market_features", "model_features",
+           "simple_returns"]
 
 VOL_WINDOW = 20  # bars in the realised-volatility window (one hour of 3-minute bars)
 MOMENTUM_WINDOW = 10
@@ -63,10 +64,40 @@ def market_features(panel: BarPanel) -> np.ndarray:
     return features
 
 
+FLOW_EVENT_NAME = "flow_event"  # log_return x max(volume_z - flow_event_z, 0): a jump on a volume burst
+
+
+def model_features(features: np.ndarray, flow_event_z: float = 0.0, cross_section: bool = False) -> np.ndarray:
+    """The model's market channels (..., N, F') from `market_features` (..., N, F), before standardisation.
+
+    flow_event_z > 0 appends FLOW_EVENT_NAME: the bar's log return where its volume z-score exceeds the threshold,
+    scaled by the excess (0 elsewhere), so a flow shock (a jump with a volume burst) is one channel a linear read can
+    follow. cross_section standardises every channel across the assets at each bar (less the universe mean, over the
+    universe std; a bar whose assets agree gives 0), so an asset's level of volatility, range or volume does not tell
+    it apart from the others, while a bar on which it moved or traded unlike them still stands out. Both are
+    functions of one bar, so they add no look-ahead and need no warm-up beyond the features'. NaN stays NaN."""
+    channels = np.asarray(features, dtype=np.float64)
+    if flow_event_z > 0:
+        log_return = channels[..., FEATURE_NAMES.index("log_return")]
+        burst = np.maximum(channels[..., FEATURE_NAMES.index("volume_z")] - flow_event_z, 0.0)
+        channels = np.concatenate([channels, (log_return * burst)[..., None]], axis=-1)
+    if cross_section:
+        spread = channels.std(axis=-2, keepdims=True)
+        channels = (channels - channels.mean(axis=-2, keepdims=True)) / np.where(spread > 1e-12, spread, 1.0)
+    return channels
+
+
+def derived_channel_names(names: tuple[str, ...], flow_event_z: float) -> tuple[str, ...]:
+    """The channels `model_features` derives from features `names`: those, then the flow event when on."""
+    return (*names, FLOW_EVENT_NAME) if flow_event_z > 0 else tuple(names)
+
+
 @dataclass(frozen=True)
 class FeatureNormalizer:
-    """Per-feature mean and std pooled over assets, fitted on the training bars only, and the bound the standardised
-    values are clipped to (0: none). It travels with the run and the package, so serving clips as training did."""
+    """Per-channel mean and std pooled over assets, fitted on the training bars only, the bound the standardised
+    values are clipped to (0: none), and the channels derived before standardising (`model_features`:
+    flow_event_z, cross_section; off by default). It travels with the run and the package, so serving derives,
+    standardises and clips as training did."""
 
     names: tuple[str, ...]
     mean: tuple[float, ...]
@@ -74,46 +105,86 @@ class FeatureNormalizer:
     fit_start: int
     fit_end: int
     clip: float = 0.0
+    flow_event_z: float = 0.0
+    cross_section: bool = False
+    # the derived channels the model reads, in this order (empty: all of them)
+    keep: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.clip) and self.clip >= 0):
             raise ValueError(f"clip must be a finite number >= 0 (0: no clipping), got {self.clip}")
+        if not (np.isfinite(self.flow_event_z) and self.flow_event_z >= 0):
+            raise ValueError(f"flow_event_z must be a finite number >= 0 (0: no flow-event channel), "
+                             f"got {self.flow_event_z}")
+        unknown = [name for name in self.keep if name not in self.derived_names]
+        if unknown or len(set(self.keep)) != len(self.keep):
+            raise ValueError(f"keep must name distinct channels among {list(self.derived_names)}, got "
+                             f"{list(self.keep)}")
+        if not len(self.mean) == len(self.std) == len(self.channel_names):
+            raise ValueError(f"the normaliser holds {len(self.mean)} means and {len(self.std)} stds for the "
+                             f"{len(self.channel_names)} channels {list(self.channel_names)}")
+
+    @property
+    def derived_names(self) -> tuple[str, ...]:
+        return derived_channel_names(self.names, self.flow_event_z)
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """The model's market channels: the derived ones `keep` names, or all of them."""
+        return self.keep or self.derived_names
+
+    def channels(self, features: np.ndarray) -> np.ndarray:
+        """The model's market channels (..., N, F') of `market_features` output, before standardisation."""
+        derived = model_features(features, self.flow_event_z, self.cross_section)
+        if not self.keep:
+            return derived
+        return derived[..., [self.derived_names.index(name) for name in self.keep]]
 
     @classmethod
-    def fit(cls, features: np.ndarray, fit_start: int, fit_end: int,
-            names: tuple[str, ...] = FEATURE_NAMES, clip: float = 0.0) -> FeatureNormalizer:
-        """Fit on bars fit_start..fit_end inclusive (the training split's input bars); `clip` as the field."""
+    def fit(cls, features: np.ndarray, fit_start: int, fit_end: int, names: tuple[str, ...] = FEATURE_NAMES,
+            clip: float = 0.0, flow_event_z: float = 0.0, cross_section: bool = False,
+            keep: tuple[str, ...] = ()) -> FeatureNormalizer:
+        """Fit on bars fit_start..fit_end inclusive (the training split's input bars); the rest as the fields."""
         window = features[fit_start: fit_end + 1]
         bad = ~np.isfinite(window)
         if bad.any():
             bar, asset, feature = np.argwhere(bad)[0]
             raise DataError(f"features contain NaN/inf in bars {fit_start}..{fit_end} (first: bar {fit_start + bar}, "
                             f"asset column {asset}, feature {names[feature]!r}); fit after the warm-up")
-        block = window.reshape(-1, features.shape[-1])
+        n_channels = len(keep or derived_channel_names(names, flow_event_z))
+        identity = cls(names=tuple(names), mean=(0.0,) * n_channels, std=(1.0,) * n_channels, fit_start=fit_start,
+                       fit_end=fit_end, clip=float(clip), flow_event_z=float(flow_event_z),
+                       cross_section=bool(cross_section), keep=tuple(keep))
+        block = identity.channels(window).reshape(-1, n_channels)
         std = block.std(axis=0)
         std = np.where(std > 1e-12, std, 1.0)  # a constant feature (e.g. never stale) passes through centred
-        return cls(names=tuple(names), mean=tuple(block.mean(axis=0).tolist()), std=tuple(std.tolist()),
-                   fit_start=fit_start, fit_end=fit_end, clip=float(clip))
+        return replace(identity, mean=tuple(block.mean(axis=0).tolist()), std=tuple(std.tolist()))
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """Standardise (…, F) features, then clip them to ±clip when clip > 0 (NaN stays NaN); returns float32 and
-        never mutates the input."""
+        """Derive the channels (`model_features`), standardise them, then clip them to ±clip when clip > 0 (NaN
+        stays NaN); (..., N, F) -> (..., N, F') float32, never mutating the input."""
         if features.shape[-1] != len(self.names):
             raise DataError(f"expected {len(self.names)} features {list(self.names)}, got {features.shape[-1]}")
-        standard = (features - np.asarray(self.mean)) / np.asarray(self.std)
+        standard = (self.channels(features) - np.asarray(self.mean)) / np.asarray(self.std)
         if self.clip > 0:
             standard = np.clip(standard, -self.clip, self.clip)
         return standard.astype(np.float32)
 
     def to_dict(self) -> dict:
+        """The derived-channel settings are written only when on, so a default normaliser's record is unchanged."""
+        derived = {key: value for key, value in (("flow_event_z", self.flow_event_z),
+                                                 ("cross_section", self.cross_section), ("keep", list(self.keep)))
+                   if value}
         return {"names": list(self.names), "mean": list(self.mean), "std": list(self.std),
-                "fit_start": self.fit_start, "fit_end": self.fit_end, "clip": self.clip}
+                "fit_start": self.fit_start, "fit_end": self.fit_end, "clip": self.clip, **derived}
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureNormalizer:
+        # runs from before clipping or derived channels have none
         return cls(names=tuple(data["names"]), mean=tuple(data["mean"]), std=tuple(data["std"]),
                    fit_start=int(data["fit_start"]), fit_end=int(data["fit_end"]),
-                   clip=float(data.get("clip", 0.0)))  # runs from before clipping: none
+                   clip=float(data.get("clip", 0.0)), flow_event_z=float(data.get("flow_event_z", 0.0)),
+                   cross_section=bool(data.get("cross_section", False)), keep=tuple(data.get("keep", ())))
 
     def save(self, path: Path | str) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

@@ -46,6 +46,15 @@ class TrainConfig:
     # serving clips the same. On heavy-tailed bars (the `realistic` preset) single outliers many sds wide let the
     # market stream fit noise; 2 there raised the CGA's test Sharpe (docs/MODEL.md). Off by default
     feature_clip: float = 0.0
+    # the market channels derived before standardising (`neuralfusion.features.model_features`), kept with the
+    # normaliser so serving derives the same; both off by default. flow_event_z > 0 adds the bar's log return times
+    # its volume z-score's excess over flow_event_z (a flow shock's jump on its volume burst); feature_cross_section
+    # standardises every channel across the assets at each bar, so an asset's volatility or volume level does not
+    # tell it apart (docs/MODEL.md)
+    flow_event_z: float = 0.0
+    feature_cross_section: bool = False
+    # the derived channels the market stream reads, by name (`FeatureNormalizer.keep`; empty: all of them)
+    feature_keep: tuple[str, ...] = ()
     # learning rate of the CGA model's market side (its stream, the gate into it, its own head) as a fraction of
     # `lr`: the bars let the model memorise training windows far faster than the news teaches it (docs/MODEL.md)
     market_lr_scale: float = 1.0
@@ -53,6 +62,7 @@ class TrainConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "feature_keep", tuple(self.feature_keep))
         for name in ("epochs", "batch_size", "train_stride", "val_offsets", "n_periods"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -64,6 +74,9 @@ class TrainConfig:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not (math.isfinite(self.feature_clip) and self.feature_clip >= 0):
             raise ValueError(f"feature_clip must be a finite number >= 0 (0: no clipping), got {self.feature_clip}")
+        if not (math.isfinite(self.flow_event_z) and self.flow_event_z >= 0):
+            raise ValueError(f"flow_event_z must be a finite number >= 0 (0: no flow-event channel), "
+                             f"got {self.flow_event_z}")
         if not 0.0 <= self.market_lr_scale <= 1.0:
             raise ValueError(f"market_lr_scale must be in [0, 1], got {self.market_lr_scale}")
         if self.patience < 0 or self.threads < 0:
@@ -71,3 +84,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def normaliser_settings(self) -> dict[str, Any]:
+        """The feature settings `FeatureNormalizer.fit` takes (keyword -> value)."""
+        return {"clip": self.feature_clip, "flow_event_z": self.flow_event_z,
+                "cross_section": self.feature_cross_section, "keep": self.feature_keep}

@@ -376,7 +376,7 @@ def train(data_dir: Path, embeddings: Path, out: Path, config_path: Path | None,
     portfolio = PortfolioSpec()
     logger.info("train config: %s", train_config.to_dict())
     prepared = prepare(load_data_dir(data_dir), embeddings, window, allow_encoder_leak=allow_encoder_leak,
-                       feature_clip=train_config.feature_clip)
+                       normaliser_settings=train_config.normaliser_settings)
     config = model_config_for(prepared, window, portfolio, train_config, variant, overrides)
     logger.info("model config: %s", config.to_dict())
     result = _train_checkpointed(out, force, resume, prepared=prepared, config=config, train=train_config,

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -108,9 +108,9 @@ def article_vectors(data: MarketData, embeddings_path: Path) -> tuple[np.ndarray
 
 def prepare(data: MarketData, embeddings_path: Path, window: WindowSpec,
             normaliser: FeatureNormalizer | None = None, allow_encoder_leak: bool = False,
-            feature_clip: float = 0.0) -> Prepared:
-    """Split the anchors, fit the normaliser on the training bars (unless given; clipping at `feature_clip`),
-    build the inputs.
+            normaliser_settings: Mapping[str, Any] | None = None) -> Prepared:
+    """Split the anchors, fit the normaliser on the training bars (unless given; with `normaliser_settings`, the
+    training config's `normaliser_settings`: clip and derived channels), build the inputs.
 
     Embeddings whose encoder read news published after the training end (validation or test text), or
     whose encoder has no record of its text, are refused (EncoderLeakError) unless `allow_encoder_leak`;
@@ -126,7 +126,8 @@ def prepare(data: MarketData, embeddings_path: Path, window: WindowSpec,
                     "read news after the training end" if text_check.status == "leak" else "has no text record",
                     text_check.to_dict())
     if normaliser is None:
-        normaliser = FeatureNormalizer.fit(data.features, WARMUP_BARS, int(splits.train[-1]), clip=feature_clip)
+        normaliser = FeatureNormalizer.fit(data.features, WARMUP_BARS, int(splits.train[-1]),
+                                           **(normaliser_settings or {}))
     encoder = {"fingerprint": meta.get("nfc.encoder_fingerprint"), "embeddings": str(Path(embeddings_path).resolve()),
                "embed_dim": int(vectors.shape[1]), "text": record, "text_check": text_check.to_dict()}
     return Prepared(data=data, grid=grid_inputs(data, vectors, normaliser), splits=splits,
@@ -223,7 +224,7 @@ def model_config_for(prepared: Prepared, window: WindowSpec, portfolio: Portfoli
     """The architecture for this data: universe size, embedding width, periods from the training spectrum."""
     train_bars = prepared.grid.market[WARMUP_BARS: int(prepared.splits.train[-1]) + 1]
     periods = dominant_periods(train_bars, train.n_periods, window.lookback)
-    config = CgaConfig(n_assets=prepared.data.universe.n_assets, n_features=len(FEATURE_NAMES),
+    config = CgaConfig(n_assets=prepared.data.universe.n_assets, n_features=prepared.grid.market.shape[-1],
                        embed_dim=prepared.grid.embed_dim, lookback=window.lookback, periods=periods,
                        top_k=portfolio.top_k, **VARIANTS[variant])
     return replace(config, **overrides)
