@@ -70,20 +70,21 @@ FLOW_EVENT_NAME = "flow_event"  # log_return x max(volume_z - flow_event_z, 0): 
 def model_features(features: np.ndarray, flow_event_z: float = 0.0, cross_section: bool = False) -> np.ndarray:
     """The model's market channels (..., N, F') from `market_features` (..., N, F), before standardisation.
 
-    flow_event_z > 0 appends FLOW_EVENT_NAME: the bar's log return where its volume z-score exceeds the threshold,
-    scaled by the excess (0 elsewhere), so a flow shock (a jump with a volume burst) is one channel a linear read can
-    follow. cross_section standardises every channel across the assets at each bar (less the universe mean, over the
-    universe std; a bar whose assets agree gives 0), so an asset's level of volatility, range or volume does not tell
-    it apart from the others, while a bar on which it moved or traded unlike them still stands out. Both are
+    cross_section standardises every feature across the assets at each bar (less the universe mean, over the
+    universe std; a bar whose assets agree gives 0), so an asset's level of volatility, range or volume does not set
+    it apart from the others, while a bar on which it moved or traded unlike them still stands out. flow_event_z > 0
+    appends FLOW_EVENT_NAME: the bar's log return where its volume z-score exceeds the threshold, scaled by the
+    excess (0 elsewhere), so a flow shock (a jump with a volume burst) is one channel a linear read can follow; with
+    cross_section it reads the standardised return and volume, an asset's own jump on its own burst. Both are
     functions of one bar, so they add no look-ahead and need no warm-up beyond the features'. NaN stays NaN."""
     channels = np.asarray(features, dtype=np.float64)
+    if cross_section:
+        spread = channels.std(axis=-2, keepdims=True)
+        channels = (channels - channels.mean(axis=-2, keepdims=True)) / np.where(spread > 1e-12, spread, 1.0)
     if flow_event_z > 0:
         log_return = channels[..., FEATURE_NAMES.index("log_return")]
         burst = np.maximum(channels[..., FEATURE_NAMES.index("volume_z")] - flow_event_z, 0.0)
         channels = np.concatenate([channels, (log_return * burst)[..., None]], axis=-1)
-    if cross_section:
-        spread = channels.std(axis=-2, keepdims=True)
-        channels = (channels - channels.mean(axis=-2, keepdims=True)) / np.where(spread > 1e-12, spread, 1.0)
     return channels
 
 

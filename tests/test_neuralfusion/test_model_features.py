@@ -30,6 +30,19 @@ def test_the_flow_event_is_the_return_scaled_by_the_volume_burst_over_the_thresh
     np.testing.assert_array_equal(model_features(features), features)  # off: nothing derived
 
 
+def test_with_cross_section_the_flow_event_reads_the_asset_s_own_jump_on_its_own_burst():
+    features = random_features()[20:]
+    standard = model_features(features, cross_section=True)
+    both = model_features(features, flow_event_z=0.5, cross_section=True)
+    np.testing.assert_array_equal(both[..., :-1], standard)
+    np.testing.assert_allclose(both[..., -1], standard[..., RETURN] * np.maximum(standard[..., VOLUME_Z] - 0.5, 0.0))
+    # a return and a volume burst every asset shares is no event of any asset's own
+    shared = features.copy()
+    shared[:, :, RETURN], shared[:, :, VOLUME_Z] = 0.02, 6.0
+    assert np.all(model_features(shared, flow_event_z=0.5, cross_section=True)[..., -1] == 0.0)
+    assert np.all(model_features(shared, flow_event_z=0.5)[..., -1] > 0.0)
+
+
 def test_cross_section_leaves_what_sets_an_asset_apart_from_the_others_on_each_bar():
     features = random_features()[20:]
     standard = model_features(features, cross_section=True)
