@@ -88,11 +88,12 @@ def test_train_config_carries_the_settings_to_the_normaliser():
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
-def test_a_flow_event_threshold_that_is_not_a_finite_number_is_refused(bad):
-    with pytest.raises(ValueError, match="flow_event_z must be a finite number >= 0"):
-        FeatureNormalizer.fit(random_features(), 20, 199, flow_event_z=bad)
-    with pytest.raises(ValueError, match="flow_event_z must be a finite number >= 0"):
-        TrainConfig(flow_event_z=bad)
+@pytest.mark.parametrize(("setting", "config_name"), [("clip", "feature_clip"), ("flow_event_z", "flow_event_z")])
+def test_a_clip_or_flow_event_threshold_that_is_not_a_finite_number_is_refused(bad, setting, config_name):
+    with pytest.raises(ValueError, match=f"{setting} must be a finite number >= 0"):
+        FeatureNormalizer.fit(random_features(), 20, 199, **{setting: bad})
+    with pytest.raises(ValueError, match=f"{config_name} must be a finite number >= 0"):
+        TrainConfig(**{config_name: bad})
 
 
 def test_keep_selects_the_channels_the_model_reads_in_its_order():
