@@ -88,7 +88,7 @@ class ServeSettings:
     encoder_workers: int = 1
     fusion_workers: int = 1
     # requests checked and prepared at once per worker: Python code that holds the GIL most of the time, so more
-    # threads only take turns at it (at 64 requests in flight anyio's default of 40 cost ~1.3x the CPU a request)
+    # threads only take turns at it (one worker at 64 in flight: anyio's default of 40 cost ~1.3x the CPU a request)
     prepare_threads: int = 2
     predict_max_batch: int = 32
     predict_max_latency_ms: int = 30_000
