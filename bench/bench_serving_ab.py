@@ -25,9 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
 import pandas as pd
@@ -76,18 +78,53 @@ def request_bodies(route: str, data: Path, info: dict[str, Any], n: int) -> list
             for i, end in enumerate(ends)]
 
 
-async def burst(url: str, path: str, bodies: list[dict[str, Any]], concurrency: int) -> list[float]:
-    """Send `bodies` at `concurrency` with bench_serving's driver; each request's latency in seconds. A request
-    that does not answer 200 ends the run: a comparison of failures would measure nothing."""
-    async with load_session(concurrency, timeout_s=120) as session:
-        async def send(i: int) -> str | None:
-            async with session.post(f"{url}{path}", json=bodies[i]) as response:
-                return None if response.status == 200 else f"HTTP {response.status}: {(await response.text())[:300]}"
+async def burst(session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], concurrency: int
+                ) -> list[float]:
+    """Send `bodies` to `url` at `concurrency` with bench_serving's driver; each request's latency in seconds. A
+    request that does not answer 200 ends the run: a comparison of failures would measure nothing."""
+    async def send(i: int) -> str | None:
+        async with session.post(url, json=bodies[i]) as response:
+            return None if response.status == 200 else f"HTTP {response.status}: {(await response.text())[:300]}"
 
-        latencies_ms, errors, _, _ = await drive(send, range(len(bodies)), concurrency)
+    latencies_ms, errors, _, _ = await drive(send, range(len(bodies)), concurrency)
     if errors:
-        sys.exit(f"{url}{path} failed: {errors[0]}")
+        sys.exit(f"{url} failed: {errors[0]}")
     return [ms / 1000 for ms in latencies_ms]
+
+
+async def compare(servers: dict[str, tuple[Any, str]], path: str, bodies: list[dict[str, Any]], concurrency: int,
+                  rounds: int) -> tuple[dict[str, list[float]], dict[str, float], dict[str, list[dict[str, float]]]]:
+    """Warm both servers up with WARMUP bodies, then send the rest to each in turn (module docstring), each server
+    over one session kept for the whole comparison: (latencies in s, CPU s, per-round req/s and CPU ms) per server."""
+    seconds: dict[str, list[float]] = {name: [] for name in servers}
+    cpu = dict.fromkeys(servers, 0.0)
+    per_round: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    async with AsyncExitStack() as stack:
+        sessions = {name: await stack.enter_async_context(load_session(concurrency, timeout_s=120))
+                    for name in servers}
+        urls = {name: f"{url}{path}" for name, (_, url) in servers.items()}
+        for name in servers:
+            await burst(sessions[name], urls[name], bodies[:WARMUP], 1)
+        measured = bodies[WARMUP:]
+        parts = [np.arange(len(measured))] if concurrency == 1 else np.array_split(np.arange(len(measured)), rounds)
+        for k, part in enumerate(parts):
+            chunk = [measured[i] for i in part]
+            order = list(servers) if k % 2 == 0 else list(reversed(servers))
+            if concurrency == 1:  # one request to each in turn
+                before = {name: tree_cpu_s(servers[name][0].pid) for name in servers}
+                for body in chunk:
+                    for name in order:
+                        seconds[name] += await burst(sessions[name], urls[name], [body], 1)
+                for name in servers:
+                    cpu[name] += tree_cpu_s(servers[name][0].pid) - before[name]
+                continue
+            for name in order:
+                before, started = tree_cpu_s(servers[name][0].pid), time.perf_counter()
+                seconds[name] += await burst(sessions[name], urls[name], chunk, concurrency)
+                wall, used = time.perf_counter() - started, tree_cpu_s(servers[name][0].pid) - before
+                cpu[name] += used
+                per_round[name].append({"rps": len(chunk) / wall, "cpu_ms": 1000 * used / len(chunk)})
+    return seconds, cpu, per_round
 
 
 def main() -> None:
@@ -117,31 +154,7 @@ def main() -> None:
                     sys.exit(f"{name} server did not become ready:\n{(root / f'{name}.log').read_text()[-3000:]}")
             info = httpx.get(f"{servers['this'][1]}/model_info", timeout=60).json()
             bodies = request_bodies(args.route, args.data, info, WARMUP + args.requests)
-            for _, url in servers.values():
-                asyncio.run(burst(url, path, bodies[:WARMUP], 1))
-            seconds: dict[str, list[float]] = {name: [] for name in servers}
-            cpu = dict.fromkeys(servers, 0.0)
-            rounds: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
-            measured = bodies[WARMUP:]
-            parts = [measured] if args.concurrency == 1 else np.array_split(np.arange(len(measured)), args.rounds)
-            for k, part in enumerate(parts):
-                chunk = measured if args.concurrency == 1 else [measured[i] for i in part]
-                order = list(servers) if k % 2 == 0 else list(reversed(servers))
-                if args.concurrency == 1:  # one request to each in turn
-                    before = {name: tree_cpu_s(servers[name][0].pid) for name in servers}
-                    for body in chunk:
-                        for name in order:
-                            seconds[name] += asyncio.run(burst(servers[name][1], path, [body], 1))
-                    for name in servers:
-                        cpu[name] += tree_cpu_s(servers[name][0].pid) - before[name]
-                    continue
-                for name in order:
-                    process, url = servers[name]
-                    before, started = tree_cpu_s(process.pid), time.perf_counter()
-                    seconds[name] += asyncio.run(burst(url, path, chunk, args.concurrency))
-                    wall, used = time.perf_counter() - started, tree_cpu_s(process.pid) - before
-                    cpu[name] += used
-                    rounds[name].append({"rps": len(chunk) / wall, "cpu_ms": 1000 * used / len(chunk)})
+            seconds, cpu, rounds = asyncio.run(compare(servers, path, bodies, args.concurrency, args.rounds))
         finally:
             for process, _ in servers.values():
                 process.terminate()
