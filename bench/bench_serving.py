@@ -320,10 +320,11 @@ def move_out(mongo_uri: str, server: Server) -> bool:
     """Check that the server's database holds exactly the OK answers not yet moved out, then empty it (module
     docstring); whether it held them."""
     held = stored_ids(mongo_uri, server.database)
+    expected = server.answered - server.moved
     with MongoClient(mongo_uri, serverSelectionTimeoutMS=5000) as client:
         client[server.database]["predictions"].delete_many({})
     server.moved |= held
-    return held == server.answered - (server.moved - held)
+    return held == expected
 
 
 # -- one burst --------------------------------------------------------------------------------------------------
