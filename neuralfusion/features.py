@@ -11,13 +11,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from neuralfusion.data.bars import BarPanel
 from neuralfusion.errors import DataError
 
 __all__ = ["FEATURE_NAMES", "FLOW_EVENT_NAME", "WARMUP_BARS", "FeatureNormalizer", "market_features", "model_features",
-           "simple_returns"]
+           "simple_returns", "trailing_mean_std"]
 
 VOL_WINDOW = 20  # bars in the realised-volatility window (one hour of 3-minute bars)
 MOMENTUM_WINDOW = 10
@@ -44,24 +43,70 @@ def simple_returns(close: np.ndarray) -> np.ndarray:
 
 def market_features(panel: BarPanel) -> np.ndarray:
     """Features (T, N, F) in FEATURE_NAMES order; rows before WARMUP_BARS are NaN."""
-    close = pd.DataFrame(panel.close)
-    log_close = np.log(close)
-    log_ret = log_close.diff()
-    log_volume = pd.DataFrame(np.log1p(panel.volume))
-    vol_mean = log_volume.rolling(VOLUME_WINDOW, min_periods=VOLUME_WINDOW).mean()
-    vol_std = log_volume.rolling(VOLUME_WINDOW, min_periods=VOLUME_WINDOW).std()
-    columns = [
+    log_close = np.log(panel.close)
+    log_ret = _lagged_difference(log_close, 1)
+    log_volume = np.log1p(panel.volume)
+    vol_mean, vol_std = trailing_mean_std(log_volume, VOLUME_WINDOW)
+    features = np.stack([
         log_ret,
-        log_ret.rolling(VOL_WINDOW, min_periods=VOL_WINDOW).std(),
-        pd.DataFrame(np.log(panel.high / panel.low)),
-        pd.DataFrame(np.log(panel.close / panel.open)),
-        log_close.diff(MOMENTUM_WINDOW),
-        (log_volume - vol_mean) / vol_std.where(vol_std > 0, np.nan).fillna(1.0),
-        pd.DataFrame(panel.stale.astype(np.float64)),
-    ]
-    features = np.stack([c.to_numpy(dtype=np.float64) for c in columns], axis=-1)
+        trailing_mean_std(log_ret, VOL_WINDOW)[1],
+        np.log(panel.high / panel.low),
+        np.log(panel.close / panel.open),
+        _lagged_difference(log_close, MOMENTUM_WINDOW),
+        (log_volume - vol_mean) / np.where(vol_std > 0, vol_std, 1.0),  # a flat baseline: the bar's excess itself
+        panel.stale.astype(np.float64),
+    ], axis=-1)
     features[:WARMUP_BARS] = np.nan
     return features
+
+
+def trailing_mean_std(values: np.ndarray, window: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std (ddof 1) of each column of `values` (T, N) over its trailing `window` rows; NaN for the
+    first window - 1 rows and wherever the window holds a NaN.
+
+    From running sums, so a request's 160 bars cost ~0.2 ms instead of pandas' ~2 ms for its rolling windows
+    (serving computes these for every request). The sums restart every `chunk` rows and run over the values less
+    the first value they see, which keeps the rounding in sum(x^2) - sum(x)^2 / n at ~1e-12 for log volumes; a
+    result moves by ~1e-14 with the history before it, and never with the rows after it. A window of equal values
+    (a forward-filled stretch) has std 0 and its value as mean exactly, counted from the changes between rows, not
+    left to rounding, which would make a volume z-score divide by ~1e-17."""
+    mean = np.full(values.shape, np.nan)
+    std = np.full(values.shape, np.nan)
+    for first in range(window - 1, len(values), chunk):
+        last = min(first + chunk, len(values))
+        mean[first:last], std[first:last] = _window_mean_std(values[first - window + 1:last], window)
+    return mean, std
+
+
+def _window_mean_std(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """`trailing_mean_std` of the windows that end at rows window - 1 .. T - 1 of `values`: (T - window + 1, N)."""
+    missing = np.isnan(values)
+    # each column's first value (0 where it has none): causal, so a later bar cannot move an earlier result
+    centre = np.nan_to_num(values[np.argmax(~missing, axis=0), np.arange(values.shape[1])])
+    centred = np.where(missing, 0.0, values - centre)
+    total = _window_sums(centred, window)
+    squares = _window_sums(centred * centred, window)
+    mean = centre + total / window
+    var = np.maximum((squares - total * total / window) / (window - 1), 0.0)
+    changed = (values[1:] != values[:-1]).astype(np.int64)  # NaN != NaN: a change; such windows are NaN below
+    flat = _window_sums(changed, window - 1) == 0 if window > 1 else np.ones_like(var, dtype=bool)
+    var[flat] = 0.0
+    mean[flat] = values[window - 1:][flat]
+    complete = _window_sums(missing.astype(np.int64), window) == 0
+    return np.where(complete, mean, np.nan), np.where(complete, np.sqrt(var), np.nan)
+
+
+def _window_sums(values: np.ndarray, window: int) -> np.ndarray:
+    """Sums of each column over every `window` consecutive rows: (T - window + 1, N)."""
+    running = np.cumsum(values, axis=0)
+    return np.concatenate([running[window - 1:window], running[window:] - running[:-window]])
+
+
+def _lagged_difference(values: np.ndarray, lag: int) -> np.ndarray:
+    """values[t] - values[t - lag], NaN for the first `lag` rows."""
+    out = np.full(values.shape, np.nan)
+    out[lag:] = values[lag:] - values[:-lag]
+    return out
 
 
 FLOW_EVENT_NAME = "flow_event"  # log_return x max(volume_z - flow_event_z, 0): a jump on a volume burst

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -59,6 +59,7 @@ from serving.client import window_frames
 from serving.column_checks import RequestColumns, RequestFrames, check_columns, check_news_count, checked_news
 from serving.errors import NotFound, RequestError, Unavailable
 from serving.live_sources import FileBars, FileNews, check_staleness, grid_bars, grid_name
+from serving.memo import BoundedMemo
 from serving.request_checks import CheckedRequest, inputs_sha256
 from serving.schemas import PredictAtRequest, PredictionOut, RequestLimits
 from serving.settings import ServeSettings
@@ -210,7 +211,7 @@ class ReferenceSources:
         self._window: ModelWindow | None = None
         self.bar_buffer: WindowBuffer | None = None
         self.news_buffer: WindowBuffer | None = None
-        self._known: OrderedDict[pd.Timestamp, tuple[tuple[int, int], str]] = OrderedDict()  # as-of -> hash
+        self._known: BoundedMemo[pd.Timestamp, tuple[tuple[int, int], str]] = BoundedMemo(KNOWN_KEPT)  # as-of -> hash
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -263,11 +264,7 @@ class ReferenceSources:
             raise NotFound(f"the source's window of {as_of.isoformat()} cannot be sent to the model: "
                            f"{err.message}") from None
         reference = CheckedRequest(frames, inputs_sha256(frames), None if clean is None else clean.panel)
-        with self._lock:
-            self._known[as_of] = ((bars_buffer.generation, news_buffer.generation), reference.inputs_sha256)
-            self._known.move_to_end(as_of)
-            while len(self._known) > KNOWN_KEPT:
-                self._known.popitem(last=False)
+        self._known.put(as_of, ((bars_buffer.generation, news_buffer.generation), reference.inputs_sha256))
         return reference
 
     # -- internals ---------------------------------------------------------------------------------------------

@@ -13,8 +13,6 @@ giving the `RequestFrames` that the model checks, the preparation and the inputs
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +25,7 @@ from neuralfusion.data.bars import BAR_COLUMNS, PRICE_COLUMNS, validate_bars
 from neuralfusion.data.news import NEWS_COLUMNS, article_text, validate_news
 from neuralfusion.errors import DataError
 from serving.errors import RequestError
+from serving.memo import BoundedMemo
 from serving.schemas import (
     EARLIEST_TIME,
     LATEST_TIME,
@@ -46,9 +45,10 @@ LATEST_NS = pd.Timestamp(LATEST_TIME).value
 _OFFSET = r"(?:[Zz]|[+-]\d\d:?\d\d)$"
 _RANGE = f"{EARLIEST_TIME.isoformat()} .. {LATEST_TIME.isoformat()}"
 BAR_VALUES = (*PRICE_COLUMNS, "volume")  # the numeric columns of a bar, in the contract's order
+TIME_MEMO_SIZE = 16_384  # time strings a process remembers (`_utc_ns`): a hundred windows' bar times
 NEWS_MEMO_SIZE = 256  # checked news sets a process remembers (`checked_news`): a window's few items each
-_NEWS_MEMO: OrderedDict[tuple[Any, ...], pd.DataFrame] = OrderedDict()
-_NEWS_MEMO_LOCK = threading.Lock()
+_TIME_MEMO: BoundedMemo[str, int] = BoundedMemo(TIME_MEMO_SIZE)
+_NEWS_MEMO: BoundedMemo[tuple[Any, ...], pd.DataFrame] = BoundedMemo(NEWS_MEMO_SIZE)
 
 
 @dataclass(frozen=True)
@@ -113,20 +113,15 @@ def checked_news(news: Mapping[str, Any], n: int, limits: RequestLimits) -> pd.D
     (the same values in every column, the same text limit) is one dictionary lookup. Only checked sets are
     remembered; the frame handed out is shared, and read only (pandas copies on write)."""
     key = _news_key(news, n, limits)
-    with _NEWS_MEMO_LOCK:
-        held = _NEWS_MEMO.get(key) if key is not None else None
-        if held is not None:
-            _NEWS_MEMO.move_to_end(key)
-            return held
+    held = _NEWS_MEMO.get(key) if key is not None else None
+    if held is not None:
+        return held
     try:
         frame = validate_news(_checked_news(news, n, limits), source="request news")
     except DataError as err:
         raise RequestError(str(err)) from None
     if key is not None:
-        with _NEWS_MEMO_LOCK:
-            _NEWS_MEMO[key] = frame
-            while len(_NEWS_MEMO) > NEWS_MEMO_SIZE:
-                _NEWS_MEMO.popitem(last=False)
+        _NEWS_MEMO.put(key, frame)
     return frame
 
 
@@ -281,8 +276,9 @@ def _symbols_problem(value: Any) -> str | None:
 
 def _utc_ns(values: Any, name: str, rows: _Rows) -> np.ndarray:
     """int64 UTC nanoseconds of a time column (epoch nanoseconds, or RFC 3339 strings with an offset), each inside
-    [EARLIEST_TIME, LATEST_TIME). Strings are parsed once per distinct value: a window repeats each bar time for
-    every symbol."""
+    [EARLIEST_TIME, LATEST_TIME). Strings are parsed once per distinct value, and a process remembers the last
+    TIME_MEMO_SIZE strings it found good: consecutive windows share all their bar times but one, and pandas parses
+    a window's 160 distinct times in ~1.3 ms."""
     if isinstance(values, np.ndarray) and values.dtype.kind == "M":  # read from Arrow: UTC, any unit
         rows.check(np.isnat(values), lambda row: f"{name} is missing")
         # compared in the array's own unit: a year-9999 time in seconds overflows as nanoseconds
@@ -294,17 +290,38 @@ def _utc_ns(values: Any, name: str, rows: _Rows) -> np.ndarray:
         rows.check((ns < EARLIEST_NS) | (ns >= LATEST_NS),
                    lambda row: f"{name} {ns[row]} (epoch nanoseconds) is outside {_RANGE}")
         return ns
-    text = pd.Series(values, dtype="str") if len(values) else pd.Series([], dtype="str")
-    rows.check(text.isna().to_numpy(), lambda row: f"{name} is missing")
-    codes, distinct = pd.factorize(text)
-    aware = pd.Series(distinct, dtype="str").str.contains(_OFFSET, regex=True).to_numpy(dtype=bool)
-    rows.check(~aware[codes], lambda row: f"{name} {text.iat[row]!r} has no time zone; write ISO 8601 with an "
-                                          "offset, e.g. 2026-01-05T14:03:00Z")
-    parsed = _parsed(pd.Series(distinct, dtype="str"))
-    stamps = parsed.array.asi8  # NaT: not a time, or beyond pandas' range (years 1677..2262)
-    fine = ~parsed.isna().to_numpy() & (stamps >= EARLIEST_NS) & (stamps < LATEST_NS)
-    rows.check(~fine[codes], lambda row: _time_problem(name, text.iat[row]))
+    index: dict[Any, int] = {}  # each distinct value once: a window repeats each bar time for every symbol
+    codes = np.fromiter((index.setdefault(value, len(index)) for value in values), dtype=np.intp, count=len(values))
+    distinct = list(index)
+    stamps = np.zeros(len(distinct), dtype=np.int64)
+    held = _TIME_MEMO.found(value for value in distinct if isinstance(value, str))
+    for value, ns in held.items():
+        stamps[index[value]] = ns
+    new = [i for i, value in enumerate(distinct) if value not in held]
+    if new:
+        stamps[new] = _checked_times(pd.Series([distinct[i] for i in new], dtype="str"), np.asarray(new), codes,
+                                     name, rows)
+        _TIME_MEMO.put_many((distinct[i], int(stamps[i])) for i in new)
     return stamps[codes]
+
+
+def _checked_times(text: pd.Series, which: np.ndarray, codes: np.ndarray, name: str, rows: _Rows) -> np.ndarray:
+    """UTC nanoseconds of `text`, the distinct values `which` among those `codes` maps the column's rows to, once
+    each is there, aware and inside the range; else a RequestError naming the first row that is not."""
+    def refused(bad: np.ndarray, message: Callable[[str], str]) -> None:
+        flags = np.zeros(int(codes.max()) + 1, dtype=bool)  # one per distinct value
+        flags[which] = bad
+        rows.check(flags[codes], lambda row: message(text.iat[int(np.searchsorted(which, codes[row]))]))
+
+    refused(text.isna().to_numpy(), lambda value: f"{name} is missing")
+    aware = text.str.contains(_OFFSET, regex=True).to_numpy(dtype=bool)
+    refused(~aware, lambda value: f"{name} {value!r} has no time zone; write ISO 8601 with an offset, "
+                                  "e.g. 2026-01-05T14:03:00Z")
+    parsed = _parsed(text)
+    stamps = parsed.array.asi8  # NaT: not a time, or beyond pandas' range (years 1677..2262)
+    refused(parsed.isna().to_numpy() | (stamps < EARLIEST_NS) | (stamps >= LATEST_NS),
+            lambda value: _time_problem(name, value))
+    return stamps
 
 
 def _parsed(text: pd.Series) -> pd.Series:

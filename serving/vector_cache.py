@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ from pymongo.errors import PyMongoError
 
 from neuralfusion.embeddings import EmbeddingCache, MongoEmbeddingCache, embed_cached, text_sha256
 from neuralfusion.redact import encode_userinfo
+from serving.memo import BoundedMemo
 from serving.settings import ServeSettings
 
 __all__ = ["CachedEncoder", "KnownVectors", "LruEmbeddingCache", "TolerantCache", "vector_cache"]
@@ -43,35 +43,18 @@ class LruEmbeddingCache:
         if capacity < 1:
             raise ValueError(f"an LRU cache needs a capacity >= 1, got {capacity}")
         self.capacity = capacity
-        self._entries: OrderedDict[tuple[str, str], tuple[np.ndarray, int]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._entries: BoundedMemo[tuple[str, str], tuple[np.ndarray, int]] = BoundedMemo(capacity)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, fingerprint: str, hashes: Sequence[str]) -> dict[str, tuple[np.ndarray, int]]:
-        found = {}
-        with self._lock:
-            for key in hashes:
-                entry = self._entries.get((fingerprint, key))
-                if entry is not None:
-                    self._entries.move_to_end((fingerprint, key))
-                    found[key] = entry
-        return found
+        return {key: entry for (_, key), entry in self._entries.found((fingerprint, key) for key in hashes).items()}
 
     def put(self, fingerprint: str, hashes: Sequence[str], vectors: np.ndarray, n_tokens: np.ndarray) -> int:
-        added = 0
-        with self._lock:
-            for i, key in enumerate(hashes):
-                if (fingerprint, key) in self._entries:
-                    self._entries.move_to_end((fingerprint, key))
-                    continue
-                # a copy: a row view would keep the whole batch's array alive
-                self._entries[(fingerprint, key)] = (np.array(vectors[i], dtype=np.float32), int(n_tokens[i]))
-                added += 1
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
-        return added
+        # a copy of each row: a view would keep the whole batch's array alive
+        return self._entries.put_many(((fingerprint, key), (np.array(vectors[i], dtype=np.float32), int(n_tokens[i])))
+                                      for i, key in enumerate(hashes))
 
 
 class TolerantCache:

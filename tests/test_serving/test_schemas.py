@@ -124,6 +124,23 @@ def test_naive_timestamps_are_refused_with_the_fix() -> None:
         assert "has no time zone; write ISO 8601 with an offset" in message
 
 
+def test_remembered_times_do_not_hide_a_bad_time_beside_them() -> None:
+    """Bar times a process has checked are remembered (column_checks' memo); a request mixing remembered times with
+    a new bad one is still refused, naming the bad one's own row, and a good request after it reads the same times."""
+    good = grid_bars(3)
+    first, _ = request_frames(PredictRequest.model_validate(example(bars=good)))
+    late = [*good, {**bar("AURX", T0 + 3 * STEP), "timestamp": "2026-01-05T00:12:00"},
+            {**bar("BLTQ", T0 + 3 * STEP), "timestamp": "2026-01-05T00:12:00"}]
+    message = rows_refusal(example(bars=late))
+    assert "bars row 6 (AURX): timestamp '2026-01-05T00:12:00' has no time zone" in message
+    assert "(2 rows in all)" in message
+    beyond = [*good, {**bar("AURX", T0 + 3 * STEP), "timestamp": "2300-01-05T00:12:00Z"}]
+    assert "bars row 6 (AURX): timestamp 2300-01-05T00:12:00Z is outside" in rows_refusal(example(bars=beyond))
+    again, _ = request_frames(PredictRequest.model_validate(example(bars=good)))
+    pd.testing.assert_frame_equal(again, first)
+    assert list(again["timestamp"].unique()) == [T0 + i * STEP for i in range(3)]
+
+
 def test_offsets_are_converted_to_utc() -> None:
     item = NewsIn.model_validate({"id": "n", "published_at": "2026-01-05T01:04:41+01:00", "title": "t"})
     assert item.published_at == datetime(2026, 1, 5, 0, 4, 41, tzinfo=UTC)
