@@ -379,7 +379,8 @@ class PortfolioRuntime:
             raise RequestError(str(err)) from None
         first = anchor - self.lookback + 1
         rows = np.flatnonzero(data.aligned.bar >= first)  # the news of the window's bars, the only ones read
-        texts = [article_text(data.news["title"].iat[i], data.news["body"].iat[i]) for i in rows]
+        titles, bodies = data.news["title"].to_numpy(), data.news["body"].to_numpy()  # a column read costs ~20 µs
+        texts = [article_text(titles[i], bodies[i]) for i in rows]
         return PreparedRequest(request_id=request.request_id or uuid.uuid4().hex,
                                as_of=data.panel.times[anchor].to_pydatetime(), market=window["market"][0],
                                text_bars=np.asarray(data.aligned.bar[rows] - first, dtype=np.int64),
