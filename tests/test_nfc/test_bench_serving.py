@@ -73,7 +73,8 @@ def test_must_hold_checks_served_over_raw_byref_batching_and_the_database():
     assert held["rows served/raw >= 0.7 at concurrency 8"] is True
     assert held["grpc served/raw >= 0.7 at concurrency 8"] is False
     assert "byref served/raw >= 0.7 at concurrency 8" not in held  # by reference is not an inline request
-    assert held["byref >= 3x inline rows req/s at concurrency 8"] is False  # 2.67x
+    assert held["byref >= 3x this run's inline rows req/s at concurrency 8 (stricter than the issue, whose rows were "
+                "the slower ones of its day)"] is False  # 2.67x
     assert held["batching not below batch size 1 beyond noise at concurrency 8 (ratio >= 0.9, or the rounds' 95% "
                 "interval reaching 1)"] is True  # 0.94x
     assert held["byref >= 3x the issue's inline 16 req/s at concurrency 8 (2-core host)"] is False  # 1.25x
