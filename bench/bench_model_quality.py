@@ -53,6 +53,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train", action="store_true", help="build each --preset and train its runs first")
     parser.add_argument("--preset", nargs="+", default=["default"], help="synthetic presets (with --train)")
     parser.add_argument("--market-seed", type=int, default=0, help="seed of each preset's market (with --train)")
+    parser.add_argument("--days", type=int, help="calendar days of each preset's market instead of the preset's own "
+                        "(with --train; its splits keep their fractions, so a longer market has a longer test split)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (with --train)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANT_ORDER), choices=VARIANT_ORDER,
                         help="variants to train (with --train)")
@@ -82,7 +84,7 @@ def parse_args() -> argparse.Namespace:
 
 def build_preset(preset: str, market_seed: int, seeds: list[int], variants: list[str], workdir: Path,
                  sets: list[str], model_sets: list[str], encoder: Path | None,
-                 suffix: str) -> tuple[Path, Path, list[Path]]:
+                 suffix: str, days: int | None = None) -> tuple[Path, Path, list[Path]]:
     """The demo's stages for one preset (synth, encoder init + sentiment train, embed), then `nfc train` of every
     variant and seed; returns the data folder, the embeddings and the run folders. Existing outputs are kept."""
     from nfc.demo import run_nfc
@@ -90,7 +92,8 @@ def build_preset(preset: str, market_seed: int, seeds: list[int], variants: list
     root = workdir / preset
     data, embeddings = root / "data", root / "embeddings.parquet"
     if not (data / "oracle.json").is_file():
-        run_nfc(["synth", "--preset", preset, "--seed", str(market_seed), "--out", str(data)])
+        run_nfc(["synth", "--preset", preset, "--seed", str(market_seed), "--out", str(data),
+                 *(["--days", str(days)] if days is not None else [])])
     news = str(data / "news.jsonl")
     if encoder is None:
         encoder = root / "encoder"
@@ -197,8 +200,9 @@ def main() -> None:
     if args.train:
         for preset in args.preset:
             data, embeddings, runs = build_preset(preset, args.market_seed, args.seeds, args.variants, args.workdir,
-                                                  args.sets, args.model_sets, args.encoder, args.run_suffix)
-            jobs.append((f"{preset} (market seed {args.market_seed})", data, embeddings, runs))
+                                                  args.sets, args.model_sets, args.encoder, args.run_suffix, args.days)
+            span = "" if args.days is None else f", {args.days} days"
+            jobs.append((f"{preset} (market seed {args.market_seed}{span})", data, embeddings, runs))
     else:
         jobs.append((str(args.data), args.data, args.embeddings, args.runs))
     results = {label: score(data, embeddings, runs, args.offsets, args.cost_bps)
