@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 __all__ = [
+    "CALENDAR_END",
     "CONTINUOUS",
     "BarClock",
     "CalendarBars",

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from neuralfusion.backtest import WalkForward, walk_forward
-from neuralfusion.calendar import calendar_bars, grid_bars_per_year, is_continuous
+from neuralfusion.calendar import CALENDAR_END, calendar_bars, grid_bars_per_year, is_continuous
 from neuralfusion.datafolder import json_bytes, write_bars, write_files_atomic, write_news
 from neuralfusion.errors import DataError
 from neuralfusion.features import WARMUP_BARS, simple_returns
@@ -201,6 +201,13 @@ class SynthConfig:
                 raise ValueError(f"{name} must be in [1, 10], got {getattr(self, name)}")
         if not -1.0 <= self.quiet_news_sign <= 1.0:
             raise ValueError(f"quiet_news_sign must be in [-1, 1], got {self.quiet_news_sign}")
+        end = pd.Timestamp(self.start) + self.days * _DAY
+        if not is_continuous(self.calendar) and end > pd.Timestamp(CALENDAR_END, tz="UTC"):
+            # the calendar's sessions stop there: the bars would end early while news and shocks fill every day
+            last = (pd.Timestamp(CALENDAR_END, tz="UTC") - pd.Timestamp(self.start)) // _DAY
+            raise ValueError(f"days={self.days} from {self.start} runs to {end.date()}, past {CALENDAR_END}, the "
+                             f"last day the {self.calendar} calendar is built for: use at most {last} days or an "
+                             "earlier start")
         try:  # the oracle needs a test split under the default windows; say so before generating
             chronological_split(usable_anchors(self.n_bars, WARMUP_BARS, WindowSpec()), WindowSpec())
         except DataError as exc:
@@ -250,17 +257,18 @@ SYNTH_PRESETS: dict[str, dict[str, Any]] = {
     # the embedded demo market: strong planted signals on 3-minute bars round the clock
     "default": {},
     # weak effects, half the news uninformative, Student-t shocks and volatility regimes, on 30-minute exchange
-    # bars: about 5.3 years, so the test split is a year (3,360 bars). Daily-scale vols (market 1%, idiosyncratic
-    # 1.5% a day); about one item per asset a week, half of them neutral; a sentiment item moves its asset by
-    # 2.5 bps a bar for 80 bars (200 bps, half the idiosyncratic sigma over those bars), a flow shock by 1.5.
-    # Tuned on the oracle (seeds 0 / 1 / 2): 3.65 / 4.64 / 1.92; impact 2.0: 2.90 / 4.42 / 1.69; 3.0: 3.77 / 5.30 /
-    # 2.10. A year of test bars has a Sharpe sampling noise of about 1, hence the spread over seeds
+    # bars: 12 years, so the test split is 2.4 years (7,680 bars, 96 books of 80 bars). Daily-scale vols (market 1%,
+    # idiosyncratic 1.5% a day); about one item per asset a week, half of them neutral; a sentiment item moves its
+    # asset by 2.3 bps a bar for 80 bars (184 bps, under half the idiosyncratic sigma over those bars), a flow shock
+    # by 1.5. Oracle on seeds 0-4: 3.84 / 3.54 / 4.21 / 4.49 / 3.64 (impact 2.5: 4.04 on seed 0). It spanned 5.3
+    # years at impact 2.5 before: a one-year test walk moved the oracle over 1.92-4.64 across seeds 0-4, and three
+    # years of training bars were too few for the CGA model (docs/MODEL.md, docs/SYNTHETIC.md)
     "realistic": {
-        "n_assets": 6, "days": 1950, "calendar": "XNYS", "interval": "30min", "start": "2024-01-02T00:00:00Z",
+        "n_assets": 6, "days": 4380, "calendar": "XNYS", "interval": "30min", "start": "2024-01-02T00:00:00Z",
         "factor_vol_bps": (28.0, 14.0), "idio_vol_bps": 42.0, "tail_df": 4.0,
         "stress_vol_multiplier": 2.0, "mean_calm_bars": 780.0, "mean_stress_bars": 195.0,
         "asset_news_per_day": 0.15, "distractor_news_per_day": 0.5, "neutral_fraction": 0.5, "leak_news_per_day": 0.1,
-        "impact_bps_per_bar": 2.5, "impact_bars": 80,
+        "impact_bps_per_bar": 2.3, "impact_bars": 80,
         "shocks_per_day": 0.3, "shock_jump_bps": 80.0, "shock_drift_bps_per_bar": 1.5, "shock_bars": 80,
     },
     # the news effect depends on the market state: each asset alternates quiet and active spells (~400 bars);

@@ -60,6 +60,14 @@ def test_a_preset_is_deterministic_per_seed(preset: str, tmp_path: Path) -> None
     assert all(first[name] != other[name] for name in ("bars.parquet", "news.jsonl", "oracle.json"))
 
 
+def test_a_span_past_the_exchange_calendar_is_refused_not_cut_short() -> None:
+    """The calendar's sessions end at CALENDAR_END: bars would stop there while news and shocks fill every day."""
+    with pytest.raises(ValueError, match=r"days=5850 from 2024-01-02.*runs to 2040-01-08, past 2035-12-31.*XNYS.*"
+                                         r"at most 4381 days"):
+        preset_config("realistic", days=5850)
+    assert preset_config("default", days=5850).days == 5850  # round the clock: no calendar to run out of
+
+
 def test_realistic_oracle_sharpe_is_between_2_and_4_on_its_default_seed(realistic) -> None:
     assert 2.0 <= realistic.oracle["sharpe"] <= 4.0
 
