@@ -53,13 +53,16 @@ class BoundedMemo(Generic[K, V]):
     def put(self, key: K, value: V) -> None:
         self.put_many([(key, value)])
 
-    def put_many(self, items: Iterable[tuple[K, V]]) -> int:
-        """Hold each (key, value), replacing what a key held; returns how many keys were new."""
+    def put_many(self, items: Iterable[tuple[K, V]], replace: bool = True) -> int:
+        """Hold each (key, value); a key already held gets the new value, or with `replace` False keeps its own (a
+        cache whose first answer must stay the one every later read gets). Returns how many keys were new."""
         added = 0
         with self._lock:
             for key, value in items:
-                added += key not in self._entries
-                self._entries[key] = value
+                new = key not in self._entries
+                added += new
+                if new or replace:
+                    self._entries[key] = value
                 self._entries.move_to_end(key)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)

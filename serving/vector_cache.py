@@ -52,9 +52,10 @@ class LruEmbeddingCache:
         return {key: entry for (_, key), entry in self._entries.found((fingerprint, key) for key in hashes).items()}
 
     def put(self, fingerprint: str, hashes: Sequence[str], vectors: np.ndarray, n_tokens: np.ndarray) -> int:
-        # a copy of each row: a view would keep the whole batch's array alive
-        return self._entries.put_many(((fingerprint, key), (np.array(vectors[i], dtype=np.float32), int(n_tokens[i])))
-                                      for i, key in enumerate(hashes))
+        # a copy of each row: a view would keep the whole batch's array alive. A text already held keeps its vector:
+        # another batch's differs by ~1e-7, and every hit should read the same one
+        return self._entries.put_many((((fingerprint, key), (np.array(vectors[i], dtype=np.float32), int(n_tokens[i])))
+                                       for i, key in enumerate(hashes)), replace=False)
 
 
 class TolerantCache:

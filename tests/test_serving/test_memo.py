@@ -17,6 +17,8 @@ def test_the_least_recently_used_entry_goes_first_and_a_read_refreshes():
     assert len(memo) == 2 and memo.found(["a", "b", "c"]) == {"a": 1, "c": 3}
     assert memo.put_many([("c", 30), ("d", 4)]) == 1  # "c" replaced, "d" new; "a" (least recent) goes
     assert memo.found(["a", "c", "d"]) == {"c": 30, "d": 4} and memo.get("missing") is None
+    assert memo.put_many([("c", 300), ("e", 5)], replace=False) == 1  # "c" keeps 30, refreshed; "d" goes
+    assert memo.found(["c", "d", "e"]) == {"c": 30, "e": 5}
 
 
 def test_a_memo_needs_a_size():

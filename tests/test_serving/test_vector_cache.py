@@ -44,6 +44,8 @@ def test_the_lru_keeps_the_most_recently_used_entries_up_to_its_capacity():
     vector, n_tokens = cache.get("fp", ["c"])["c"]
     np.testing.assert_array_equal(vector, vectors[2])
     assert n_tokens == 5
+    assert cache.put("fp", ["c"], vectors[:1], counts[:1]) == 0  # held already: the first vector stays
+    np.testing.assert_array_equal(cache.get("fp", ["c"])["c"][0], vectors[2])
     with pytest.raises(ValueError, match="capacity >= 1"):
         LruEmbeddingCache(0)
 
