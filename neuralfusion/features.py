@@ -15,8 +15,8 @@ import numpy as np
 from neuralfusion.data.bars import BarPanel
 from neuralfusion.errors import DataError
 
-__all__ = ["FEATURE_NAMES", "FLOW_EVENT_NAME", "WARMUP_BARS", "FeatureNormalizer", "market_features", "model_features",
-           "simple_returns", "trailing_mean_std"]
+__all__ = ["FEATURE_NAMES", "FLOW_EVENT_NAME", "WARMUP_BARS", "FeatureNormalizer", "check_off_or_positive",
+           "market_features", "model_features", "simple_returns", "trailing_mean_std"]
 
 VOL_WINDOW = 20  # bars in the realised-volatility window (one hour of 3-minute bars)
 MOMENTUM_WINDOW = 10
@@ -138,6 +138,13 @@ def derived_channel_names(names: tuple[str, ...], flow_event_z: float) -> tuple[
     return (*names, FLOW_EVENT_NAME) if flow_event_z > 0 else tuple(names)
 
 
+def check_off_or_positive(name: str, value: float, off: str) -> None:
+    """A feature setting whose 0 means `off`: a ValueError naming it unless it is a finite number >= 0 (the
+    normaliser and the training config check the same settings the same way)."""
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0 (0: {off}), got {value}")
+
+
 @dataclass(frozen=True)
 class FeatureNormalizer:
     """Per-channel mean and std pooled over assets, fitted on the training bars only, the bound the standardised
@@ -157,11 +164,8 @@ class FeatureNormalizer:
     keep: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not (np.isfinite(self.clip) and self.clip >= 0):
-            raise ValueError(f"clip must be a finite number >= 0 (0: no clipping), got {self.clip}")
-        if not (np.isfinite(self.flow_event_z) and self.flow_event_z >= 0):
-            raise ValueError(f"flow_event_z must be a finite number >= 0 (0: no flow-event channel), "
-                             f"got {self.flow_event_z}")
+        check_off_or_positive("clip", self.clip, "no clipping")
+        check_off_or_positive("flow_event_z", self.flow_event_z, "no flow-event channel")
         unknown = [name for name in self.keep if name not in self.derived_names]
         if unknown or len(set(self.keep)) != len(self.keep):
             raise ValueError(f"keep must name distinct channels among {list(self.derived_names)}, got "

@@ -6,9 +6,10 @@ Torch-free so a run folder's `run.json` can be read anywhere.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from neuralfusion.features import check_off_or_positive
 
 __all__ = ["LR_FLOOR", "LR_SCHEDULES", "TrainConfig"]
 
@@ -72,11 +73,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if not (math.isfinite(self.feature_clip) and self.feature_clip >= 0):
-            raise ValueError(f"feature_clip must be a finite number >= 0 (0: no clipping), got {self.feature_clip}")
-        if not (math.isfinite(self.flow_event_z) and self.flow_event_z >= 0):
-            raise ValueError(f"flow_event_z must be a finite number >= 0 (0: no flow-event channel), "
-                             f"got {self.flow_event_z}")
+        check_off_or_positive("feature_clip", self.feature_clip, "no clipping")
+        check_off_or_positive("flow_event_z", self.flow_event_z, "no flow-event channel")
         if not 0.0 <= self.market_lr_scale <= 1.0:
             raise ValueError(f"market_lr_scale must be in [0, 1], got {self.market_lr_scale}")
         if self.patience < 0 or self.threads < 0:
