@@ -148,11 +148,13 @@ def test_backfill_equals_the_offline_backtest_of_the_same_package(world, tmp_pat
     symbols = backtest.symbols
     served_weights = np.array([[d["weights"][s] for s in symbols] for d in documents])
     served_logits = np.array([[d["logits"][s] for s in symbols] for d in documents])
-    # the same graphs read the same windows: the same book exactly; logits up to float rounding, because the
-    # backfill embeds each bar's articles in other encoder batches than the offline pass (padding is masked, so
-    # a vector depends on its batch-mates only in the last bit: measured 6e-8 on one of 198 logits)
+    # the same graphs read the same windows: the same assets held on the same sides, and logits and weights up to
+    # float rounding, because the backfill embeds each bar's articles in other encoder batches than the offline
+    # pass (padding is masked, so a vector depends on its batch-mates only in the last bit: measured 3e-7 on 4 of
+    # 198 weights, which a weight shares with its book's gross)
     np.testing.assert_array_equal(weights, backtest.model.anchor_weights)
-    np.testing.assert_array_equal(served_weights, backtest.model.anchor_weights)
+    np.testing.assert_array_equal(np.sign(served_weights), np.sign(backtest.model.anchor_weights))
+    np.testing.assert_allclose(served_weights, backtest.model.anchor_weights, rtol=0, atol=1e-6)
     np.testing.assert_allclose(served_logits, logits, rtol=0, atol=1e-6)
 
     code, out, output = run_predict(world, *args, state=tmp_path)
